@@ -1,0 +1,49 @@
+import click
+
+from ..llama import LlamaConfig
+from ..presets import PRESETS
+from ..train import TrainConfig, train
+
+DEFAULTS = TrainConfig(data="")
+MODEL_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "max_seq_len")
+
+
+def _model_options(f):
+    for name in reversed(MODEL_FIELDS):
+        f = click.option(f"--{name.replace('_', '-')}", name, type=int, default=None,
+                         help=f"Override the preset's {name}.")(f)
+    return f
+
+
+@click.command("train")
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="UTF-8 text corpus.")
+@click.option("--tokenizer", type=click.Path(dir_okay=False),
+              help="sentencepiece .model; without it one is trained and saved beside the checkpoint.")
+@click.option("--preset", default=DEFAULTS.preset, show_default=True, help=f"One of: {', '.join(PRESETS)}.")
+@_model_options
+@click.option("-o", "--output", "out", default=DEFAULTS.out, show_default=True, type=click.Path(dir_okay=False))
+@click.option("--batch-size", default=DEFAULTS.batch_size, show_default=True)
+@click.option("--grad-accum", default=DEFAULTS.grad_accum, show_default=True, help="Micro-batches per step.")
+@click.option("--max-iters", default=DEFAULTS.max_iters, show_default=True)
+@click.option("--learning-rate", default=DEFAULTS.learning_rate, show_default=True)
+@click.option("--min-lr", default=DEFAULTS.min_lr, show_default=True)
+@click.option("--warmup-iters", default=DEFAULTS.warmup_iters, show_default=True)
+@click.option("--weight-decay", default=DEFAULTS.weight_decay, show_default=True)
+@click.option("--grad-clip", default=DEFAULTS.grad_clip, show_default=True)
+@click.option("--eval-interval", default=DEFAULTS.eval_interval, show_default=True)
+@click.option("--eval-windows", default=DEFAULTS.eval_windows, show_default=True,
+              help="Validation windows per evaluation.")
+@click.option("--val-fraction", default=DEFAULTS.val_fraction, show_default=True)
+@click.option("--seed", default=DEFAULTS.seed, show_default=True)
+@click.option("--device", default=DEFAULTS.device, show_default=True, help="auto, cpu or cuda.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint at --output.")
+def command(**options):
+    """Train a Llama model on a text corpus (also under torchrun for DDP)."""
+    overrides = {k: options.pop(k) for k in MODEL_FIELDS if options[k] is not None}
+    for k in MODEL_FIELDS:
+        options.pop(k, None)
+    assert set(overrides) <= set(LlamaConfig.__dataclass_fields__)
+    result = train(TrainConfig(model_overrides=overrides, **options))
+    if result["digest"] and result["val_loss"] is not None:
+        click.echo(f"wrote {result['out']}: {result['params']:,} parameters, {result['iters']} steps, "
+                   f"val loss {result['val_loss']:.4f}")

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Create .venv with edgellama and what it needs, on a fresh Debian/Ubuntu machine.
+#   scripts/setup.sh           toolchain with training (torch, CPU build)
+#   scripts/setup.sh test      the same plus the test dependencies
+# torch goes in first, from the CPU-only wheel, so nothing later pulls a CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="train"
+[ "${1:-}" = "test" ] && extras="train,test"
+TORCH_VERSION=2.13.0
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_install() {
+    command -v apt-get >/dev/null || { echo "setup: please install: $*" >&2; exit 1; }
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+}
+
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+    echo "setup: edgellama needs Python 3.11 or newer (found $(python3 --version 2>&1))" >&2; exit 1; }
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv 2>/dev/null || { rm -rf .venv; apt_install python3-venv; python3 -m venv .venv; }
+fi
+pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+if ! .venv/bin/python -c "import torch, sys; sys.exit(not torch.__version__.startswith('$TORCH_VERSION'))" 2>/dev/null; then
+    # A local CPU wheel (pip's find-links) wins; otherwise PyTorch's CPU index.
+    "${pip[@]}" --no-index "torch==$TORCH_VERSION" 2>/dev/null \
+        || "${pip[@]}" "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu
+fi
+"${pip[@]}" -e ".[$extras]"
+echo "setup: .venv ready ($(.venv/bin/edgellama --version))"

@@ -1,0 +1,49 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("EDGELLAMA_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "stories260K.bin").is_file():
+        pytest.fail(f"shared data not found at {SHARED_DATA} (set EDGELLAMA_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Pretokenized shards go to a per-session cache, not the user's."""
+    os.environ["EDGELLAMA_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def small_corpus(shared_data) -> Path:
+    return shared_data / "tinystories_train_prefix_197k.txt"
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory, small_corpus) -> Path:
+    from edgellama.tokenizer import train_tokenizer
+    path = tmp_path_factory.mktemp("tok") / "tok384.model"
+    train_tokenizer(small_corpus, 384, path)
+    return path
+
+
+def tiny_config(data, tokenizer, out, **kw):
+    from edgellama.train import TrainConfig
+    base = dict(data=str(data), tokenizer=str(tokenizer) if tokenizer else None, out=str(out), preset="tiny", batch_size=8,
+                max_iters=20, warmup_iters=5, eval_interval=10, eval_windows=20, learning_rate=3e-3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, small_corpus, tiny_tokenizer) -> Path:
+    from edgellama.train import train
+    out = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    train(tiny_config(small_corpus, tiny_tokenizer, out, max_iters=60, eval_interval=30))
+    return out

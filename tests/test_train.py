@@ -1,0 +1,110 @@
+"""Training: loss goes down, resume is exact, data is cached, DDP ranks stay in sync."""
+
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import edgellama.train as train_mod
+from conftest import tiny_config
+from edgellama import data
+from edgellama.checkpoint import load_checkpoint
+from edgellama.errors import EdgeLlamaError
+from edgellama.presets import PRESETS
+from edgellama.train import lr_at, train
+
+
+def test_training_lowers_validation_loss(tiny_checkpoint):
+    ckpt = load_checkpoint(tiny_checkpoint)
+    assert ckpt["iter_num"] == 60
+    # An untrained model scores about ln(vocab) = 5.95; 60 tiny steps must beat it clearly.
+    assert ckpt["best_val_loss"] < math.log(384) - 1.0
+
+
+def test_resume_continues_exactly(tmp_path, small_corpus, tiny_tokenizer, monkeypatch):
+    full = tmp_path / "full.pt"
+    halfway = tmp_path / "halfway.pt"
+    original_save = train_mod.save_checkpoint
+
+    def save_and_keep_step_10(path, model, optimizer, iter_num, *rest):
+        original_save(path, model, optimizer, iter_num, *rest)
+        if iter_num == 10:
+            shutil.copy(path, halfway)
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_and_keep_step_10)
+    straight = train(tiny_config(small_corpus, tiny_tokenizer, full))
+    monkeypatch.setattr(train_mod, "save_checkpoint", original_save)
+    resumed = train(tiny_config(small_corpus, tiny_tokenizer, halfway, resume=True))
+    assert resumed["iters"] == 20
+    assert resumed["digest"] == straight["digest"]
+    a, b = load_checkpoint(full)["model"], load_checkpoint(halfway)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pretokenized_shards_are_cached(small_corpus, tiny_tokenizer):
+    tok = tiny_tokenizer.read_bytes()
+    first = data.pretokenize(small_corpus, tok)
+    stamp = os.path.getmtime(first.cache_dir / "val.bin")
+    second = data.pretokenize(small_corpus, tok)
+    assert second.cache_dir == first.cache_dir and os.path.getmtime(second.cache_dir / "val.bin") == stamp
+    assert (first.train == second.train).all() and len(first.val) > 0
+    assert first.train.dtype.name == "uint16" and sorted(p.name for p in first.cache_dir.glob("train_*.bin"))
+    assert first.train[0] == 1  # each document starts with BOS
+
+
+def test_schedule_warms_up_then_decays():
+    cfg = tiny_config("x", "y", "z", max_iters=100, warmup_iters=10, learning_rate=1e-3, min_lr=1e-4)
+    lrs = [lr_at(i, cfg) for i in range(101)]
+    assert lrs[0] < lrs[5] < lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[100] == pytest.approx(1e-4)
+
+
+def test_presets_have_llama2c_shapes():
+    assert PRESETS["260k"] == dict(dim=64, n_layers=5, n_heads=8, n_kv_heads=4, hidden_dim=172, vocab_size=512,
+                                   max_seq_len=512)
+    assert PRESETS["15m"]["dim"] == 288 and PRESETS["15m"]["n_layers"] == 6 and PRESETS["15m"]["max_seq_len"] == 256
+
+
+def test_model_fields_override_the_preset(tmp_path, small_corpus, tiny_tokenizer):
+    result = train(tiny_config(small_corpus, tiny_tokenizer, tmp_path / "o.pt", max_iters=2, eval_interval=2,
+                               model_overrides=dict(dim=48, n_layers=1)))
+    args = load_checkpoint(tmp_path / "o.pt")["model_args"]
+    assert (args["dim"], args["n_layers"], args["vocab_size"]) == (48, 1, 384)
+    assert result["iters"] == 2
+
+
+def test_corpus_too_small_for_sequence(tmp_path, tiny_tokenizer):
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("one short line.\nanother short line.\n")
+    with pytest.raises(EdgeLlamaError, match="too small for sequence length 64"):
+        train(tiny_config(corpus, tiny_tokenizer, tmp_path / "o.pt"))
+    assert not (tmp_path / "o.pt").exists()
+
+
+def test_trains_its_own_tokenizer_when_none_given(tmp_path, small_corpus):
+    out = tmp_path / "self.pt"
+    train(tiny_config(small_corpus, None, out, max_iters=2, eval_interval=2))
+    assert (tmp_path / "self.tokenizer.model").is_file()
+    assert load_checkpoint(out)["model_args"]["vocab_size"] == 384
+
+
+def test_ddp_two_processes_stay_in_sync(tmp_path, small_corpus, tiny_tokenizer):
+    out = tmp_path / "ddp.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "edgellama",
+           "train", "--data", str(small_corpus), "--tokenizer", str(tiny_tokenizer), "--preset", "tiny",
+           "--batch-size", "4", "--max-iters", "12", "--eval-interval", "6", "--eval-windows", "8", "-o", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    digests = dict(re.findall(r"rank (\d): parameters sha256 (\w+)", r.stdout))
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+    ckpt = load_checkpoint(out)
+    assert ckpt["iter_num"] == 12 and len(ckpt["rng"]) == 2
+    # The ranks drew different batches: their sampler states differ.
+    assert not torch.equal(ckpt["rng"][0], ckpt["rng"][1])
