@@ -11,7 +11,7 @@ import hashlib
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -26,31 +26,7 @@ from .evaluate import mean_loss
 from .llama import LlamaConfig
 from .model import Transformer
 from .tokenizer import train_tokenizer
-
-
-@dataclass
-class TrainConfig:
-    data: str
-    out: str = "ckpt.pt"
-    tokenizer: str | None = None
-    preset: str = "tiny"
-    model_overrides: dict = field(default_factory=dict)  # any LlamaConfig field
-    batch_size: int = 32
-    grad_accum: int = 1
-    max_iters: int = 1000
-    learning_rate: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_iters: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    eval_interval: int = 200
-    eval_windows: int = 200
-    val_fraction: float = 0.05
-    seed: int = 1337
-    device: str = "auto"
-    resume: bool = False
+from .train_config import TrainConfig
 
 
 def lr_at(it: int, cfg: TrainConfig) -> float:

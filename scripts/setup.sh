@@ -17,6 +17,7 @@ apt_install() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
 }
 
+command -v python3 >/dev/null || apt_install python3 python3-venv
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
     echo "setup: edgellama needs Python 3.11 or newer (found $(python3 --version 2>&1))" >&2; exit 1; }
 if [ ! -x .venv/bin/python ]; then
@@ -24,9 +25,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 if ! .venv/bin/python -c "import torch, sys; sys.exit(not torch.__version__.startswith('$TORCH_VERSION'))" 2>/dev/null; then
-    # A local CPU wheel (pip's find-links) wins; otherwise PyTorch's CPU index.
-    "${pip[@]}" --no-index "torch==$TORCH_VERSION" 2>/dev/null \
-        || "${pip[@]}" "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu
+    # A CPU wheel in pip's find-links (these machines have one) wins; else PyTorch's CPU index.
+    if "${pip[@]}" --dry-run --no-index --no-deps "torch==$TORCH_VERSION" >/dev/null 2>&1; then
+        "${pip[@]}" "torch==$TORCH_VERSION"
+    else
+        "${pip[@]}" "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu
+    fi
 fi
 "${pip[@]}" -e ".[$extras]"
 echo "setup: .venv ready ($(.venv/bin/edgellama --version))"

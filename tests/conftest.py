@@ -34,7 +34,7 @@ def tiny_tokenizer(tmp_path_factory, small_corpus) -> Path:
 
 
 def tiny_config(data, tokenizer, out, **kw):
-    from edgellama.train import TrainConfig
+    from edgellama.train_config import TrainConfig
     base = dict(data=str(data), tokenizer=str(tokenizer) if tokenizer else None, out=str(out), preset="tiny", batch_size=8,
                 max_iters=20, warmup_iters=5, eval_interval=10, eval_windows=20, learning_rate=3e-3)
     base.update(kw)

@@ -2,8 +2,8 @@ import json
 
 import click
 
-from ..evaluate import evaluate_model
 from ..loading import load_model
+from .needs import needs_torch
 
 
 @click.command("eval")
@@ -15,6 +15,7 @@ from ..loading import load_model
 @click.option("--json", "as_json", is_flag=True)
 def command(model, data, seq_len, val_fraction, max_windows, as_json):
     """Validation loss and perplexity of MODEL (default: the embedded model) on CORPUS."""
+    evaluate_model = needs_torch("eval", "evaluate", "evaluate_model")
     r = evaluate_model(load_model(model), data, seq_len, val_fraction, max_windows)
     if as_json:
         click.echo(json.dumps(r.__dict__))

@@ -13,9 +13,12 @@ from ..quant import QUANT_NAMES
               help="Tensor type of the matrices (GGUF only).")
 @click.option("--format", "fmt", type=click.Choice(["gguf", "llama2c"]), default="gguf", show_default=True,
               help="llama2c writes llama2.c's legacy v0 float32 file.")
-def command(source, output, quant, fmt):
+@click.option("--name", help="The model's name in the file (default: the source's).")
+def command(source, output, quant, fmt, name):
     """Write a checkpoint or model file as GGUF (or llama2.c v0)."""
     model = load_model(source)
+    if name:
+        model.name = name
     if fmt == "llama2c":
         if quant != "f32":
             raise click.UsageError("--format llama2c writes float32 only; drop --quant")

@@ -3,6 +3,7 @@ import click
 from ..errors import EdgeLlamaError
 from ..loading import load_model
 from ..tokenizer import processor_for
+from .needs import needs_torch
 
 
 @click.command("generate")
@@ -20,12 +21,8 @@ def command(prompt, model, max_tokens, temperature, top_k, top_p, seed, stop):
                             ("--top-k", top_k, top_k >= 0), ("--top-p", top_p, 0 < top_p <= 1)):
         if not ok:
             raise EdgeLlamaError(f"{name}: invalid value {value}")
-    try:
-        import torch
-
-        from ..model import Transformer
-    except ImportError:
-        raise EdgeLlamaError("generate needs torch for the reference model: pip install 'edgellama[train]'") from None
+    Transformer = needs_torch("generate", "model", "Transformer")
+    import torch
     llama = load_model(model)
     sp = processor_for(llama.vocab)
     net = Transformer.from_llama(llama)

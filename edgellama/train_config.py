@@ -1,0 +1,28 @@
+"""Training settings, with their defaults (no torch here, so `--help` needs none)."""
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str = "ckpt.pt"
+    tokenizer: str | None = None
+    preset: str = "tiny"
+    model_overrides: dict = field(default_factory=dict)  # any LlamaConfig field
+    batch_size: int = 32
+    grad_accum: int = 1
+    max_iters: int = 1000
+    learning_rate: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_interval: int = 200
+    eval_windows: int = 200
+    val_fraction: float = 0.05
+    seed: int = 1337
+    device: str = "auto"
+    resume: bool = False
