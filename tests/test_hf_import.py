@@ -9,12 +9,14 @@ import copy
 import json
 import shutil
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from edgellama.errors import EdgeLlamaError
-from edgellama.gguf_file import read_gguf, write_gguf
+from edgellama.gguf_file import read_gguf
 from edgellama.hf import import_hf
 
 SMALL = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -79,8 +81,11 @@ def test_logits_match_transformers(hf_models, case):
 
 @pytest.mark.parametrize("case", ["tied", "untied"])
 def test_gguf_round_trip(hf_models, tmp_path, case):
+    """Through the command line, as a user runs it."""
     model = import_hf(hf_models[case][0])
-    write_gguf(model, tmp_path / "m.gguf", "f32")
+    r = subprocess.run([sys.executable, "-m", "edgellama", "import", "hf", str(hf_models[case][0]),
+                        "-o", str(tmp_path / "m.gguf")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
     back = read_gguf(tmp_path / "m.gguf").model
     assert back.config.to_dict() == {**model.config.to_dict(), "norm_eps": pytest.approx(1e-5)}  # GGUF has float32
     assert back.vocab.tokens == model.vocab.tokens
