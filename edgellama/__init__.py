@@ -2,7 +2,20 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .outputs import CompletionOutput, RequestOutput
+from .sampling_params import SamplingParams
+
 try:
     __version__ = version("edgellama")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
+
+__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput"]
+
+
+def __getattr__(name):
+    # LLM builds the C runtime on first use; importing edgellama alone should not.
+    if name == "LLM":
+        from .llm import LLM
+        return LLM
+    raise AttributeError(name)

@@ -18,6 +18,7 @@ apt_install() {
 }
 
 command -v python3 >/dev/null || apt_install python3 python3-venv
+command -v cc >/dev/null || apt_install gcc libc6-dev   # the C runtime is built for the host on first use
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
     echo "setup: edgellama needs Python 3.11 or newer (found $(python3 --version 2>&1))" >&2; exit 1; }
 if [ ! -x .venv/bin/python ]; then

@@ -107,7 +107,7 @@ def test_eval_and_generate_refuse_bad_models(tmp_path, small_corpus):
     assert_one_line_error(run_cli("eval", tmp_path / "none.gguf", "--data", small_corpus), "none.gguf")
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    assert_one_line_error(run_cli("generate", "hi", "--model", text), "notes.txt", "neither a GGUF")
+    assert_one_line_error(run_cli("generate", "hi", "--model", text), "notes.txt", "not a GGUF file")
 
 
 def test_bad_sampling_value():

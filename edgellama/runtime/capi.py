@@ -1,0 +1,306 @@
+"""ctypes bindings to the C runtime (firmware/core/el_runtime.h), built for the host.
+
+The structs below mirror the C ones field for field; el_runtime.h is the source of
+truth and the library is rebuilt whenever the sources change (build.py hashes them).
+"""
+
+import ctypes as C
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EdgeLlamaError
+from .build import build_shared_library, core_sources
+
+MAX_STOP_STRINGS, MAX_STOP_LEN, MAX_STOP_TOKENS = 4, 32, 8
+KV_DTYPES = {"f32": 0, "int8": 1}
+FINISH_REASONS = {0: None, 1: "stop", 2: "length", 3: "abort"}
+STOP_NONE, STOP_EOS, STOP_TOKEN, STOP_STRING = 0, 1, 2, 3
+STATUS_NAMES = {1: "argument", 2: "format", 3: "unsupported", 4: "no memory", 5: "capacity"}
+NO_MEMORY = 4
+
+
+class Error(C.Structure):
+    _fields_ = [("status", C.c_int), ("message", C.c_char * 200)]
+
+    def text(self) -> str:
+        return self.message.decode("utf-8", "replace")
+
+
+class EngineOptions(C.Structure):
+    _fields_ = [("max_model_len", C.c_int), ("block_size", C.c_int), ("kv_cache_bytes", C.c_longlong),
+                ("max_seqs", C.c_int), ("max_batch_tokens", C.c_int), ("kv_dtype", C.c_int),
+                ("no_prefix_caching", C.c_int)]
+
+
+class Sampling(C.Structure):
+    _fields_ = [("temperature", C.c_float), ("top_p", C.c_float), ("top_k", C.c_int), ("min_p", C.c_float),
+                ("repetition_penalty", C.c_float), ("frequency_penalty", C.c_float),
+                ("presence_penalty", C.c_float), ("seed", C.c_uint64)]
+
+
+class Request(C.Structure):
+    _fields_ = [("sampling", Sampling), ("max_tokens", C.c_int), ("min_tokens", C.c_int), ("ignore_eos", C.c_int),
+                ("n_stop_token_ids", C.c_int), ("stop_token_ids", C.c_int32 * MAX_STOP_TOKENS),
+                ("n_stop", C.c_int), ("stop", (C.c_char * MAX_STOP_LEN) * MAX_STOP_STRINGS),
+                ("stop_len", C.c_int * MAX_STOP_STRINGS)]
+
+
+class Event(C.Structure):
+    _fields_ = [("seq_id", C.c_int), ("token", C.c_int), ("text", C.c_void_p), ("text_len", C.c_int),
+                ("finished", C.c_int), ("finish", C.c_int), ("stop_kind", C.c_int), ("stop_value", C.c_int)]
+
+    def text_bytes(self) -> bytes:
+        return C.string_at(self.text, self.text_len) if self.text_len > 0 else b""
+
+
+class Stats(C.Structure):
+    _fields_ = [("prompt_tokens_computed", C.c_longlong), ("tokens_generated", C.c_longlong),
+                ("steps", C.c_longlong), ("rows", C.c_longlong), ("blocks_total", C.c_int),
+                ("blocks_used", C.c_int), ("blocks_cached", C.c_int), ("blocks_high_water", C.c_int),
+                ("prefix_queries", C.c_longlong), ("prefix_hits", C.c_longlong), ("preemptions", C.c_longlong),
+                ("arena_used", C.c_size_t), ("arena_high_water", C.c_size_t), ("arena_size", C.c_size_t)]
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name) for name, _ in self._fields_}
+
+
+class Config(C.Structure):
+    _fields_ = [(name, C.c_int) for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "kv_dim",
+                                              "hidden_dim", "vocab_size", "context_length")] + \
+               [("norm_eps", C.c_float), ("rope_theta", C.c_float)]
+
+
+@functools.lru_cache(maxsize=None)
+def library() -> C.CDLL:
+    lib = C.CDLL(str(build_shared_library(core_sources(), "edgellama-runtime")))
+    P, I, S = C.c_void_p, C.c_int, C.c_size_t
+    signatures = {
+        "el_runtime_open": (P, [P, S, P, S, C.POINTER(EngineOptions), C.POINTER(Error)]),
+        "el_runtime_config": (C.POINTER(Config), [P]),
+        "el_runtime_version": (C.c_char_p, []),
+        "el_runtime_tokenize": (I, [P, C.c_char_p, I, I, C.POINTER(C.c_int32), I, C.POINTER(Error)]),
+        "el_runtime_token_text": (I, [P, I, I, C.c_char_p, I]),
+        "el_runtime_add": (I, [P, C.POINTER(C.c_int32), I, C.POINTER(Request), C.POINTER(Error)]),
+        "el_runtime_continue": (I, [P, I, C.POINTER(C.c_int32), I, C.POINTER(Request), C.POINTER(Error)]),
+        "el_runtime_step": (I, [P, C.POINTER(Event), I]),
+        "el_runtime_pending": (I, [P]),
+        "el_runtime_tokens": (I, [P, I, C.POINTER(C.POINTER(C.c_int32)), C.POINTER(I), C.POINTER(I)]),
+        "el_runtime_abort": (None, [P, I]),
+        "el_runtime_release": (None, [P, I]),
+        "el_runtime_stats": (None, [P, C.POINTER(Stats)]),
+        "el_runtime_logits": (I, [P, C.POINTER(C.c_int32), I, C.POINTER(C.c_float), C.POINTER(Error)]),
+        "el_request_defaults": (None, [C.POINTER(Request)]),
+        "el_kv_block_bytes": (S, [C.POINTER(Config), I, I]),
+        "el_runtime_chat_template": (I, [P]),
+        "el_chat_template_from_name": (I, [C.c_char_p]),
+        "el_chat_template_name": (C.c_char_p, [I]),
+        "el_runtime_chat_request": (I, [P, I, C.POINTER(Request), C.POINTER(Error)]),
+        "el_runtime_chat_turn": (I, [P, I, I, C.c_char_p, I, C.c_char_p, I, C.POINTER(C.c_int32), I,
+                                     C.POINTER(Error)]),
+        "el_runtime_chat_prompt": (I, [P, I, C.POINTER(C.c_int32), C.POINTER(C.c_char_p), C.POINTER(C.c_int32), I,
+                                       C.POINTER(C.c_int32), I, C.POINTER(Error)]),
+    }
+    for name, (restype, argtypes) in signatures.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+    return lib
+
+
+def _int32_array(values):
+    return (C.c_int32 * len(values))(*values)
+
+
+class Runtime:
+    """One model opened in the C runtime, with its own memory block and engine."""
+
+    def __init__(self, model_path, max_model_len=0, block_size=16, kv_cache_bytes=0, max_seqs=8,
+                 max_batch_tokens=0, kv_dtype="f32", memory_bytes=None, enable_prefix_caching=True):
+        if kv_dtype not in KV_DTYPES:
+            raise ValueError(f"kv_dtype must be one of {sorted(KV_DTYPES)}, got {kv_dtype!r}")
+        self.lib = library()
+        self.path = Path(model_path)
+        try:
+            self._model = np.memmap(self.path, dtype=np.uint8, mode="r")
+        except (OSError, ValueError) as e:
+            raise EdgeLlamaError(f"{self.path}: cannot map the model ({e})") from None
+        # The arena: pages are only touched as the runtime carves them, so a generous
+        # virtual size costs nothing; the stats report what was really used. A default
+        # pool (max_seqs full sequences) of a big model may need more: then grow and retry.
+        size = memory_bytes or (64 << 20) + 2 * int(kv_cache_bytes or 0) + 8 * self._model.size
+        options = EngineOptions(max_model_len, block_size, int(kv_cache_bytes or 0), max_seqs, max_batch_tokens,
+                                KV_DTYPES[kv_dtype], int(not enable_prefix_caching))
+        for _ in range(4):
+            self._memory = np.zeros(size, dtype=np.uint8)
+            err = Error()
+            self._rt = self.lib.el_runtime_open(self._memory.ctypes.data, size, self._model.ctypes.data,
+                                                self._model.size, C.byref(options), C.byref(err))
+            if self._rt or err.status != NO_MEMORY or memory_bytes:
+                break
+            size *= 4
+        if not self._rt:
+            raise EdgeLlamaError(f"{self.path}: {err.text()}")
+        self.config = self.lib.el_runtime_config(self._rt).contents
+        self.vocab_size = self.config.vocab_size
+        self.block_size = block_size or 16
+        self.max_seqs = max_seqs or 8
+        # what one KV block costs, bookkeeping included: kv_cache_bytes // this = blocks
+        self.kv_block_bytes = self.lib.el_kv_block_bytes(self.lib.el_runtime_config(self._rt), self.block_size,
+                                                         KV_DTYPES[kv_dtype])
+
+    # -------------------------------------------------------------- tokens and text
+
+    def tokenize(self, text: str | bytes, add_bos=True) -> list:
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        capacity = len(data) + 8
+        out = (C.c_int32 * capacity)()
+        err = Error()
+        n = self.lib.el_runtime_tokenize(self._rt, data, len(data), int(add_bos), out, capacity, C.byref(err))
+        if n < 0:
+            raise EdgeLlamaError(f"tokenize: {err.text()}")
+        return list(out[:n])
+
+    def token_bytes(self, previous: int, token: int) -> bytes:
+        capacity = 256
+        while True:  # the C side truncates to the capacity: a full buffer may mean more
+            buf = C.create_string_buffer(capacity)
+            n = self.lib.el_runtime_token_text(self._rt, previous, token, buf, capacity)
+            if n < capacity:
+                return buf.raw[:n]
+            capacity *= 4
+
+    # -------------------------------------------------------------- requests
+
+    def add(self, prompt_tokens, request: Request) -> int:
+        err = Error()
+        seq = self.lib.el_runtime_add(self._rt, _int32_array(prompt_tokens), len(prompt_tokens), C.byref(request),
+                                      C.byref(err))
+        if seq < 0:
+            raise ValueError(err.text())
+        return seq
+
+    def cont(self, seq_id: int, tokens, request: Request):
+        err = Error()
+        if self.lib.el_runtime_continue(self._rt, seq_id, _int32_array(tokens), len(tokens), C.byref(request),
+                                        C.byref(err)):
+            raise ValueError(err.text())
+
+    def step(self, max_events=None) -> list:
+        """One engine step's events. A step can work and report none (a prefill chunk of
+        a long prompt): use pending() to know whether to go on. Each sequence reports
+        at most one event a step, so max_events of max_seqs loses none."""
+        max_events = max_events or self.max_seqs
+        events = (Event * max_events)()
+        n = self.lib.el_runtime_step(self._rt, events, max_events)
+        return [events[i] for i in range(n)]
+
+    def pending(self) -> int:
+        """Sequences still waiting or running."""
+        return self.lib.el_runtime_pending(self._rt)
+
+    def tokens(self, seq_id: int):
+        """(all tokens, n_prompt, n_cached) of a sequence."""
+        ptr, n_prompt, n_cached = C.POINTER(C.c_int32)(), C.c_int(), C.c_int()
+        n = self.lib.el_runtime_tokens(self._rt, seq_id, C.byref(ptr), C.byref(n_prompt), C.byref(n_cached))
+        if n < 0:
+            raise ValueError(f"no sequence {seq_id}")
+        return list(ptr[:n]), n_prompt.value, n_cached.value
+
+    def abort(self, seq_id: int):
+        self.lib.el_runtime_abort(self._rt, seq_id)
+
+    def release(self, seq_id: int):
+        self.lib.el_runtime_release(self._rt, seq_id)
+
+    def stats(self) -> dict:
+        s = Stats()
+        self.lib.el_runtime_stats(self._rt, C.byref(s))
+        return s.as_dict()
+
+    def logits(self, tokens) -> np.ndarray:
+        out = np.zeros((len(tokens), self.vocab_size), dtype=np.float32)
+        err = Error()
+        if self.lib.el_runtime_logits(self._rt, _int32_array(tokens), len(tokens),
+                                      out.ctypes.data_as(C.POINTER(C.c_float)), C.byref(err)):
+            raise EdgeLlamaError(f"logits: {err.text()}")
+        return out
+
+
+CHAT_ROLES = {"system": 0, "user": 1, "assistant": 2}
+
+
+class Chat:
+    """Chat templates of the runtime (el_chat.h): the one place they are written."""
+
+    def __init__(self, runtime: "Runtime", template: str | None = None):
+        self.rt = runtime
+        lib = runtime.lib
+        if template is None:
+            self.template = lib.el_runtime_chat_template(runtime._rt)
+        else:
+            self.template = lib.el_chat_template_from_name(template.encode())
+            if self.template < 0:
+                raise ValueError(f"chat_template must be one of plain, llama2, chatml; got {template!r}")
+        self.name = lib.el_chat_template_name(self.template).decode()
+
+    def _call(self, fn, *args, text_bytes=0):
+        capacity = 2 * text_bytes + 64
+        out = (C.c_int32 * capacity)()
+        err = Error()
+        n = fn(self.rt._rt, self.template, *args, out, capacity, C.byref(err))
+        if n < 0:
+            raise ValueError(f"chat: {err.text()}")
+        return list(out[:n])
+
+    def prompt_tokens(self, messages) -> list:
+        """A whole conversation, ending with the assistant's generation prompt."""
+        roles, contents = [], []
+        for i, m in enumerate(messages):
+            if m.get("role") not in CHAT_ROLES or not isinstance(m.get("content"), str):
+                raise ValueError(f"messages[{i}]: needs a role (system, user, assistant) and a string content")
+            roles.append(CHAT_ROLES[m["role"]])
+            contents.append(m["content"].encode("utf-8"))
+        lens = [len(c) for c in contents]
+        return self._call(self.rt.lib.el_runtime_chat_prompt, _int32_array(roles),
+                          (C.c_char_p * len(contents))(*contents), _int32_array(lens), len(contents),
+                          text_bytes=sum(lens))
+
+    def turn_tokens(self, seq_id: int, system: str, user: str) -> list:
+        """One user turn; seq_id < 0 starts a conversation, else continues that sequence."""
+        s, u = system.encode("utf-8"), user.encode("utf-8")
+        return self._call(self.rt.lib.el_runtime_chat_turn, seq_id, s, len(s), u, len(u), text_bytes=len(s) + len(u))
+
+    def add_stop(self, request: Request) -> Request:
+        err = Error()
+        if self.rt.lib.el_runtime_chat_request(self.rt._rt, self.template, C.byref(request), C.byref(err)):
+            raise ValueError(f"chat: {err.text()}")
+        return request
+
+
+def make_request(sampling: dict, max_tokens: int, min_tokens=0, ignore_eos=False, stop=(), stop_token_ids=()):
+    """A C request from plain values (SamplingParams does the validation first).
+
+    Fields not named in `sampling` keep the C defaults (temperature 1, top_p 1, ...);
+    the C side checks the values again when the request is added."""
+    r = Request()
+    library().el_request_defaults(C.byref(r))
+    known = {name for name, _ in Sampling._fields_}
+    for name, value in sampling.items():
+        if name not in known:
+            raise ValueError(f"sampling: unknown field {name!r} (known: {', '.join(sorted(known))})")
+        setattr(r.sampling, name, value)
+    r.max_tokens, r.min_tokens, r.ignore_eos = max_tokens, min_tokens, int(ignore_eos)
+    if len(stop) > MAX_STOP_STRINGS or len(stop_token_ids) > MAX_STOP_TOKENS:
+        raise ValueError(f"stop: at most {MAX_STOP_STRINGS} strings and {MAX_STOP_TOKENS} token ids")
+    r.n_stop = len(stop)
+    for i, s in enumerate(stop):
+        data = s.encode("utf-8")
+        if not 0 < len(data) < MAX_STOP_LEN:
+            raise ValueError(f"stop: each stop string must be 1 to {MAX_STOP_LEN - 1} bytes, got {s!r}")
+        r.stop[i].raw = data.ljust(MAX_STOP_LEN, b"\0")
+        r.stop_len[i] = len(data)
+    r.n_stop_token_ids = len(stop_token_ids)
+    for i, t in enumerate(stop_token_ids):
+        r.stop_token_ids[i] = t
+    return r

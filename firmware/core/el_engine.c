@@ -1,0 +1,369 @@
+/* el_engine.c: setting up the pools, admitting requests, and the step loop. */
+#include "el_engine.h"
+
+#define EL_MASKED_LOGIT (-3.0e38f)
+
+/* ------------------------------------------------------------ setup */
+
+static void apply_defaults(el_engine_options *o, const el_config *c)
+{
+    if (o->max_model_len <= 0) o->max_model_len = c->context_length;
+    if (o->block_size <= 0) o->block_size = 16;
+    if (o->max_seqs <= 0) o->max_seqs = 8;
+    if (o->max_batch_tokens <= 0) o->max_batch_tokens = o->max_seqs > 32 ? o->max_seqs : 32;
+}
+
+static int blocks_for(int tokens, int block_size) { return (tokens + block_size - 1) / block_size; }
+
+static el_status init_sequences(el_engine *e, el_error *err)
+{
+    el_engine_options *o = &e->options;
+    /* each token adds at most its longest piece (or the 5-byte unknown mark) */
+    long long text_capacity = (long long)o->max_model_len * ((long long)e->tokenizer.max_piece_len + 4) + 8;
+    int i;
+    if (text_capacity > 0x7fffffffLL)
+        return el_fail(err, EL_ERR_UNSUPPORTED, "engine: the vocabulary's pieces are too long for max_model_len", "", "");
+    e->seqs = (el_sequence *)el_arena_alloc(e->arena, sizeof(el_sequence) * (size_t)o->max_seqs, 8);
+    if (e->seqs == NULL) return el_fail(err, EL_ERR_NO_MEMORY, "engine: the arena is too small for the sequences", "", "");
+    for (i = 0; i < o->max_seqs; i++) {
+        el_sequence *seq = &e->seqs[i];
+        seq->id = i;
+        seq->capacity = o->max_model_len;
+        seq->max_blocks = blocks_for(o->max_model_len, o->block_size);
+        seq->tokens = (int32_t *)el_arena_alloc(e->arena, sizeof(int32_t) * (size_t)seq->capacity, 4);
+        seq->block_table = (int32_t *)el_arena_alloc(e->arena, sizeof(int32_t) * (size_t)seq->max_blocks, 4);
+        seq->text_capacity = (int)text_capacity;
+        seq->text = (char *)el_arena_alloc(e->arena, (size_t)text_capacity, 1);
+        if (seq->tokens == NULL || seq->block_table == NULL || seq->text == NULL)
+            return el_fail(err, EL_ERR_NO_MEMORY, "engine: the arena is too small for the sequences", "", "");
+    }
+    return EL_OK;
+}
+
+el_status el_engine_init(el_engine *e, const el_model *model, const el_engine_options *options, el_arena *arena,
+                         el_error *err)
+{
+    const el_config *c = &model->config;
+    el_engine_options *o = &e->options;
+    long long n_blocks;
+    el_status status;
+    el_memset(e, 0, sizeof *e);
+    e->model = model;
+    e->arena = arena;
+    *o = *options;
+    apply_defaults(o, c);
+    if (o->max_model_len > c->context_length) {
+        el_fail(err, EL_ERR_ARGUMENT, "max_model_len ", "", "");
+        el_error_num(err, o->max_model_len);
+        el_error_append(err, " is longer than the model's context of ");
+        el_error_num(err, c->context_length);
+        return EL_ERR_ARGUMENT;
+    }
+    if (o->block_size > (1 << 20))
+        return el_fail(err, EL_ERR_ARGUMENT, "block_size must be 1 to 1048576 tokens", "", "");
+    if (o->max_batch_tokens < o->max_seqs)
+        return el_fail(err, EL_ERR_ARGUMENT, "max_batch_tokens must be at least max_seqs", "", "");
+    n_blocks = o->kv_cache_bytes > 0
+                   ? o->kv_cache_bytes / (long long)el_kv_block_bytes(c, o->block_size, o->kv_dtype)
+                   : (long long)o->max_seqs * blocks_for(o->max_model_len, o->block_size);
+    if (n_blocks < 1) {
+        el_fail(err, EL_ERR_CAPACITY, "kv_cache_bytes is smaller than one KV block of ", "", "");
+        el_error_num(err, (long long)el_kv_block_bytes(c, o->block_size, o->kv_dtype));
+        el_error_append(err, " bytes");
+        return EL_ERR_CAPACITY;
+    }
+    /* block ids are int32 and positions int: a pool past that is a mistake, not a plan */
+    if (n_blocks > 0x7fffffffLL / o->block_size)
+        return el_fail(err, EL_ERR_ARGUMENT, "kv_cache_bytes is too large", "", "");
+    if ((status = el_tokenizer_init(&e->tokenizer, &model->vocab, arena, err)) != EL_OK) return status;
+    if ((status = el_kv_init(&e->kv, c, o->block_size, (int)n_blocks, o->kv_dtype, arena, err)) != EL_OK) return status;
+    if ((status = el_forward_init(&e->forward, c, o->max_batch_tokens, o->max_seqs, o->max_model_len, arena, err)) !=
+        EL_OK)
+        return status;
+    if ((status = el_sampler_scratch_init(&e->sampler, c->vocab_size, arena, err)) != EL_OK) return status;
+    if ((status = init_sequences(e, err)) != EL_OK) return status;
+    e->rows = (el_batch_row *)el_arena_alloc(arena, sizeof(el_batch_row) * (size_t)o->max_batch_tokens, 8);
+    e->row_seq = (int32_t *)el_arena_alloc(arena, sizeof(int32_t) * (size_t)o->max_batch_tokens, 4);
+    e->text_scratch = (char *)el_arena_alloc(arena, el_sequence_scratch_bytes(&e->tokenizer), 1);
+    if (e->rows == NULL || e->row_seq == NULL || e->text_scratch == NULL)
+        return el_fail(err, EL_ERR_NO_MEMORY, "engine: the arena is too small for the batch", "", "");
+    e->scheduler.seqs = e->seqs;
+    e->scheduler.max_seqs = o->max_seqs;
+    e->scheduler.kv = &e->kv;
+    e->scheduler.max_rows = o->max_batch_tokens;
+    e->scheduler.max_model_len = o->max_model_len;
+    e->scheduler.next_arrival = 1;
+    e->scheduler.prefix_caching = !o->no_prefix_caching;
+    return EL_OK;
+}
+
+/* ------------------------------------------------------------ requests */
+
+/* The most tokens one sequence can have: max_model_len, or fewer when the whole pool
+ * holds fewer. A sequence that reaches it finishes with "length", as at the context's
+ * end, instead of waiting for blocks that can never come. */
+static int sequence_limit(const el_engine *e)
+{
+    long long pool = (long long)e->kv.n_blocks * e->options.block_size;
+    return pool < e->options.max_model_len ? (int)pool : e->options.max_model_len;
+}
+
+static el_status check_tokens(const el_engine *e, const int32_t *tokens, int n, int already, el_error *err)
+{
+    int i, room = e->options.max_model_len;
+    if (n < 1) return el_fail(err, EL_ERR_ARGUMENT, "prompt: no tokens", "", "");
+    for (i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= e->model->config.vocab_size) {
+            el_fail(err, EL_ERR_ARGUMENT, "prompt: token id ", "", "");
+            el_error_num(err, tokens[i]);
+            el_error_append(err, " is outside the vocabulary");
+            return EL_ERR_ARGUMENT;
+        }
+    if (already + n + 1 > sequence_limit(e)) {
+        el_fail(err, EL_ERR_CAPACITY, "prompt of ", "", "");
+        el_error_num(err, already + n);
+        el_error_append(err, " tokens is too long: at most ");
+        el_error_num(err, sequence_limit(e) - 1);
+        el_error_append(err, " fit, leaving room for one new token (max_model_len ");
+        el_error_num(err, room);
+        el_error_append(err, ", KV pool of ");
+        el_error_num(err, (long long)e->kv.n_blocks * e->options.block_size);
+        el_error_append(err, " tokens)");
+        return EL_ERR_CAPACITY;
+    }
+    return EL_OK;
+}
+
+/* The request's own checks, and its stop token ids inside the vocabulary: below
+ * min_tokens they index the logits to mask them. */
+static el_status check_request(const el_engine *e, const el_request *request, el_error *err)
+{
+    int i;
+    el_status status = el_request_check(request, err);
+    if (status != EL_OK) return status;
+    for (i = 0; i < request->n_stop_token_ids; i++)
+        if (request->stop_token_ids[i] < 0 || request->stop_token_ids[i] >= e->model->config.vocab_size) {
+            el_fail(err, EL_ERR_ARGUMENT, "stop_token_ids: token id ", "", "");
+            el_error_num(err, request->stop_token_ids[i]);
+            el_error_append(err, " is outside the vocabulary of ");
+            el_error_num(err, e->model->config.vocab_size);
+            return EL_ERR_ARGUMENT;
+        }
+    return EL_OK;
+}
+
+static void start_turn(el_engine *e, el_sequence *seq, const el_request *request)
+{
+    seq->request = *request;
+    seq->n_prompt = seq->n_tokens;
+    seq->n_cached_tokens = -1;
+    seq->finish = EL_FINISH_NONE;
+    seq->stop_kind = EL_STOP_NONE;
+    seq->stop_value = -1;
+    seq->text_len = seq->text_emitted = 0;
+    el_utf8_stream_init(&seq->utf8);
+    el_rng_seed(&seq->rng, request->sampling.seed);
+    seq->arrival = e->scheduler.next_arrival++;
+    seq->state = EL_SEQ_WAITING;
+}
+
+int el_engine_add(el_engine *e, const int32_t *prompt, int n_prompt, const el_request *request, el_error *err)
+{
+    el_sequence *seq = NULL;
+    int i;
+    if (check_request(e, request, err) != EL_OK || check_tokens(e, prompt, n_prompt, 0, err) != EL_OK) return -1;
+    for (i = 0; i < e->options.max_seqs && seq == NULL; i++)
+        if (e->seqs[i].state == EL_SEQ_FREE) seq = &e->seqs[i];
+    if (seq == NULL) {
+        el_fail(err, EL_ERR_CAPACITY, "engine: all sequence slots are busy", "", "");
+        return -1;
+    }
+    el_memcpy(seq->tokens, prompt, sizeof(int32_t) * (size_t)n_prompt);
+    seq->n_tokens = n_prompt;
+    seq->n_computed = seq->n_blocks = seq->n_preemptions = 0;
+    start_turn(e, seq, request);
+    return seq->id;
+}
+
+el_status el_engine_continue(el_engine *e, int seq_id, const int32_t *tokens, int n, const el_request *request,
+                             el_error *err)
+{
+    el_sequence *seq;
+    el_status status;
+    if (seq_id < 0 || seq_id >= e->options.max_seqs || e->seqs[seq_id].state != EL_SEQ_FINISHED)
+        return el_fail(err, EL_ERR_ARGUMENT, "continue: no finished sequence with that id", "", "");
+    seq = &e->seqs[seq_id];
+    if ((status = check_request(e, request, err)) != EL_OK) return status;
+    if ((status = check_tokens(e, tokens, n, seq->n_tokens, err)) != EL_OK) return status;
+    el_memcpy(seq->tokens + seq->n_tokens, tokens, sizeof(int32_t) * (size_t)n);
+    seq->n_tokens += n;
+    start_turn(e, seq, request);
+    return EL_OK;
+}
+
+/* ------------------------------------------------------------ sampling and stopping */
+
+static int is_stop_token(const el_request *r, int token)
+{
+    int i;
+    for (i = 0; i < r->n_stop_token_ids; i++)
+        if (r->stop_token_ids[i] == token) return 1;
+    return 0;
+}
+
+static int sample_next(el_engine *e, el_sequence *seq, float *logits)
+{
+    const el_request *r = &seq->request;
+    int i, n_output = el_sequence_output_len(seq);
+    if (n_output < r->min_tokens) {
+        if (!r->ignore_eos) {
+            logits[e->model->vocab.eos_id] = EL_MASKED_LOGIT;
+            logits[e->model->vocab.bos_id] = EL_MASKED_LOGIT;
+        }
+        for (i = 0; i < r->n_stop_token_ids; i++) logits[r->stop_token_ids[i]] = EL_MASKED_LOGIT;
+    }
+    return el_sample(&r->sampling, logits, seq->tokens, seq->n_prompt, seq->tokens + seq->n_prompt, n_output,
+                     &seq->rng, &e->sampler);
+}
+
+static void finish(el_sequence *seq, el_finish_reason reason)
+{
+    /* A character cut short by the end of the turn is shown as its bytes, not dropped;
+     * after a stop string the text is cut before the string, so nothing follows it. */
+    if (seq->stop_kind != EL_STOP_STRING) el_sequence_flush_text(seq);
+    seq->finish = reason;
+    seq->state = EL_SEQ_FINISHED;
+}
+
+static void append_token(el_engine *e, el_sequence *seq, int token)
+{
+    const el_request *r = &seq->request;
+    int previous = seq->tokens[seq->n_tokens - 1];
+    seq->tokens[seq->n_tokens++] = token;
+    e->tokens_generated++;
+    /* A generated BOS ends a sequence like EOS: models trained on BOS-separated
+     * documents (llama2.c's convention) end a text by starting the next one. */
+    if ((token == e->model->vocab.eos_id || token == e->model->vocab.bos_id) && !r->ignore_eos) {
+        seq->stop_kind = EL_STOP_EOS;
+        finish(seq, EL_FINISH_STOP);
+    } else if (is_stop_token(r, token)) {
+        seq->stop_kind = EL_STOP_TOKEN;
+        seq->stop_value = token;
+        finish(seq, EL_FINISH_STOP);
+    } else if (el_sequence_add_text(seq, &e->tokenizer, previous, token, e->text_scratch)) {
+        finish(seq, EL_FINISH_STOP);
+    } else if (el_sequence_output_len(seq) >= r->max_tokens || seq->n_tokens >= sequence_limit(e)) {
+        finish(seq, EL_FINISH_LENGTH);
+    }
+}
+
+static void fill_event(el_event *ev, el_sequence *seq, int token)
+{
+    int ready = el_sequence_ready_text(seq);
+    ev->seq_id = seq->id;
+    ev->token = token;
+    ev->text = seq->text + seq->text_emitted;
+    ev->text_len = ready > seq->text_emitted ? ready - seq->text_emitted : 0;
+    if (ready > seq->text_emitted) seq->text_emitted = ready;
+    ev->finished = seq->state == EL_SEQ_FINISHED;
+    ev->finish = seq->finish;
+    ev->stop_kind = seq->stop_kind;
+    ev->stop_value = seq->stop_value;
+}
+
+/* ------------------------------------------------------------ the step */
+
+/* A safety net: waiting sequences that cannot be admitted while nothing runs are
+ * aborted rather than left to wait forever. The scheduler takes blocks back from
+ * finished and waiting sequences and every admitted prompt fits the pool, so with
+ * nothing running admission always succeeds; this should never fire. */
+static int abort_stuck(el_engine *e, el_event *events, int max_events)
+{
+    int i, n = 0;
+    for (i = 0; i < e->options.max_seqs && n < max_events; i++) {
+        el_sequence *seq = &e->seqs[i];
+        if (seq->state != EL_SEQ_WAITING) continue;
+        finish(seq, EL_FINISH_ABORT);
+        fill_event(&events[n++], seq, -1);
+    }
+    return n;
+}
+
+int el_engine_step(el_engine *e, el_event *events, int max_events)
+{
+    int n_rows, r, n_logits, logit = 0, n_events = 0;
+    n_rows = el_schedule(&e->scheduler, e->rows, e->row_seq);
+    if (n_rows == 0) return el_engine_pending(e) ? abort_stuck(e, events, max_events) : 0;
+    n_logits = el_forward(&e->forward, e->model, &e->kv, e->rows, n_rows);
+    (void)n_logits;
+    for (r = 0; r < n_rows; r++) {
+        el_sequence *seq = &e->seqs[e->row_seq[r]];
+        int before = seq->n_computed;
+        seq->n_computed = e->rows[r].pos + 1;
+        if (seq->n_computed - 1 < seq->n_prompt) e->prompt_tokens_computed++;
+        if (seq->n_computed / e->kv.block_size > before / e->kv.block_size)
+            el_scheduler_register_blocks(&e->scheduler, seq, before);
+    }
+    for (r = 0; r < n_rows; r++) {
+        el_sequence *seq = &e->seqs[e->row_seq[r]];
+        int token;
+        if (!e->rows[r].want_logits) continue;
+        token = sample_next(e, seq, e->forward.logits + (size_t)logit++ * (size_t)e->model->config.vocab_size);
+        append_token(e, seq, token);
+        if (n_events < max_events) fill_event(&events[n_events++], seq, token);
+    }
+    e->steps++;
+    e->rows_run += n_rows;
+    return n_events;
+}
+
+/* ------------------------------------------------------------ bookkeeping */
+
+void el_engine_abort(el_engine *e, int seq_id)
+{
+    el_sequence *seq;
+    if (seq_id < 0 || seq_id >= e->options.max_seqs) return;
+    seq = &e->seqs[seq_id];
+    if (seq->state == EL_SEQ_WAITING || seq->state == EL_SEQ_RUNNING) finish(seq, EL_FINISH_ABORT);
+}
+
+void el_engine_release(el_engine *e, int seq_id)
+{
+    el_sequence *seq;
+    if (seq_id < 0 || seq_id >= e->options.max_seqs) return;
+    seq = &e->seqs[seq_id];
+    el_scheduler_release_blocks(&e->scheduler, seq);
+    seq->state = EL_SEQ_FREE;
+}
+
+int el_engine_pending(const el_engine *e)
+{
+    int i, n = 0;
+    for (i = 0; i < e->options.max_seqs; i++)
+        n += e->seqs[i].state == EL_SEQ_WAITING || e->seqs[i].state == EL_SEQ_RUNNING;
+    return n;
+}
+
+const el_sequence *el_engine_sequence(const el_engine *e, int seq_id)
+{
+    return seq_id >= 0 && seq_id < e->options.max_seqs ? &e->seqs[seq_id] : NULL;
+}
+
+void el_engine_stats_get(const el_engine *e, el_engine_stats *s)
+{
+    el_memset(s, 0, sizeof *s);
+    s->prompt_tokens_computed = e->prompt_tokens_computed;
+    s->tokens_generated = e->tokens_generated;
+    s->steps = e->steps;
+    s->rows = e->rows_run;
+    s->blocks_total = e->kv.n_blocks;
+    s->blocks_used = el_kv_blocks_used(&e->kv);
+    s->blocks_cached = el_kv_blocks_cached(&e->kv);
+    s->blocks_high_water = e->kv.used_high_water;
+    s->prefix_queries = e->kv.prefix_queries;
+    s->prefix_hits = e->kv.prefix_hits;
+    s->preemptions = e->scheduler.preemptions;
+    s->arena_used = e->arena->used;
+    s->arena_high_water = e->arena->high_water;
+    s->arena_size = e->arena->size;
+}

@@ -1,0 +1,82 @@
+/* el_engine.h: requests in, tokens and text out.
+ *
+ * The caller adds requests (prompt tokens and el_request parameters) and calls
+ * el_engine_step until el_engine_pending says nothing is left; each step schedules,
+ * runs one batched forward pass, samples one token for every sequence whose prompt is
+ * done, applies the stop rules, and reports what happened as events (a step that only
+ * prefills part of a long prompt reports none). A finished sequence keeps its blocks
+ * until released, so a chat can continue it without recomputing the history; when
+ * other sequences need the pool, its blocks are taken back first (its full blocks
+ * stay in the prefix cache, so a continuation still finds most of them).
+ *
+ * A sequence ends with "length" at max_tokens, at max_model_len, or when it holds
+ * the whole KV pool (a pool smaller than max_model_len is allowed on small boards).
+ */
+#ifndef EL_ENGINE_H
+#define EL_ENGINE_H
+
+#include "el_scheduler.h"
+
+typedef struct {
+    int max_model_len;      /* tokens per sequence, prompt and output; 0 = the model's context */
+    int block_size;         /* tokens per KV block; 0 = 16 */
+    long long kv_cache_bytes; /* the pool's size; 0 = enough for max_seqs full sequences */
+    int max_seqs;           /* sequences at once; 0 = 8 */
+    int max_batch_tokens;   /* rows per forward step; 0 = max(max_seqs, 32) */
+    el_kv_dtype kv_dtype;
+    int no_prefix_caching;  /* 1: never share blocks between sequences (0, the default, shares) */
+} el_engine_options;
+
+typedef struct {
+    int seq_id;
+    int token;              /* the token sampled this step */
+    const char *text;       /* text that became ready this step (not NUL-terminated) */
+    int text_len;
+    int finished;
+    el_finish_reason finish;
+    el_stop_kind stop_kind;
+    int stop_value;
+} el_event;
+
+typedef struct {
+    long long prompt_tokens_computed, tokens_generated, steps, rows;
+    int blocks_total, blocks_used, blocks_cached, blocks_high_water;
+    long long prefix_queries, prefix_hits, preemptions;
+    size_t arena_used, arena_high_water, arena_size;
+} el_engine_stats;
+
+typedef struct {
+    const el_model *model;
+    el_engine_options options;
+    el_tokenizer tokenizer;
+    el_kv_cache kv;
+    el_forward_state forward;
+    el_sampler_scratch sampler;
+    el_scheduler scheduler;
+    el_sequence *seqs;
+    el_batch_row *rows;
+    int32_t *row_seq;
+    char *text_scratch;     /* el_sequence_scratch_bytes: one token's text on its way in */
+    el_arena *arena;
+    long long prompt_tokens_computed, tokens_generated, steps, rows_run;
+} el_engine;
+
+el_status el_engine_init(el_engine *engine, const el_model *model, const el_engine_options *options, el_arena *arena,
+                         el_error *err);
+
+/* A new sequence; returns its id (>= 0) or -1 with err set (bad parameters, a prompt
+ * that can never fit, or no free sequence slot). */
+int el_engine_add(el_engine *engine, const int32_t *prompt, int n_prompt, const el_request *request, el_error *err);
+/* Append tokens (the next chat turn) to a finished sequence, keeping its cached KV. */
+el_status el_engine_continue(el_engine *engine, int seq_id, const int32_t *tokens, int n, const el_request *request,
+                             el_error *err);
+/* One step; writes at most max_events events, returns how many (0: nothing to do). */
+int el_engine_step(el_engine *engine, el_event *events, int max_events);
+void el_engine_abort(el_engine *engine, int seq_id);
+/* Forget a sequence and give its blocks back (full ones stay in the prefix cache). */
+void el_engine_release(el_engine *engine, int seq_id);
+int el_engine_pending(const el_engine *engine);
+const el_sequence *el_engine_sequence(const el_engine *engine, int seq_id);
+void el_engine_stats_get(const el_engine *engine, el_engine_stats *stats);
+
+#endif

@@ -1,0 +1,120 @@
+/* el_forward.c: RMSNorm, attention with RoPE and grouped-query heads over the paged
+ * cache, SwiGLU feed-forward, and the classifier. */
+#include "el_forward.h"
+
+#include "el_math.h"
+
+static int max_int(int a, int b) { return a > b ? a : b; }
+
+size_t el_forward_bytes(const el_config *c, int max_rows, int max_logits, int max_context)
+{
+    size_t rows = (size_t)max_rows, widest = (size_t)max_int(c->dim, c->hidden_dim);
+    size_t floats = rows * (4 * (size_t)c->dim + 2 * (size_t)c->kv_dim + 2 * (size_t)c->hidden_dim)
+                    + (size_t)max_context + (size_t)c->head_dim / 2
+                    + (size_t)max_logits * (size_t)c->vocab_size + rows * widest / 32;
+    return floats * sizeof(float) + rows * widest + 16 * 16;
+}
+
+el_status el_forward_init(el_forward_state *s, const el_config *c, int max_rows, int max_logits, int max_context,
+                          el_arena *arena, el_error *err)
+{
+    size_t rows = (size_t)max_rows, widest = (size_t)max_int(c->dim, c->hidden_dim);
+    int i;
+    s->max_rows = max_rows;
+    s->max_logits = max_logits;
+    s->max_context = max_context;
+    s->x = (float *)el_arena_alloc(arena, rows * (size_t)c->dim * sizeof(float), 16);
+    s->xb = (float *)el_arena_alloc(arena, rows * (size_t)c->dim * sizeof(float), 16);
+    s->q = (float *)el_arena_alloc(arena, rows * (size_t)c->dim * sizeof(float), 16);
+    s->attention = (float *)el_arena_alloc(arena, rows * (size_t)c->dim * sizeof(float), 16);
+    s->k = (float *)el_arena_alloc(arena, rows * (size_t)c->kv_dim * sizeof(float), 16);
+    s->v = (float *)el_arena_alloc(arena, rows * (size_t)c->kv_dim * sizeof(float), 16);
+    s->hb = (float *)el_arena_alloc(arena, rows * (size_t)c->hidden_dim * sizeof(float), 16);
+    s->hb2 = (float *)el_arena_alloc(arena, rows * (size_t)c->hidden_dim * sizeof(float), 16);
+    s->scores = (float *)el_arena_alloc(arena, (size_t)max_context * sizeof(float), 16);
+    s->rope_freqs = (float *)el_arena_alloc(arena, (size_t)(c->head_dim / 2) * sizeof(float), 16);
+    s->quantized.values = (int8_t *)el_arena_alloc(arena, rows * widest, 16);
+    s->quantized.scales = (float *)el_arena_alloc(arena, rows * widest / 32 * sizeof(float) + sizeof(float), 16);
+    s->logits = (float *)el_arena_alloc(arena, (size_t)max_logits * (size_t)c->vocab_size * sizeof(float), 16);
+    if (s->x == NULL || s->xb == NULL || s->q == NULL || s->attention == NULL || s->k == NULL || s->v == NULL ||
+        s->hb == NULL || s->hb2 == NULL || s->scores == NULL || s->rope_freqs == NULL ||
+        s->quantized.values == NULL || s->quantized.scales == NULL || s->logits == NULL)
+        return el_fail(err, EL_ERR_NO_MEMORY, "forward pass: the arena is too small for the activations", "", "");
+    /* freq_i = theta^(-2i/head_dim), computed in double once so every target agrees */
+    for (i = 0; i < c->head_dim / 2; i++)
+        s->rope_freqs[i] = (float)(1.0 / el_pow((double)c->rope_theta, (double)(2 * i) / (double)c->head_dim));
+    return EL_OK;
+}
+
+/* One row's attention over its sequence's cached positions 0..pos, all heads. */
+static void attend(el_forward_state *s, const el_config *c, const el_kv_cache *kv, int layer,
+                   const el_batch_row *row, const float *q, float *out)
+{
+    int group = c->n_heads / c->n_kv_heads, h, t, i;
+    float scale = 1.0f / el_sqrtf((float)c->head_dim);
+    for (h = 0; h < c->n_heads; h++) {
+        const float *qh = q + h * c->head_dim;
+        float *oh = out + h * c->head_dim;
+        for (t = 0; t <= row->pos; t++)
+            s->scores[t] = scale * el_kv_key_dot(kv, row->block_table[t / kv->block_size], t % kv->block_size,
+                                                 layer, h / group, qh);
+        el_softmax(s->scores, row->pos + 1);
+        for (i = 0; i < c->head_dim; i++) oh[i] = 0.0f;
+        for (t = 0; t <= row->pos; t++)
+            el_kv_value_add(kv, row->block_table[t / kv->block_size], t % kv->block_size, layer, h / group,
+                            s->scores[t], oh);
+    }
+}
+
+static void attention_block(el_forward_state *s, const el_model *m, el_kv_cache *kv, int layer,
+                            const el_batch_row *rows, int n)
+{
+    const el_config *c = &m->config;
+    const el_layer_weights *w = &m->layers[layer];
+    int r, i;
+    for (r = 0; r < n; r++) el_rmsnorm(s->xb + r * c->dim, s->x + r * c->dim, w->attn_norm, c->dim, c->norm_eps);
+    el_matmul(s->q, &w->attn_q, s->xb, n, &s->quantized);
+    el_matmul(s->k, &w->attn_k, s->xb, n, &s->quantized);
+    el_matmul(s->v, &w->attn_v, s->xb, n, &s->quantized);
+    for (r = 0; r < n; r++) {
+        const el_batch_row *row = &rows[r];
+        el_rope(s->q + r * c->dim, c->n_heads, c->head_dim, row->pos, s->rope_freqs);
+        el_rope(s->k + r * c->kv_dim, c->n_kv_heads, c->head_dim, row->pos, s->rope_freqs);
+        el_kv_store(kv, row->block_table[row->pos / kv->block_size], row->pos % kv->block_size, layer,
+                    s->k + r * c->kv_dim, s->v + r * c->kv_dim);
+    }
+    /* Only after every row is stored: a prefill row attends to earlier rows of its chunk. */
+    for (r = 0; r < n; r++) attend(s, c, kv, layer, &rows[r], s->q + r * c->dim, s->attention + r * c->dim);
+    el_matmul(s->xb, &w->attn_output, s->attention, n, &s->quantized);
+    for (i = 0; i < n * c->dim; i++) s->x[i] += s->xb[i];
+}
+
+static void feed_forward_block(el_forward_state *s, const el_model *m, int layer, int n)
+{
+    const el_config *c = &m->config;
+    const el_layer_weights *w = &m->layers[layer];
+    int r, i;
+    for (r = 0; r < n; r++) el_rmsnorm(s->xb + r * c->dim, s->x + r * c->dim, w->ffn_norm, c->dim, c->norm_eps);
+    el_matmul(s->hb, &w->ffn_gate, s->xb, n, &s->quantized);
+    el_matmul(s->hb2, &w->ffn_up, s->xb, n, &s->quantized);
+    el_swiglu(s->hb, s->hb2, n * c->hidden_dim);
+    el_matmul(s->xb, &w->ffn_down, s->hb, n, &s->quantized);
+    for (i = 0; i < n * c->dim; i++) s->x[i] += s->xb[i];
+}
+
+int el_forward(el_forward_state *s, const el_model *m, el_kv_cache *kv, const el_batch_row *rows, int n)
+{
+    const el_config *c = &m->config;
+    int r, layer, n_logits = 0;
+    for (r = 0; r < n; r++) el_matrix_row(s->x + r * c->dim, &m->token_embd, (uint32_t)rows[r].token);
+    for (layer = 0; layer < c->n_layers; layer++) {
+        attention_block(s, m, kv, layer, rows, n);
+        feed_forward_block(s, m, layer, n);
+    }
+    /* The classifier only for rows that want logits, packed together as one batch. */
+    for (r = 0; r < n; r++)
+        if (rows[r].want_logits)
+            el_rmsnorm(s->xb + n_logits++ * c->dim, s->x + r * c->dim, m->output_norm, c->dim, c->norm_eps);
+    if (n_logits > 0) el_matmul(s->logits, &m->output, s->xb, n_logits, &s->quantized);
+    return n_logits;
+}

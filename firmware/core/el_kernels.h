@@ -1,0 +1,42 @@
+/* el_kernels.h: the arithmetic of the forward pass.
+ *
+ * Every output is computed in one fixed order that does not depend on the batch, so
+ * a token gets the same bits alone or in a batch of eight, and on every target.
+ */
+#ifndef EL_KERNELS_H
+#define EL_KERNELS_H
+
+#include "el_model.h"
+
+#define EL_QBLOCK 32
+
+/* Activations quantized to int8 in blocks of 32 (one float scale per block), so dot
+ * products with Q8_0/Q4_0 weights are exact integer sums per block. */
+typedef struct {
+    int8_t *values;  /* batch * cols */
+    float *scales;   /* batch * cols / 32 */
+} el_qactivations;
+
+float el_fp16_to_f32(uint16_t h);
+
+/* y[b][r] = W[r] . x[b] for b < batch: each weight row is read once for the whole batch.
+ * `q` is scratch for the quantized x (used for Q8_0 and Q4_0 weights). */
+void el_matmul(float *y, const el_matrix *w, const float *x, int batch, el_qactivations *q);
+
+/* a . b in the runtime's one summation order (eight running sums, combined pairwise):
+ * the same bits on every target, and fast where a vector unit takes the lanes. */
+float el_dot(const float *a, const float *b, int n);
+/* The same with int8 b (an int8 KV cache's keys, before their scale). */
+float el_dot_int8(const float *a, const int8_t *b, int n);
+
+/* One row of a matrix as floats (the embedding lookup). */
+void el_matrix_row(float *out, const el_matrix *w, uint32_t row);
+
+void el_rmsnorm(float *out, const float *x, const float *weight, int n, float eps);
+/* Rotate adjacent pairs (x[2i], x[2i+1]) of each head by pos * freq[i]. */
+void el_rope(float *x, int n_heads, int head_dim, int pos, const float *freqs);
+void el_softmax(float *x, int n);
+/* gate[i] = silu(gate[i]) * up[i] */
+void el_swiglu(float *gate, const float *up, int n);
+
+#endif

@@ -1,0 +1,53 @@
+/* el_model.h: a llama model as a view over a parsed GGUF file.
+ *
+ * Loading checks that every required key and tensor is present with the shape the
+ * config implies and a supported type; weights stay where they are in the buffer.
+ */
+#ifndef EL_MODEL_H
+#define EL_MODEL_H
+
+#include "el_gguf.h"
+
+typedef struct {
+    int dim, n_layers, n_heads, n_kv_heads, head_dim, kv_dim, hidden_dim, vocab_size, context_length;
+    float norm_eps, rope_theta;
+} el_config;
+
+/* A weight matrix of rows x cols (cols = the row length, ggml's ne[0]). */
+typedef struct {
+    uint32_t type;
+    uint32_t rows, cols;
+    const void *data;
+} el_matrix;
+
+typedef struct {
+    const float *attn_norm, *ffn_norm;  /* dim floats each; norms must be F32 */
+    el_matrix attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_down, ffn_up;
+} el_layer_weights;
+
+typedef struct {
+    int n_tokens;
+    const el_str *pieces;   /* sentencepiece pieces, '\xe2\x96\x81' for spaces */
+    const float *scores;
+    const int32_t *types;   /* 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte */
+    int bos_id, eos_id, unk_id;
+} el_vocab;
+
+typedef struct {
+    el_config config;
+    el_matrix token_embd;
+    el_matrix output;       /* token_embd again when the classifier is tied */
+    const float *output_norm;
+    el_layer_weights *layers;
+    el_vocab vocab;
+    el_str name;
+    el_str chat_template;   /* tokenizer.chat_template, empty when absent */
+    el_gguf gguf;
+} el_model;
+
+el_status el_model_load(el_model *model, const uint8_t *file, size_t size, el_arena *arena, el_error *err);
+
+/* Bytes of one row of a matrix of this type and row length (0 for an unsupported type). */
+size_t el_row_bytes(uint32_t type, uint32_t cols);
+
+#endif

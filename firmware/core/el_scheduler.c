@@ -1,0 +1,193 @@
+/* el_scheduler.c: admission with prefix-cache lookups, decode rows, preemption,
+ * chunked prefill. */
+#include "el_scheduler.h"
+
+/* The sequence with the smallest arrival above `after` in `state`, or NULL. */
+static el_sequence *next_by_arrival(el_scheduler *s, el_seq_state state, uint64_t after, int *found_any)
+{
+    el_sequence *best = NULL;
+    int i;
+    for (i = 0; i < s->max_seqs; i++) {
+        el_sequence *seq = &s->seqs[i];
+        if (seq->state != state || seq->arrival <= after) continue;
+        if (best == NULL || seq->arrival < best->arrival) best = seq;
+    }
+    if (found_any != NULL) *found_any = best != NULL;
+    return best;
+}
+
+static el_sequence *newest_running(el_scheduler *s)
+{
+    el_sequence *best = NULL;
+    int i;
+    for (i = 0; i < s->max_seqs; i++)
+        if (s->seqs[i].state == EL_SEQ_RUNNING && (best == NULL || s->seqs[i].arrival > best->arrival))
+            best = &s->seqs[i];
+    return best;
+}
+
+void el_scheduler_release_blocks(el_scheduler *s, el_sequence *seq)
+{
+    int i;
+    for (i = seq->n_blocks - 1; i >= 0; i--) el_kv_release(s->kv, seq->block_table[i]);
+    seq->n_blocks = 0;
+    seq->n_computed = 0;
+}
+
+/* Blocks held by a sequence that is not running, given back so that running and
+ * admitted sequences can go on: first a finished one (oldest first; its full blocks
+ * stay findable in the prefix cache, so a chat that continues it later recomputes
+ * little), then one waiting to continue a chat (newest first), never `keep`. Without
+ * this, sequences the caller has not released yet would hold the pool while the
+ * waiting ones starve. Returns 0 when nothing is left to take. */
+static int reclaim(el_scheduler *s, const el_sequence *keep)
+{
+    el_sequence *best = NULL;
+    int i;
+    for (i = 0; i < s->max_seqs; i++) {
+        el_sequence *seq = &s->seqs[i];
+        if (seq->n_blocks == 0 || seq == keep) continue;
+        if (seq->state == EL_SEQ_FINISHED) {
+            if (best == NULL || best->state != EL_SEQ_FINISHED || seq->arrival < best->arrival) best = seq;
+        } else if (seq->state == EL_SEQ_WAITING) {
+            if (best == NULL || (best->state == EL_SEQ_WAITING && seq->arrival > best->arrival)) best = seq;
+        }
+    }
+    if (best == NULL) return 0;
+    el_scheduler_release_blocks(s, best);
+    return 1;
+}
+
+static void preempt(el_scheduler *s, el_sequence *seq)
+{
+    el_scheduler_release_blocks(s, seq);
+    seq->state = EL_SEQ_WAITING;
+    seq->n_preemptions++;
+    s->preemptions++;
+}
+
+/* Blocks so that positions 0..n_positions-1 have a home; 0 when the pool is short. */
+static int grow_table(el_scheduler *s, el_sequence *seq, int n_positions)
+{
+    int needed = (n_positions + s->kv->block_size - 1) / s->kv->block_size;
+    while (seq->n_blocks < needed) {
+        int block = el_kv_allocate(s->kv);
+        if (block < 0) return 0;
+        seq->block_table[seq->n_blocks++] = block;
+    }
+    return 1;
+}
+
+static uint64_t block_hash_at(const el_scheduler *s, const el_sequence *seq, int index)
+{
+    uint64_t parent = index > 0 ? s->kv->hash[seq->block_table[index - 1]] : 0;
+    return el_kv_hash(parent, seq->tokens + index * s->kv->block_size, s->kv->block_size);
+}
+
+void el_scheduler_register_blocks(el_scheduler *s, el_sequence *seq, int n_computed_before)
+{
+    int bs = s->kv->block_size, i;
+    if (!s->prefix_caching) return;
+    for (i = n_computed_before / bs; i < seq->n_computed / bs; i++)
+        el_kv_register(s->kv, seq->block_table[i], block_hash_at(s, seq, i), seq->tokens + i * bs);
+}
+
+/* Share the full blocks of the sequence's tokens already in the cache (the last token
+ * is always computed, since its logits are needed). With take == 0 only count them,
+ * and how many of them are free now: taking those leaves fewer for the rest. */
+static int cached_prefix(el_scheduler *s, el_sequence *seq, int take, int *n_free_hits)
+{
+    int bs = s->kv->block_size, i, block;
+    uint64_t parent = 0;
+    if (!s->prefix_caching) return 0;
+    for (i = 0; i < (seq->n_tokens - 1) / bs; i++) {
+        uint64_t h = el_kv_hash(parent, seq->tokens + i * bs, bs);
+        block = take ? el_kv_lookup(s->kv, h, seq->tokens + i * bs) : el_kv_find(s->kv, h, seq->tokens + i * bs);
+        if (block < 0) break;
+        if (take) seq->block_table[seq->n_blocks++] = block;
+        else if (s->kv->ref_count[block] == 0) (*n_free_hits)++;
+        parent = h;
+    }
+    return i;
+}
+
+/* Free blocks the sequence needs to be admitted with its whole prompt. */
+static int blocks_to_admit(el_scheduler *s, el_sequence *seq)
+{
+    int bs = s->kv->block_size, needed = (seq->n_tokens + bs - 1) / bs, hits, free_hits = 0;
+    if (seq->n_blocks > 0) return needed - seq->n_blocks; /* a continued chat keeps its own blocks */
+    hits = cached_prefix(s, seq, 0, &free_hits);
+    return needed - hits + free_hits;
+}
+
+/* Counted exactly first, so a prompt that does not fit takes nothing, evicts nothing
+ * from the prefix cache and counts no prefix hits. */
+static int admit(el_scheduler *s, el_sequence *seq)
+{
+    while (blocks_to_admit(s, seq) > s->kv->n_free)
+        if (!reclaim(s, seq)) return 0;
+    if (seq->n_blocks == 0) {
+        cached_prefix(s, seq, 1, NULL);
+        seq->n_computed = seq->n_blocks * s->kv->block_size;
+    }
+    if (seq->n_cached_tokens < 0) seq->n_cached_tokens = seq->n_computed;
+    if (!grow_table(s, seq, seq->n_tokens)) { /* cannot happen after the count; stay safe */
+        el_scheduler_release_blocks(s, seq);
+        return 0;
+    }
+    seq->state = EL_SEQ_RUNNING;
+    return 1;
+}
+
+static int add_rows(el_batch_row *rows, int32_t *row_seq, int n, el_sequence *seq, int index, int count)
+{
+    int i;
+    for (i = 0; i < count; i++) {
+        int pos = seq->n_computed + i;
+        rows[n].token = seq->tokens[pos];
+        rows[n].pos = pos;
+        rows[n].block_table = seq->block_table;
+        rows[n].want_logits = pos == seq->n_tokens - 1;
+        row_seq[n++] = index;
+    }
+    return n;
+}
+
+int el_schedule(el_scheduler *s, el_batch_row *rows, int32_t *row_seq)
+{
+    int n = 0, found = 1;
+    uint64_t after = 0;
+    el_sequence *seq;
+    /* 1. decoding sequences: one row each, oldest first; preempt the newest on shortage */
+    while (n < s->max_rows && (seq = next_by_arrival(s, EL_SEQ_RUNNING, after, &found)) != NULL) {
+        after = seq->arrival;
+        if (seq->n_computed != seq->n_tokens - 1) continue; /* still prefilling: below */
+        while (!grow_table(s, seq, seq->n_tokens)) {
+            el_sequence *victim;
+            if (reclaim(s, NULL)) continue;
+            victim = newest_running(s);
+            preempt(s, victim);
+            if (victim == seq) break;
+        }
+        if (seq->state == EL_SEQ_RUNNING) n = add_rows(rows, row_seq, n, seq, (int)(seq - s->seqs), 1);
+    }
+    /* 2. prefill: sequences part-way through their prompt, then new ones in arrival order */
+    after = 0;
+    while (n < s->max_rows && (seq = next_by_arrival(s, EL_SEQ_RUNNING, after, &found)) != NULL) {
+        int chunk = seq->n_tokens - seq->n_computed;
+        after = seq->arrival;
+        if (seq->n_computed >= seq->n_tokens - 1) continue;
+        if (chunk > s->max_rows - n) chunk = s->max_rows - n;
+        n = add_rows(rows, row_seq, n, seq, (int)(seq - s->seqs), chunk);
+    }
+    after = 0;
+    while (n < s->max_rows && (seq = next_by_arrival(s, EL_SEQ_WAITING, after, &found)) != NULL) {
+        int chunk;
+        after = seq->arrival;
+        if (!admit(s, seq)) break; /* first come, first served: no overtaking */
+        chunk = seq->n_tokens - seq->n_computed;
+        if (chunk > s->max_rows - n) chunk = s->max_rows - n;
+        n = add_rows(rows, row_seq, n, seq, (int)(seq - s->seqs), chunk);
+    }
+    return n;
+}

@@ -1,0 +1,74 @@
+/* el_sequence.h: one request's life: its tokens, its block table, its text.
+ *
+ * A sequence's tokens are the prompt followed by what it generated. n_computed
+ * counts the tokens whose keys and values are in the cache; the scheduler moves it
+ * forward, a preemption sets it back to 0 (the tokens stay, so recomputing gives the
+ * same output). Output text is kept per turn, with stop strings held back until it
+ * is clear whether they complete.
+ */
+#ifndef EL_SEQUENCE_H
+#define EL_SEQUENCE_H
+
+#include "el_sampler.h"
+#include "el_tokenizer.h"
+
+#define EL_MAX_STOP_STRINGS 4
+#define EL_MAX_STOP_LEN 32
+#define EL_MAX_STOP_TOKENS 8
+
+typedef struct {
+    el_sampling sampling;
+    int max_tokens;       /* output tokens at most (this turn) */
+    int min_tokens;       /* EOS, stop tokens and stop strings are ignored before this many */
+    int ignore_eos;
+    int n_stop_token_ids;
+    int32_t stop_token_ids[EL_MAX_STOP_TOKENS];
+    int n_stop;
+    char stop[EL_MAX_STOP_STRINGS][EL_MAX_STOP_LEN];
+    int stop_len[EL_MAX_STOP_STRINGS];
+} el_request;
+
+typedef enum { EL_SEQ_FREE = 0, EL_SEQ_WAITING, EL_SEQ_RUNNING, EL_SEQ_FINISHED } el_seq_state;
+typedef enum { EL_FINISH_NONE = 0, EL_FINISH_STOP, EL_FINISH_LENGTH, EL_FINISH_ABORT } el_finish_reason;
+typedef enum { EL_STOP_NONE = 0, EL_STOP_EOS, EL_STOP_TOKEN, EL_STOP_STRING } el_stop_kind;
+
+typedef struct {
+    int id;
+    el_seq_state state;
+    uint64_t arrival;          /* admission order; the newest is preempted first */
+    el_request request;
+    int32_t *tokens;
+    int n_tokens, n_prompt, capacity;
+    int n_computed;
+    int32_t *block_table;
+    int n_blocks, max_blocks;
+    int n_cached_tokens;       /* prompt tokens already in the cache at admission (-1 before) */
+    int n_preemptions;
+    el_rng rng;
+    el_finish_reason finish;
+    el_stop_kind stop_kind;
+    int stop_value;            /* the stop token id, or the index of the stop string */
+    char *text;                /* this turn's output text */
+    int text_len, text_emitted, text_capacity;
+    el_utf8_stream utf8;
+} el_sequence;
+
+void el_request_defaults(el_request *request);
+el_status el_request_check(const el_request *request, el_error *err);
+
+/* Scratch for el_sequence_add_text: a token's bytes and what the UTF-8 stream lets out
+ * of them. Pieces can be as long as the vocabulary's longest, so the engine sizes it. */
+size_t el_sequence_scratch_bytes(const el_tokenizer *tok);
+
+/* Decode `token` (which follows `previous`) into the sequence's text and look for stop
+ * strings; `scratch` holds el_sequence_scratch_bytes(tok) bytes. Returns 1 when a stop
+ * string completed (the text is cut before it). */
+int el_sequence_add_text(el_sequence *seq, const el_tokenizer *tok, int previous, int token, char *scratch);
+/* At the end of a turn: bytes the UTF-8 stream still holds (a character cut short)
+ * go into the text as they are, so nothing generated is lost. */
+void el_sequence_flush_text(el_sequence *seq);
+/* Bytes of text that can be shown now: everything but a tail that may still become a stop string. */
+int el_sequence_ready_text(const el_sequence *seq);
+int el_sequence_output_len(const el_sequence *seq);
+
+#endif

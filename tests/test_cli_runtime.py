@@ -1,0 +1,32 @@
+"""generate and chat on the command line, on the C runtime."""
+
+import json
+import subprocess
+import sys
+
+
+def run(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "edgellama", *args], input=stdin, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_generate_streams_a_seeded_story():
+    a = run("generate", "once upon a time", "--seed", "4", "--max-tokens", "40")
+    b = run("generate", "once upon a time", "--seed", "4", "--max-tokens", "40")
+    assert a.returncode == 0, a.stderr
+    assert a.stdout == b.stdout and a.stdout.startswith("once upon a time") and len(a.stdout.split()) > 8
+
+
+def test_generate_stops_before_a_stop_string():
+    full = run("generate", "once upon a time", "--temperature", "0", "--max-tokens", "30").stdout
+    cut = run("generate", "once upon a time", "--temperature", "0", "--max-tokens", "30", "--stop", "lily").stdout
+    assert "lily" in full and cut.rstrip("\n") == full[:full.index("lily")]
+
+
+def test_chat_commands():
+    r = run("chat", "--seed", "1", "--max-tokens", "12",
+            stdin="once there was a dog.\n/stats\nwhat did it do?\n/reset\n/system be brief.\nhi\n/quit\n")
+    assert r.returncode == 0, r.stderr
+    stats = json.loads(next(line[2:] for line in r.stdout.splitlines() if line.startswith("> {")))
+    assert stats["tokens_generated"] >= 1 and stats["blocks_used"] >= 1
+    assert r.stdout.count("> ") >= 6
