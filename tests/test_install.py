@@ -54,6 +54,24 @@ def test_installed_wheel_finds_its_files_through_the_package(wheel, tmp_path):
     assert "tinystories-850k" in r.stdout and "Q8_0" not in r.stdout.split("tensor")[0]
 
 
+def test_installed_wheel_builds_and_runs_the_c_runtime(wheel, tmp_path):
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "EDGELLAMA_CACHE": str(tmp_path / "cache"),
+           "HOME": str(tmp_path)}
+    code = ("from edgellama import LLM, SamplingParams; import edgellama.runtime.build as b; "
+            "print(b.firmware_dir()); o = LLM().generate('once upon a time', SamplingParams(temperature=0, "
+            "max_tokens=8), use_tqdm=False)[0]; print(len(o.outputs[0].token_ids))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    firmware, count = r.stdout.split()
+    assert firmware.startswith(str(target)) and count == "8"
+    assert list((tmp_path / "cache" / "build").glob("edgellama-runtime-*.so"))
+
+
 def test_convert_and_quantize_without_torch(tmp_path, shared_data):
     cmds = [["import", "llama2c", shared_data / "stories260K.bin", "--tokenizer", shared_data / "tok512.bin",
              "-o", tmp_path / "a.gguf"],
