@@ -16,10 +16,11 @@ from .tokenizer import vocab_from_sentencepiece
 REQUIRED = ("model_args", "model", "optimizer", "iter_num", "best_val_loss", "tokenizer_model", "rng")
 
 
-def save_checkpoint(path, model, optimizer, iter_num, best_val_loss, train_config, tokenizer_model, rng):
+def save_checkpoint(path, model, optimizer, iter_num, best_val_loss, train_config, tokenizer_model, rng,
+                    rank_digests):
     state = dict(model_args=model.cfg.to_dict(), model=model.state_dict(), optimizer=optimizer.state_dict(),
                  iter_num=iter_num, best_val_loss=best_val_loss, train_config=train_config,
-                 tokenizer_model=tokenizer_model, rng=rng)
+                 tokenizer_model=tokenizer_model, rng=rng, rank_digests=rank_digests)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 

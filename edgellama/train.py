@@ -167,21 +167,21 @@ def _train(cfg: TrainConfig, rank: int, world: int, device) -> dict:
         if it % cfg.eval_interval == 0 or it == cfg.max_iters:
             val_loss = mean_loss(raw_model, val_windows, cfg.batch_size, device)
             best_val = min(best_val, val_loss)
-            rng = [gen.get_state()]
+            # Every rank's sampler state (for --resume) and parameter digest (DDP must
+            # keep the replicas identical: a difference stops training here).
+            rng, digests = [gen.get_state()], [param_digest(raw_model)]
             if world > 1:
                 gathered = [None] * world
-                dist.all_gather_object(gathered, gen.get_state())
-                rng = gathered
+                dist.all_gather_object(gathered, (gen.get_state(), digests[0]))
+                rng, digests = [g[0] for g in gathered], [g[1] for g in gathered]
+                if len(set(digests)) != 1:
+                    raise EdgeLlamaError(f"ranks out of sync at step {it}: parameter digests {digests}")
             if rank == 0:
                 bar.write(f"step {it}: train loss {loss:.4f}, val loss {val_loss:.4f}")
-                save_checkpoint(cfg.out, raw_model, optimizer, it, best_val, asdict(cfg), tok_bytes, rng)
+                save_checkpoint(cfg.out, raw_model, optimizer, it, best_val, asdict(cfg), tok_bytes, rng, digests)
     bar.close()
     digest = param_digest(raw_model)
     if world > 1:
-        digests = [None] * world
-        dist.all_gather_object(digests, digest)
         print(f"rank {rank}: parameters sha256 {digest}", flush=True)
-        if len(set(digests)) != 1:
-            raise EdgeLlamaError(f"ranks out of sync: parameter digests {digests}")
     return dict(iters=it, train_loss=loss, val_loss=val_loss, best_val_loss=best_val, digest=digest,
                 params=mcfg.n_params(), out=cfg.out)

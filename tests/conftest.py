@@ -47,3 +47,13 @@ def tiny_checkpoint(tmp_path_factory, small_corpus, tiny_tokenizer) -> Path:
     out = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     train(tiny_config(small_corpus, tiny_tokenizer, out, max_iters=60, eval_interval=30))
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The reference models are tiny; extra threads only fight over the two cores."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -32,13 +32,7 @@ LAYER_KINDS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_dow
 
 # ---------------------------------------------------------------- helpers
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The reference model is tiny; extra threads only fight over busy cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def edgellama(*args, cwd=None):

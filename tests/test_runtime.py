@@ -32,13 +32,7 @@ BOS, EOS = 1, 2
 ENGLISH = {"the", "a", "was", "and", "to", "she", "he", "her", "his", "it", "they", "said", "in", "of"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The reference models are tiny; extra threads only fight over the two cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------- helpers

@@ -33,55 +33,38 @@ def host_compiler() -> str:
     return cc
 
 
-def build_shared_library(sources, name: str, extra_flags=(), include_dirs=()) -> Path:
-    """Build a shared library from `sources` (paths); return its path in the cache."""
+def _build(sources, name: str, link_flags: list, suffix: str, extra_flags, include_dirs) -> Path:
+    """Compile `sources` into the cache, named by the hash of the compiler, flags,
+    headers and sources, so it is rebuilt exactly when one of them changes."""
     cc = host_compiler()
     sources = [Path(s) for s in sources]
     includes = [firmware_dir() / "core", *map(Path, include_dirs)]
-    flags = [*C_FLAGS, "-fPIC", "-shared", *extra_flags, *(f"-I{d}" for d in includes)]
+    flags = [*C_FLAGS, *link_flags, *extra_flags, *(f"-I{d}" for d in includes)]
     digest = hashlib.sha256(" ".join([cc, *flags]).encode())
     for header_dir in includes:
         for header in sorted(Path(header_dir).glob("*.h")):
             digest.update(header.name.encode() + header.read_bytes())
     for source in sources:
         digest.update(source.name.encode() + source.read_bytes())
-    out = cache_root() / "build" / f"{name}-{digest.hexdigest()[:16]}.so"
+    out = cache_root() / "build" / f"{name}-{digest.hexdigest()[:16]}{suffix}"
     if out.is_file():
         return out
     with atomic_path(out) as tmp:
         result = subprocess.run([cc, *flags, "-o", str(tmp), *map(str, sources)], capture_output=True, text=True)
         if result.returncode != 0:
             raise EdgeLlamaError(f"building {name} with {cc} failed:\n{result.stderr.strip()}")
+        os.chmod(tmp, 0o755)
     return out
 
 
-def _build_digest(cc: str, flags: list, includes: list, sources: list) -> str:
-    digest = hashlib.sha256(" ".join([cc, *flags]).encode())
-    for header_dir in includes:
-        for header in sorted(Path(header_dir).glob("*.h")):
-            digest.update(header.name.encode() + header.read_bytes())
-    for source in sources:
-        digest.update(source.name.encode() + source.read_bytes())
-    return digest.hexdigest()[:16]
+def build_shared_library(sources, name: str, extra_flags=(), include_dirs=()) -> Path:
+    """A shared library (for ctypes) from `sources`; returns its path in the cache."""
+    return _build(sources, name, ["-fPIC", "-shared"], ".so", extra_flags, include_dirs)
 
 
 def build_program(sources, name: str, extra_flags=(), include_dirs=()) -> Path:
-    """Build an executable from `sources` (paths) with the core's flags; return its path
-    in the cache. Rebuilt only when the compiler, flags, headers or sources change."""
-    cc = host_compiler()
-    sources = [Path(s) for s in sources]
-    includes = [firmware_dir() / "core", *map(Path, include_dirs)]
-    flags = [*C_FLAGS, *extra_flags, *(f"-I{d}" for d in includes)]
-    out = cache_root() / "build" / f"{name}-{_build_digest(cc, flags, includes, sources)}"
-    if out.is_file():
-        return out
-    with atomic_path(out) as tmp:
-        result = subprocess.run([cc, *flags, "-o", str(tmp), *map(str, sources)], capture_output=True, text=True,
-                                check=False)
-        if result.returncode != 0:
-            raise EdgeLlamaError(f"building {name} with {cc} failed:\n{result.stderr.strip()}")
-        os.chmod(tmp, 0o755)
-    return out
+    """An executable from `sources` with the core's flags; returns its path in the cache."""
+    return _build(sources, name, [], "", extra_flags, include_dirs)
 
 
 def posix_program_sources() -> list:

@@ -28,21 +28,24 @@ static uint16_t read_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8
 
 static int round_to_int(float v) { return (int)(v + (v >= 0.0f ? 0.5f : -0.5f)); }
 
-/* llama.cpp's Q8_0 rule (scale = max |x| / 127), with the scale kept in float. */
+void el_quantize_int8(int8_t *q, float *scale, const float *x, int n)
+{
+    float amax = 0.0f, inverse;
+    int i;
+    for (i = 0; i < n; i++) {
+        float a = x[i] < 0 ? -x[i] : x[i];
+        if (a > amax) amax = a;
+    }
+    *scale = amax / 127.0f;
+    inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
+    for (i = 0; i < n; i++) q[i] = (int8_t)round_to_int(x[i] * inverse);
+}
+
+/* Activations in blocks of 32, each with its own scale, as Q8_0 weights are stored. */
 static void quantize_row(int8_t *q, float *scales, const float *x, int cols)
 {
-    int b, i;
-    for (b = 0; b < cols / EL_QBLOCK; b++) {
-        const float *xb = x + b * EL_QBLOCK;
-        float amax = 0.0f, inverse;
-        for (i = 0; i < EL_QBLOCK; i++) {
-            float a = xb[i] < 0 ? -xb[i] : xb[i];
-            if (a > amax) amax = a;
-        }
-        scales[b] = amax / 127.0f;
-        inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
-        for (i = 0; i < EL_QBLOCK; i++) q[b * EL_QBLOCK + i] = (int8_t)round_to_int(xb[i] * inverse);
-    }
+    int b;
+    for (b = 0; b < cols / EL_QBLOCK; b++) el_quantize_int8(q + b * EL_QBLOCK, &scales[b], x + b * EL_QBLOCK, EL_QBLOCK);
 }
 
 /* ------------------------------------------------------------ dot products */

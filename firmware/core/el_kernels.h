@@ -19,6 +19,10 @@ typedef struct {
 
 float el_fp16_to_f32(uint16_t h);
 
+/* n values to int8 with one scale, llama.cpp's Q8_0 rule: scale = max |x| / 127,
+ * q = round(x / scale). Used for activations and for int8 KV. */
+void el_quantize_int8(int8_t *q, float *scale, const float *x, int n);
+
 /* y[b][r] = W[r] . x[b] for b < batch: each weight row is read once for the whole batch.
  * `q` is scratch for the quantized x (used for Q8_0 and Q4_0 weights). */
 void el_matmul(float *y, const el_matrix *w, const float *x, int batch, el_qactivations *q);

@@ -1,6 +1,8 @@
 /* el_kv_cache.c: block storage, the free list, reference counts and prefix hashing. */
 #include "el_kv_cache.h"
 
+#include "el_kernels.h"
+
 /* ------------------------------------------------------------ sizes and setup */
 
 static size_t slot_values(const el_kv_cache *kv) { return (size_t)kv->kv_dim; }
@@ -195,23 +197,11 @@ int el_kv_blocks_cached(const el_kv_cache *kv)
 
 /* ------------------------------------------------------------ storage */
 
-static int round_to_int(float v) { return (int)(v + (v >= 0.0f ? 0.5f : -0.5f)); }
-
-/* int8 with one scale per (position, head): max |x| / 127, like Q8_0. */
+/* int8 with one scale per (position, head). */
 static void store_int8(int8_t *q, float *scales, const float *x, int n_heads, int head_dim)
 {
-    int h, i;
-    for (h = 0; h < n_heads; h++) {
-        const float *xh = x + h * head_dim;
-        float amax = 0.0f, inverse;
-        for (i = 0; i < head_dim; i++) {
-            float a = xh[i] < 0 ? -xh[i] : xh[i];
-            if (a > amax) amax = a;
-        }
-        scales[h] = amax / 127.0f;
-        inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
-        for (i = 0; i < head_dim; i++) q[h * head_dim + i] = (int8_t)round_to_int(xh[i] * inverse);
-    }
+    int h;
+    for (h = 0; h < n_heads; h++) el_quantize_int8(q + h * head_dim, &scales[h], x + h * head_dim, head_dim);
 }
 
 void el_kv_store(el_kv_cache *kv, int block, int slot, int layer, const float *key, const float *value)
