@@ -10,7 +10,7 @@ import click
 
 from ..errors import EdgeLlamaError
 from . import eval as eval_cmd
-from . import chat, export, generate, import_, inspect, tokenizer, train
+from . import boards, chat, export, generate, import_, inspect, tokenizer, toolchains, train
 
 
 class Group(click.Group):
@@ -31,5 +31,5 @@ def main():
     """Train tiny Llama models, quantize them, and run them on small computers."""
 
 
-for module in (tokenizer, train, export, import_, inspect, eval_cmd, generate, chat):
+for module in (tokenizer, train, export, import_, inspect, eval_cmd, generate, chat, boards, toolchains):
     main.add_command(module.command)
