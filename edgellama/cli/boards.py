@@ -7,7 +7,7 @@ from ..toolchains import get_toolchain
 def _size(n: int) -> str:
     if not n:
         return "-"
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("GB", 10**9), ("MB", 10**6)):
+    for unit, scale in (("GiB", 1 << 30), ("GB", 10**9), ("MiB", 1 << 20), ("MB", 10**6), ("KiB", 1 << 10)):
         if n >= scale and n % scale == 0:
             return f"{n // scale} {unit}"
     return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n} B"
