@@ -96,20 +96,37 @@ def get_toolchain(name: str) -> Toolchain:
     return load_toolchain(path)
 
 
-def install(toolchain: Toolchain, extra_apt=()):
-    """Run the install command (apt-get as root or through sudo; pip into this Python)."""
-    if toolchain.apt or extra_apt:
-        if not shutil.which("apt-get"):
-            raise EdgeLlamaError(f"toolchain {toolchain.name}: no apt-get here; install {' '.join(toolchain.apt)} "
-                                 "with your system's package manager")
-        sudo = [] if os.geteuid() == 0 else ["sudo"]
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
-        cmd = [*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *toolchain.apt, *extra_apt]
-    else:
-        import sys
-        cmd = [sys.executable, "-m", "pip", "install", "-q", *toolchain.pip]
-        env = None
-    result = subprocess.run(cmd, env=env)
-    if result.returncode != 0:
-        raise EdgeLlamaError(f"toolchain {toolchain.name}: `{' '.join(cmd)}` failed with exit code {result.returncode}")
+def install_apt(packages):
+    """apt-get install, as root or through sudo."""
+    if not shutil.which("apt-get"):
+        raise EdgeLlamaError(f"no apt-get here; install {' '.join(packages)} with your system's package manager")
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
+    cmd = [*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]
+    if subprocess.run(cmd, env=env).returncode != 0:
+        raise EdgeLlamaError(f"`{' '.join(cmd)}` failed")
+
+
+def install(toolchain: Toolchain):
+    """Run the toolchain's install command (apt, or pip into this Python)."""
+    if toolchain.apt:
+        install_apt(toolchain.apt)
+        return
+    import sys
+    cmd = [sys.executable, "-m", "pip", "install", "-q", *toolchain.pip]
+    if subprocess.run(cmd).returncode != 0:
+        raise EdgeLlamaError(f"toolchain {toolchain.name}: `{' '.join(cmd)}` failed")
+
+
+def missing_system_packages() -> list:
+    """apt packages of the toolchains and emulators that are not installed yet."""
+    from .boards import all_boards
+    wanted = {}
+    for t in all_toolchains():
+        if t.apt and not t.installed():
+            wanted.update(dict.fromkeys(t.apt))
+    for b in all_boards():
+        if b.emulated and not shutil.which(b.reach.emulator):
+            wanted.update(dict.fromkeys(b.reach.apt))
+    return list(wanted)

@@ -34,4 +34,8 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(not torch.__version__.star
     fi
 fi
 "${pip[@]}" -e ".[$extras]"
+if [ "${1:-}" = "test" ]; then
+    # Cross compilers and QEMU for the emulated boards, as the board and toolchain files list them.
+    .venv/bin/edgellama toolchains install --all
+fi
 echo "setup: .venv ready ($(.venv/bin/edgellama --version))"

@@ -1,6 +1,6 @@
 import click
 
-from ..toolchains import all_toolchains, get_toolchain, install
+from ..toolchains import all_toolchains, get_toolchain, install, install_apt, missing_system_packages
 
 
 @click.group("toolchains", invoke_without_command=True)
@@ -15,9 +15,19 @@ def command(ctx):
 
 
 @command.command("install")
-@click.argument("name")
-def install_cmd(name):
+@click.argument("name", required=False)
+@click.option("--all", "everything", is_flag=True,
+              help="Every apt toolchain and every emulator the emulated boards need (what the tests use).")
+def install_cmd(name, everything):
     """Install a toolchain with apt (or pip for PlatformIO)."""
-    t = get_toolchain(name)
-    install(t)
-    click.echo(f"{t.name}: {'installed' if t.installed() else 'still missing'} ({t.version()})")
+    if everything == bool(name):
+        raise click.UsageError("give a toolchain NAME or --all")
+    if name:
+        t = get_toolchain(name)
+        install(t)
+        click.echo(f"{t.name}: {'installed' if t.installed() else 'still missing'} ({t.version()})")
+        return
+    packages = missing_system_packages()
+    if packages:
+        install_apt(packages)
+    click.echo(f"installed {' '.join(packages)}" if packages else "all toolchains and emulators are installed")
