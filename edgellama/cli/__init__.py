@@ -10,7 +10,7 @@ import click
 
 from ..errors import EdgeLlamaError
 from . import eval as eval_cmd
-from . import boards, chat, export, generate, import_, inspect, tokenizer, toolchains, train
+from . import boards, build, chat, export, export_c, generate, import_, inspect, plan, run, tokenizer, toolchains, train
 
 
 class Group(click.Group):
@@ -31,5 +31,6 @@ def main():
     """Train tiny Llama models, quantize them, and run them on small computers."""
 
 
-for module in (tokenizer, train, export, import_, inspect, eval_cmd, generate, chat, boards, toolchains):
+for module in (tokenizer, train, export, import_, inspect, eval_cmd, generate, chat, boards, toolchains, build,
+               export_c, run, plan):
     main.add_command(module.command)

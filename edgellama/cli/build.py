@@ -1,0 +1,30 @@
+import click
+
+from ..builder import build
+from ..quant import QUANT_NAMES
+
+
+def describe(result, verb: str) -> str:
+    m = result.manifest
+    lines = [f"{verb} {result.out_dir} for {m['board']} ({m['toolchain']['version'] or m['toolchain']['cc']})"]
+    for a in m["artifacts"]:
+        lines.append(f"  {a['path']:<16} {a['bytes']:>12,} bytes  sha256 {a['sha256'][:16]}...")
+    if m.get("plan"):
+        lines.append(f"  plan   {m['plan']['verdict']}")
+    flags = m.get("flags", {})
+    if flags:
+        lines.append(f"  flags  {' '.join(flags.get('cflags', []))} {' '.join(flags.get('ldflags', []))}".rstrip())
+    return "\n".join(lines)
+
+
+@click.command("build")
+@click.option("--board", required=True, help="Board name (see `edgellama boards`).")
+@click.option("--model", type=click.Path(dir_okay=False),
+              help="GGUF model or checkpoint (default: the embedded model).")
+@click.option("--quant", type=click.Choice(list(QUANT_NAMES)), default="q8_0", show_default=True,
+              help="Tensor type of the matrices in the model the build carries.")
+@click.option("--ctx", type=click.IntRange(min=1), help="Context length to plan for (default: the model's).")
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Output directory (default: build/BOARD).")
+def command(board, model, quant, ctx, output):
+    """Cross-compile the runtime for a board: program or image, model, manifest.json."""
+    click.echo(describe(build(board, model, quant, output, ctx), "built"))

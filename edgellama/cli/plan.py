@@ -1,0 +1,23 @@
+import click
+
+from ..planner import KV_DTYPES, format_plan, plan, plan_json
+from ..quant import QUANT_NAMES
+
+
+@click.command("plan")
+@click.option("--board", "board_name", required=True, help="Board name (see `edgellama boards`).")
+@click.option("--model", type=click.Path(dir_okay=False),
+              help="GGUF model or checkpoint [default: the embedded model].")
+@click.option("--ctx", type=click.IntRange(min=1), help="Context (max_model_len) to plan for [default: the model's].")
+@click.option("--quant", type=click.Choice(list(QUANT_NAMES)),
+              help="Plan the model as `export --quant` would write it [default: as stored].")
+@click.option("--max-seqs", type=click.IntRange(min=1), help="Sequences at once [default: 1 on MCUs, 8 on Linux].")
+@click.option("--kv-dtype", type=click.Choice(list(KV_DTYPES)), default="f32", show_default=True)
+@click.option("--block-size", type=click.IntRange(min=1), help="Tokens per KV block [default: the board's].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def command(board_name, model, ctx, quant, max_seqs, kv_dtype, block_size, as_json):
+    """Where the weights live, what the arena holds, the largest context, and whether it fits.
+
+    Prints the plan and exits 0 whether or not the model fits; `build` refuses one that does not."""
+    p = plan(board_name, model, ctx=ctx, quant=quant, max_seqs=max_seqs, kv_dtype=kv_dtype, block_size=block_size)
+    click.echo(plan_json(p) if as_json else format_plan(p))
