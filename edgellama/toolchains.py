@@ -36,6 +36,9 @@ class Toolchain:
         return f"{self.prefix}{name}"
 
     def installed(self) -> bool:
+        if self.kind == "platformio":  # `python -m platformio` works without pio on PATH
+            import importlib.util
+            return shutil.which(self.cc) is not None or importlib.util.find_spec("platformio") is not None
         return shutil.which(self.cc) is not None
 
     def install_command(self) -> str:

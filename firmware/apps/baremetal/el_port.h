@@ -1,0 +1,32 @@
+/* el_port.h: what the bare-metal main loop needs from a board.
+ *
+ * A port (firmware/ports/BOARD/) brings the startup code that gets to main() with a
+ * stack, .data copied, .bss zeroed and the FPU on; a linker script; and these
+ * functions. Everything else (the runtime, the main loop, the weights) is portable.
+ */
+#ifndef EL_PORT_H
+#define EL_PORT_H
+
+#include <stdint.h>
+
+#if defined(__GNUC__)
+#define EL_NORETURN __attribute__((noreturn))
+#else
+#define EL_NORETURN
+#endif
+
+/* Clocks and the UART; called once, first thing in main(). */
+void port_init(void);
+/* Blocking: waits while the transmitter is full. */
+void port_putc(int c);
+/* Blocking: waits for one received byte and returns it (0..255). */
+int port_getc(void);
+/* Ends the program: 0 is success. Under QEMU the emulator exits with a status that
+ * says which; on a board it stops (or resets). Never returns. */
+EL_NORETURN void port_exit(int code);
+/* A free-running tick counter (64-bit, never wraps in practice) and its rate; a port
+ * without a timer returns 0 from both, and the stats leave times out. */
+uint64_t port_ticks(void);
+uint32_t port_tick_hz(void);
+
+#endif

@@ -1,0 +1,418 @@
+/* main.c: the bare-metal main loop: prompt lines in over the UART, completions out.
+ *
+ * The same file runs on every bare-metal board; the board's port (el_port.h) brings
+ * the UART, a tick counter and the exit. The model is linked into read-only memory
+ * (el_model_blob.S) and read in place; the runtime gets one static arena.
+ *
+ * The line protocol (a framed protocol comes later):
+ *
+ *   boot:     "edgellama VERSION board=B model=M ctx=N arena=BYTES arena_used=BYTES
+ *              weights=BYTES kv_blocks=N block=N"   (one line)
+ *   request:  one line of text, the prompt; optionally prefixed by "key=value ... |"
+ *             with keys temperature, top_p, top_k, min_p, repetition_penalty,
+ *             frequency_penalty, presence_penalty, seed, max_tokens, min_tokens,
+ *             ignore_eos (1 or 0). Defaults: greedy (temperature=0), max_tokens=EL_MAX_TOKENS.
+ *             The prefix is read as options only when every word before the first '|'
+ *             is key=value; otherwise the whole line is the prompt.
+ *   reply:    the completion (the text after the prompt), streamed as it is produced,
+ *             then "\n[stats] tokens=N prompt=N cached=N finish=stop|length ms=N
+ *             ttft_ms=N tok_per_s=N.N arena_hw=BYTES arena=BYTES kv_blocks=USED/TOTAL
+ *             kv_hw=N" (times only where the port has a timer).
+ *   errors:   "[error] message" on its own line; the loop goes on.
+ *   commands: "/exit" ends the program with status 0 (QEMU exits), "/stats" prints
+ *             the engine's counters.
+ *
+ * Input: no echo; a line ends at '\r' or '\n' (so "\r\n" is one line and an empty
+ * one, which is ignored); backspace and DEL remove the last character; a line longer
+ * than EL_LINE_MAX - 1 bytes is read to its end, dropped, and answered with an error.
+ */
+#include "el_port.h"
+#include "el_runtime.h"
+
+#ifndef EL_ARENA_BYTES
+#define EL_ARENA_BYTES (3u << 20)
+#endif
+#ifndef EL_BLOCK_SIZE
+#define EL_BLOCK_SIZE 16
+#endif
+#ifndef EL_MAX_MODEL_LEN
+#define EL_MAX_MODEL_LEN 0 /* the model's context */
+#endif
+#ifndef EL_KV_DTYPE
+#define EL_KV_DTYPE 0 /* 0 f32, 1 int8 */
+#endif
+#ifndef EL_MAX_BATCH_TOKENS
+#define EL_MAX_BATCH_TOKENS 8 /* prompt rows per forward pass: the planner's MCU default */
+#endif
+#ifndef EL_MAX_TOKENS
+#define EL_MAX_TOKENS 128
+#endif
+#ifndef EL_LINE_MAX
+#define EL_LINE_MAX 512
+#endif
+#ifndef EL_BOARD_NAME
+#define EL_BOARD_NAME "unknown"
+#endif
+#define MAX_EVENTS 4
+
+extern const uint8_t el_model_start[], el_model_end[];
+
+/* The arena: its own section, so the linker script can place it (RAM or PSRAM) and
+ * startup need not zero it (the runtime zeroes what it hands out). */
+static unsigned char arena[EL_ARENA_BYTES] __attribute__((section(".el_arena"), aligned(64)));
+
+static char line[EL_LINE_MAX];
+static int32_t prompt_tokens[EL_LINE_MAX + 8]; /* never more tokens than bytes, plus BOS */
+
+/* ------------------------------------------------------------ output */
+
+static void put_str(const char *s)
+{
+    while (*s) port_putc((unsigned char)*s++);
+}
+
+static void put_bytes(const char *s, int n)
+{
+    int i;
+    for (i = 0; i < n; i++) port_putc((unsigned char)s[i]);
+}
+
+static void put_u64(uint64_t v)
+{
+    char digits[24];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + (int)(v % 10u));
+        v /= 10u;
+    } while (v > 0);
+    while (n > 0) port_putc(digits[--n]);
+}
+
+static void put_kv(const char *key, uint64_t value)
+{
+    port_putc(' ');
+    put_str(key);
+    port_putc('=');
+    put_u64(value);
+}
+
+static void put_error(const char *message)
+{
+    put_str("[error] ");
+    put_str(message);
+    port_putc('\n');
+}
+
+/* ------------------------------------------------------------ input */
+
+/* One line into buf (NUL-terminated, without its end); returns its length, or -1 when
+ * it was longer than the buffer (the whole line is consumed and dropped). */
+static int read_line(char *buf, int capacity)
+{
+    int n = 0, overflow = 0, c;
+    for (;;) {
+        c = port_getc();
+        if (c == '\r' || c == '\n') break;
+        if (c == 0x08 || c == 0x7f) {
+            /* one character back: a UTF-8 sequence's continuation bytes go with it */
+            while (n > 0 && ((unsigned char)buf[n - 1] & 0xC0) == 0x80) n--;
+            if (n > 0) n--;
+            continue;
+        }
+        if (overflow) continue;
+        if (n >= capacity - 1) {
+            overflow = 1;
+            continue;
+        }
+        buf[n++] = (char)c;
+    }
+    buf[n] = '\0';
+    return overflow ? -1 : n;
+}
+
+/* ------------------------------------------------------------ options prefix */
+
+static int is_space(char c) { return c == ' ' || c == '\t'; }
+
+static int str_eq(const char *a, int n, const char *b)
+{
+    int i;
+    for (i = 0; i < n; i++)
+        if (b[i] == '\0' || a[i] != b[i]) return 0;
+    return b[n] == '\0';
+}
+
+/* A decimal number (sign, digits, point, digits, exponent) spanning all n bytes. */
+static int parse_number(const char *s, int n, double *out)
+{
+    double value = 0.0, scale = 1.0;
+    int i = 0, negative = 0, digits = 0, exponent = 0, exp_negative = 0, exp_digits = 0;
+    if (i < n && (s[i] == '-' || s[i] == '+')) negative = s[i++] == '-';
+    for (; i < n && s[i] >= '0' && s[i] <= '9'; i++, digits++) value = value * 10.0 + (s[i] - '0');
+    if (i < n && s[i] == '.')
+        for (i++; i < n && s[i] >= '0' && s[i] <= '9'; i++, digits++) value += (s[i] - '0') * (scale /= 10.0);
+    if (digits == 0) return 0;
+    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+        i++;
+        if (i < n && (s[i] == '-' || s[i] == '+')) exp_negative = s[i++] == '-';
+        for (; i < n && s[i] >= '0' && s[i] <= '9' && exponent < 400; i++, exp_digits++)
+            exponent = exponent * 10 + (s[i] - '0');
+        if (exp_digits == 0) return 0;
+        while (exponent-- > 0) value = exp_negative ? value / 10.0 : value * 10.0;
+    }
+    if (i != n) return 0;
+    *out = negative ? -value : value;
+    return 1;
+}
+
+/* Applies one key=value; returns 0 for an unknown key or a bad value. */
+static int apply_option(el_request *r, const char *key, int key_len, const char *value, int value_len)
+{
+    el_sampling *s = &r->sampling;
+    double v;
+    if (!parse_number(value, value_len, &v) || v > 3.0e38 || v < -3.0e38) return 0;
+    if (str_eq(key, key_len, "temperature")) s->temperature = (float)v;
+    else if (str_eq(key, key_len, "top_p")) s->top_p = (float)v;
+    else if (str_eq(key, key_len, "min_p")) s->min_p = (float)v;
+    else if (str_eq(key, key_len, "repetition_penalty")) s->repetition_penalty = (float)v;
+    else if (str_eq(key, key_len, "frequency_penalty")) s->frequency_penalty = (float)v;
+    else if (str_eq(key, key_len, "presence_penalty")) s->presence_penalty = (float)v;
+    else if (v < -1.0 || v > 2147483647.0 || v != (double)(long long)v) return 0; /* the rest are integers */
+    else if (str_eq(key, key_len, "top_k")) s->top_k = (int)v;
+    else if (str_eq(key, key_len, "seed") && v >= 0) s->seed = (uint64_t)v;
+    else if (str_eq(key, key_len, "max_tokens")) r->max_tokens = (int)v;
+    else if (str_eq(key, key_len, "min_tokens")) r->min_tokens = (int)v;
+    else if (str_eq(key, key_len, "ignore_eos") && (v == 0 || v == 1)) r->ignore_eos = (int)v;
+    else return 0;
+    return 1;
+}
+
+/* Reads a "key=value ... |" prefix into r and returns where the prompt starts (0 when
+ * the line has no such prefix); -1 when a word of the prefix is a bad option (that
+ * word in bad, bad_len). */
+static int parse_prefix(const char *text, int n, el_request *r, const char **bad, int *bad_len)
+{
+    int bar, i, start, eq;
+    el_request trial = *r;
+    for (bar = 0; bar < n && text[bar] != '|'; bar++) continue;
+    if (bar == n) return 0;
+    /* every word before the bar must look like key=value, or it is all prompt */
+    for (i = 0; i < bar;) {
+        while (i < bar && is_space(text[i])) i++;
+        if (i == bar) break;
+        for (start = i, eq = -1; i < bar && !is_space(text[i]); i++)
+            if (text[i] == '=' && eq < 0) eq = i;
+        if (eq <= start || eq == i - 1) return 0;
+    }
+    for (i = 0; i < bar;) {
+        while (i < bar && is_space(text[i])) i++;
+        if (i == bar) break;
+        for (start = i, eq = -1; i < bar && !is_space(text[i]); i++)
+            if (text[i] == '=' && eq < 0) eq = i;
+        if (!apply_option(&trial, text + start, eq - start, text + eq + 1, i - eq - 1)) {
+            *bad = text + start;
+            *bad_len = i - start;
+            return -1;
+        }
+    }
+    *r = trial;
+    i = bar + 1;
+    if (i < n && text[i] == ' ') i++; /* "opts | prompt": the space after the bar is the separator */
+    return i;
+}
+
+/* ------------------------------------------------------------ the runtime */
+
+static el_runtime *rt;
+static int last_seq = -1;
+
+static uint64_t ms_since(uint64_t start)
+{
+    uint32_t hz = port_tick_hz();
+    return hz == 0 ? 0 : (port_ticks() - start) * 1000u / hz;
+}
+
+static void put_stats(int tokens, int n_prompt, int n_cached, el_finish_reason finish, uint64_t start,
+                      uint64_t first)
+{
+    el_engine_stats st;
+    uint32_t hz = port_tick_hz();
+    el_runtime_stats(rt, &st);
+    put_str("[stats]");
+    put_kv("tokens", (uint64_t)tokens);
+    put_kv("prompt", (uint64_t)n_prompt);
+    put_kv("cached", (uint64_t)n_cached);
+    put_str(finish == EL_FINISH_STOP ? " finish=stop" : finish == EL_FINISH_LENGTH ? " finish=length" : " finish=abort");
+    if (hz != 0) {
+        uint64_t end = port_ticks(), ticks = end - start;
+        put_kv("ms", ticks * 1000u / hz);
+        put_kv("ttft_ms", (first - start) * 1000u / hz);
+        /* decode speed: the tokens after the first over the time after the first */
+        if (tokens > 1 && end > first) {
+            uint64_t tenths = (uint64_t)(tokens - 1) * 10u * hz / (end - first);
+            put_str(" tok_per_s=");
+            put_u64(tenths / 10u);
+            port_putc('.');
+            put_u64(tenths % 10u);
+        }
+    }
+    put_kv("arena_hw", st.arena_high_water);
+    put_kv("arena", st.arena_size);
+    put_str(" kv_blocks=");
+    put_u64((uint64_t)st.blocks_used);
+    port_putc('/');
+    put_u64((uint64_t)st.blocks_total);
+    put_kv("kv_hw", (uint64_t)st.blocks_high_water);
+    port_putc('\n');
+}
+
+static void generate(const char *text, int n)
+{
+    el_request request;
+    el_error err;
+    el_event events[MAX_EVENTS];
+    const char *bad = "";
+    const int32_t *tokens;
+    int start, n_tokens, seq, count, i, n_prompt = 0, n_cached = 0, done = 0, generated = 0, bad_len = 0;
+    el_finish_reason finish = EL_FINISH_NONE;
+    uint64_t t0, t_first = 0;
+
+    el_request_defaults(&request);
+    request.sampling.temperature = 0.0f; /* greedy unless asked otherwise */
+    request.max_tokens = EL_MAX_TOKENS;
+    start = parse_prefix(text, n, &request, &bad, &bad_len);
+    if (start < 0) {
+        put_str("[error] bad option '");
+        put_bytes(bad, bad_len);
+        put_str("' (keys: temperature top_p top_k min_p repetition_penalty frequency_penalty "
+                "presence_penalty seed max_tokens min_tokens ignore_eos)\n");
+        return;
+    }
+    err.status = EL_OK;
+    err.message[0] = '\0';
+    if (el_request_check(&request, &err) != EL_OK) {
+        put_error(err.message);
+        return;
+    }
+    if (start >= n) {
+        put_error("empty prompt");
+        return;
+    }
+    /* the previous request's blocks go back to the pool (full ones stay cached) */
+    if (last_seq >= 0) el_runtime_release(rt, last_seq);
+    last_seq = -1;
+    t0 = port_ticks();
+    n_tokens = el_runtime_tokenize(rt, text + start, n - start, 1, prompt_tokens,
+                                   (int)(sizeof prompt_tokens / sizeof prompt_tokens[0]), &err);
+    if (n_tokens < 0) {
+        put_error(err.message);
+        return;
+    }
+    seq = el_runtime_add(rt, prompt_tokens, n_tokens, &request, &err);
+    if (seq < 0) {
+        put_error(err.message);
+        return;
+    }
+    last_seq = seq;
+    while (!done) {
+        count = el_runtime_step(rt, events, MAX_EVENTS);
+        (void)port_ticks(); /* a port may extend a 32-bit counter: read it at least once a step */
+        if (count == 0 && el_runtime_pending(rt) == 0) {
+            finish = EL_FINISH_ABORT;
+            break;
+        }
+        for (i = 0; i < count; i++) {
+            if (events[i].seq_id != seq) continue;
+            if (generated++ == 0) t_first = port_ticks();
+            put_bytes(events[i].text, events[i].text_len);
+            if (events[i].finished) {
+                finish = events[i].finish;
+                done = 1;
+            }
+        }
+    }
+    if (el_runtime_tokens(rt, seq, &tokens, &n_prompt, &n_cached) < 0) n_prompt = n_tokens;
+    port_putc('\n');
+    put_stats(generated, n_prompt, n_cached, finish, t0, generated > 0 ? t_first : t0);
+}
+
+static void engine_stats(void)
+{
+    el_engine_stats st;
+    el_runtime_stats(rt, &st);
+    put_str("[stats]");
+    put_kv("prompt_tokens_computed", (uint64_t)st.prompt_tokens_computed);
+    put_kv("tokens_generated", (uint64_t)st.tokens_generated);
+    put_kv("steps", (uint64_t)st.steps);
+    put_kv("prefix_hits", (uint64_t)st.prefix_hits);
+    put_kv("preemptions", (uint64_t)st.preemptions);
+    put_kv("arena_used", st.arena_used);
+    put_kv("arena_hw", st.arena_high_water);
+    put_kv("arena", st.arena_size);
+    put_str(" kv_blocks=");
+    put_u64((uint64_t)st.blocks_used);
+    port_putc('/');
+    put_u64((uint64_t)st.blocks_total);
+    put_kv("kv_cached", (uint64_t)st.blocks_cached);
+    put_kv("kv_hw", (uint64_t)st.blocks_high_water);
+    port_putc('\n');
+}
+
+int main(void)
+{
+    el_engine_options options;
+    el_error err;
+    el_engine_stats st;
+    size_t model_size = (size_t)(el_model_end - el_model_start);
+    uint64_t t0;
+    int n;
+
+    port_init();
+    el_memset(&options, 0, sizeof options);
+    options.max_seqs = 1; /* one prompt at a time */
+    options.block_size = EL_BLOCK_SIZE;
+    options.max_batch_tokens = EL_MAX_BATCH_TOKENS;
+    options.max_model_len = EL_MAX_MODEL_LEN;
+    options.kv_dtype = EL_KV_DTYPE ? EL_KV_INT8 : EL_KV_F32;
+    err.status = EL_OK;
+    err.message[0] = '\0';
+    t0 = port_ticks();
+    rt = el_runtime_open(arena, sizeof arena, el_model_start, model_size, &options, &err);
+    if (rt == NULL) {
+        put_error(err.message);
+        port_exit(1);
+    }
+    el_runtime_stats(rt, &st);
+    put_str("edgellama ");
+    put_str(el_runtime_version());
+    put_str(" board=" EL_BOARD_NAME " model=");
+    put_bytes(rt->model.name.data, (int)rt->model.name.len);
+    put_kv("ctx", (uint64_t)rt->engine.options.max_model_len);
+    put_kv("arena", st.arena_size);
+    put_kv("arena_used", st.arena_used);
+    put_kv("weights", model_size);
+    put_kv("kv_blocks", (uint64_t)st.blocks_total);
+    put_kv("block", (uint64_t)rt->engine.options.block_size);
+    if (port_tick_hz() != 0) put_kv("load_ms", ms_since(t0));
+    port_putc('\n');
+
+    for (;;) {
+        n = read_line(line, (int)sizeof line);
+        if (n < 0) {
+            put_str("[error] line too long (at most ");
+            put_u64(sizeof line - 1);
+            put_str(" bytes); ignored\n");
+            continue;
+        }
+        if (n == 0) continue;
+        if (str_eq(line, n, "/exit")) {
+            put_str("[bye]\n");
+            port_exit(0);
+        }
+        if (str_eq(line, n, "/stats")) {
+            engine_stats();
+            continue;
+        }
+        generate(line, n);
+    }
+}
