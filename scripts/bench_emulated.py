@@ -1,4 +1,4 @@
-"""Guest instructions per generated token on every emulated Linux board: the issue's
+"""Guest instructions per generated token on every emulated board: the issue's
 bench table, the stable cost figure across targets (wall time under QEMU is not).
 
     python scripts/bench_emulated.py [--quant f32 --quant q8_0 ...] [--tokens 33] [--prompt TEXT]
@@ -28,7 +28,7 @@ def main():
     parser.add_argument("--model", help="GGUF model (default: the embedded model)")
     args = parser.parse_args()
     quants = args.quant or ["f32", "q8_0"]
-    boards = [b for b in all_boards() if b.os == "linux" and b.emulated]
+    boards = [b for b in all_boards() if b.emulated]
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgellama-bench-") as tmp:
         for board in boards:

@@ -40,6 +40,7 @@ CASES = [
     ("mps2-an386", "default", "f32"),        # 3.4 MB of F32 weights in the 4 MiB flash
     ("mps2-an386", "stories260K", "q8_0"),
     ("qemu-virt-rv64", "default", "q8_0"),
+    ("qemu-virt-rv64", "default", "f32"),
     ("qemu-virt-rv64", "stories260K", "f32"),
 ]
 
