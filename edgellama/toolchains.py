@@ -122,14 +122,15 @@ def install(toolchain: Toolchain):
         raise EdgeLlamaError(f"toolchain {toolchain.name}: `{' '.join(cmd)}` failed")
 
 
-def missing_system_packages() -> list:
-    """apt packages of the toolchains and emulators that are not installed yet."""
+def missing_system_packages(boards=None) -> list:
+    """apt packages of the toolchains and emulators (of `boards`, default all) not installed yet."""
     from .boards import all_boards
     wanted = {}
-    for t in all_toolchains():
+    toolchains = all_toolchains() if boards is None else [get_toolchain(b.toolchain) for b in boards]
+    for t in toolchains:
         if t.apt and not t.installed():
             wanted.update(dict.fromkeys(t.apt))
-    for b in all_boards():
+    for b in all_boards() if boards is None else boards:
         if b.emulated and not shutil.which(b.reach.emulator):
             wanted.update(dict.fromkeys(b.reach.apt))
     return list(wanted)

@@ -86,3 +86,11 @@ def test_cli_lists_and_shows_boards():
 def test_cli_lists_toolchains():
     r = run("toolchains")
     assert r.returncode == 0 and "gcc-arm-none-eabi" in r.stdout and "arm-none-eabi-gcc" in r.stdout
+
+
+def test_install_for_a_board_names_what_it_needs():
+    from edgellama.toolchains import missing_system_packages
+    assert missing_system_packages([get_board("qemu-aarch64")]) == []  # the test setup installed them
+    r = run("toolchains", "install", "--board", "qemu-aarch64")
+    assert r.returncode == 0 and "everything is installed" in r.stdout
+    assert run("toolchains", "install").returncode == 2

@@ -1,5 +1,6 @@
 import click
 
+from ..boards import get_board
 from ..toolchains import all_toolchains, get_toolchain, install, install_apt, missing_system_packages
 
 
@@ -18,10 +19,17 @@ def command(ctx):
 @click.argument("name", required=False)
 @click.option("--all", "everything", is_flag=True,
               help="Every apt toolchain and every emulator the emulated boards need (what the tests use).")
-def install_cmd(name, everything):
+@click.option("--board", help="What this board needs: its toolchain and, if emulated, its emulator.")
+def install_cmd(name, everything, board):
     """Install a toolchain with apt (or pip for PlatformIO)."""
-    if everything == bool(name):
-        raise click.UsageError("give a toolchain NAME or --all")
+    if sum((bool(name), everything, bool(board))) != 1:
+        raise click.UsageError("give one of: a toolchain NAME, --board NAME, --all")
+    if board:
+        packages = missing_system_packages([get_board(board)])
+        if packages:
+            install_apt(packages)
+        click.echo(f"installed {' '.join(packages)}" if packages else f"{board}: everything is installed")
+        return
     if name:
         t = get_toolchain(name)
         install(t)
