@@ -57,3 +57,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def require_board(name):
+    """The board, or a skip naming what to install when its toolchain or emulator is missing
+    (scripts/test.sh installs them, so CI runs these tests)."""
+    import shutil
+
+    from edgellama.boards import get_board
+    from edgellama.toolchains import get_toolchain
+    board = get_board(name)
+    toolchain = get_toolchain(board.toolchain)
+    if not toolchain.installed():
+        pytest.skip(f"{toolchain.cc} is not installed ({toolchain.install_command()})")
+    if board.emulated and shutil.which(board.reach.emulator) is None:
+        pytest.skip(f"{board.reach.emulator} is not installed (apt-get install {' '.join(board.reach.apt)})")
+    return board

@@ -13,12 +13,12 @@ same text, and the images put the model and the arena where the plan says.
 import os
 import re
 import selectors
-import shutil
 import signal
 import subprocess
 import time
 
 import pytest
+from conftest import require_board
 
 from edgellama import builder, emulator
 from edgellama.boards import get_board
@@ -43,16 +43,6 @@ CASES = [
     ("qemu-virt-rv64", "default", "f32"),
     ("qemu-virt-rv64", "stories260K", "f32"),
 ]
-
-
-def require_board(name):
-    board = get_board(name)
-    toolchain = get_toolchain(board.toolchain)
-    if not toolchain.installed():
-        pytest.skip(f"{toolchain.cc} is not installed ({toolchain.install_command()})")
-    if shutil.which(board.reach.emulator) is None:
-        pytest.skip(f"{board.reach.emulator} is not installed (apt-get install {' '.join(board.reach.apt)})")
-    return board
 
 
 @pytest.fixture(scope="module")

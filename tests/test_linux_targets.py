@@ -18,6 +18,7 @@ import subprocess
 
 import pytest
 from click.testing import CliRunner
+from conftest import require_board
 
 from edgellama import builder, emulator
 from edgellama.boards import get_board
@@ -37,16 +38,6 @@ ELF_EXPECTED = {
     "qemu-armhf": (40, 1, 0x400),            # EF_ARM_ABI_FLOAT_HARD
     "qemu-riscv64": (243, 2, 0x1 | 0x4),     # EF_RISCV_RVC | EF_RISCV_FLOAT_ABI_DOUBLE
 }
-
-
-def require_board(name):
-    board = get_board(name)
-    toolchain = get_toolchain(board.toolchain)
-    if not toolchain.installed():
-        pytest.skip(f"{toolchain.cc} is not installed ({toolchain.install_command()})")
-    if shutil.which(board.reach.emulator) is None:
-        pytest.skip(f"{board.reach.emulator} is not installed (apt-get install qemu-user)")
-    return board
 
 
 @pytest.fixture(scope="module")

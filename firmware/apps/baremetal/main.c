@@ -232,6 +232,20 @@ static uint64_t ms_since(uint64_t start)
     return hz == 0 ? 0 : (port_ticks() - start) * 1000u / hz;
 }
 
+/* The memory part of a stats line: arena and KV blocks, then the end of the line. */
+static void put_memory(const el_engine_stats *st, int with_cached)
+{
+    put_kv("arena_hw", st->arena_high_water);
+    put_kv("arena", st->arena_size);
+    put_str(" kv_blocks=");
+    put_u64((uint64_t)st->blocks_used);
+    port_putc('/');
+    put_u64((uint64_t)st->blocks_total);
+    if (with_cached) put_kv("kv_cached", (uint64_t)st->blocks_cached);
+    put_kv("kv_hw", (uint64_t)st->blocks_high_water);
+    port_putc('\n');
+}
+
 static void put_stats(int tokens, int n_prompt, int n_cached, el_finish_reason finish, uint64_t start,
                       uint64_t first)
 {
@@ -256,14 +270,7 @@ static void put_stats(int tokens, int n_prompt, int n_cached, el_finish_reason f
             put_u64(tenths % 10u);
         }
     }
-    put_kv("arena_hw", st.arena_high_water);
-    put_kv("arena", st.arena_size);
-    put_str(" kv_blocks=");
-    put_u64((uint64_t)st.blocks_used);
-    port_putc('/');
-    put_u64((uint64_t)st.blocks_total);
-    put_kv("kv_hw", (uint64_t)st.blocks_high_water);
-    port_putc('\n');
+    put_memory(&st, 0);
 }
 
 static void generate(const char *text, int n)
@@ -347,15 +354,7 @@ static void engine_stats(void)
     put_kv("prefix_hits", (uint64_t)st.prefix_hits);
     put_kv("preemptions", (uint64_t)st.preemptions);
     put_kv("arena_used", st.arena_used);
-    put_kv("arena_hw", st.arena_high_water);
-    put_kv("arena", st.arena_size);
-    put_str(" kv_blocks=");
-    put_u64((uint64_t)st.blocks_used);
-    port_putc('/');
-    put_u64((uint64_t)st.blocks_total);
-    put_kv("kv_cached", (uint64_t)st.blocks_cached);
-    put_kv("kv_hw", (uint64_t)st.blocks_high_water);
-    port_putc('\n');
+    put_memory(&st, 1);
 }
 
 int main(void)
