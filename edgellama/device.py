@@ -126,6 +126,37 @@ class LocalDevice(Device):
     def stats(self) -> dict:
         return self.llm.stats()
 
+    def bench_once(self, prompt_tokens: int, gen_tokens: int) -> dict:
+        """One benchmark request: a prompt of exactly `prompt_tokens` tokens (BOS, then a
+        token pattern that differs on every call so no prefix is ever reused from the KV
+        cache), then `gen_tokens` greedy tokens with EOS ignored. Times are from this
+        process's monotonic clock, relative to the request start."""
+        import resource
+        if prompt_tokens < 1 or gen_tokens < 1:
+            raise EdgeLlamaError(f"bench needs at least 1 prompt and 1 generated token, got {prompt_tokens} and "
+                                 f"{gen_tokens}")
+        ctx, vocab = self.llm.max_model_len, self.llm._rt.config.vocab_size
+        if prompt_tokens + gen_tokens > ctx:
+            raise EdgeLlamaError(f"bench: {prompt_tokens} prompt + {gen_tokens} generated tokens exceed the "
+                                 f"model's context of {ctx}")
+        self._bench_calls = getattr(self, "_bench_calls", 0) + 1
+        bos = self.llm.tokenizer.encode("", add_bos=True)[:1] or [1]
+        first, span = 3, max(vocab - 3, 1)  # skip unk/bos/eos
+        ids = bos + [first + (self._bench_calls * 7919 + i * 31) % span for i in range(prompt_tokens - 1)]
+        params = SamplingParams(temperature=0.0, max_tokens=gen_tokens, ignore_eos=True)
+        times, blocks = [], 0
+        start = time.perf_counter()
+        for out in self.llm.generate_stream({"prompt_token_ids": ids}, params):
+            times.append(time.perf_counter() - start)
+            if not out.finished:
+                blocks = max(blocks, self.llm.stats()["blocks_used"])
+        stats = self.llm.stats()
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return {"prefill_s": times[0] if times else None, "ttft_s": times[0] if times else None,
+                "token_times_s": times, "arena_high_water": stats["arena_high_water"],
+                "kv_blocks_used": blocks or -(-(prompt_tokens + gen_tokens) // self.llm._rt.block_size),
+                "rss_bytes": rss}
+
 
 def open_device(board: str | None = None, host: str | None = None, port: str | None = None,
                 local: bool = False, model=None, **options) -> Device:

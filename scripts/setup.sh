@@ -37,5 +37,7 @@ fi
 if [ "${1:-}" = "test" ]; then
     # Cross compilers and QEMU for the emulated boards, as the board and toolchain files list them.
     .venv/bin/edgellama toolchains install --all
+    # A real sshd on loopback for the SSH flash tests.
+    { [ -x /usr/sbin/sshd ] && command -v ssh-keygen >/dev/null; } || apt_install openssh-server openssh-client
 fi
 echo "setup: .venv ready ($(.venv/bin/edgellama --version))"

@@ -73,3 +73,15 @@ def require_board(name):
     if board.emulated and shutil.which(board.reach.emulator) is None:
         pytest.skip(f"{board.reach.emulator} is not installed (apt-get install {' '.join(board.reach.apt)})")
     return board
+
+
+@pytest.fixture(scope="module")
+def sshd_server(tmp_path_factory):
+    """A real sshd on 127.0.0.1 (tests/sshd.py): .host .port .user .target, .client_key (an
+    authorized key), .known_hosts (holding the server's host key), .kill_sessions()."""
+    import sshd
+    why = sshd.available()
+    if why:
+        pytest.skip(why)
+    with sshd.SSHD(tmp_path_factory.mktemp("sshd")) as server:
+        yield server

@@ -34,3 +34,6 @@ def main():
 for module in (tokenizer, train, export, import_, inspect, eval_cmd, generate, chat, boards, toolchains, build,
                export_c, run, plan):
     main.add_command(module.command)
+main.add_command(__import__(f"{__name__}.bench", fromlist=["command"]).command)
+main.add_command(__import__(f"{__name__}.serve", fromlist=["command"]).command)
+main.add_command(__import__(f"{__name__}.flash", fromlist=["command"]).command)

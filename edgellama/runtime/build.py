@@ -38,7 +38,7 @@ def _build(sources, name: str, link_flags: list, suffix: str, extra_flags, inclu
     headers and sources, so it is rebuilt exactly when one of them changes."""
     cc = host_compiler()
     sources = [Path(s) for s in sources]
-    includes = [firmware_dir() / "core", *map(Path, include_dirs)]
+    includes = [firmware_dir() / "core", firmware_dir() / "apps" / "common", *map(Path, include_dirs)]
     flags = [*C_FLAGS, *link_flags, *extra_flags, *(f"-I{d}" for d in includes)]
     digest = hashlib.sha256(" ".join([cc, *flags]).encode())
     for header_dir in includes:
@@ -68,8 +68,10 @@ def build_program(sources, name: str, extra_flags=(), include_dirs=()) -> Path:
 
 
 def posix_program_sources() -> list:
-    """The POSIX program: every core source and firmware/apps/posix/main.c."""
-    return [*core_sources(), firmware_dir() / "apps" / "posix" / "main.c"]
+    """The POSIX program: every core source, the protocol (firmware/apps/common) and
+    firmware/apps/posix/main.c."""
+    return [*core_sources(), firmware_dir() / "apps" / "common" / "el_protocol.c",
+            firmware_dir() / "apps" / "posix" / "main.c"]
 
 
 def host_program() -> Path:

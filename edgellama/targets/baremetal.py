@@ -6,7 +6,8 @@ The output directory:
     OUT/firmware.elf  OUT/firmware.bin  OUT/model.gguf  OUT/manifest.json
     OUT/src/Makefile  OUT/src/config.mk
     OUT/src/core/     the runtime (firmware/core)
-    OUT/src/app/      the main loop, the port interface, memcpy & co, the model's .incbin
+    OUT/src/app/      the main loop, the framed protocol, the port interface, memcpy & co,
+                      the model's .incbin
     OUT/src/port/     the board's startup code, UART driver, linker script, port.mk
 
 `compile` runs the emitted Makefile (what a user runs with `make` in OUT/src). The model
@@ -18,7 +19,9 @@ and data, else in PSRAM. Where they go is decided by the planner's arithmetic
 
 The program speaks a line protocol over the UART (firmware/apps/baremetal/main.c): a
 hello line at boot, then one prompt per line, optionally prefixed "key=value ... |",
-answered with the streamed completion and a "[stats] ..." line; "/exit" ends it.
+answered with the streamed completion and a "[stats] ..." line; "/exit" ends it. Input
+that starts with the byte 0xFE is the framed protocol instead (firmware/PROTOCOL.md),
+which edgellama.protocol_device speaks.
 
 Running under QEMU: `run_command(ctx, ["generate", PROMPT, flags...])` gives a command
 that runs one request and exits by itself: the request line and "/exit" are written to
@@ -41,6 +44,7 @@ from . import BuildContext, copy_core, copy_sources, run_checked
 
 IMAGE = "firmware"
 APP_FILES = ("main.c", "el_port.h", "el_freestanding.c", "el_model_blob.S")
+COMMON_FILES = ("el_protocol.c", "el_protocol.h")  # the framed protocol (firmware/PROTOCOL.md)
 FREESTANDING_FLAGS = ["-ffreestanding", "-fno-tree-loop-distribute-patterns", "-ffunction-sections",
                       "-fdata-sections"]
 LDFLAGS = ["-nostdlib", "-nostartfiles", "-Wl,--gc-sections"]
@@ -146,6 +150,8 @@ def emit(ctx: BuildContext) -> list:
     apps = runtime_build.firmware_dir() / "apps" / "baremetal"
     files = copy_core(src / "core")
     files += copy_sources([apps / name for name in APP_FILES], src / "app")
+    common = runtime_build.firmware_dir() / "apps" / "common"
+    files += copy_sources([common / name for name in COMMON_FILES], src / "app")
     files += copy_sources(sorted(p for p in port.iterdir() if p.is_file()), src / "port")
     files += copy_sources([apps / "Makefile"], src)
     config = src / "config.mk"

@@ -5,6 +5,7 @@ The output directory holds the program and the model side by side:
 
     OUT/edgellama-run  OUT/model.gguf  OUT/manifest.json
     OUT/src/Makefile  OUT/src/main.c  OUT/src/core/*.c *.h
+    OUT/src/common/el_protocol.c .h   the serial protocol (`serve` mode)
 
 The Makefile is the build: `compile` runs it, and a user runs the same `make` in
 OUT/src with their own toolchain (`make CC=...`). Static linking is the default so a
@@ -22,7 +23,7 @@ from . import BuildContext, copy_core, copy_sources, run_checked
 PROGRAM = "edgellama-run"
 LDFLAGS = ["-static"]
 LDLIBS = ["-lm"]
-MODES = ("generate", "chat", "bench")
+MODES = ("generate", "chat", "bench", "serve")
 
 
 def cflags(ctx: BuildContext) -> list:
@@ -50,14 +51,14 @@ def makefile_text(ctx: BuildContext, sources: list) -> str:
 
 CC = {ctx.toolchain.cc}
 CFLAGS = {" ".join(cflags(ctx))}
-CPPFLAGS = -Icore
+CPPFLAGS = -Icore -Icommon
 LDFLAGS = {" ".join(LDFLAGS)}
 LDLIBS = {" ".join(LDLIBS)}
 OUT = ..
 OBJDIR = obj
 PROGRAM = $(OUT)/{PROGRAM}
 OBJECTS = {objects}
-HEADERS = $(wildcard core/*.h)
+HEADERS = $(wildcard core/*.h common/*.h)
 
 all: $(PROGRAM)
 
@@ -78,6 +79,8 @@ clean:
 def emit(ctx: BuildContext) -> list:
     src = ctx.src_dir
     files = copy_core(src / "core")
+    common = runtime_build.firmware_dir() / "apps" / "common"
+    files += copy_sources([common / "el_protocol.c", common / "el_protocol.h"], src / "common")
     files += copy_sources([runtime_build.firmware_dir() / "apps" / "posix" / "main.c"], src)
     sources = [f.relative_to(src).as_posix() for f in files if f.suffix == ".c"]
     makefile = src / "Makefile"

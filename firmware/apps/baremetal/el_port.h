@@ -21,6 +21,10 @@ void port_init(void);
 void port_putc(int c);
 /* Blocking: waits for one received byte and returns it (0..255). */
 int port_getc(void);
+/* Non-blocking: a received byte (0..255), or -1 when none is waiting. Optional: the
+ * main loop brings a weak one that always says none (CANCEL is then read only
+ * between requests). */
+int port_try_getc(void);
 /* Ends the program: 0 is success. Under QEMU the emulator exits with a status that
  * says which; on a board it stops (or resets). Never returns. */
 EL_NORETURN void port_exit(int code);

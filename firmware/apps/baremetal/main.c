@@ -4,7 +4,15 @@
  * the UART, a tick counter and the exit. The model is linked into read-only memory
  * (el_model_blob.S) and read in place; the runtime gets one static arena.
  *
- * The line protocol (a framed protocol comes later):
+ * Two protocols on the same UART, told apart by the first byte of each input:
+ *
+ *   - the framed protocol (firmware/PROTOCOL.md, firmware/apps/common/el_protocol.c):
+ *     a frame starts with the magic byte 0xFE, which never occurs in UTF-8 text;
+ *     programs (edgellama chat/bench/serve --board/--port) use it;
+ *   - the plain-text line mode below, for a person on screen or minicom: any other
+ *     byte at the start of input begins a text line.
+ *
+ * The line mode:
  *
  *   boot:     "edgellama VERSION board=B model=M ctx=N arena=BYTES arena_used=BYTES
  *              weights=BYTES kv_blocks=N block=N"   (one line)
@@ -25,8 +33,12 @@
  * Input: no echo; a line ends at '\r' or '\n' (so "\r\n" is one line and an empty
  * one, which is ignored); backspace and DEL remove the last character; a line longer
  * than EL_LINE_MAX - 1 bytes is read to its end, dropped, and answered with an error.
+ * A line holding other control bytes (or 0xFF), or that is not well-formed UTF-8, is line
+ * noise: it is dropped silently, and so is what follows it until the line has been quiet
+ * for 300 ms. The frame magic 0xFE inside a line drops the line and starts a frame.
  */
 #include "el_port.h"
+#include "el_protocol.h"
 #include "el_runtime.h"
 
 #ifndef EL_ARENA_BYTES
@@ -105,13 +117,34 @@ static void put_error(const char *message)
 
 /* ------------------------------------------------------------ input */
 
-/* One line into buf (NUL-terminated, without its end); returns its length, or -1 when
- * it was longer than the buffer (the whole line is consumed and dropped). */
-static int read_line(char *buf, int capacity)
+/* Whether buf holds well-formed UTF-8 (what a person types; random bytes rarely are). */
+static int utf8_valid(const char *buf, int n)
 {
-    int n = 0, overflow = 0, c;
-    for (;;) {
-        c = port_getc();
+    int i = 0, k, more;
+    unsigned char c;
+    while (i < n) {
+        c = (unsigned char)buf[i++];
+        more = c < 0x80 ? 0 : (c & 0xE0) == 0xC0 && c >= 0xC2 ? 1 : (c & 0xF0) == 0xE0 ? 2
+             : (c & 0xF8) == 0xF0 && c <= 0xF4 ? 3 : -1;
+        if (more < 0 || i + more > n) return 0;
+        for (k = 0; k < more; k++)
+            if (((unsigned char)buf[i++] & 0xC0) != 0x80) return 0;
+    }
+    return 1;
+}
+
+#define LINE_NOISE (-2)
+#define LINE_FRAME (-3)
+
+/* One line into buf (NUL-terminated, without its end), its first byte already read;
+ * returns its length, -1 when it was longer than the buffer (the whole line is
+ * consumed and dropped), LINE_NOISE for a line with control bytes (dropped), or
+ * LINE_FRAME when the frame magic arrived (the line is dropped). */
+static int read_line(char *buf, int capacity, int c)
+{
+    int n = 0, overflow = 0, noise = 0;
+    for (;; c = port_getc()) {
+        if (c == EL_PROTO_MAGIC0) return LINE_FRAME;
         if (c == '\r' || c == '\n') break;
         if (c == 0x08 || c == 0x7f) {
             /* one character back: a UTF-8 sequence's continuation bytes go with it */
@@ -119,6 +152,7 @@ static int read_line(char *buf, int capacity)
             if (n > 0) n--;
             continue;
         }
+        if ((c < 0x20 && c != '\t') || c == 0xFF) noise = 1;
         if (overflow) continue;
         if (n >= capacity - 1) {
             overflow = 1;
@@ -127,7 +161,22 @@ static int read_line(char *buf, int capacity)
         buf[n++] = (char)c;
     }
     buf[n] = '\0';
-    return overflow ? -1 : n;
+    return noise || !utf8_valid(buf, n) ? LINE_NOISE : overflow ? -1 : n;
+}
+
+/* After line noise: drop input until it has been quiet for 300 ms (a person types after
+ * a pause; noise comes in bursts). Returns the frame magic when a frame begins, else -1. */
+static int skip_noise(void)
+{
+    uint32_t hz = port_tick_hz();
+    uint64_t last = port_ticks();
+    int c;
+    while (hz != 0 && port_ticks() - last < (uint64_t)hz * 3u / 10u) {
+        if ((c = port_try_getc()) < 0) continue;
+        if (c == EL_PROTO_MAGIC0) return c;
+        last = port_ticks();
+    }
+    return -1;
 }
 
 /* ------------------------------------------------------------ options prefix */
@@ -142,35 +191,12 @@ static int str_eq(const char *a, int n, const char *b)
     return b[n] == '\0';
 }
 
-/* A decimal number (sign, digits, point, digits, exponent) spanning all n bytes. */
-static int parse_number(const char *s, int n, double *out)
-{
-    double value = 0.0, scale = 1.0;
-    int i = 0, negative = 0, digits = 0, exponent = 0, exp_negative = 0, exp_digits = 0;
-    if (i < n && (s[i] == '-' || s[i] == '+')) negative = s[i++] == '-';
-    for (; i < n && s[i] >= '0' && s[i] <= '9'; i++, digits++) value = value * 10.0 + (s[i] - '0');
-    if (i < n && s[i] == '.')
-        for (i++; i < n && s[i] >= '0' && s[i] <= '9'; i++, digits++) value += (s[i] - '0') * (scale /= 10.0);
-    if (digits == 0) return 0;
-    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
-        i++;
-        if (i < n && (s[i] == '-' || s[i] == '+')) exp_negative = s[i++] == '-';
-        for (; i < n && s[i] >= '0' && s[i] <= '9' && exponent < 400; i++, exp_digits++)
-            exponent = exponent * 10 + (s[i] - '0');
-        if (exp_digits == 0) return 0;
-        while (exponent-- > 0) value = exp_negative ? value / 10.0 : value * 10.0;
-    }
-    if (i != n) return 0;
-    *out = negative ? -value : value;
-    return 1;
-}
-
 /* Applies one key=value; returns 0 for an unknown key or a bad value. */
 static int apply_option(el_request *r, const char *key, int key_len, const char *value, int value_len)
 {
     el_sampling *s = &r->sampling;
     double v;
-    if (!parse_number(value, value_len, &v) || v > 3.0e38 || v < -3.0e38) return 0;
+    if (!el_proto_parse_number(value, value_len, &v) || v > 3.0e38 || v < -3.0e38) return 0;
     if (str_eq(key, key_len, "temperature")) s->temperature = (float)v;
     else if (str_eq(key, key_len, "top_p")) s->top_p = (float)v;
     else if (str_eq(key, key_len, "min_p")) s->min_p = (float)v;
@@ -308,6 +334,7 @@ static void generate(const char *text, int n)
     /* the previous request's blocks go back to the pool (full ones stay cached) */
     if (last_seq >= 0) el_runtime_release(rt, last_seq);
     last_seq = -1;
+    el_serve_release(); /* and those the framed protocol's server keeps */
     t0 = port_ticks();
     n_tokens = el_runtime_tokenize(rt, text + start, n - start, 1, prompt_tokens,
                                    (int)(sizeof prompt_tokens / sizeof prompt_tokens[0]), &err);
@@ -341,6 +368,8 @@ static void generate(const char *text, int n)
     if (el_runtime_tokens(rt, seq, &tokens, &n_prompt, &n_cached) < 0) n_prompt = n_tokens;
     port_putc('\n');
     put_stats(generated, n_prompt, n_cached, finish, t0, generated > 0 ? t_first : t0);
+    el_runtime_release(rt, seq); /* the framed protocol's server may need the slot */
+    last_seq = -1;
 }
 
 static void engine_stats(void)
@@ -357,16 +386,76 @@ static void engine_stats(void)
     put_memory(&st, 1);
 }
 
+/* ------------------------------------------------------------ the framed protocol's I/O */
+
+/* A port without a non-blocking receive: CANCEL is read only between requests. */
+#if defined(__GNUC__)
+__attribute__((weak)) int port_try_getc(void) { return -1; }
+#endif
+
+static int uart_read(void *user, int wait_ms)
+{
+    uint32_t hz = port_tick_hz();
+    uint64_t start, limit;
+    int c;
+    (void)user;
+    if (wait_ms < 0) return port_getc();
+    start = port_ticks();
+    limit = (uint64_t)wait_ms * hz / 1000u;
+    for (;;) {
+        if ((c = port_try_getc()) >= 0) return c;
+        if (hz == 0 || port_ticks() - start >= limit) return -1;
+    }
+}
+
+static void uart_write(void *user, const uint8_t *data, int n)
+{
+    (void)user;
+    put_bytes((const char *)data, n);
+}
+
+static uint64_t uart_now_us(void *user)
+{
+    uint64_t ticks = port_ticks(), hz = port_tick_hz();
+    (void)user;
+    return ticks / hz * 1000000u + ticks % hz * 1000000u / hz;
+}
+
+/* A text line for a person (its first byte already read); returns the frame magic when
+ * a frame began inside the line, else -1. */
+static int text_line(void *user, int first)
+{
+    int n = read_line(line, (int)sizeof line, first);
+    (void)user;
+    if (n == LINE_FRAME) return EL_PROTO_MAGIC0;
+    if (n == LINE_NOISE) return skip_noise();
+    if (n == 0) return -1;
+    if (n < 0) {
+        put_str("[error] line too long (at most ");
+        put_u64(sizeof line - 1);
+        put_str(" bytes); ignored\n");
+        return -1;
+    }
+    if (str_eq(line, n, "/exit")) {
+        put_str("[bye]\n");
+        port_exit(0);
+    }
+    if (str_eq(line, n, "/stats")) engine_stats();
+    else generate(line, n);
+    return -1;
+}
+
 int main(void)
 {
     el_engine_options options;
     el_error err;
     el_engine_stats st;
     size_t model_size = (size_t)(el_model_end - el_model_start);
+    el_serve_io io;
     uint64_t t0;
-    int n;
 
     port_init();
+    el_memset(&io, 0, sizeof io);
     el_memset(&options, 0, sizeof options);
     options.max_seqs = 1; /* one prompt at a time */
     options.block_size = EL_BLOCK_SIZE;
@@ -395,23 +484,12 @@ int main(void)
     if (port_tick_hz() != 0) put_kv("load_ms", ms_since(t0));
     port_putc('\n');
 
-    for (;;) {
-        n = read_line(line, (int)sizeof line);
-        if (n < 0) {
-            put_str("[error] line too long (at most ");
-            put_u64(sizeof line - 1);
-            put_str(" bytes); ignored\n");
-            continue;
-        }
-        if (n == 0) continue;
-        if (str_eq(line, n, "/exit")) {
-            put_str("[bye]\n");
-            port_exit(0);
-        }
-        if (str_eq(line, n, "/stats")) {
-            engine_stats();
-            continue;
-        }
-        generate(line, n);
-    }
+    io.read = uart_read;
+    io.write = uart_write;
+    io.now_us = port_tick_hz() != 0 ? uart_now_us : NULL;
+    io.text_line = text_line;
+    io.board = EL_BOARD_NAME;
+    io.default_max_tokens = EL_MAX_TOKENS;
+    el_serve(rt, &io); /* returns only at the end of input, which a UART never has */
+    port_exit(0);
 }

@@ -3,6 +3,8 @@
  *   edgellama-run MODEL generate "PROMPT" [options]   stream the continuation to stdout
  *   edgellama-run MODEL chat [options]                multi-turn chat on stdin/stdout
  *   edgellama-run MODEL bench [options]               one JSON object of speed and memory figures
+ *   edgellama-run MODEL serve [--serial DEV] [options] the framed protocol (firmware/PROTOCOL.md) on
+ *                                                      stdin/stdout, or on a serial device (raw mode)
  *
  * Unlike the core, this file may use libc: the model is mmap'ed (weights are read in
  * place, never copied), the arena is one malloc'ed block, times come from
@@ -13,15 +15,19 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "el_protocol.h"
 #include "el_runtime.h"
 
 #define MAX_EVENTS 8
@@ -32,6 +38,7 @@ static const char USAGE[] =
     "       edgellama-run MODEL chat [options] [--system TEXT] [--template auto|plain|llama2|chatml]\n"
     "       edgellama-run MODEL bench [options] [--prompt TEXT] [--prompt-tokens N] [--gen-tokens N]\n"
     "                                 [--repetitions R]\n"
+    "       edgellama-run MODEL serve [--serial DEV] [options]   (the framed protocol, firmware/PROTOCOL.md)\n"
     "sampling: --temperature T --top-p P --top-k K --min-p M --repetition-penalty R\n"
     "          --frequency-penalty F --presence-penalty P --seed S --max-tokens N --min-tokens N\n"
     "          --stop STR (up to 4) --ignore-eos\n"
@@ -67,7 +74,7 @@ static void *xmalloc(size_t n)
 /* ------------------------------------------------------------ options */
 
 typedef struct {
-    const char *model_path, *mode, *prompt, *system, *template_name;
+    const char *model_path, *mode, *prompt, *system, *template_name, *serial;
     el_request request;
     el_engine_options engine;
     long arena_mb;
@@ -144,6 +151,7 @@ static int mode_flag(options *o, const char *flag, const char *v)
     if (strcmp(flag, "--system") == 0) o->system = v;
     else if (strcmp(flag, "--template") == 0) o->template_name = v;
     else if (strcmp(flag, "--prompt") == 0) o->prompt = v;
+    else if (strcmp(flag, "--serial") == 0) o->serial = v;
     else if (strcmp(flag, "--prompt-tokens") == 0) o->prompt_tokens = (int)parse_long(flag, v, 1, 1L << 24);
     else if (strcmp(flag, "--gen-tokens") == 0) o->gen_tokens = (int)parse_long(flag, v, 2, 1L << 24);
     else if (strcmp(flag, "--repetitions") == 0) o->repetitions = (int)parse_long(flag, v, 1, 1000);
@@ -170,7 +178,7 @@ static int known_flag(const char *flag)
         "--temperature", "--top-p", "--top-k", "--min-p", "--repetition-penalty", "--frequency-penalty",
         "--presence-penalty", "--seed", "--max-tokens", "--min-tokens", "--stop", "--block-size", "--max-model-len",
         "--max-batch-tokens", "--arena-mb", "--kv-dtype", "--system", "--template", "--prompt", "--prompt-tokens",
-        "--gen-tokens", "--repetitions"};
+        "--gen-tokens", "--repetitions", "--serial"};
     size_t i;
     for (i = 0; i < sizeof flags / sizeof flags[0]; i++)
         if (strcmp(flag, flags[i]) == 0) return 1;
@@ -227,11 +235,12 @@ static void parse_args(options *o, int argc, char **argv)
             printf("edgellama-run %s\n", el_runtime_version());
             exit(0);
         }
-    if (argc < 3) die("usage: edgellama-run MODEL generate|chat|bench [options] (see --help)");
+    if (argc < 3) die("usage: edgellama-run MODEL generate|chat|bench|serve [options] (see --help)");
     o->model_path = argv[1];
     o->mode = argv[2];
-    if (strcmp(o->mode, "generate") != 0 && strcmp(o->mode, "chat") != 0 && strcmp(o->mode, "bench") != 0)
-        die("unknown mode '%s': use generate, chat or bench", o->mode);
+    if (strcmp(o->mode, "generate") != 0 && strcmp(o->mode, "chat") != 0 && strcmp(o->mode, "bench") != 0 &&
+        strcmp(o->mode, "serve") != 0)
+        die("unknown mode '%s': use generate, chat, bench or serve", o->mode);
     for (i = 3; i < argc; i++) parse_one(o, argc, argv, &i, &positional_only);
     if (strcmp(o->mode, "generate") == 0 && o->prompt == NULL) die("generate needs a prompt");
     if (strcmp(o->template_name, "auto") != 0 && el_chat_template_from_name(o->template_name) < 0)
@@ -648,11 +657,124 @@ static int run_bench(const options *o)
     return 0;
 }
 
+/* ------------------------------------------------------------ serve */
+
+typedef struct {
+    int in_fd, out_fd;
+    unsigned char buf[4096];
+    int len, at;
+} serve_port;
+
+static int serve_read(void *user, int wait_ms)
+{
+    serve_port *p = (serve_port *)user;
+    struct pollfd pfd;
+    ssize_t n;
+    int r;
+    while (p->at >= p->len) {
+        pfd.fd = p->in_fd;
+        pfd.events = POLLIN;
+        pfd.revents = 0;
+        r = poll(&pfd, 1, wait_ms);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return -2;
+        if (r == 0) return -1;
+        n = read(p->in_fd, p->buf, sizeof p->buf);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+        if (n <= 0) return -2; /* end of input: the host closed its end */
+        p->len = (int)n;
+        p->at = 0;
+    }
+    return p->buf[p->at++];
+}
+
+static void serve_write(void *user, const uint8_t *data, int n)
+{
+    serve_port *p = (serve_port *)user;
+    ssize_t w;
+    while (n > 0) {
+        w = write(p->out_fd, data, (size_t)n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return; /* the host is gone: what is left is dropped */
+        data += w;
+        n -= (int)w;
+    }
+}
+
+static uint64_t serve_now_us(void *user)
+{
+    struct timespec t;
+    (void)user;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000u + (uint64_t)t.tv_nsec / 1000u;
+}
+
+/* VmHWM of /proc/self/status (peak resident memory), in bytes; -1 when not there. */
+static long long serve_rss(void *user)
+{
+    char line[256];
+    long long kb = -1;
+    FILE *f = fopen("/proc/self/status", "r");
+    (void)user;
+    if (f == NULL) return -1;
+    while (fgets(line, sizeof line, f) != NULL)
+        if (strncmp(line, "VmHWM:", 6) == 0) {
+            kb = strtoll(line + 6, NULL, 10);
+            break;
+        }
+    fclose(f);
+    return kb < 0 ? -1 : kb * 1024;
+}
+
+/* A serial device in raw mode: 8 bits, no echo, no line editing, no flow translation. */
+static int open_serial(const char *path)
+{
+    struct termios t;
+    int fd = open(path, O_RDWR | O_NOCTTY);
+    if (fd < 0) die("cannot open serial device '%s': %s", path, strerror(errno));
+    if (tcgetattr(fd, &t) == 0) {
+        t.c_iflag &= ~(tcflag_t)(IGNBRK | BRKINT | PARMRK | ISTRIP | INLCR | IGNCR | ICRNL | IXON | IXOFF);
+        t.c_oflag &= ~(tcflag_t)OPOST;
+        t.c_lflag &= ~(tcflag_t)(ECHO | ECHONL | ICANON | ISIG | IEXTEN);
+        t.c_cflag &= ~(tcflag_t)(CSIZE | PARENB);
+        t.c_cflag |= (tcflag_t)(CS8 | CREAD | CLOCAL);
+        t.c_cc[VMIN] = 1;
+        t.c_cc[VTIME] = 0;
+        if (tcsetattr(fd, TCSANOW, &t) != 0) die("cannot set raw mode on '%s': %s", path, strerror(errno));
+    }
+    return fd;
+}
+
+static int run_serve(const options *o)
+{
+    session s;
+    serve_port port;
+    el_serve_io io;
+    memset(&port, 0, sizeof port);
+    memset(&io, 0, sizeof io);
+    signal(SIGPIPE, SIG_IGN); /* a host that goes away is an end of input, not a signal */
+    open_session(&s, o);
+    if (o->serial != NULL) port.in_fd = port.out_fd = open_serial(o->serial);
+    else port.in_fd = STDIN_FILENO, port.out_fd = STDOUT_FILENO;
+    io.user = &port;
+    io.read = serve_read;
+    io.write = serve_write;
+    io.now_us = serve_now_us;
+    io.rss_bytes = serve_rss;
+    io.board = "posix";
+    io.default_max_tokens = o->request.max_tokens;
+    el_serve(s.rt, &io);
+    if (o->serial != NULL) close(port.in_fd);
+    close_session(&s);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     options o;
     parse_args(&o, argc, argv);
     if (strcmp(o.mode, "generate") == 0) return run_generate(&o);
     if (strcmp(o.mode, "chat") == 0) return run_chat(&o);
+    if (strcmp(o.mode, "serve") == 0) return run_serve(&o);
     return run_bench(&o);
 }

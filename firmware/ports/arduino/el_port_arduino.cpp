@@ -59,6 +59,12 @@ int port_getc(void)
     return c & 0xFF;
 }
 
+int port_try_getc(void)
+{
+    int c = Serial.read();
+    return c < 0 ? -1 : c & 0xFF;
+}
+
 void port_exit(int code)
 {
     (void)code;

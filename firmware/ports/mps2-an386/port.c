@@ -89,6 +89,8 @@ int port_getc(void)
     return (int)(UART_DATA & 0xFFu);
 }
 
+int port_try_getc(void) { return (UART_STATE & 0x2u) ? (int)(UART_DATA & 0xFFu) : -1; }
+
 /* Down-counting 32-bit timer extended to 64 bits: correct while it is read at least
  * once per wrap (2^32 / 25 MHz = 171 s); the main loop reads it every step. */
 uint64_t port_ticks(void)

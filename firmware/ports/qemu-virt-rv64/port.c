@@ -54,6 +54,8 @@ int port_getc(void)
     return (int)UART_RBR;
 }
 
+int port_try_getc(void) { return (UART_LSR & 0x01) ? (int)UART_RBR : -1; }
+
 uint64_t port_ticks(void) { return MTIME; }
 
 uint32_t port_tick_hz(void) { return MTIME_HZ; }

@@ -1,0 +1,73 @@
+import sys
+
+import click
+
+from ..errors import EdgeLlamaError
+
+
+def _open(board, host, port, local, model):
+    from ..device import open_device
+    if board:
+        from ..boards import get_board
+        get_board(board)  # an unknown board is one line, before anything starts
+    try:
+        return open_device(board=board, host=host, port=port, local=local, model=model)
+    except ImportError as e:
+        raise EdgeLlamaError(f"bench: this device kind is not available here ({e})") from None
+    except (OSError, ValueError) as e:
+        raise EdgeLlamaError(f"bench: cannot open the device ({e})") from None
+
+
+@click.group("bench", invoke_without_command=True)
+@click.option("--board", help="Bench this board (built with `edgellama build`).")
+@click.option("--host", help="Bench a Linux board over SSH: [user@]host.")
+@click.option("--port", help="Bench a device on this serial port (or socket://host:port).")
+@click.option("--local", is_flag=True, help="Bench the runtime on this machine (the default).")
+@click.option("--model", type=click.Path(dir_okay=False), help="GGUF model (default: the embedded model).")
+@click.option("-p", "--prompt-tokens", type=int, default=64, show_default=True, help="Prompt length (ppN).")
+@click.option("-n", "--gen-tokens", type=int, default=128, show_default=True, help="Generated tokens (tgN).")
+@click.option("-r", "--repetitions", type=int, default=5, show_default=True, help="Measured repetitions.")
+@click.option("--warmup", type=int, default=1, show_default=True, help="Warm-up runs, not measured.")
+@click.option("--output", "output", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--no-history", is_flag=True, help="Do not record this run in the bench history.")
+@click.pass_context
+def command(ctx, board, host, port, local, model, prompt_tokens, gen_tokens, repetitions, warmup, output,
+            no_history):
+    """Prefill and decode tokens/s, latencies, memory and sizes on a device, llama-bench style.
+
+    Results go into the bench history ($EDGELLAMA_HOME/bench.sqlite); `edgellama bench
+    report` compares the recorded runs."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .. import bench, history
+    for name, value, least in (("-p", prompt_tokens, 1), ("-n", gen_tokens, 1), ("-r", repetitions, 1),
+                               ("--warmup", warmup, 0)):
+        if value < least:
+            raise EdgeLlamaError(f"{name} must be at least {least}, got {value}")
+    if model:
+        from pathlib import Path
+        if not Path(model).is_file():
+            raise EdgeLlamaError(f"{model}: no such model file")
+    with _open(board, host, port, local, model) as device:
+        def progress(i, total):
+            if sys.stderr.isatty():
+                click.echo(f"\rbench: run {i}/{total}", err=True, nl=(i == total))
+        result = bench.run(device, prompt_tokens, gen_tokens, repetitions, warmup, model=model, progress=progress)
+    click.echo(bench.format_result(result, output).rstrip("\n"))
+    if not no_history:
+        history.record(result)
+
+
+@command.command("report")
+@click.option("--board", help="Only this board.")
+@click.option("--model", help="Only this model (name, sha256 prefix, or model file).")
+@click.option("--quant", help="Only this quant type (f32, f16, q8_0, q4_0).")
+@click.option("--png", type=click.Path(dir_okay=False), help="Also plot tokens/s over time into this PNG.")
+def report(board, model, quant, png):
+    """Compare recorded bench runs across boards, models and quant types over time."""
+    from .. import history
+    rows = history.query(board=board, model=model, quant=quant)
+    click.echo(history.report_table(rows))
+    if png:
+        history.plot(rows, png)
+        click.echo(f"wrote {png}", err=True)

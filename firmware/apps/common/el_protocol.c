@@ -1,0 +1,652 @@
+/* el_protocol.c: framing, CRC, key=value parsing and the serve loop (see
+ * firmware/PROTOCOL.md). C99, no libc, no malloc. */
+#include "el_protocol.h"
+
+#ifndef EL_SERVE_MAX_TOKENS
+#define EL_SERVE_MAX_TOKENS 1088 /* a bench prompt or one chat turn (system text + message) */
+#endif
+#define SERVE_EVENTS 4
+#define BENCH_AT (EL_SERVE_MAX_TOKENS - 256) /* where the bench text's tokens are kept */
+#define GAP_US 300000u /* a frame silent this long is dropped (a half frame after a cut) */
+
+/* ------------------------------------------------------------ CRC and frames */
+
+uint16_t el_proto_crc16(uint16_t crc, const uint8_t *data, int n)
+{
+    int i, bit;
+    for (i = 0; i < n; i++) {
+        crc ^= (uint16_t)((uint16_t)data[i] << 8);
+        for (bit = 0; bit < 8; bit++)
+            crc = (uint16_t)((crc & 0x8000u) ? (uint16_t)(crc << 1) ^ 0x1021u : (uint16_t)(crc << 1));
+    }
+    return crc;
+}
+
+int el_proto_encode(uint8_t *out, int capacity, int type, const uint8_t *payload, int len)
+{
+    uint16_t crc;
+    int i;
+    if (len < 0 || len > EL_PROTO_MAX_PAYLOAD || capacity < len + EL_PROTO_OVERHEAD) return -1;
+    out[0] = EL_PROTO_MAGIC0;
+    out[1] = EL_PROTO_MAGIC1;
+    out[2] = (uint8_t)type;
+    out[3] = (uint8_t)(len & 0xFF);
+    out[4] = (uint8_t)(len >> 8);
+    for (i = 0; i < len; i++) out[5 + i] = payload[i];
+    crc = el_proto_crc16(0xFFFFu, out + 2, len + 3);
+    out[5 + len] = (uint8_t)(crc & 0xFF);
+    out[6 + len] = (uint8_t)(crc >> 8);
+    return len + EL_PROTO_OVERHEAD;
+}
+
+void el_proto_parser_init(el_proto_parser *p)
+{
+    p->state = 0;
+    p->type = p->len = p->got = 0;
+    p->crc = 0;
+    p->payload[0] = 0;
+}
+
+int el_proto_busy(const el_proto_parser *p) { return p->state != 0; }
+
+int el_proto_feed(el_proto_parser *p, int byte)
+{
+    uint8_t b = (uint8_t)byte;
+    switch (p->state) {
+    case 0:
+        if (b != EL_PROTO_MAGIC0) return EL_PROTO_NOISE;
+        p->state = 1;
+        return EL_PROTO_MORE;
+    case 1:
+        if (b == EL_PROTO_MAGIC1) p->state = 2;
+        else if (b != EL_PROTO_MAGIC0) p->state = 0; /* 0xFE 0xFE: the second may start a frame */
+        return EL_PROTO_MORE;
+    case 2:
+        p->type = b;
+        p->crc = el_proto_crc16(0xFFFFu, &b, 1);
+        p->state = 3;
+        return EL_PROTO_MORE;
+    case 3:
+        p->len = b;
+        p->crc = el_proto_crc16(p->crc, &b, 1);
+        p->state = 4;
+        return EL_PROTO_MORE;
+    case 4:
+        p->len |= (int)b << 8;
+        p->crc = el_proto_crc16(p->crc, &b, 1);
+        p->got = 0;
+        if (p->len > EL_PROTO_MAX_PAYLOAD) { /* never read into the buffer: drop it now */
+            p->state = 0;
+            return EL_PROTO_TOO_LONG;
+        }
+        p->state = p->len > 0 ? 5 : 6;
+        return EL_PROTO_MORE;
+    case 5:
+        p->payload[p->got++] = b;
+        p->crc = el_proto_crc16(p->crc, &b, 1);
+        if (p->got == p->len) p->state = 6;
+        return EL_PROTO_MORE;
+    case 6:
+        p->state = (b == (p->crc & 0xFF)) ? 7 : 8;
+        return EL_PROTO_MORE;
+    default: {
+        int ok = p->state == 7 && b == (p->crc >> 8);
+        p->state = 0;
+        p->payload[p->len] = 0;
+        return ok ? EL_PROTO_FRAME : EL_PROTO_BAD_CRC;
+    }
+    }
+}
+
+/* ------------------------------------------------------------ key=value text */
+
+int el_proto_next_kv(const char *text, int n, int *pos, const char **key, int *key_len, const char **value,
+                     int *value_len)
+{
+    int i = *pos, start, eq = -1;
+    for (;;) {
+        if (i >= n) {
+            *pos = n;
+            return 0;
+        }
+        if (text[i] == '\n') { /* an empty line: the body follows */
+            *pos = i + 1;
+            return 0;
+        }
+        for (start = i, eq = -1; i < n && text[i] != '\n'; i++)
+            if (text[i] == '=' && eq < 0) eq = i;
+        *pos = i < n ? i + 1 : n;
+        if (eq < 0) { /* a line without '=': a key with an empty value */
+            *key = text + start;
+            *key_len = i - start;
+            *value = text + i;
+            *value_len = 0;
+            return 1;
+        }
+        *key = text + start;
+        *key_len = eq - start;
+        *value = text + eq + 1;
+        *value_len = i - eq - 1;
+        return 1;
+    }
+}
+
+int el_proto_key_is(const char *key, int key_len, const char *name)
+{
+    int i;
+    for (i = 0; i < key_len; i++)
+        if (name[i] == '\0' || key[i] != name[i]) return 0;
+    return name[key_len] == '\0';
+}
+
+int el_proto_parse_number(const char *s, int n, double *out)
+{
+    double value = 0.0, scale = 1.0;
+    int i = 0, negative = 0, digits = 0, exponent = 0, exp_negative = 0, exp_digits = 0;
+    if (i < n && (s[i] == '-' || s[i] == '+')) negative = s[i++] == '-';
+    for (; i < n && s[i] >= '0' && s[i] <= '9'; i++, digits++) value = value * 10.0 + (s[i] - '0');
+    if (i < n && s[i] == '.')
+        for (i++; i < n && s[i] >= '0' && s[i] <= '9'; i++, digits++) value += (s[i] - '0') * (scale /= 10.0);
+    if (digits == 0) return 0;
+    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+        i++;
+        if (i < n && (s[i] == '-' || s[i] == '+')) exp_negative = s[i++] == '-';
+        for (; i < n && s[i] >= '0' && s[i] <= '9' && exponent < 400; i++, exp_digits++)
+            exponent = exponent * 10 + (s[i] - '0');
+        if (exp_digits == 0) return 0;
+        while (exponent-- > 0) value = exp_negative ? value / 10.0 : value * 10.0;
+    }
+    if (i != n) return 0;
+    *out = negative ? -value : value;
+    return 1;
+}
+
+/* ------------------------------------------------------------ the server's state */
+
+typedef struct {
+    el_runtime *rt;
+    const el_serve_io *io;
+    el_proto_parser parser;
+    uint8_t frame[EL_PROTO_MAX_PAYLOAD + EL_PROTO_OVERHEAD];
+    uint8_t out[EL_PROTO_MAX_PAYLOAD];
+    int out_len;
+    int32_t tokens[EL_SERVE_MAX_TOKENS];
+    char system[EL_PROTO_MAX_PAYLOAD];
+    int system_len;
+    int conv_seq, last_seq, tmpl, cancelled, ended;
+    unsigned bench_count;
+} server;
+
+static server S;
+
+static uint64_t now_us(void) { return S.io->now_us != NULL ? S.io->now_us(S.io->user) : 0; }
+
+static void send_frame(int type, const uint8_t *payload, int len)
+{
+    int n = el_proto_encode(S.frame, (int)sizeof S.frame, type, payload, len);
+    if (n > 0) S.io->write(S.io->user, S.frame, n);
+}
+
+/* the reply being built in S.out (cut at the maximum payload) */
+static void out_bytes(const char *s, int n)
+{
+    int i;
+    for (i = 0; i < n && S.out_len < EL_PROTO_MAX_PAYLOAD; i++) S.out[S.out_len++] = (uint8_t)s[i];
+}
+
+static void out_str(const char *s) { out_bytes(s, (int)el_strlen(s)); }
+
+static void out_u64(uint64_t v)
+{
+    char digits[24];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + (int)(v % 10u));
+        v /= 10u;
+    } while (v > 0);
+    while (n > 0) out_bytes(&digits[--n], 1);
+}
+
+static void out_kv(const char *key, uint64_t value)
+{
+    out_str(key);
+    out_bytes("=", 1);
+    out_u64(value);
+    out_bytes("\n", 1);
+}
+
+static void out_kv_str(const char *key, const char *value, int n)
+{
+    out_str(key);
+    out_bytes("=", 1);
+    out_bytes(value, n);
+    out_bytes("\n", 1);
+}
+
+static void send_error(const char *a, const char *b)
+{
+    S.out_len = 0;
+    out_str(a);
+    if (b != NULL) out_str(b);
+    send_frame(EL_MSG_ERROR, S.out, S.out_len);
+}
+
+static void release_all(void)
+{
+    if (S.conv_seq >= 0) el_runtime_release(S.rt, S.conv_seq);
+    if (S.last_seq >= 0 && S.last_seq != S.conv_seq) el_runtime_release(S.rt, S.last_seq);
+    S.conv_seq = S.last_seq = -1;
+}
+
+void el_serve_release(void)
+{
+    if (S.rt != NULL) release_all();
+}
+
+static void send_token(uint64_t t_us, const char *text, int n)
+{
+    uint32_t t = (uint32_t)(t_us > 0xFFFFFFFFu ? 0xFFFFFFFFu : t_us);
+    int chunk;
+    do { /* a long text goes in several frames; the first carries the time */
+        chunk = n > EL_PROTO_MAX_PAYLOAD - 4 ? EL_PROTO_MAX_PAYLOAD - 4 : n;
+        S.out[0] = (uint8_t)(t & 0xFF);
+        S.out[1] = (uint8_t)((t >> 8) & 0xFF);
+        S.out[2] = (uint8_t)((t >> 16) & 0xFF);
+        S.out[3] = (uint8_t)(t >> 24);
+        el_memcpy(S.out + 4, text, (size_t)chunk);
+        send_frame(EL_MSG_TOKEN, S.out, chunk + 4);
+        text += chunk;
+        n -= chunk;
+    } while (n > 0);
+}
+
+/* Input while a reply runs: CANCEL stops it, PING is answered, anything else is busy. */
+static void poll_input(int seq)
+{
+    int c, r;
+    while (!S.ended && (c = S.io->read(S.io->user, 0)) != -1) {
+        if (c == -2) {
+            S.ended = 1;
+            el_runtime_abort(S.rt, seq);
+            return;
+        }
+        r = el_proto_feed(&S.parser, c);
+        if (r == EL_PROTO_TOO_LONG) send_error("frame too long (the maximum payload is 512 bytes)", NULL);
+        if (r != EL_PROTO_FRAME) continue;
+        if (S.parser.type == EL_MSG_CANCEL) {
+            S.cancelled = 1;
+            el_runtime_abort(S.rt, seq);
+            return; /* what follows is the next request: the main loop reads it */
+        } else if (S.parser.type == EL_MSG_PING) {
+            send_frame(EL_MSG_PONG, S.parser.payload, S.parser.len);
+        } else {
+            send_error("busy: a reply is running (send CANCEL first)", NULL);
+        }
+    }
+}
+
+/* Steps until seq finishes, streaming its text; returns the finish reason. */
+static el_finish_reason run(int seq, uint64_t t0, uint64_t *first, int *generated)
+{
+    el_event events[SERVE_EVENTS];
+    int count, i;
+    el_finish_reason finish = EL_FINISH_NONE;
+    *generated = 0;
+    for (;;) {
+        count = el_runtime_step(S.rt, events, SERVE_EVENTS);
+        if (count == 0 && el_runtime_pending(S.rt) == 0) return finish != EL_FINISH_NONE ? finish : EL_FINISH_ABORT;
+        for (i = 0; i < count; i++) {
+            uint64_t t;
+            if (events[i].seq_id != seq) continue;
+            t = now_us() - t0;
+            if ((*generated)++ == 0) *first = t;
+            if (!S.ended) send_token(t, events[i].text, events[i].text_len);
+            if (events[i].finished) return events[i].finish;
+        }
+        poll_input(seq);
+    }
+}
+
+static const char *finish_name(el_finish_reason f)
+{
+    return f == EL_FINISH_STOP ? "stop" : f == EL_FINISH_LENGTH ? "length" : "abort";
+}
+
+static void memory_kv(void)
+{
+    el_engine_stats st;
+    el_runtime_stats(S.rt, &st);
+    out_kv("arena_hw", st.arena_high_water);
+    out_kv("arena", st.arena_size);
+    out_kv("kv_blocks", (uint64_t)st.blocks_used);
+    out_kv("kv_total", (uint64_t)st.blocks_total);
+    out_kv("kv_hw", (uint64_t)st.blocks_high_water);
+}
+
+/* ------------------------------------------------------------ requests */
+
+static void handle_hello(void)
+{
+    const el_config *cfg = el_runtime_config(S.rt);
+    el_engine_stats st;
+    el_runtime_stats(S.rt, &st);
+    S.out_len = 0;
+    out_kv("protocol", EL_PROTO_VERSION);
+    out_kv_str("version", el_runtime_version(), (int)el_strlen(el_runtime_version()));
+    out_kv_str("board", S.io->board, (int)el_strlen(S.io->board));
+    out_kv_str("model", S.rt->model.name.data, (int)S.rt->model.name.len);
+    out_kv("ctx", (uint64_t)S.rt->engine.options.max_model_len);
+    out_kv("vocab", (uint64_t)cfg->vocab_size);
+    out_kv("arena", st.arena_size);
+    out_kv("arena_used", st.arena_used);
+    out_kv("kv_total", (uint64_t)st.blocks_total);
+    out_kv("block", (uint64_t)S.rt->engine.options.block_size);
+    out_kv("max_payload", EL_PROTO_MAX_PAYLOAD);
+    out_kv("clock", S.io->now_us != NULL ? 1 : 0);
+    out_kv_str("template", el_chat_template_name((int)S.tmpl), (int)el_strlen(el_chat_template_name((int)S.tmpl)));
+    send_frame(EL_MSG_INFO, S.out, S.out_len);
+}
+
+static void handle_stats(void)
+{
+    el_engine_stats st;
+    el_runtime_stats(S.rt, &st);
+    S.out_len = 0;
+    out_kv("prompt_tokens_computed", (uint64_t)st.prompt_tokens_computed);
+    out_kv("tokens_generated", (uint64_t)st.tokens_generated);
+    out_kv("steps", (uint64_t)st.steps);
+    out_kv("prefix_queries", (uint64_t)st.prefix_queries);
+    out_kv("prefix_hits", (uint64_t)st.prefix_hits);
+    out_kv("preemptions", (uint64_t)st.preemptions);
+    out_kv("arena_used", st.arena_used);
+    out_kv("arena_high_water", st.arena_high_water);
+    out_kv("arena_size", st.arena_size);
+    out_kv("blocks_total", (uint64_t)st.blocks_total);
+    out_kv("blocks_used", (uint64_t)st.blocks_used);
+    out_kv("blocks_cached", (uint64_t)st.blocks_cached);
+    out_kv("blocks_high_water", (uint64_t)st.blocks_high_water);
+    send_frame(EL_MSG_STATS_RESULT, S.out, S.out_len);
+}
+
+/* A text value with the escapes \n \r \t \\ undone; returns its length, or -1 when it
+ * does not fit in capacity bytes. */
+static int unescape(const char *in, int n, char *out, int capacity)
+{
+    int i, len = 0;
+    char c;
+    for (i = 0; i < n; i++) {
+        c = in[i];
+        if (c == '\\' && i + 1 < n) {
+            c = in[++i];
+            c = c == 'n' ? '\n' : c == 'r' ? '\r' : c == 't' ? '\t' : c;
+        }
+        if (len >= capacity) return -1;
+        out[len++] = c;
+    }
+    return len;
+}
+
+static void set_system(const char *text, int n)
+{
+    release_all();
+    S.system_len = unescape(text, n, S.system, (int)sizeof S.system);
+    if (S.system_len < 0) S.system_len = (int)sizeof S.system;
+}
+
+/* Applies one key=value; 0 for an unknown key or a bad value. */
+static int apply_option(el_request *r, const char *key, int key_len, const char *value, int value_len)
+{
+    el_sampling *s = &r->sampling;
+    double v;
+    if (el_proto_key_is(key, key_len, "stop")) {
+        int len;
+        if (r->n_stop >= EL_MAX_STOP_STRINGS) return 0;
+        len = unescape(value, value_len, r->stop[r->n_stop], EL_MAX_STOP_LEN - 1);
+        if (len < 1) return 0;
+        r->stop[r->n_stop][len] = '\0';
+        r->stop_len[r->n_stop++] = len;
+        return 1;
+    }
+    if (!el_proto_parse_number(value, value_len, &v) || v > 3.0e38 || v < -3.0e38) return 0;
+    if (el_proto_key_is(key, key_len, "temperature")) s->temperature = (float)v;
+    else if (el_proto_key_is(key, key_len, "top_p")) s->top_p = (float)v;
+    else if (el_proto_key_is(key, key_len, "min_p")) s->min_p = (float)v;
+    else if (el_proto_key_is(key, key_len, "repetition_penalty")) s->repetition_penalty = (float)v;
+    else if (el_proto_key_is(key, key_len, "frequency_penalty")) s->frequency_penalty = (float)v;
+    else if (el_proto_key_is(key, key_len, "presence_penalty")) s->presence_penalty = (float)v;
+    else if (v < -1.0 || v > 2147483647.0 || v != (double)(long long)v) return 0; /* the rest are integers */
+    else if (el_proto_key_is(key, key_len, "top_k")) s->top_k = (int)v;
+    else if (el_proto_key_is(key, key_len, "seed") && v >= 0) s->seed = (uint64_t)v;
+    else if (el_proto_key_is(key, key_len, "max_tokens")) r->max_tokens = (int)v;
+    else if (el_proto_key_is(key, key_len, "min_tokens")) r->min_tokens = (int)v;
+    else if (el_proto_key_is(key, key_len, "ignore_eos") && (v == 0 || v == 1)) r->ignore_eos = (int)v;
+    else return 0;
+    return 1;
+}
+
+static void handle_generate(const char *text, int n)
+{
+    el_request request;
+    el_error err;
+    el_engine_stats before, after;
+    const char *key, *value;
+    const int32_t *all;
+    int pos = 0, key_len, value_len, chat = 0, reset = 0, n_tokens, seq, generated, n_prompt = 0, n_cached = 0;
+    el_finish_reason finish;
+    uint64_t t0 = now_us(), first = 0, total;
+
+    el_request_defaults(&request);
+    request.max_tokens = S.io->default_max_tokens > 0 ? S.io->default_max_tokens : 128;
+    err.status = EL_OK;
+    err.message[0] = '\0';
+    while (el_proto_next_kv(text, n, &pos, &key, &key_len, &value, &value_len)) {
+        if (el_proto_key_is(key, key_len, "chat")) chat = value_len == 1 && value[0] == '1';
+        else if (el_proto_key_is(key, key_len, "reset")) reset = value_len == 1 && value[0] == '1';
+        else if (el_proto_key_is(key, key_len, "system")) {
+            set_system(value, value_len);
+        } else if (!apply_option(&request, key, key_len, value, value_len)) {
+            S.out_len = 0;
+            out_str("bad option '");
+            out_bytes(key, key_len);
+            out_str("=");
+            out_bytes(value, value_len);
+            out_str("'");
+            send_frame(EL_MSG_ERROR, S.out, S.out_len);
+            return;
+        }
+    }
+    if (el_request_check(&request, &err) != EL_OK) {
+        send_error(err.message, NULL);
+        return;
+    }
+    if (reset) release_all();
+    if (S.last_seq >= 0 && S.last_seq != S.conv_seq) el_runtime_release(S.rt, S.last_seq);
+    S.last_seq = -1;
+    el_runtime_stats(S.rt, &before);
+    if (chat) {
+        if (el_runtime_chat_request(S.rt, S.tmpl, &request, &err) != EL_OK) {
+            send_error(err.message, NULL);
+            return;
+        }
+        n_tokens = el_runtime_chat_turn(S.rt, S.tmpl, S.conv_seq, S.system, S.system_len, text + pos, n - pos,
+                                        S.tokens, EL_SERVE_MAX_TOKENS, &err);
+        if (n_tokens >= 0 && S.conv_seq >= 0 &&
+            el_runtime_continue(S.rt, S.conv_seq, S.tokens, n_tokens, &request, &err) != EL_OK) {
+            if (err.status != EL_ERR_CAPACITY) {
+                send_error(err.message, NULL);
+                return;
+            }
+            release_all(); /* the conversation filled the context: start over with this turn */
+            err.status = EL_OK;
+            n_tokens = el_runtime_chat_turn(S.rt, S.tmpl, -1, S.system, S.system_len, text + pos, n - pos, S.tokens,
+                                            EL_SERVE_MAX_TOKENS, &err);
+        }
+        if (n_tokens < 0) {
+            send_error(err.message, NULL);
+            return;
+        }
+        if (S.conv_seq < 0 && (S.conv_seq = el_runtime_add(S.rt, S.tokens, n_tokens, &request, &err)) < 0) {
+            send_error(err.message, NULL);
+            return;
+        }
+        seq = S.conv_seq;
+    } else {
+        release_all(); /* a one-shot request ends the conversation */
+        if (pos >= n) {
+            send_error("empty prompt", NULL);
+            return;
+        }
+        n_tokens = el_runtime_tokenize(S.rt, text + pos, n - pos, 1, S.tokens, EL_SERVE_MAX_TOKENS, &err);
+        if (n_tokens < 0 || (seq = el_runtime_add(S.rt, S.tokens, n_tokens, &request, &err)) < 0) {
+            send_error(err.message, NULL);
+            return;
+        }
+        S.last_seq = seq;
+    }
+    S.cancelled = 0;
+    finish = run(seq, t0, &first, &generated);
+    total = now_us() - t0;
+    el_runtime_stats(S.rt, &after);
+    if (el_runtime_tokens(S.rt, seq, &all, &n_prompt, &n_cached) < 0) n_prompt = n_tokens;
+    S.out_len = 0;
+    out_kv_str("finish", finish_name(finish), (int)el_strlen(finish_name(finish)));
+    out_kv("tokens", (uint64_t)generated);
+    out_kv("prompt", (uint64_t)n_prompt);
+    out_kv("cached", (uint64_t)n_cached);
+    out_kv("computed", (uint64_t)(after.prompt_tokens_computed - before.prompt_tokens_computed));
+    if (S.io->now_us != NULL) {
+        out_kv("ttft_us", generated > 0 ? first : total);
+        out_kv("total_us", total);
+    }
+    memory_kv();
+    send_frame(EL_MSG_DONE, S.out, S.out_len);
+}
+
+static const char BENCH_TEXT[] =
+    "once upon a time, there was a little girl named lily. she loved to play outside in the park with her "
+    "friends. one day, she saw a big red ball under a tree. she ran to the ball and picked it up. ";
+
+static void handle_bench(const char *text, int n)
+{
+    el_request request;
+    el_error err;
+    el_engine_stats st;
+    const char *key, *value;
+    int pos = 0, key_len, value_len, want = 64, gen = 32, n_text, i, seq, generated, ctx;
+    double v;
+    uint64_t t0, first = 0, total;
+    long long rss;
+    el_finish_reason finish;
+
+    while (el_proto_next_kv(text, n, &pos, &key, &key_len, &value, &value_len)) {
+        if (!el_proto_parse_number(value, value_len, &v) || v < 1 || v > 1e6) {
+            send_error("bench: prompt_tokens and gen_tokens must be positive integers", NULL);
+            return;
+        }
+        if (el_proto_key_is(key, key_len, "prompt_tokens")) want = (int)v;
+        else if (el_proto_key_is(key, key_len, "gen_tokens")) gen = (int)v;
+        else {
+            send_error("bench: unknown key (prompt_tokens, gen_tokens)", NULL);
+            return;
+        }
+    }
+    ctx = S.rt->engine.options.max_model_len;
+    if (want < 2 || want + gen > ctx || want > BENCH_AT) {
+        send_error("bench: prompt_tokens (at least 2) + gen_tokens exceed the context", NULL);
+        return;
+    }
+    release_all();
+    err.status = EL_OK;
+    err.message[0] = '\0';
+    /* the text's tokens at the buffer's end; the prompt is BOS, then them from a rotating
+     * offset, so no prefix is shared with the previous run */
+    n_text = el_runtime_tokenize(S.rt, BENCH_TEXT, (int)sizeof BENCH_TEXT - 1, 0, S.tokens + BENCH_AT,
+                                 EL_SERVE_MAX_TOKENS - BENCH_AT, &err);
+    if (n_text < 1 || el_runtime_tokenize(S.rt, "", 0, 1, S.tokens, 1, &err) != 1) {
+        send_error("bench: cannot tokenize the bench text", NULL);
+        return;
+    }
+    S.bench_count++;
+    for (i = 1; i < want; i++) S.tokens[i] = S.tokens[BENCH_AT + (i - 1 + (int)S.bench_count) % n_text];
+    el_request_defaults(&request);
+    request.sampling.temperature = 0.0f;
+    request.max_tokens = gen;
+    request.ignore_eos = 1;
+    t0 = now_us();
+    if ((seq = el_runtime_add(S.rt, S.tokens, want, &request, &err)) < 0) {
+        send_error(err.message, NULL);
+        return;
+    }
+    S.last_seq = seq;
+    S.cancelled = 0;
+    finish = run(seq, t0, &first, &generated);
+    total = now_us() - t0;
+    el_runtime_stats(S.rt, &st);
+    S.out_len = 0;
+    out_kv_str("finish", finish_name(finish), (int)el_strlen(finish_name(finish)));
+    out_kv("prompt_tokens", (uint64_t)want);
+    out_kv("gen_tokens", (uint64_t)generated);
+    if (S.io->now_us != NULL) {
+        out_kv("prefill_us", first);
+        out_kv("ttft_us", first);
+        out_kv("total_us", total);
+    }
+    memory_kv();
+    rss = S.io->rss_bytes != NULL ? S.io->rss_bytes(S.io->user) : -1;
+    if (rss >= 0) out_kv("rss_bytes", (uint64_t)rss);
+    send_frame(EL_MSG_BENCH_RESULT, S.out, S.out_len);
+    el_runtime_release(S.rt, seq);
+    S.last_seq = -1;
+}
+
+static void handle_frame(void)
+{
+    const char *text = (const char *)S.parser.payload;
+    int n = S.parser.len;
+    switch (S.parser.type) {
+    case EL_MSG_HELLO: handle_hello(); break;
+    case EL_MSG_GENERATE: handle_generate(text, n); break;
+    case EL_MSG_BENCH: handle_bench(text, n); break;
+    case EL_MSG_PING: send_frame(EL_MSG_PONG, S.parser.payload, n); break;
+    case EL_MSG_STATS: handle_stats(); break;
+    case EL_MSG_CANCEL: break; /* nothing running: nothing to stop */
+    case EL_MSG_RESET:
+        set_system(text, n);
+        S.out[0] = EL_MSG_RESET;
+        send_frame(EL_MSG_OK, S.out, 1);
+        break;
+    default: send_error("unknown message type", NULL); break;
+    }
+}
+
+int el_serve(el_runtime *rt, const el_serve_io *io)
+{
+    int c, r;
+    uint64_t last = 0;
+    el_memset(&S, 0, sizeof S);
+    S.rt = rt;
+    S.io = io;
+    S.conv_seq = S.last_seq = -1;
+    S.tmpl = (int)el_runtime_chat_template(rt);
+    el_proto_parser_init(&S.parser);
+    while (!S.ended) {
+        /* inside a frame, wait a little: a frame silent for GAP_US is a half frame */
+        c = io->read(io->user, el_proto_busy(&S.parser) && io->now_us != NULL ? 50 : -1);
+        if (c == -2) break;
+        if (c == -1) {
+            if (el_proto_busy(&S.parser) && now_us() - last > GAP_US) el_proto_parser_init(&S.parser);
+            continue;
+        }
+        last = now_us();
+        r = el_proto_feed(&S.parser, c);
+        if (r == EL_PROTO_FRAME) handle_frame();
+        else if (r == EL_PROTO_TOO_LONG) send_error("frame too long (the maximum payload is 512 bytes)", NULL);
+        else if (r == EL_PROTO_NOISE && io->text_line != NULL) {
+            c = io->text_line(io->user, c);
+            if (c >= 0) el_proto_feed(&S.parser, c);
+            last = now_us();
+        }
+    }
+    release_all();
+    return 0;
+}

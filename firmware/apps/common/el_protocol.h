@@ -1,0 +1,103 @@
+/* el_protocol.h: the framed serial protocol (firmware/PROTOCOL.md is the spec).
+ *
+ * Framing, CRC and key=value parsing, and one serve loop over an el_runtime that both
+ * the POSIX program (`serve`) and the bare-metal main loop use. C99, no libc, no
+ * malloc: the parser and the server keep their buffers in fixed-size structures.
+ *
+ *   frame = magic 0xFE 0x4C | type (1) | length (2, LE) | payload | CRC (2, LE)
+ *   CRC   = CRC-16/CCITT-FALSE over type, length and payload
+ */
+#ifndef EL_PROTOCOL_H
+#define EL_PROTOCOL_H
+
+#include "el_runtime.h"
+
+#define EL_PROTO_MAGIC0 0xFE
+#define EL_PROTO_MAGIC1 0x4C
+#define EL_PROTO_MAX_PAYLOAD 512
+#define EL_PROTO_OVERHEAD 7 /* magic, type, length, CRC */
+#define EL_PROTO_VERSION 1
+
+/* host to device */
+#define EL_MSG_HELLO 0x01
+#define EL_MSG_GENERATE 0x02
+#define EL_MSG_CANCEL 0x03
+#define EL_MSG_BENCH 0x04
+#define EL_MSG_PING 0x05
+#define EL_MSG_STATS 0x06
+#define EL_MSG_RESET 0x07
+/* device to host */
+#define EL_MSG_INFO 0x81
+#define EL_MSG_TOKEN 0x82
+#define EL_MSG_DONE 0x83
+#define EL_MSG_ERROR 0x84
+#define EL_MSG_BENCH_RESULT 0x85
+#define EL_MSG_PONG 0x86
+#define EL_MSG_STATS_RESULT 0x87
+#define EL_MSG_OK 0x88
+
+/* CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF, no reflection, no final xor);
+ * pass 0xFFFF to start, the previous value to continue. */
+uint16_t el_proto_crc16(uint16_t crc, const uint8_t *data, int n);
+
+/* One frame into out; returns its size, or -1 when the payload is over the maximum or
+ * out is too small. */
+int el_proto_encode(uint8_t *out, int capacity, int type, const uint8_t *payload, int len);
+
+/* The receiving side: bytes in one at a time. */
+enum {
+    EL_PROTO_MORE = 0,      /* the byte belongs to a frame not complete yet */
+    EL_PROTO_FRAME = 1,     /* a frame is complete: type, payload, len */
+    EL_PROTO_NOISE = -1,    /* the byte is outside any frame (not the magic) */
+    EL_PROTO_BAD_CRC = -2,  /* a frame ended with a wrong CRC: dropped */
+    EL_PROTO_TOO_LONG = -3  /* a header announced more than EL_PROTO_MAX_PAYLOAD: dropped */
+};
+
+typedef struct {
+    int state;              /* 0 scanning, 1 magic seen, 2..4 header, 5 payload, 6..7 CRC */
+    int type, len, got;
+    uint16_t crc;
+    uint8_t payload[EL_PROTO_MAX_PAYLOAD + 1]; /* NUL after the payload */
+} el_proto_parser;
+
+void el_proto_parser_init(el_proto_parser *p);
+int el_proto_feed(el_proto_parser *p, int byte);
+/* Whether a frame has started and not ended (for dropping a half frame after a gap). */
+int el_proto_busy(const el_proto_parser *p);
+
+/* key=value lines: the next pair of text[*pos..n), stopping at an empty line (after
+ * which *pos is the body's start) or at the end. Returns 1 for a pair, 0 at the end. */
+int el_proto_next_kv(const char *text, int n, int *pos, const char **key, int *key_len, const char **value,
+                     int *value_len);
+int el_proto_key_is(const char *key, int key_len, const char *name);
+/* A decimal number (sign, digits, point, digits, exponent) spanning all n bytes. */
+int el_proto_parse_number(const char *s, int n, double *out);
+
+/* ------------------------------------------------------------ the server */
+
+typedef struct {
+    void *user;
+    /* A received byte (0..255); -1 when none came within wait_ms (wait_ms < 0: wait
+     * as long as it takes); -2 when the input has ended (the serve loop returns). */
+    int (*read)(void *user, int wait_ms);
+    void (*write)(void *user, const uint8_t *data, int n);
+    /* Microseconds of a free-running device clock; NULL when the device has none. */
+    uint64_t (*now_us)(void *user);
+    /* Peak resident memory in bytes; NULL (or a negative result) when not known. */
+    long long (*rss_bytes)(void *user);
+    /* Plain-text mode: called with a byte that arrived outside any frame at the start
+     * of input; reads and answers one text line. Returns -1, or a byte to go on with
+     * as frame input (the magic, when a frame began inside the line). NULL: such
+     * bytes are ignored. */
+    int (*text_line)(void *user, int first_byte);
+    const char *board;
+    int default_max_tokens;
+} el_serve_io;
+
+/* Serves requests until io->read reports the end of input; returns 0. */
+int el_serve(el_runtime *rt, const el_serve_io *io);
+/* Releases the sequences the server keeps (the conversation, the last reply): for a
+ * text_line handler that runs a request of its own. */
+void el_serve_release(void);
+
+#endif

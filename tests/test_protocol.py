@@ -1,0 +1,513 @@
+"""The framed serial protocol (firmware/PROTOCOL.md): Python framing and CRC, the C framing
+(firmware/apps/common/el_protocol.c) agreeing with it, the POSIX program's `serve` mode
+over pipes, an emulated bare-metal board behind pyserial socket://, and ProtocolDevice
+through open_protocol_device for qemu-aarch64 and mps2-an386."""
+
+import ctypes
+import os
+import random
+import re
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from conftest import require_board
+from edgellama import protocol as P
+from edgellama.errors import EdgeLlamaError
+from edgellama.protocol_device import ProcessStream, ProtocolDevice, SerialStream, find_usb_port
+from edgellama.runtime import build as runtime_build
+from edgellama.sampling_params import SamplingParams
+
+PROMPT = "once upon a time"
+
+
+def greedy(n):
+    return SamplingParams(temperature=0.0, max_tokens=n)
+
+
+# ---------------------------------------------------------------- Python framing
+
+def test_crc_vectors():
+    assert P.crc16(b"123456789") == 0x29B1  # CRC-16/CCITT-FALSE check value
+    assert P.crc16(b"") == 0xFFFF
+    assert P.crc16(b"\x00") == 0xE1F0
+
+
+def test_round_trip_any_split_with_noise():
+    rng = random.Random(1)
+    frames = [(rng.choice(list(P.NAMES)), bytes(rng.randrange(256) for _ in range(rng.randrange(0, 513))))
+              for _ in range(40)]
+    stream = bytearray()
+    for type_, payload in frames:
+        stream += bytes(rng.choice(b"abc\n\x00\xfe") for _ in range(rng.randrange(4)))  # noise, stray magic bytes
+        stream += P.encode(type_, payload)
+    decoder, got, at = P.Decoder(), [], 0
+    while at < len(stream):
+        step = rng.randrange(1, 50)
+        got += decoder.feed(bytes(stream[at:at + step]))
+        at += step
+    assert [(f.type, f.payload) for f in got] == frames
+
+
+def test_bad_crc_oversized_and_half_frames_are_dropped():
+    good = P.encode(P.INFO, b"model=x\n")
+    bad = bytearray(P.encode(P.TOKEN, b"\0\0\0\0hello"))
+    bad[-1] ^= 0xFF
+    oversized = P.MAGIC + struct.pack("<BH", P.TOKEN, 600) + b"z" * 20
+    half = P.encode(P.DONE, b"finish=stop\n")[:6]
+    decoder = P.Decoder()
+    frames = decoder.feed(bytes(bad) + oversized + half + good)
+    assert [(f.type, f.kv()) for f in frames] == [(P.INFO, {"model": "x"})]
+    assert decoder.bad_frames >= 2
+    with pytest.raises(EdgeLlamaError, match="512"):
+        P.encode(P.GENERATE, b"x" * 513)
+
+
+def test_generate_payload():
+    params = SamplingParams(temperature=0.5, top_k=3, max_tokens=9, seed=4, stop=["\n\n", "the end"])
+    payload = P.generate_payload("a\nb", params, chat=True, system="be brief")
+    head, _, body = payload.partition(b"\n\n")
+    assert body == b"a\nb"
+    kv = P.parse_kv(head)
+    assert kv["temperature"] == "0.5" and kv["top_k"] == "3" and kv["max_tokens"] == "9" and kv["chat"] == "1"
+    assert kv["system"] == "be brief"
+    assert b"stop=\\n\\n\n" in head and b"stop=the end\n" in head
+    with pytest.raises(EdgeLlamaError, match="at most 512"):
+        P.generate_payload("x" * 600, params)
+
+
+# ---------------------------------------------------------------- the C side agrees
+
+PROBE = r"""
+#include "el_protocol.h"
+static el_proto_parser parser;
+void probe_reset(void) { el_proto_parser_init(&parser); }
+int probe_feed(int byte) { return el_proto_feed(&parser, byte); }
+int probe_type(void) { return parser.type; }
+int probe_len(void) { return parser.len; }
+const uint8_t *probe_payload(void) { return parser.payload; }
+"""
+
+
+@pytest.fixture(scope="module")
+def clib(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("probe")
+    (folder / "probe.c").write_text(PROBE)
+    common = runtime_build.firmware_dir() / "apps" / "common"
+    lib = ctypes.CDLL(str(runtime_build.build_shared_library(
+        [*runtime_build.core_sources(), common / "el_protocol.c", folder / "probe.c"], "el-protocol-probe")))
+    lib.el_proto_crc16.restype = ctypes.c_uint16
+    lib.el_proto_crc16.argtypes = [ctypes.c_uint16, ctypes.c_char_p, ctypes.c_int]
+    lib.el_proto_encode.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    lib.probe_payload.restype = ctypes.POINTER(ctypes.c_uint8)
+    return lib
+
+
+def test_c_crc_and_encode_match_python(clib):
+    rng = random.Random(2)
+    assert clib.el_proto_crc16(0xFFFF, b"123456789", 9) == 0x29B1
+    for n in (0, 1, 2, 100, 511, 512):
+        payload = bytes(rng.randrange(256) for _ in range(n))
+        out = ctypes.create_string_buffer(600)
+        size = clib.el_proto_encode(out, 600, 0x82, payload, n)
+        assert out.raw[:size] == P.encode(0x82, payload)
+        assert clib.el_proto_crc16(0xFFFF, payload, n) == P.crc16(payload)
+    assert clib.el_proto_encode(ctypes.create_string_buffer(600), 600, 1, b"x" * 513, 513) == -1
+
+
+def test_c_parser_decodes_python_frames(clib):
+    rng = random.Random(3)
+    frames = [(rng.randrange(256), bytes(rng.randrange(256) for _ in range(rng.randrange(0, 513)))) for _ in range(30)]
+    stream = bytearray()
+    for type_, payload in frames:
+        stream += b"\x00noise\xfe"
+        stream += P.encode(type_, payload)
+    bad = bytearray(P.encode(1, b"abc"))
+    bad[5] ^= 1
+    stream += bad + P.MAGIC + struct.pack("<BH", 2, 513) + P.encode(7, b"last")
+    clib.probe_reset()
+    got, results = [], []
+    for byte in stream:
+        r = clib.probe_feed(byte)
+        results.append(r)
+        if r == 1:
+            n = clib.probe_len()
+            got.append((clib.probe_type(), bytes(clib.probe_payload()[:n])))
+    assert got == frames + [(7, b"last")]
+    assert -2 in results and -3 in results  # the bad CRC and the oversized header
+
+
+# ---------------------------------------------------------------- the POSIX program's serve mode
+
+@pytest.fixture(scope="module")
+def model_path():
+    from edgellama.loading import resolve
+    return str(resolve(None))
+
+
+@pytest.fixture(scope="module")
+def host_llm(model_path):
+    from edgellama.llm import LLM
+    return LLM(model_path)
+
+
+def reference(llm, prompt, n):
+    return llm.generate([prompt], greedy(n), use_tqdm=False)[0].outputs[0].text
+
+
+@pytest.fixture
+def posix(model_path):
+    dev = ProtocolDevice(ProcessStream([runtime_build.host_program(), model_path, "serve"], "edgellama-run serve"),
+                         timeout=20)
+    yield dev
+    dev.close()
+
+
+def test_posix_hello_and_generate_equal_host(posix, host_llm):
+    info = posix.info()
+    assert info["model"] == "tinystories-850k" and info["context_length"] == 256 and info["max_payload"] == 512
+    text = "".join(posix.generate(PROMPT, greedy(40)))
+    assert text == reference(host_llm, PROMPT, 40)
+    stats = posix.last_stats
+    assert stats.output_tokens == 40 and stats.finish_reason == "length"
+    assert len(stats.token_times_s) == 40 and stats.token_times_s == sorted(stats.token_times_s)
+    assert 0 < stats.ttft_s <= stats.total_s and stats.arena_high_water > 0 and stats.kv_blocks_used > 0
+    assert posix.ping(b"hi") == b"hi"
+
+
+def test_posix_chat_keeps_kv(posix):
+    list(posix.generate("tell me a story about a cat", greedy(12), chat=True))
+    first = posix.last_stats
+    list(posix.generate("and then?", greedy(12), chat=True))
+    second = posix.last_stats
+    # the second turn runs only its own tokens: the conversation so far stays in the KV cache
+    assert second.extra["prompt"] > first.extra["prompt"] + first.output_tokens
+    assert second.prompt_tokens < second.extra["prompt"] - first.extra["prompt"] + 8
+    posix.reset("you are a storyteller")
+    list(posix.generate("hello", greedy(4), chat=True))
+    assert posix.last_stats.extra["prompt"] < second.extra["prompt"]  # a new conversation
+
+
+def raw_reply(dev, *messages):
+    """Write frames back to back; the frames up to the DONE (or ERROR)."""
+    dev.stream.write(b"".join(P.encode(t, p) for t, p in messages))
+    frames = [dev.next_frame(20, "raw")]
+    while frames[-1].type not in (P.DONE, P.ERROR):
+        frames.append(dev.next_frame(20, "raw"))
+    return frames
+
+
+def test_posix_cancel_then_next_request(posix, host_llm):
+    # GENERATE and CANCEL back to back: the device reads CANCEL after its first step
+    frames = raw_reply(posix, (P.GENERATE, P.generate_payload(PROMPT, greedy(200))), (P.CANCEL, b""))
+    done = frames[-1].kv()
+    assert done["finish"] == "abort" and int(done["tokens"]) <= 2 and len(frames) - 1 == int(done["tokens"])
+    assert "".join(posix.generate(PROMPT, greedy(20))) == reference(host_llm, PROMPT, 20)
+    # through the Device API (how far the reply got depends on timing; the next request is answered)
+    chunks = posix.generate(PROMPT, greedy(200))
+    next(chunks)
+    posix.cancel()
+    list(chunks)
+    assert posix.last_stats.finish_reason in ("abort", "length")
+    assert "".join(posix.generate(PROMPT, greedy(20))) == reference(host_llm, PROMPT, 20)
+    # a cancelled chat turn stays in the conversation, which goes on
+    frames = raw_reply(posix, (P.GENERATE, P.generate_payload("a story please", greedy(100), chat=True)),
+                       (P.CANCEL, b""))
+    assert frames[-1].kv()["finish"] == "abort"
+    list(posix.generate("more", greedy(5), chat=True))
+    assert posix.last_stats.finish_reason in ("length", "stop")
+    assert posix.last_stats.extra["prompt"] > posix.last_stats.prompt_tokens  # the cut turn was kept
+
+
+def test_posix_noise_and_oversized_frames(posix, host_llm):
+    rng = random.Random(4)
+    for _ in range(5):
+        noise = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 3000)))
+        posix.stream.write(noise)
+        posix.stream.write(P.MAGIC + struct.pack("<BH", P.GENERATE, 60000) + b"x" * 100)  # oversized
+        posix.stream.write(P.encode(P.GENERATE, b"\n" + b"y" * 50)[:20])  # a half frame
+        time.sleep(0.4)  # past the device's 300 ms gap: the half frame is dropped
+        assert posix.ping(b"after noise") == b"after noise"
+    assert "".join(posix.generate(PROMPT, greedy(20))) == reference(host_llm, PROMPT, 20)
+    assert posix.stream.proc.poll() is None
+    with pytest.raises(EdgeLlamaError, match="bad option"):
+        posix._request(P.GENERATE, b"temperature=hot\n\nx", P.DONE)
+    with pytest.raises(EdgeLlamaError, match="unknown message type"):
+        posix._request(0x42, b"", P.OK)
+
+
+def test_posix_bench_once(posix):
+    result = posix.bench_once(32, 16)
+    assert result["prompt_tokens"] == 32 and len(result["token_times_s"]) == 16
+    assert 0 < result["prefill_s"] == result["ttft_s"] == result["token_times_s"][0]
+    assert result["arena_high_water"] > 0 and result["kv_blocks_used"] == 3 and result["rss_bytes"] > 1 << 20
+    with pytest.raises(EdgeLlamaError, match="context"):
+        posix.bench_once(250, 100)
+
+
+def test_posix_end_of_input_ends_serve(model_path):
+    stream = ProcessStream([runtime_build.host_program(), model_path, "serve"])
+    dev = ProtocolDevice(stream, timeout=20)
+    stream.proc.stdin.close()
+    assert stream.proc.wait(10) == 0
+    with pytest.raises(EdgeLlamaError, match="link"):
+        list(dev.generate(PROMPT, greedy(5)))
+    dev.close()
+
+
+# ---------------------------------------------------------------- host-side deadlines
+
+def fake_device(sock, silent_after):
+    """Answers HELLO, then goes silent (or closes) after a GENERATE's first tokens."""
+    decoder = P.Decoder()
+    while True:
+        data = sock.recv(4096)
+        if not data:
+            return
+        for frame in decoder.feed(data):
+            if frame.type == P.HELLO:
+                sock.sendall(P.encode(P.INFO, b"model=fake\nctx=8\n"))
+            elif frame.type == P.GENERATE:
+                sock.sendall(P.encode(P.TOKEN, b"\0\0\0\0hel") + b"junk" + P.encode(P.TOKEN, b"\0\0\0\0lo")[:4])
+                if silent_after == "close":
+                    sock.close()
+                    return
+                time.sleep(5)
+                return
+
+
+@pytest.mark.parametrize("how", ["silent", "close"])
+def test_dropped_link_is_an_error_not_a_hang(how):
+    import serial
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    url = f"socket://127.0.0.1:{server.getsockname()[1]}"
+    thread = threading.Thread(target=lambda: fake_device(server.accept()[0], how), daemon=True)
+    thread.start()
+    dev = ProtocolDevice(SerialStream(serial.serial_for_url(url, timeout=1), url), timeout=1.5)
+    assert dev.info()["model"] == "fake"
+    start = time.monotonic()
+    got = []
+    with pytest.raises(EdgeLlamaError) as e:
+        for text in dev.generate("x", greedy(5)):
+            got.append(text)
+    assert got == ["hel"] and time.monotonic() - start < 10
+    assert ("no answer to GENERATE within 1.5 s" in str(e.value)) if how == "silent" else ("closed" in str(e.value))
+    assert "'junk'" in str(e.value) and "half frame" in str(e.value)
+    dev.close()
+    server.close()
+
+
+def test_port_auto(monkeypatch):
+    from serial.tools import list_ports
+
+    from edgellama.boards import get_board
+
+    class Port:
+        def __init__(self, device, vid, pid):
+            self.device, self.vid, self.pid = device, vid, pid
+
+    pico = get_board("rpi-pico2")
+    monkeypatch.setattr(list_ports, "comports", lambda: [Port("/dev/ttyS0", None, None)])
+    with pytest.raises(EdgeLlamaError, match="no serial port with USB id"):
+        find_usb_port(pico)
+    monkeypatch.setattr(list_ports, "comports", lambda: [Port("/dev/ttyACM0", 0x2E8A, 0x0009),
+                                                         Port("/dev/ttyACM1", 0x2E8A, 0x000F)])
+    with pytest.raises(EdgeLlamaError, match="2 ports match rpi-pico2: /dev/ttyACM0, /dev/ttyACM1"):
+        find_usb_port(pico)
+    monkeypatch.setattr(list_ports, "comports", lambda: [Port("/dev/ttyACM0", 0x2E8A, 0x0009)])
+    assert find_usb_port(pico) == "/dev/ttyACM0"
+    with pytest.raises(EdgeLlamaError, match="names no USB"):
+        find_usb_port(get_board("mps2-an386"))
+    from edgellama.protocol_device import open_protocol_device
+    with pytest.raises(EdgeLlamaError, match="needs --board"):
+        open_protocol_device(port="auto")
+
+
+# ---------------------------------------------------------------- emulated boards
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    from edgellama import builder
+    root, cache = tmp_path_factory.mktemp("protocol-builds"), {}
+
+    def get(board):
+        require_board(board)
+        if board not in cache:
+            cache[board] = builder.build(board, None, quant="q8_0", out_dir=root / board).out_dir
+        return cache[board]
+    return get
+
+
+@pytest.fixture(scope="module")
+def q8_llm(builds):
+    from edgellama.llm import LLM
+    require_board("mps2-an386")
+    return LLM(str(builds("mps2-an386") / "model.gguf"))
+
+
+@pytest.mark.parametrize("board", ["qemu-aarch64", "mps2-an386", "qemu-virt-rv64"])
+def test_protocol_device_on_emulated_board(board, builds, q8_llm):
+    from edgellama.protocol_device import open_protocol_device
+    out_dir = builds(board)
+    with open_protocol_device(board=board, output=out_dir, timeout=60) as dev:
+        info = dev.info()
+        assert info["model"] == "tinystories-850k" and info["transport"] == "emulator"
+        assert "".join(dev.generate(PROMPT, greedy(30))) == reference(q8_llm, PROMPT, 30)
+        assert dev.last_stats.output_tokens == 30 and dev.last_stats.ttft_s > 0
+        chunks = dev.generate("the dog", greedy(200))
+        next(chunks)
+        dev.cancel()
+        list(chunks)
+        assert dev.last_stats.finish_reason == "abort" and dev.last_stats.output_tokens < 200
+        list(dev.generate("hi there", greedy(8), chat=True))
+        dev.reset("a system prompt")
+        result = dev.bench_once(24, 8)
+        assert len(result["token_times_s"]) == 8 and result["prefill_s"] > 0 and result["kv_blocks_used"] == 2
+        assert (result["rss_bytes"] is None) == (board != "qemu-aarch64")  # VmHWM: the POSIX program only
+        assert dev.stats()["tokens_generated"] > 30
+
+
+def read_until(sock, pattern: bytes, timeout=30.0) -> bytes:
+    sock.settimeout(timeout)
+    data = b""
+    while not re.search(pattern, data):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_baremetal_text_mode_link_drop_and_reconnect(builds, q8_llm):
+    """mps2-an386 under qemu-system behind pyserial socket://: plain-text mode, a link cut
+    mid-reply (the host reports it), then a new connection to the same QEMU (which listens
+    again after its client closes) finds the device waiting."""
+    import serial
+
+    from edgellama.protocol_device import open_protocol_device
+    out_dir = builds("mps2-an386")
+    dev = open_protocol_device(board="mps2-an386", output=out_dir, timeout=30)
+    try:
+        url = dev.url
+        # the link dropped mid-reply: the host side reports an error, never hangs
+        chunks = dev.generate(PROMPT, greedy(120))
+        next(chunks)
+        dev.stream.port.close()
+        start = time.monotonic()
+        with pytest.raises(EdgeLlamaError, match="closed|link"):
+            list(chunks)
+        assert time.monotonic() - start < 10
+        # reconnect: QEMU accepted the new client; the device answers
+        for _ in range(50):
+            try:
+                port = serial.serial_for_url(url, timeout=1)
+                break
+            except serial.SerialException:
+                time.sleep(0.1)
+        again = ProtocolDevice(SerialStream(port, url), timeout=30)
+        assert again.info()["board"] == "mps2-an386"
+        assert "".join(again.generate(PROMPT, greedy(30))) == reference(q8_llm, PROMPT, 30)
+        again.stream.close()
+        # plain text for a person: a line in, the story and a [stats] line out
+        for _ in range(50):
+            try:
+                sock = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=5)
+                break
+            except OSError:
+                time.sleep(0.1)
+        sock.sendall(b"max_tokens=20 | " + PROMPT.encode() + b"\r\n")
+        output = read_until(sock, rb"kv_hw=\d+\n").decode("utf-8", "replace")
+        story, _, stats_line = output.partition("\n[stats] ")
+        assert story == reference(q8_llm, PROMPT, 20)
+        assert "tokens=20" in stats_line and "finish=length" in stats_line
+        # line noise (control bytes) is dropped silently; a frame right after it is answered
+        sock.sendall(b"\x01\x02 garbage \x07\n" + P.encode(P.PING, b"still here"))
+        decoder = P.Decoder()
+        frames = []
+        sock.settimeout(10)
+        while not frames:
+            frames = decoder.feed(sock.recv(4096))
+        assert (frames[0].type, frames[0].payload) == (P.PONG, b"still here") and not decoder.noise
+        # random noise, an oversized header and a half frame: the device resyncs and answers
+        rng = random.Random(5)
+        for i in range(3):
+            sock.sendall(bytes(rng.randrange(256) for _ in range(2000)) + b"\x00\n")
+            sock.sendall(P.MAGIC + struct.pack("<BH", P.GENERATE, 40000) + b"\x00" * 50 + b"\n")
+            sock.sendall(P.encode(P.GENERATE, b"\n" + b"y" * 60)[:30])
+            time.sleep(0.5)
+            sock.sendall(P.encode(P.PING, b"ping %d" % i))
+            decoder, frames = P.Decoder(), []
+            while not any(f.type == P.PONG for f in frames):
+                frames += decoder.feed(sock.recv(4096))
+            assert [f.payload for f in frames if f.type == P.PONG] == [b"ping %d" % i]
+        sock.close()
+    finally:
+        dev.close()
+    assert dev.emulator.poll() is not None  # the emulator is stopped with the device
+
+
+class PtyStream:
+    """The host end (master) of a pty pair whose other end the program opens with --serial."""
+
+    description = "pty"
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def write(self, data):
+        os.write(self.fd, data)
+
+    def read(self, timeout):
+        import select
+        if not select.select([self.fd], [], [], timeout)[0]:
+            return b""
+        try:
+            return os.read(self.fd, 4096)
+        except OSError as e:
+            raise EOFError(str(e)) from None
+
+    def close(self):
+        os.close(self.fd)
+
+
+def test_posix_serve_on_a_serial_device(model_path, host_llm):
+    """--serial DEV: raw mode on a tty (here the slave of a pty pair, as /dev/ttyGS0 on a Pi)."""
+    import subprocess
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+    proc = subprocess.Popen([str(runtime_build.host_program()), model_path, "serve", "--serial", path],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:  # the slave stays open here too: a pty whose slave nobody holds reads EIO on the master
+        dev = ProtocolDevice(PtyStream(master), timeout=20)
+        # \r, \n and bytes like 0x03 (Ctrl-C) and 0x11 (XON) pass untouched in raw mode
+        assert dev.ping(bytes(range(256))) == bytes(range(256))
+        assert "".join(dev.generate(PROMPT, greedy(20))) == reference(host_llm, PROMPT, 20)
+        dev.close()  # the master closed: the program reads the end and exits
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+        os.close(slave)
+
+
+def test_protocol_device_over_ssh(sshd_server, builds, q8_llm, tmp_path):
+    """--host: the flashed release's `edgellama-run MODEL serve` over SSH (a real sshd on
+    127.0.0.1 from tests/sshd.py; the program runs there under qemu-user)."""
+    from edgellama import flash
+    from edgellama.protocol_device import open_protocol_device
+    remote = str(tmp_path / "remote" / "edgellama")
+    ssh = {"identity": sshd_server.client_key, "known_hosts": sshd_server.known_hosts, "remote_dir": remote}
+    with pytest.raises(EdgeLlamaError, match="edgellama flash --host"):
+        open_protocol_device(host=sshd_server.target, board="qemu-aarch64", **ssh)
+    flash.flash("qemu-aarch64", sshd_server.target, builds("qemu-aarch64"), progress=lambda *a: None, **ssh)
+    with open_protocol_device(host=sshd_server.target, board="qemu-aarch64", timeout=60, **ssh) as dev:
+        assert dev.info()["transport"] == "ssh"
+        assert "".join(dev.generate(PROMPT, greedy(30))) == reference(q8_llm, PROMPT, 30)
+        assert dev.bench_once(16, 4)["rss_bytes"] > 0

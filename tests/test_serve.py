@@ -1,0 +1,286 @@
+"""edgellama serve: the OpenAI-compatible server, driven by the official openai client."""
+
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+
+openai = pytest.importorskip("openai")
+
+from edgellama import serve
+from edgellama.device import Device, LocalDevice, open_device
+
+
+def start(device, **options):
+    server = serve.make_server(device, "127.0.0.1", 0, **options)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def server():
+    device = open_device(local=True)
+    server = start(device)
+    yield server
+    server.shutdown()
+    server.server_close()
+    device.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def model(client):
+    return client.models.list().data[0].id
+
+
+def test_models_and_health(server, client):
+    models = client.models.list().data
+    assert [m.id for m in models] == ["tinystories-850k"]
+    assert client.models.retrieve("tinystories-850k").id == "tinystories-850k"
+    with urllib.request.urlopen(server.url + "/health", timeout=10) as r:
+        assert r.status == 200 and json.load(r)["status"] == "ok"
+
+
+def test_completion_stream_equals_whole(client, model):
+    whole = client.completions.create(model=model, prompt="once upon a time", max_tokens=24, temperature=0)
+    choice = whole.choices[0]
+    assert choice.text.strip() and choice.finish_reason == "length"
+    assert whole.usage.prompt_tokens > 0 and whole.usage.completion_tokens == 24
+    assert whole.usage.total_tokens == whole.usage.prompt_tokens + 24
+    chunks = list(client.completions.create(model=model, prompt="once upon a time", max_tokens=24, temperature=0,
+                                            stream=True))
+    assert len(chunks) > 2
+    assert "".join(c.choices[0].text for c in chunks) == choice.text
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_completion_stops_at_a_stop_string(client, model):
+    full = client.completions.create(model=model, prompt="once upon a time", max_tokens=30, temperature=0)
+    assert "lily" in full.choices[0].text
+    cut = client.completions.create(model=model, prompt="once upon a time", max_tokens=30, temperature=0, stop="lily")
+    assert cut.choices[0].text == full.choices[0].text[:full.choices[0].text.index("lily")]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_chat_both_forms(client, model):
+    messages = [{"role": "system", "content": "you tell stories."},
+                {"role": "user", "content": "tell me about a dog."}]
+    whole = client.chat.completions.create(model=model, messages=messages, max_tokens=20, temperature=0)
+    choice = whole.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    assert whole.usage.prompt_tokens > 0 and whole.usage.completion_tokens > 0
+    stream = client.chat.completions.create(model=model, messages=messages, max_tokens=20, temperature=0, stream=True,
+                                            stream_options={"include_usage": True})
+    text, finish, usage = "", None, None
+    for chunk in stream:
+        if chunk.usage:
+            usage = chunk.usage
+        for c in chunk.choices:
+            text += c.delta.content or ""
+            finish = c.finish_reason or finish
+    assert text == choice.message.content and finish == choice.finish_reason
+    assert usage.total_tokens == whole.usage.total_tokens
+
+
+def test_vllm_extra_fields_accepted(client, model):
+    r = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "once upon a time"}], max_tokens=8, seed=3,
+        extra_body={"top_k": 5, "min_p": 0.05, "repetition_penalty": 1.1, "presence_penalty": 0.1,
+                    "frequency_penalty": 0.1, "min_tokens": 2, "ignore_eos": True, "stop_token_ids": [2]})
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 8
+
+
+def test_bad_fields_are_400_naming_them(client, model):
+    with pytest.raises(openai.BadRequestError, match="top_p"):
+        client.completions.create(model=model, prompt="hi", top_p=2)
+    with pytest.raises(openai.BadRequestError, match="top_k"):
+        client.completions.create(model=model, prompt="hi", extra_body={"top_k": "many"})
+    with pytest.raises(openai.BadRequestError, match="n must be 1"):
+        client.completions.create(model=model, prompt="hi", n=2)
+    with pytest.raises(openai.BadRequestError, match="messages"):
+        client.chat.completions.create(model=model, messages=[{"role": "wizard", "content": "hi"}])
+    with pytest.raises(openai.NotFoundError, match="nope"):
+        client.completions.create(model="nope", prompt="hi")
+
+
+def test_unknown_route_and_bad_json(server):
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(server.url + "/v1/nothing", timeout=10)
+    assert e.value.code == 404 and "error" in json.load(e.value)
+    request = urllib.request.Request(server.url + "/v1/completions", data=b"{not json",
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(request, timeout=10)
+    assert e.value.code == 400 and "JSON" in json.load(e.value)["error"]["message"]
+
+
+def test_a_client_that_leaves_mid_stream_frees_the_device(server, client, model):
+    body = json.dumps({"model": model, "prompt": "once upon a time", "max_tokens": 200, "stream": True,
+                       "ignore_eos": True}).encode()
+    request = urllib.request.Request(server.url + "/v1/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        assert r.readline().startswith(b"data: ")
+    r = client.completions.create(model=model, prompt="the cat", max_tokens=5, temperature=0)
+    assert r.usage.completion_tokens == 5
+
+
+def test_concurrent_requests_take_turns(client, model):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(stream):
+        kw = dict(model=model, prompt="the little dog", max_tokens=20, temperature=0.8, seed=7)
+        if stream:
+            return "".join(c.choices[0].text for c in client.completions.create(stream=True, **kw))
+        return client.completions.create(**kw).choices[0].text
+
+    with ThreadPoolExecutor(4) as pool:
+        texts = list(pool.map(ask, [False, True, False, True]))
+    assert texts[0] and len(set(texts)) == 1  # seeded: the same story each time, streamed or not
+
+
+class DeviceProxy(Device):
+    """A device that is not LocalDevice, so the server takes the protocol devices' path."""
+
+    name = "proxy"
+
+    def __init__(self):
+        self.inner = LocalDevice()
+        self.resets = []
+
+    def info(self):
+        return self.inner.info()
+
+    def generate(self, prompt, params, chat=False):
+        yield from self.inner.generate(prompt, params, chat)
+        self.last_stats = self.inner.last_stats
+
+    def cancel(self):
+        self.inner.cancel()
+
+    def reset(self, system=None):
+        self.resets.append(system)
+        self.inner.reset(system)
+
+    def stats(self):
+        return self.inner.stats()
+
+
+def test_protocol_device_path_keeps_the_conversation():
+    device = DeviceProxy()
+    server = start(device, model_name="tiny")
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=30)
+        messages = [{"role": "system", "content": "be kind."}, {"role": "user", "content": "hello."}]
+        first = client.chat.completions.create(model="tiny", messages=messages, max_tokens=10, temperature=0)
+        assert first.choices[0].message.content and first.usage.prompt_tokens > 0
+        assert device.resets == ["be kind."]
+        # The same conversation, one turn on: no reset, only the new message goes.
+        messages += [{"role": "assistant", "content": first.choices[0].message.content},
+                     {"role": "user", "content": "and then?"}]
+        chunks = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=10, temperature=0,
+                                                     stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert device.resets == ["be kind."]
+        # A different history: the device starts over.
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi."}], max_tokens=5)
+        assert device.resets == ["be kind.", ""]
+        r = client.completions.create(model="tiny", prompt="once upon a time", max_tokens=6, temperature=0)
+        assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 6
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class BrokenDevice(DeviceProxy):
+    def generate(self, prompt, params, chat=False):
+        from edgellama.errors import EdgeLlamaError
+        raise EdgeLlamaError("the serial link dropped")
+        yield
+
+
+def test_a_device_error_is_a_500():
+    server = start(BrokenDevice(), model_name="tiny")
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=30)
+        for stream in (False, True):
+            with pytest.raises(openai.InternalServerError, match="serial link dropped"):
+                client.completions.create(model="tiny", prompt="hi", stream=stream)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_serve_command():
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-m", "edgellama", "serve", "--local", "--listen", "127.0.0.1:0"],
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stderr.readline()
+        assert "serving tinystories-850k on http://127.0.0.1:" in line, line
+        url = line.split(" on ", 1)[1].split("/v1")[0]
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
+        r = client.completions.create(model="tinystories-850k", prompt="once upon a time", max_tokens=4)
+        assert r.usage.completion_tokens == 4
+    finally:
+        p.terminate()
+        p.wait(timeout=10)
+
+
+def test_serve_an_emulated_board(tmp_path):
+    protocol_device = pytest.importorskip("edgellama.protocol_device")
+    if not hasattr(protocol_device, "open_protocol_device"):
+        pytest.skip("edgellama.protocol_device has no open_protocol_device yet")
+    device = open_device(board="qemu-aarch64", output=str(tmp_path / "build"))
+    server = start(device)
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        model = client.models.list().data[0].id
+        whole = client.completions.create(model=model, prompt="once upon a time", max_tokens=16, temperature=0)
+        assert whole.choices[0].finish_reason == "length" and whole.usage.completion_tokens == 16
+        assert whole.usage.prompt_tokens > 0
+        chunks = client.completions.create(model=model, prompt="once upon a time", max_tokens=16, temperature=0,
+                                           stream=True)
+        assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
+        messages = [{"role": "user", "content": "once there was a dog."}]
+        first = client.chat.completions.create(model=model, messages=messages, max_tokens=10, temperature=0)
+        messages += [{"role": "assistant", "content": first.choices[0].message.content},
+                     {"role": "user", "content": "what did it do?"}]
+        second = client.chat.completions.create(model=model, messages=messages, max_tokens=10, temperature=0,
+                                                extra_body={"top_k": 5, "repetition_penalty": 1.1})
+        assert first.choices[0].message.content and second.choices[0].message.content
+        with pytest.raises(openai.BadRequestError, match="shorten the prompt"):
+            client.completions.create(model=model, prompt="a " * 400, max_tokens=4)
+        assert client.completions.create(model=model, prompt="the cat", max_tokens=3).usage.completion_tokens == 3
+    finally:
+        server.shutdown()
+        server.server_close()
+        device.close()
+
+
+class DropsMidReply(DeviceProxy):
+    def generate(self, prompt, params, chat=False):
+        yield "once"
+        raise OSError("the serial link dropped")
+
+
+def test_a_device_failing_mid_stream_reports_an_error():
+    server = start(DropsMidReply(), model_name="tiny")
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=30)
+        with pytest.raises(openai.APIError, match="serial link dropped"):
+            list(client.completions.create(model="tiny", prompt="hi", stream=True))
+        with pytest.raises(openai.InternalServerError, match="serial link dropped"):
+            client.completions.create(model="tiny", prompt="hi")
+    finally:
+        server.shutdown()
+        server.server_close()
