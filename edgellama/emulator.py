@@ -82,7 +82,7 @@ def run_command(cmd: list, timeout: float | None = DEFAULT_TIMEOUT, on_output=No
         while sel.get_map():
             wait = None if deadline is None else deadline - time.monotonic()
             if wait is not None and wait <= 0:
-                _kill(proc)
+                kill_process_group(proc)
                 last = _one_line("".join(texts[proc.stdout]) + " " + "".join(texts[proc.stderr])) or "(none)"
                 raise EdgeLlamaError(f"emulator timed out after {timeout:g} s; last output: {last}")
             for key, _ in sel.select(wait):
@@ -100,10 +100,10 @@ def run_command(cmd: list, timeout: float | None = DEFAULT_TIMEOUT, on_output=No
         try:
             returncode = proc.wait(remaining)
         except subprocess.TimeoutExpired:
-            _kill(proc)
+            kill_process_group(proc)
             raise EdgeLlamaError(f"emulator timed out after {timeout:g} s (its output had ended)") from None
     except BaseException:
-        _kill(proc)
+        kill_process_group(proc)
         raise
     finally:
         sel.close()
@@ -112,7 +112,8 @@ def run_command(cmd: list, timeout: float | None = DEFAULT_TIMEOUT, on_output=No
     return returncode, "".join(texts[proc.stdout]), "".join(texts[proc.stderr])
 
 
-def _kill(proc):
+def kill_process_group(proc):
+    """Kill an emulator started with start_new_session=True, and everything it started."""
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import emulator
 from . import protocol as P
 from .device import Device, Stats
 from .errors import EdgeLlamaError
@@ -457,7 +458,6 @@ def _stale_hint(board, out_dir, error: EdgeLlamaError) -> EdgeLlamaError:
 
 
 def _open_emulated_linux(board, out_dir, timeout):
-    from . import emulator
     argv = emulator.command(board, out_dir, ["serve"])
     stream = ProcessStream(argv, f"{board.name} (qemu-user)")
     try:
@@ -477,12 +477,7 @@ def _open_emulated_baremetal(board, out_dir, timeout):
                             start_new_session=True)
 
     def stop():
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait()
+        emulator.kill_process_group(proc)
         proc.stderr.close()
 
     url = f"socket://127.0.0.1:{port}"

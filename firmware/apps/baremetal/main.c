@@ -191,28 +191,6 @@ static int str_eq(const char *a, int n, const char *b)
     return b[n] == '\0';
 }
 
-/* Applies one key=value; returns 0 for an unknown key or a bad value. */
-static int apply_option(el_request *r, const char *key, int key_len, const char *value, int value_len)
-{
-    el_sampling *s = &r->sampling;
-    double v;
-    if (!el_proto_parse_number(value, value_len, &v) || v > 3.0e38 || v < -3.0e38) return 0;
-    if (str_eq(key, key_len, "temperature")) s->temperature = (float)v;
-    else if (str_eq(key, key_len, "top_p")) s->top_p = (float)v;
-    else if (str_eq(key, key_len, "min_p")) s->min_p = (float)v;
-    else if (str_eq(key, key_len, "repetition_penalty")) s->repetition_penalty = (float)v;
-    else if (str_eq(key, key_len, "frequency_penalty")) s->frequency_penalty = (float)v;
-    else if (str_eq(key, key_len, "presence_penalty")) s->presence_penalty = (float)v;
-    else if (v < -1.0 || v > 2147483647.0 || v != (double)(long long)v) return 0; /* the rest are integers */
-    else if (str_eq(key, key_len, "top_k")) s->top_k = (int)v;
-    else if (str_eq(key, key_len, "seed") && v >= 0) s->seed = (uint64_t)v;
-    else if (str_eq(key, key_len, "max_tokens")) r->max_tokens = (int)v;
-    else if (str_eq(key, key_len, "min_tokens")) r->min_tokens = (int)v;
-    else if (str_eq(key, key_len, "ignore_eos") && (v == 0 || v == 1)) r->ignore_eos = (int)v;
-    else return 0;
-    return 1;
-}
-
 /* Reads a "key=value ... |" prefix into r and returns where the prompt starts (0 when
  * the line has no such prefix); -1 when a word of the prefix is a bad option (that
  * word in bad, bad_len). */
@@ -235,7 +213,7 @@ static int parse_prefix(const char *text, int n, el_request *r, const char **bad
         if (i == bar) break;
         for (start = i, eq = -1; i < bar && !is_space(text[i]); i++)
             if (text[i] == '=' && eq < 0) eq = i;
-        if (!apply_option(&trial, text + start, eq - start, text + eq + 1, i - eq - 1)) {
+        if (!el_proto_apply_option(&trial, text + start, eq - start, text + eq + 1, i - eq - 1)) {
             *bad = text + start;
             *bad_len = i - start;
             return -1;

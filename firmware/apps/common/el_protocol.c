@@ -393,8 +393,7 @@ static void set_system(const char *text, int n)
     if (S.system_len < 0) S.system_len = (int)sizeof S.system;
 }
 
-/* Applies one key=value; 0 for an unknown key or a bad value. */
-static int apply_option(el_request *r, const char *key, int key_len, const char *value, int value_len)
+int el_proto_apply_option(el_request *r, const char *key, int key_len, const char *value, int value_len)
 {
     el_sampling *s = &r->sampling;
     double v;
@@ -444,7 +443,7 @@ static void handle_generate(const char *text, int n)
         else if (el_proto_key_is(key, key_len, "reset")) reset = value_len == 1 && value[0] == '1';
         else if (el_proto_key_is(key, key_len, "system")) {
             set_system(value, value_len);
-        } else if (!apply_option(&request, key, key_len, value, value_len)) {
+        } else if (!el_proto_apply_option(&request, key, key_len, value, value_len)) {
             S.out_len = 0;
             out_str("bad option '");
             out_bytes(key, key_len);

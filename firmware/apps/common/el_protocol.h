@@ -72,6 +72,9 @@ int el_proto_next_kv(const char *text, int n, int *pos, const char **key, int *k
 int el_proto_key_is(const char *key, int key_len, const char *name);
 /* A decimal number (sign, digits, point, digits, exponent) spanning all n bytes. */
 int el_proto_parse_number(const char *s, int n, double *out);
+/* One sampling or request option (temperature=0.7, max_tokens=64, stop=...) into r;
+ * 0 for an unknown key or a bad value. GENERATE and the text mode share it. */
+int el_proto_apply_option(el_request *r, const char *key, int key_len, const char *value, int value_len);
 
 /* ------------------------------------------------------------ the server */
 
