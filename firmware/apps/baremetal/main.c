@@ -91,13 +91,8 @@ static void put_bytes(const char *s, int n)
 
 static void put_u64(uint64_t v)
 {
-    char digits[24];
-    int n = 0;
-    do {
-        digits[n++] = (char)('0' + (int)(v % 10u));
-        v /= 10u;
-    } while (v > 0);
-    while (n > 0) port_putc(digits[--n]);
+    char digits[EL_PROTO_U64_CHARS];
+    put_bytes(digits, el_proto_format_u64(digits, v));
 }
 
 static void put_kv(const char *key, uint64_t value)

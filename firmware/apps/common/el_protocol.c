@@ -131,6 +131,18 @@ int el_proto_next_kv(const char *text, int n, int *pos, const char **key, int *k
     }
 }
 
+int el_proto_format_u64(char *out, uint64_t v)
+{
+    char reversed[EL_PROTO_U64_CHARS];
+    int n = 0, i;
+    do {
+        reversed[n++] = (char)('0' + (int)(v % 10u));
+        v /= 10u;
+    } while (v > 0);
+    for (i = 0; i < n; i++) out[i] = reversed[n - 1 - i];
+    return n;
+}
+
 int el_proto_key_is(const char *key, int key_len, const char *name)
 {
     int i;
@@ -198,13 +210,8 @@ static void out_str(const char *s) { out_bytes(s, (int)el_strlen(s)); }
 
 static void out_u64(uint64_t v)
 {
-    char digits[24];
-    int n = 0;
-    do {
-        digits[n++] = (char)('0' + (int)(v % 10u));
-        v /= 10u;
-    } while (v > 0);
-    while (n > 0) out_bytes(&digits[--n], 1);
+    char digits[EL_PROTO_U64_CHARS];
+    out_bytes(digits, el_proto_format_u64(digits, v));
 }
 
 static void out_kv(const char *key, uint64_t value)

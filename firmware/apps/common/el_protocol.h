@@ -70,6 +70,9 @@ int el_proto_busy(const el_proto_parser *p);
 int el_proto_next_kv(const char *text, int n, int *pos, const char **key, int *key_len, const char **value,
                      int *value_len);
 int el_proto_key_is(const char *key, int key_len, const char *name);
+/* v in decimal into out (at least EL_PROTO_U64_CHARS bytes, not NUL-terminated); returns the length. */
+#define EL_PROTO_U64_CHARS 20
+int el_proto_format_u64(char *out, uint64_t v);
 /* A decimal number (sign, digits, point, digits, exponent) spanning all n bytes. */
 int el_proto_parse_number(const char *s, int n, double *out);
 /* One sampling or request option (temperature=0.7, max_tokens=64, stop=...) into r;
