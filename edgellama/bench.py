@@ -30,7 +30,6 @@ otherwise the host runtime library that LocalDevice runs.
 
 import csv
 import datetime
-import hashlib
 import io
 import itertools
 import json
@@ -40,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import EdgeLlamaError
+from .fileio import sha256_file
 
 # (key, label, unit, scale) of the summarised figures, in table order
 FIGURES = [
@@ -174,14 +174,6 @@ class BenchResult:
             row[f"{key}_mean"] = s.mean if s else None
             row[f"{key}_sd"] = s.sd if s else None
         return row
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def gguf_quant(path) -> str | None:

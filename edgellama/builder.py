@@ -12,7 +12,6 @@ leaves an older build directory as it was.
 
 import contextlib
 import datetime
-import hashlib
 import importlib
 import importlib.util
 import json
@@ -26,6 +25,7 @@ from pathlib import Path
 from . import targets
 from .boards import Board, get_board
 from .errors import EdgeLlamaError
+from .fileio import sha256_file
 from .gguf_file import GGUF_MAGIC, write_gguf
 from .loading import load_model, resolve
 from .quant import QUANT_NAMES
@@ -57,14 +57,6 @@ def runtime_version() -> str:
     header = (firmware_dir() / "core" / "el_runtime.h").read_text(encoding="utf-8")
     m = re.search(r'#define\s+EL_RUNTIME_VERSION\s+"([^"]*)"', header)
     return m.group(1) if m else "unknown"
-
-
-def sha256_file(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def default_out_dir(board_name: str) -> Path:

@@ -1,6 +1,7 @@
-"""Writing files so that a crash or a bad input never leaves half a file behind."""
+"""Writing files so that a crash or a bad input never leaves half a file behind; file digests."""
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -32,3 +33,12 @@ def atomic_path(path):
 def atomic_write_bytes(path, data: bytes):
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def sha256_file(path) -> str:
+    """The hex sha256 of a file, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

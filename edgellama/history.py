@@ -119,7 +119,7 @@ def query(board: str | None = None, model: str | None = None, quant: str | None 
             clauses.append("model_sha256 LIKE ?")
             margs.append(model.lower() + "%")
         if Path(model).is_file():
-            from .bench import sha256_file
+            from .fileio import sha256_file
             clauses.append("model_sha256 = ?")
             margs.append(sha256_file(model))
         where.append("(" + " OR ".join(clauses) + ")")

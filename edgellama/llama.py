@@ -9,7 +9,6 @@ No torch here, so building and flashing never need it.
 
 from dataclasses import asdict, dataclass, field
 
-
 from .errors import EdgeLlamaError
 
 # sentencepiece piece types; GGUF's tokenizer.ggml.token_type uses the same numbers.

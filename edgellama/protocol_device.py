@@ -512,8 +512,8 @@ def _open_emulated_baremetal(board, out_dir, timeout):
 
 def _open_host(host, board, options, timeout):
     try:
-        from .transports import ssh
         from . import flash
+        from .transports import ssh
     except ImportError:
         raise EdgeLlamaError("--host needs the SSH transport (edgellama/transports/ssh.py); flash the board with "
                              "`edgellama flash --host USER@ADDR` first") from None

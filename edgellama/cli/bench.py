@@ -3,6 +3,7 @@ import sys
 import click
 
 from ..errors import EdgeLlamaError
+from .devices import device_options
 
 
 def _open(board, host, port, local, model):
@@ -19,11 +20,7 @@ def _open(board, host, port, local, model):
 
 
 @click.group("bench", invoke_without_command=True)
-@click.option("--board", help="Bench this board (built with `edgellama build`).")
-@click.option("--host", help="Bench a Linux board over SSH: [user@]host.")
-@click.option("--port", help="Bench a device on this serial port (or socket://host:port).")
-@click.option("--local", is_flag=True, help="Bench the runtime on this machine (the default).")
-@click.option("--model", type=click.Path(dir_okay=False), help="GGUF model (default: the embedded model).")
+@device_options
 @click.option("-p", "--prompt-tokens", type=int, default=64, show_default=True, help="Prompt length (ppN).")
 @click.option("-n", "--gen-tokens", type=int, default=128, show_default=True, help="Generated tokens (tgN).")
 @click.option("-r", "--repetitions", type=int, default=5, show_default=True, help="Measured repetitions.")

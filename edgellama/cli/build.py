@@ -17,13 +17,22 @@ def describe(result, verb: str) -> str:
     return "\n".join(lines)
 
 
+def build_options(f):
+    """--board, --model, --quant and --ctx: what build and export-c share."""
+    for option in reversed([
+        click.option("--board", required=True, help="Board name (see `edgellama boards`)."),
+        click.option("--model", type=click.Path(dir_okay=False),
+                     help="GGUF model or checkpoint (default: the embedded model)."),
+        click.option("--quant", type=click.Choice(list(QUANT_NAMES)), default="q8_0", show_default=True,
+                     help="Tensor type of the matrices in the model the output carries."),
+        click.option("--ctx", type=click.IntRange(min=1), help="Context length to plan for (default: the model's)."),
+    ]):
+        f = option(f)
+    return f
+
+
 @click.command("build")
-@click.option("--board", required=True, help="Board name (see `edgellama boards`).")
-@click.option("--model", type=click.Path(dir_okay=False),
-              help="GGUF model or checkpoint (default: the embedded model).")
-@click.option("--quant", type=click.Choice(list(QUANT_NAMES)), default="q8_0", show_default=True,
-              help="Tensor type of the matrices in the model the build carries.")
-@click.option("--ctx", type=click.IntRange(min=1), help="Context length to plan for (default: the model's).")
+@build_options
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Output directory (default: build/BOARD).")
 def command(board, model, quant, ctx, output):
     """Cross-compile the runtime for a board: program or image, model, manifest.json."""

@@ -5,6 +5,7 @@ import signal
 import click
 
 from ..errors import EdgeLlamaError
+from .devices import device_options
 from .sampling import sampling_options, sampling_params
 
 
@@ -46,11 +47,7 @@ def _reply_summary(stats) -> str:
 
 
 @click.command("chat")
-@click.option("--board", help="A board by name (an emulated board runs under its emulator).")
-@click.option("--host", help="A Linux board over SSH: [user@]address.")
-@click.option("--port", help="A serial device or URL (socket://, rfc2217://).")
-@click.option("--local", is_flag=True, help="The runtime on this machine (the default).")
-@click.option("--model", type=click.Path(dir_okay=False), help="GGUF model (default: the embedded model).")
+@device_options
 @click.option("--system", default="", help="System prompt.")
 @click.option("--chat-template", type=click.Choice(["plain", "llama2", "chatml"]),
               help="Local runtime only. Default: the one the model's metadata names, else plain.")

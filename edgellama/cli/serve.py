@@ -1,6 +1,7 @@
 import click
 
 from ..errors import EdgeLlamaError
+from .devices import device_options
 
 
 def parse_listen(value: str) -> tuple:
@@ -13,11 +14,7 @@ def parse_listen(value: str) -> tuple:
 
 
 @click.command("serve")
-@click.option("--board", help="A board by name (an emulated board runs under its emulator).")
-@click.option("--host", help="A Linux board over SSH: [user@]address.")
-@click.option("--port", help="A serial device or URL (socket://, rfc2217://).")
-@click.option("--local", is_flag=True, help="The runtime on this machine (the default).")
-@click.option("--model", type=click.Path(dir_okay=False), help="GGUF model (default: the embedded model).")
+@device_options
 @click.option("--listen", default="127.0.0.1:8000", show_default=True, help="Address and port to serve on.")
 @click.option("--served-model-name", help="The model id clients name (default: the model file's stem).")
 @click.option("--chat-template", type=click.Choice(["plain", "llama2", "chatml"]),
