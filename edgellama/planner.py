@@ -86,13 +86,15 @@ POINTER_BYTES = {
 }
 # alignment slack of the KV pool's ~12 arrays (16-, 8-, 4- and 1-aligned), an upper bound
 KV_ALIGN_SLACK = 128
+# EL_SAMPLER_BUCKETS (el_sampler.h): the radix select's 64-bit bucket measures
+SAMPLER_BUCKETS = 256
 
 PARTS = {
     "model tables": "GGUF key and tensor tables, vocabulary pieces, scores, types, layer table",
     "tokenizer": "piece hash table",
     "KV pool": "",
     "activations": "",
-    "sampler": "probabilities, order and counts over the vocabulary",
+    "sampler": "probabilities, integer weights and counts over the vocabulary; the radix select's buckets",
     "sequences": "",
     "prompt scratch": "",
     "other": "runtime struct, batch rows, token text scratch, alignment",
@@ -131,11 +133,11 @@ def struct_sizes(pointer_bytes: int) -> dict:
     el_gguf_tensor = _struct(el_str, I, _array(U64, 4), I, U64, P, U64)
     el_gguf = _struct(P, Z, I, I, U64, U64, P, P, U64)
     el_model = _struct(el_config, el_matrix, el_matrix, P, P, el_vocab, el_str, el_str, el_gguf)
-    el_engine_options = _struct(I, I, U64, I, I, I, I)
+    el_engine_options = _struct(I, I, U64, I, I, I, I, I)
     el_tokenizer = _struct(el_vocab, _array(I, 256), P, I, I, I, I, I)
     el_kv_cache = _struct(*[I] * 7, P, P, P, P, P, P, P, I, I, I, P, P, P, P, P, I, U64, U64, U64, I)
-    el_forward_state = _struct(I, I, I, *[P] * 10, _struct(P, P), P)
-    el_sampler_scratch = _struct(I, P, P, P)
+    el_forward_state = _struct(I, I, I, I, *[P] * 10, _struct(P, P), P, _struct(P, P, I))
+    el_sampler_scratch = _struct(I, P, P, P, P)
     el_scheduler = _struct(P, I, P, I, I, U64, I, U64)
     el_engine = _struct(P, el_engine_options, el_tokenizer, el_kv_cache, el_forward_state, el_sampler_scratch,
                         el_scheduler, P, P, P, P, P, U64, U64, U64, U64)
@@ -173,7 +175,7 @@ def _library():
             _LIB = False
             return None
         lib.el_forward_bytes.restype = C.c_size_t
-        lib.el_forward_bytes.argtypes = [C.POINTER(capi.Config), C.c_int, C.c_int, C.c_int]
+        lib.el_forward_bytes.argtypes = [C.POINTER(capi.Config), C.c_int, C.c_int, C.c_int, C.c_int]
         _LIB = lib
     return _LIB or None
 
@@ -186,12 +188,13 @@ def kv_block_bytes(cfg: dict, block_size: int, kv_dtype: str) -> int:
     return int(lib.el_kv_block_bytes(C.byref(_c_config(cfg)), block_size, KV_DTYPES[kv_dtype]))
 
 
-def forward_bytes(cfg: dict, max_rows: int, max_logits: int, max_context: int) -> int:
-    """el_forward_bytes (el_forward.c): the activations el_forward_init takes, alignment included."""
+def forward_bytes(cfg: dict, max_rows: int, max_logits: int, max_context: int, threads: int = 1) -> int:
+    """el_forward_bytes (el_forward.c): the activations el_forward_init takes, alignment included
+    (attention scores for each of `threads` workers)."""
     lib = _library()
     if lib is None:
-        return forward_bytes_formula(cfg, max_rows, max_logits, max_context)
-    return int(lib.el_forward_bytes(C.byref(_c_config(cfg)), max_rows, max_logits, max_context))
+        return forward_bytes_formula(cfg, max_rows, max_logits, max_context, threads)
+    return int(lib.el_forward_bytes(C.byref(_c_config(cfg)), max_rows, max_logits, max_context, threads))
 
 
 def kv_block_bytes_formula(cfg: dict, block_size: int, kv_dtype: str) -> int:
@@ -200,10 +203,10 @@ def kv_block_bytes_formula(cfg: dict, block_size: int, kv_dtype: str) -> int:
     return cfg["n_layers"] * block_size * per_position + 5 * 4 + 1 + 8 + 4 * block_size
 
 
-def forward_bytes_formula(cfg: dict, max_rows: int, max_logits: int, max_context: int) -> int:
+def forward_bytes_formula(cfg: dict, max_rows: int, max_logits: int, max_context: int, threads: int = 1) -> int:
     """el_forward_bytes written out (see kv_block_bytes_formula)."""
     widest = max(cfg["dim"], cfg["hidden_dim"])
-    floats = (max_rows * (4 * cfg["dim"] + 2 * cfg["kv_dim"] + 2 * cfg["hidden_dim"]) + max_context
+    floats = (max_rows * (4 * cfg["dim"] + 2 * cfg["kv_dim"] + 2 * cfg["hidden_dim"]) + max_context * max(threads, 1)
               + cfg["head_dim"] // 2 + max_logits * cfg["vocab_size"] + max_rows * widest // 32)
     return floats * 4 + max_rows * widest + 16 * 16
 
@@ -337,7 +340,7 @@ def tokenize_scratch_bytes(prompt_bytes: int, has_unused: bool, pointer_bytes: i
 
 
 def arena_parts(info: ModelInfo, ctx: int, block_size: int, max_seqs: int, max_batch_tokens: int, kv_dtype: str,
-                prompt_bytes: int, pointer_bytes: int) -> tuple:
+                prompt_bytes: int, pointer_bytes: int, threads: int = 1) -> tuple:
     """(parts dict, kv blocks, kv block bytes): the arena el_runtime_open carves, in its order."""
     s, cfg = struct_sizes(pointer_bytes), info.config
     a = _Arena()
@@ -358,9 +361,10 @@ def arena_parts(info: ModelInfo, ctx: int, block_size: int, max_seqs: int, max_b
     blocks_per_seq = -(-ctx // block_size)
     n_blocks = max_seqs * blocks_per_seq
     a.take("KV pool", n_blocks * block_bytes + KV_ALIGN_SLACK, 16)
-    a.take("activations", forward_bytes(cfg, max_batch_tokens, max_seqs, ctx), 16)
+    a.take("activations", forward_bytes(cfg, max_batch_tokens, max_seqs, ctx, threads), 16)
     for _ in range(3):
         a.take("sampler", info.n_tokens * 4, 4)
+    a.take("sampler", SAMPLER_BUCKETS * 8, 8)
     text_capacity = ctx * (info.max_piece_len + 4) + 8
     a.take("sequences", s["el_sequence"] * max_seqs, 8)
     for _ in range(max_seqs):
@@ -395,6 +399,7 @@ class Plan:
     max_seqs: int
     max_batch_tokens: int
     kv_dtype: str
+    threads: int                  # workers the runtime runs with (each has its own attention scratch)
     prompt_bytes: int
     weights_bytes: int            # the model file, read in place
     weights_location: str         # "file (mmap)", "flash", "psram", "ram", or "" when it fits nowhere
@@ -421,7 +426,7 @@ class Plan:
         """The el_engine_options the plan is for: a build must open the runtime with these."""
         return {"max_model_len": self.ctx, "block_size": self.block_size, "kv_cache_bytes": 0,
                 "max_seqs": self.max_seqs, "max_batch_tokens": self.max_batch_tokens, "kv_dtype": self.kv_dtype,
-                "arena_bytes": self.arena_budget}
+                "threads": self.threads, "arena_bytes": self.arena_budget}
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -489,7 +494,7 @@ def _placement(board: Board, weights: int) -> dict:
 
 
 def plan(board, model_path=None, ctx=None, quant=None, max_seqs=None, kv_dtype="f32", *, block_size=None,
-         max_batch_tokens=None, prompt_bytes=None, info=None) -> Plan:
+         max_batch_tokens=None, prompt_bytes=None, threads=None, info=None) -> Plan:
     """The plan for running the model (None: the embedded default) on `board` (a Board or
     its name). quant None plans the model as stored, else as `edgellama export --quant`
     would write it. Defaults for the rest are in the module docstring; `info` (from
@@ -509,8 +514,9 @@ def plan(board, model_path=None, ctx=None, quant=None, max_seqs=None, kv_dtype="
     max_seqs = max_seqs or (MCU_MAX_SEQS if mcu else LINUX_MAX_SEQS)
     block_size = block_size or board.kv_block_size
     max_batch_tokens = max_batch_tokens or (max(MCU_MAX_BATCH_TOKENS, max_seqs) if mcu else max(max_seqs, 32))
+    threads = 1 if mcu else (threads or board.threads)  # bare metal runs the plain loop
     for name, value, low in (("--ctx", ctx, 1), ("--max-seqs", max_seqs, 1), ("block size", block_size, 1),
-                             ("--max-batch-tokens", max_batch_tokens, max_seqs)):
+                             ("--max-batch-tokens", max_batch_tokens, max_seqs), ("--threads", threads, 1)):
         if value < low:
             raise EdgeLlamaError(f"{name}: must be at least {low}, got {value}")
 
@@ -523,7 +529,7 @@ def plan(board, model_path=None, ctx=None, quant=None, max_seqs=None, kv_dtype="
 
     def total(c, dtype):
         parts, _, _ = arena_parts(info, c, block_size, max_seqs, max_batch_tokens, dtype, prompt_for(c),
-                                  pointer_bytes)
+                                  pointer_bytes, threads)
         return sum(parts.values())
 
     def largest_ctx(dtype):
@@ -535,7 +541,7 @@ def plan(board, model_path=None, ctx=None, quant=None, max_seqs=None, kv_dtype="
         return lo
 
     parts, n_blocks, block_bytes = arena_parts(info, ctx, block_size, max_seqs, max_batch_tokens, kv_dtype,
-                                               prompt_for(ctx), pointer_bytes)
+                                               prompt_for(ctx), pointer_bytes, threads)
     arena_total = sum(parts.values())
     place = _placement(board, info.file_bytes)
     budget = place["arena_budget"]
@@ -566,7 +572,7 @@ def plan(board, model_path=None, ctx=None, quant=None, max_seqs=None, kv_dtype="
     part_notes["KV pool"] = (f"{n_blocks} blocks x {block_bytes:,} bytes ({block_size} tokens x "
                              f"{info.config['n_layers']} layers, {kv_dtype}, bookkeeping included)")
     part_notes["activations"] = (f"forward pass: {max_batch_tokens} rows, {max_seqs} logits row(s), "
-                                 f"{ctx} attention scores")
+                                 f"{ctx} attention scores x {threads} thread(s)")
     part_notes["sequences"] = (f"{max_seqs} x (struct, {ctx} tokens, {-(-ctx // block_size)}-entry block table, "
                                f"{ctx * (info.max_piece_len + 4) + 8:,} bytes of text)")
     part_notes["prompt scratch"] = f"tokenizing a prompt or chat turn of {prompt_for(ctx):,} bytes"
@@ -575,7 +581,8 @@ def plan(board, model_path=None, ctx=None, quant=None, max_seqs=None, kv_dtype="
         board=board.name, os=board.os, arch=board.arch, pointer_bytes=pointer_bytes, model=info.path,
         model_name=info.name, quant=info.quant, tensor_types=info.types, context_length=model_ctx, ctx=ctx,
         block_size=block_size, max_seqs=max_seqs, max_batch_tokens=max_batch_tokens, kv_dtype=kv_dtype,
-        prompt_bytes=prompt_for(ctx), weights_bytes=info.file_bytes, weights_location=place["weights_location"],
+        threads=threads, prompt_bytes=prompt_for(ctx), weights_bytes=info.file_bytes,
+        weights_location=place["weights_location"],
         weights_room=place["weights_room"], kv_blocks=n_blocks, kv_block_bytes=block_bytes, parts=parts,
         part_notes=part_notes, arena_total=arena_total, arena_budget=budget,
         arena_location=place["arena_location"], largest_ctx=largest, fits=not reasons, reasons=reasons,

@@ -11,6 +11,7 @@ static void apply_defaults(el_engine_options *o, const el_config *c)
     if (o->block_size <= 0) o->block_size = 16;
     if (o->max_seqs <= 0) o->max_seqs = 8;
     if (o->max_batch_tokens <= 0) o->max_batch_tokens = o->max_seqs > 32 ? o->max_seqs : 32;
+    if (o->threads <= 0) o->threads = 1;
 }
 
 static int blocks_for(int tokens, int block_size) { return (tokens + block_size - 1) / block_size; }
@@ -63,6 +64,7 @@ el_status el_engine_init(el_engine *e, const el_model *model, const el_engine_op
         return el_fail(err, EL_ERR_ARGUMENT, "block_size must be 1 to 1048576 tokens", "", "");
     if (o->max_batch_tokens < o->max_seqs)
         return el_fail(err, EL_ERR_ARGUMENT, "max_batch_tokens must be at least max_seqs", "", "");
+    if (o->threads > 1024) return el_fail(err, EL_ERR_ARGUMENT, "threads must be 1 to 1024", "", "");
     n_blocks = o->kv_cache_bytes > 0
                    ? o->kv_cache_bytes / (long long)el_kv_block_bytes(c, o->block_size, o->kv_dtype)
                    : (long long)o->max_seqs * blocks_for(o->max_model_len, o->block_size);
@@ -77,7 +79,8 @@ el_status el_engine_init(el_engine *e, const el_model *model, const el_engine_op
         return el_fail(err, EL_ERR_ARGUMENT, "kv_cache_bytes is too large", "", "");
     if ((status = el_tokenizer_init(&e->tokenizer, &model->vocab, arena, err)) != EL_OK) return status;
     if ((status = el_kv_init(&e->kv, c, o->block_size, (int)n_blocks, o->kv_dtype, arena, err)) != EL_OK) return status;
-    if ((status = el_forward_init(&e->forward, c, o->max_batch_tokens, o->max_seqs, o->max_model_len, arena, err)) !=
+    if ((status = el_forward_init(&e->forward, c, o->max_batch_tokens, o->max_seqs, o->max_model_len, o->threads, arena,
+                                   err)) !=
         EL_OK)
         return status;
     if ((status = el_sampler_scratch_init(&e->sampler, c->vocab_size, arena, err)) != EL_OK) return status;
@@ -366,4 +369,18 @@ void el_engine_stats_get(const el_engine *e, el_engine_stats *s)
     s->arena_used = e->arena->used;
     s->arena_high_water = e->arena->high_water;
     s->arena_size = e->arena->size;
+}
+
+el_status el_engine_set_parallel(el_engine *e, el_parallel_run_fn run, void *pool, int n_workers, el_error *err)
+{
+    if (run != NULL && (n_workers < 1 || n_workers > e->options.threads)) {
+        el_fail(err, EL_ERR_ARGUMENT, "threads: the engine was set up for at most ", "", "");
+        el_error_num(err, e->options.threads);
+        el_error_append(err, " workers");
+        return EL_ERR_ARGUMENT;
+    }
+    e->forward.parallel.run = run;
+    e->forward.parallel.pool = pool;
+    e->forward.parallel.n_workers = run != NULL ? n_workers : 1;
+    return EL_OK;
 }

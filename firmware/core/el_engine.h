@@ -25,6 +25,7 @@ typedef struct {
     int max_batch_tokens;   /* rows per forward step; 0 = max(max_seqs, 32) */
     el_kv_dtype kv_dtype;
     int no_prefix_caching;  /* 1: never share blocks between sequences (0, the default, shares) */
+    int threads;            /* the most workers a parallel hook may use (sizes per-worker scratch); 0 = 1 */
 } el_engine_options;
 
 typedef struct {
@@ -78,5 +79,8 @@ void el_engine_release(el_engine *engine, int seq_id);
 int el_engine_pending(const el_engine *engine);
 const el_sequence *el_engine_sequence(const el_engine *engine, int seq_id);
 void el_engine_stats_get(const el_engine *engine, el_engine_stats *stats);
+/* Run the heavy loops through `run` over `pool` with n_workers threads (at most
+ * options.threads); run = NULL goes back to the caller's thread alone. */
+el_status el_engine_set_parallel(el_engine *engine, el_parallel_run_fn run, void *pool, int n_workers, el_error *err);
 
 #endif

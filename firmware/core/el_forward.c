@@ -6,23 +6,27 @@
 
 static int max_int(int a, int b) { return a > b ? a : b; }
 
-size_t el_forward_bytes(const el_config *c, int max_rows, int max_logits, int max_context)
+size_t el_forward_bytes(const el_config *c, int max_rows, int max_logits, int max_context, int n_workers)
 {
     size_t rows = (size_t)max_rows, widest = (size_t)max_int(c->dim, c->hidden_dim);
     size_t floats = rows * (4 * (size_t)c->dim + 2 * (size_t)c->kv_dim + 2 * (size_t)c->hidden_dim)
-                    + (size_t)max_context + (size_t)c->head_dim / 2
+                    + (size_t)max_context * (size_t)max_int(n_workers, 1) + (size_t)c->head_dim / 2
                     + (size_t)max_logits * (size_t)c->vocab_size + rows * widest / 32;
     return floats * sizeof(float) + rows * widest + 16 * 16;
 }
 
 el_status el_forward_init(el_forward_state *s, const el_config *c, int max_rows, int max_logits, int max_context,
-                          el_arena *arena, el_error *err)
+                          int n_workers, el_arena *arena, el_error *err)
 {
     size_t rows = (size_t)max_rows, widest = (size_t)max_int(c->dim, c->hidden_dim);
     int i;
     s->max_rows = max_rows;
     s->max_logits = max_logits;
     s->max_context = max_context;
+    s->n_workers = max_int(n_workers, 1);
+    s->parallel.run = NULL;
+    s->parallel.pool = NULL;
+    s->parallel.n_workers = 1;
     s->x = (float *)el_arena_alloc(arena, rows * (size_t)c->dim * sizeof(float), 16);
     s->xb = (float *)el_arena_alloc(arena, rows * (size_t)c->dim * sizeof(float), 16);
     s->q = (float *)el_arena_alloc(arena, rows * (size_t)c->dim * sizeof(float), 16);
@@ -31,7 +35,7 @@ el_status el_forward_init(el_forward_state *s, const el_config *c, int max_rows,
     s->v = (float *)el_arena_alloc(arena, rows * (size_t)c->kv_dim * sizeof(float), 16);
     s->hb = (float *)el_arena_alloc(arena, rows * (size_t)c->hidden_dim * sizeof(float), 16);
     s->hb2 = (float *)el_arena_alloc(arena, rows * (size_t)c->hidden_dim * sizeof(float), 16);
-    s->scores = (float *)el_arena_alloc(arena, (size_t)max_context * sizeof(float), 16);
+    s->scores = (float *)el_arena_alloc(arena, (size_t)max_context * (size_t)s->n_workers * sizeof(float), 16);
     s->rope_freqs = (float *)el_arena_alloc(arena, (size_t)(c->head_dim / 2) * sizeof(float), 16);
     s->quantized.values = (int8_t *)el_arena_alloc(arena, rows * widest, 16);
     s->quantized.scales = (float *)el_arena_alloc(arena, rows * widest / 32 * sizeof(float) + sizeof(float), 16);
@@ -46,23 +50,42 @@ el_status el_forward_init(el_forward_state *s, const el_config *c, int max_rows,
     return EL_OK;
 }
 
-/* One row's attention over its sequence's cached positions 0..pos, all heads. */
-static void attend(el_forward_state *s, const el_config *c, const el_kv_cache *kv, int layer,
-                   const el_batch_row *row, const float *q, float *out)
+/* One row's attention for one head over its sequence's cached positions 0..pos. */
+static void attend_head(float *scores, const el_config *c, const el_kv_cache *kv, int layer, const el_batch_row *row,
+                        int h, const float *q, float *out)
 {
-    int group = c->n_heads / c->n_kv_heads, h, t, i;
+    int group = c->n_heads / c->n_kv_heads, t, i;
     float scale = 1.0f / el_sqrtf((float)c->head_dim);
-    for (h = 0; h < c->n_heads; h++) {
-        const float *qh = q + h * c->head_dim;
-        float *oh = out + h * c->head_dim;
-        for (t = 0; t <= row->pos; t++)
-            s->scores[t] = scale * el_kv_key_dot(kv, row->block_table[t / kv->block_size], t % kv->block_size,
-                                                 layer, h / group, qh);
-        el_softmax(s->scores, row->pos + 1);
-        for (i = 0; i < c->head_dim; i++) oh[i] = 0.0f;
-        for (t = 0; t <= row->pos; t++)
-            el_kv_value_add(kv, row->block_table[t / kv->block_size], t % kv->block_size, layer, h / group,
-                            s->scores[t], oh);
+    const float *qh = q + h * c->head_dim;
+    float *oh = out + h * c->head_dim;
+    for (t = 0; t <= row->pos; t++)
+        scores[t] = scale * el_kv_key_dot(kv, row->block_table[t / kv->block_size], t % kv->block_size, layer,
+                                          h / group, qh);
+    el_softmax(scores, row->pos + 1);
+    for (i = 0; i < c->head_dim; i++) oh[i] = 0.0f;
+    for (t = 0; t <= row->pos; t++)
+        el_kv_value_add(kv, row->block_table[t / kv->block_size], t % kv->block_size, layer, h / group, scores[t],
+                        oh);
+}
+
+/* Attention as a task over (row, head) items, so the workers share a step's heads. */
+typedef struct {
+    el_forward_state *s;
+    const el_config *c;
+    const el_kv_cache *kv;
+    int layer;
+    const el_batch_row *rows;
+} attention_task;
+
+static void attend_items(void *ctx, int begin, int end, int worker)
+{
+    const attention_task *a = (const attention_task *)ctx;
+    const el_config *c = a->c;
+    float *scores = a->s->scores + (size_t)worker * (size_t)a->s->max_context;
+    int item;
+    for (item = begin; item < end; item++) {
+        int r = item / c->n_heads, h = item % c->n_heads;
+        attend_head(scores, c, a->kv, a->layer, &a->rows[r], h, a->s->q + r * c->dim, a->s->attention + r * c->dim);
     }
 }
 
@@ -71,11 +94,12 @@ static void attention_block(el_forward_state *s, const el_model *m, el_kv_cache 
 {
     const el_config *c = &m->config;
     const el_layer_weights *w = &m->layers[layer];
+    attention_task task;
     int r, i;
     for (r = 0; r < n; r++) el_rmsnorm(s->xb + r * c->dim, s->x + r * c->dim, w->attn_norm, c->dim, c->norm_eps);
-    el_matmul(s->q, &w->attn_q, s->xb, n, &s->quantized);
-    el_matmul(s->k, &w->attn_k, s->xb, n, &s->quantized);
-    el_matmul(s->v, &w->attn_v, s->xb, n, &s->quantized);
+    el_matmul(s->q, &w->attn_q, s->xb, n, &s->quantized, &s->parallel);
+    el_matmul(s->k, &w->attn_k, s->xb, n, &s->quantized, &s->parallel);
+    el_matmul(s->v, &w->attn_v, s->xb, n, &s->quantized, &s->parallel);
     for (r = 0; r < n; r++) {
         const el_batch_row *row = &rows[r];
         el_rope(s->q + r * c->dim, c->n_heads, c->head_dim, row->pos, s->rope_freqs);
@@ -84,8 +108,13 @@ static void attention_block(el_forward_state *s, const el_model *m, el_kv_cache 
                     s->k + r * c->kv_dim, s->v + r * c->kv_dim);
     }
     /* Only after every row is stored: a prefill row attends to earlier rows of its chunk. */
-    for (r = 0; r < n; r++) attend(s, c, kv, layer, &rows[r], s->q + r * c->dim, s->attention + r * c->dim);
-    el_matmul(s->xb, &w->attn_output, s->attention, n, &s->quantized);
+    task.s = s;
+    task.c = c;
+    task.kv = kv;
+    task.layer = layer;
+    task.rows = rows;
+    el_parallel_for(&s->parallel, attend_items, &task, n * c->n_heads);
+    el_matmul(s->xb, &w->attn_output, s->attention, n, &s->quantized, &s->parallel);
     for (i = 0; i < n * c->dim; i++) s->x[i] += s->xb[i];
 }
 
@@ -95,10 +124,10 @@ static void feed_forward_block(el_forward_state *s, const el_model *m, int layer
     const el_layer_weights *w = &m->layers[layer];
     int r, i;
     for (r = 0; r < n; r++) el_rmsnorm(s->xb + r * c->dim, s->x + r * c->dim, w->ffn_norm, c->dim, c->norm_eps);
-    el_matmul(s->hb, &w->ffn_gate, s->xb, n, &s->quantized);
-    el_matmul(s->hb2, &w->ffn_up, s->xb, n, &s->quantized);
+    el_matmul(s->hb, &w->ffn_gate, s->xb, n, &s->quantized, &s->parallel);
+    el_matmul(s->hb2, &w->ffn_up, s->xb, n, &s->quantized, &s->parallel);
     el_swiglu(s->hb, s->hb2, n * c->hidden_dim);
-    el_matmul(s->xb, &w->ffn_down, s->hb, n, &s->quantized);
+    el_matmul(s->xb, &w->ffn_down, s->hb, n, &s->quantized, &s->parallel);
     for (i = 0; i < n * c->dim; i++) s->x[i] += s->xb[i];
 }
 
@@ -115,6 +144,6 @@ int el_forward(el_forward_state *s, const el_model *m, el_kv_cache *kv, const el
     for (r = 0; r < n; r++)
         if (rows[r].want_logits)
             el_rmsnorm(s->xb + n_logits++ * c->dim, s->x + r * c->dim, m->output_norm, c->dim, c->norm_eps);
-    if (n_logits > 0) el_matmul(s->logits, &m->output, s->xb, n_logits, &s->quantized);
+    if (n_logits > 0) el_matmul(s->logits, &m->output, s->xb, n_logits, &s->quantized, &s->parallel);
     return n_logits;
 }

@@ -20,18 +20,20 @@ typedef struct {
 } el_batch_row;
 
 typedef struct {
-    int max_rows, max_logits, max_context;
+    int max_rows, max_logits, max_context, n_workers;
     float *x, *xb, *q, *k, *v, *attention, *hb, *hb2;  /* max_rows rows each */
-    float *scores;                                     /* one row's attention weights */
+    float *scores;                                     /* attention weights: max_context per worker */
     float *rope_freqs;                                 /* head_dim / 2 */
     el_qactivations quantized;
     float *logits;                                     /* max_logits * vocab */
+    el_parallel parallel;                              /* how matmuls and attention use threads */
 } el_forward_state;
 
-/* Memory el_forward_init will take from the arena. */
-size_t el_forward_bytes(const el_config *config, int max_rows, int max_logits, int max_context);
+/* Memory el_forward_init will take from the arena; n_workers is the most threads the
+ * parallel hook will use (each has its own attention scratch). */
+size_t el_forward_bytes(const el_config *config, int max_rows, int max_logits, int max_context, int n_workers);
 el_status el_forward_init(el_forward_state *state, const el_config *config, int max_rows, int max_logits,
-                          int max_context, el_arena *arena, el_error *err);
+                          int max_context, int n_workers, el_arena *arena, el_error *err);
 
 /* Rows of one sequence must come in position order, and every earlier position must
  * be in the cache already or earlier in this batch. Logits of the rows that want them

@@ -1,14 +1,15 @@
 /* el_kernels.h: the arithmetic of the forward pass.
  *
- * Every output is computed in one fixed order that does not depend on the batch, so
- * a token gets the same bits alone or in a batch of eight, and on every target.
+ * Every output is computed in one fixed order that does not depend on the batch, the
+ * thread count or the target's vector unit, so a token gets the same bits alone or in
+ * a batch of eight, on one thread or four, and on every target. The per-target
+ * implementations sit behind el_kernel_ops.h.
  */
 #ifndef EL_KERNELS_H
 #define EL_KERNELS_H
 
-#include "el_model.h"
-
-#define EL_QBLOCK 32
+#include "el_kernel_ops.h"
+#include "el_parallel.h"
 
 /* Activations quantized to int8 in blocks of 32 (one float scale per block), so dot
  * products with Q8_0/Q4_0 weights are exact integer sums per block. */
@@ -17,15 +18,13 @@ typedef struct {
     float *scales;   /* batch * cols / 32 */
 } el_qactivations;
 
-float el_fp16_to_f32(uint16_t h);
+/* The kernels this build runs ("avx2", "neon", "portable", ...). */
+const char *el_kernels_name(void);
 
-/* n values to int8 with one scale, llama.cpp's Q8_0 rule: scale = max |x| / 127,
- * q = round(x / scale). Used for activations and for int8 KV. */
-void el_quantize_int8(int8_t *q, float *scale, const float *x, int n);
-
-/* y[b][r] = W[r] . x[b] for b < batch: each weight row is read once for the whole batch.
- * `q` is scratch for the quantized x (used for Q8_0 and Q4_0 weights). */
-void el_matmul(float *y, const el_matrix *w, const float *x, int batch, el_qactivations *q);
+/* y[b][r] = W[r] . x[b] for b < batch, rows split over the workers of `parallel`
+ * (NULL: this thread). `q` is scratch for the quantized x (Q8_0 and Q4_0 weights). */
+void el_matmul(float *y, const el_matrix *w, const float *x, int batch, el_qactivations *q,
+               const el_parallel *parallel);
 
 /* a . b in the runtime's one summation order (eight running sums, combined pairwise):
  * the same bits on every target, and fast where a vector unit takes the lanes. */

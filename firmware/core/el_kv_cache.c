@@ -236,12 +236,11 @@ float el_kv_key_dot(const el_kv_cache *kv, int block, int slot, int layer, int h
 void el_kv_value_add(const el_kv_cache *kv, int block, int slot, int layer, int head, float weight, float *out)
 {
     size_t at = block_offset(kv, block, layer, slot);
-    int i;
     if (kv->dtype == EL_KV_F32) {
-        const float *v = (const float *)kv->values + head_start(kv, at, head);
-        for (i = 0; i < kv->head_dim; i++) out[i] += weight * v[i];
+        el_kernel_axpy(out, weight, (const float *)kv->values + head_start(kv, at, head), kv->head_dim);
     } else {
         const int8_t *v = (const int8_t *)kv->values + head_start(kv, at, head);
+        int i;
         float w = weight * kv->value_scales[at * (size_t)kv->n_kv_heads + (size_t)head];
         for (i = 0; i < kv->head_dim; i++) out[i] += w * (float)v[i];
     }

@@ -68,6 +68,11 @@ void el_runtime_abort(el_runtime *rt, int seq_id) { el_engine_abort(&rt->engine,
 void el_runtime_release(el_runtime *rt, int seq_id) { el_engine_release(&rt->engine, seq_id); }
 void el_runtime_stats(const el_runtime *rt, el_engine_stats *stats) { el_engine_stats_get(&rt->engine, stats); }
 
+el_status el_runtime_set_parallel(el_runtime *rt, el_parallel_run_fn run, void *pool, int n_workers, el_error *err)
+{
+    return el_engine_set_parallel(&rt->engine, run, pool, n_workers, err);
+}
+
 el_status el_runtime_logits(el_runtime *rt, const int32_t *tokens, int n, float *out, el_error *err)
 {
     el_engine *e = &rt->engine;

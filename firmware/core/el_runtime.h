@@ -41,6 +41,9 @@ int el_runtime_tokens(const el_runtime *rt, int seq_id, const int32_t **tokens, 
 void el_runtime_abort(el_runtime *rt, int seq_id);
 void el_runtime_release(el_runtime *rt, int seq_id);
 void el_runtime_stats(const el_runtime *rt, el_engine_stats *stats);
+/* Spread matmuls and attention over a thread pool (el_parallel.h): at most the
+ * options' `threads` workers. The kernels this build runs: el_kernels_name(). */
+el_status el_runtime_set_parallel(el_runtime *rt, el_parallel_run_fn run, void *pool, int n_workers, el_error *err);
 
 /* Logits at every position of `tokens` (n * vocab floats), computed one position at
  * a time through the paged cache: for checking the runtime against a reference. */

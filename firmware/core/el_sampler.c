@@ -10,17 +10,24 @@
  *   weights    x /= temperature; w = el_expf(x - max x), so the top token has w == 1
  *              (+inf or all -inf logits: w = 1 for the tokens equal to the max)
  *   min_p      drop w < min_p (w is relative to the top token, as min_p * max prob)
- *   ranking    tokens with w > 0, by w descending, then index ascending
+ *   integers   W = (uint32)(w * 2^30), truncated: from here on every sum is an exact
+ *              integer, the same in any order (tokens with w < 2^-30 get W = 0)
+ *   ranking    tokens with W > 0, by W descending, then index ascending
  *   top_k      keep the first k of the ranking: exactly k, whatever ties follow, so
  *              top_k = 1 is greedy (vLLM keeps every token tied with the k-th)
- *   top_p      total = sum of kept w in index order; keep ranks while the sum of the
- *              ranks before is < top_p * total (so at least one)
- *   draw       total = sum of kept w in index order again; target = u * total with
- *              u = el_rng_uniform; walk the ranking summing w, pick the first token
- *              whose running sum > target (the last kept one if rounding runs out)
+ *   top_p      T = sum of kept W; keep ranks while the sum of the ranks before is
+ *              < top_p * T, compared in double (so at least one)
+ *   draw       T = sum of kept W; target = (T * r) >> 32 for r = el_rng_next (32 bits);
+ *              walk the kept tokens in index order summing W, pick the first whose
+ *              running sum > target
+ *
+ * Exact integer sums are what let top_k and top_p find their cut by a radix select
+ * and the draw walk in index order: no sort of the vocabulary, yet one answer on
+ * every target.
  */
 #include "el_sampler.h"
 
+#include "el_kernel_ops.h"
 #include "el_math.h"
 
 /* ---- parameters ---- */
@@ -159,12 +166,14 @@ el_status el_sampler_scratch_init(el_sampler_scratch *scratch, int n_vocab, el_a
     }
     n = (size_t)n_vocab;
     scratch->probs = (float *)el_arena_alloc(arena, n * sizeof(float), sizeof(float));
-    scratch->order = (int32_t *)el_arena_alloc(arena, n * sizeof(int32_t), sizeof(int32_t));
+    scratch->weights = (uint32_t *)el_arena_alloc(arena, n * sizeof(uint32_t), sizeof(uint32_t));
     scratch->counts = (int32_t *)el_arena_alloc(arena, n * sizeof(int32_t), sizeof(int32_t));
-    if (scratch->probs == NULL || scratch->order == NULL || scratch->counts == NULL) {
+    scratch->bucket_measure = (uint64_t *)el_arena_alloc(arena, EL_SAMPLER_BUCKETS * sizeof(uint64_t), 8);
+    if (scratch->probs == NULL || scratch->weights == NULL || scratch->counts == NULL ||
+        scratch->bucket_measure == NULL) {
         el_fail(err, EL_ERR_NO_MEMORY, "sampler: the arena is too small for a vocabulary of ", "", "");
         el_error_num(err, n_vocab);
-        el_error_append(err, " tokens (needs 12 bytes per token)");
+        el_error_append(err, " tokens (needs 12 bytes per token and 2 KiB)");
         return EL_ERR_NO_MEMORY;
     }
     scratch->n_vocab = n_vocab;
@@ -194,7 +203,7 @@ static void apply_penalties(const el_sampling *params, float *logits, const int3
                             const int32_t *output, int n_output, el_sampler_scratch *scratch)
 {
     int n = scratch->n_vocab, i;
-    int32_t *seen = scratch->order; /* free until the ranking: borrowed as a seen-mask */
+    int32_t *seen = (int32_t *)scratch->weights; /* free until the weights: borrowed as a seen-mask */
     int32_t *counts = scratch->counts;
     const float r = params->repetition_penalty, f = params->frequency_penalty, p = params->presence_penalty;
     el_memset(seen, 0, (size_t)n * sizeof *seen);
@@ -221,126 +230,150 @@ static int argmax(const float *x, int n)
     return best < 0 ? 0 : best;
 }
 
-/* ---- weights and the ranking ---- */
+/* ---- weights ---- */
 
 /* Divide by the temperature (in place) and set w = el_expf(x - max). Where x - max is
  * NaN (the max is +inf, or every logit is -inf) the tokens equal to the max get 1. */
-static void weights(const el_sampling *params, float *logits, float *w, int n)
+static void float_weights(const el_sampling *params, float *logits, float *w, int n)
 {
     float top;
     int i;
     for (i = 0; i < n; i++) logits[i] /= params->temperature;
     top = logits[argmax(logits, n)];
+    if (top - top == 0.0f) { /* finite: the vector kernel (NaN logits give NaN, dropped below) */
+        el_kernel_exp_shifted(w, logits, top, n);
+        return;
+    }
     for (i = 0; i < n; i++) {
         float d = logits[i] - top;
         w[i] = d == d ? el_expf(d) : (logits[i] == top ? 1.0f : 0.0f);
     }
 }
 
-/* Token a ranks before token b: higher weight, then lower index. A strict order, so
- * the ranking is unique and the heap needs no stability. */
-static int ranks_before(const float *w, int32_t a, int32_t b)
-{
-    return w[a] > w[b] || (w[a] == w[b] && a < b);
-}
+#define EL_WEIGHT_ONE 1073741824.0f /* 2^30: w * 2^30 is exact in float, then truncated */
 
-/* The ranking, produced lazily by a heap sort: a[0..heap_n) is a heap with the best
- * token on top; ranks already popped sit at the end, rank j at a[size - 1 - j]. Only
- * the ranks a step asks for get sorted: top_k pops k, the draw stops early. */
-typedef struct {
-    const float *w;
-    int32_t *a;
-    int size;
-    int heap_n;
-} ranking;
-
-static void sift_down(ranking *r, int i)
+/* W = (uint32)(w * 2^30) for the kept w (w > 0, and w >= min_p); returns the sum. */
+static uint64_t integer_weights(const el_sampling *params, const float *w, uint32_t *weights, int n)
 {
-    for (;;) {
-        int child = 2 * i + 1, best = i;
-        int32_t tmp;
-        if (child < r->heap_n && ranks_before(r->w, r->a[child], r->a[best])) best = child;
-        if (child + 1 < r->heap_n && ranks_before(r->w, r->a[child + 1], r->a[best])) best = child + 1;
-        if (best == i) return;
-        tmp = r->a[i];
-        r->a[i] = r->a[best];
-        r->a[best] = tmp;
-        i = best;
-    }
-}
-
-/* Heap of the tokens with w > 0 (the others can never be drawn). */
-static void ranking_init(ranking *r, const float *w, int32_t *a, int n)
-{
+    uint64_t total = 0;
+    float floor = params->min_p > 0.0f ? params->min_p : 0.0f;
     int i;
-    r->w = w;
-    r->a = a;
-    r->size = 0;
-    for (i = 0; i < n; i++)
-        if (w[i] > 0.0f) a[r->size++] = i;
-    r->heap_n = r->size;
-    for (i = r->size / 2 - 1; i >= 0; i--) sift_down(r, i);
-}
-
-/* The token of rank j (0 = best), j < size. */
-static int32_t ranking_at(ranking *r, int j)
-{
-    while (r->size - r->heap_n <= j) {
-        int32_t top = r->a[0];
-        r->heap_n--;
-        r->a[0] = r->a[r->heap_n];
-        r->a[r->heap_n] = top;
-        sift_down(r, 0);
+    for (i = 0; i < n; i++) {
+        uint32_t v = w[i] > 0.0f && w[i] >= floor ? (uint32_t)(w[i] * EL_WEIGHT_ONE) : 0u;
+        weights[i] = v;
+        total += v;
     }
-    return r->a[r->size - 1 - j];
-}
-
-/* Zero the weights of the ranks from `kept` on (dropped by top_k or top_p). */
-static void drop_ranks_from(ranking *r, float *w, int kept)
-{
-    int j;
-    for (j = 0; j < r->heap_n; j++) w[r->a[j]] = 0.0f;
-    for (j = kept; j < r->size - r->heap_n; j++) w[r->a[r->size - 1 - j]] = 0.0f;
-}
-
-/* Sum in index order: one fixed order, the same on every target and in the tests. */
-static float index_sum(const float *w, int n)
-{
-    float total = 0.0f;
-    int i;
-    for (i = 0; i < n; i++) total += w[i];
     return total;
 }
 
-/* min_p, top_k and top_p over w; returns how many ranks are kept (0 only when no
- * token has weight, e.g. all logits NaN) and their index-order total. */
-static int filter(const el_sampling *params, float *w, int n, ranking *r, int32_t *order, float *total)
+/* ---- the cut of top_k and top_p: a radix select on the integer weights ---- */
+
+/* The kept ranks are the tokens with W > value and, of those with W == value, the
+ * first `ties` in index order. */
+typedef struct {
+    uint32_t value;
+    int ties;
+} cut;
+
+/* Byte-wide digits of a weight, most significant first (W <= 2^30: 31 bits). */
+static const int digit_shift[4] = {24, 16, 8, 0};
+
+/* The shortest prefix of the ranking whose measure reaches `need`: each token counts
+ * 1 (by_weight = 0, top_k) or its weight (by_weight = 1, top_p). The caller knows the
+ * whole ranking's measure reaches it. Candidates of each round are kept in index order
+ * in `list`, so the last round's tied tokens come out lowest index first. */
+static cut select_cut(const uint32_t *weights, int n, double need, int by_weight, el_sampler_scratch *scratch)
 {
-    int kept, i;
-    if (params->min_p > 0.0f)
-        for (i = 0; i < n; i++)
-            if (w[i] < params->min_p) w[i] = 0.0f;
-    ranking_init(r, w, order, n);
-    kept = r->size;
-    if (params->top_k > 0 && params->top_k < kept) {
-        ranking_at(r, params->top_k - 1);
-        kept = params->top_k;
-        drop_ranks_from(r, w, kept);
-    }
-    *total = index_sum(w, n);
-    if (params->top_p < 1.0f && kept > 1) {
-        const float threshold = params->top_p * *total;
-        float cum = w[ranking_at(r, 0)];
-        int j = 1;
-        while (j < kept && cum < threshold) cum += w[ranking_at(r, j++)];
-        if (j < kept) {
-            kept = j;
-            drop_ranks_from(r, w, kept);
-            *total = index_sum(w, n);
+    uint64_t *measure = scratch->bucket_measure;
+    int32_t *list = scratch->counts;
+    uint64_t before = 0; /* measure of the ranks above the current candidates */
+    uint32_t prefix = 0, high_mask = 0;
+    int round, i, b, n_list = 0;
+    cut c;
+    for (round = 0; round < 4; round++) {
+        int shift = digit_shift[round];
+        el_memset(measure, 0, EL_SAMPLER_BUCKETS * sizeof *measure);
+        if (round == 0) {
+            for (i = 0; i < n; i++)
+                if (weights[i] > 0) measure[weights[i] >> shift] += by_weight ? weights[i] : 1u;
+        } else {
+            for (i = 0; i < n_list; i++) measure[(weights[list[i]] >> shift) & 0xffu] += by_weight ? weights[list[i]] : 1u;
         }
+        for (b = EL_SAMPLER_BUCKETS - 1; b > 0; b--) {
+            if ((double)(before + measure[b]) >= need) break;
+            before += measure[b];
+        }
+        /* the candidates of the bucket the prefix ends in, in index order */
+        prefix |= (uint32_t)b << shift;
+        high_mask |= 0xffu << shift;
+        if (round == 0) {
+            for (i = 0; i < n; i++)
+                if (weights[i] > 0 && (weights[i] & high_mask) == prefix) list[n_list++] = i;
+        } else {
+            int kept = 0;
+            for (i = 0; i < n_list; i++)
+                if ((weights[list[i]] & high_mask) == prefix) list[kept++] = list[i];
+            n_list = kept;
+        }
+    }
+    /* every candidate now has W == prefix: take them lowest index first */
+    c.value = prefix;
+    c.ties = 0;
+    for (i = 0; i < n_list; i++) {
+        c.ties++;
+        before += by_weight ? prefix : 1u;
+        if ((double)before >= need) break;
+    }
+    return c;
+}
+
+/* Zero the weights of the dropped ranks; returns the kept total. */
+static uint64_t apply_cut(uint32_t *weights, int n, cut c)
+{
+    uint64_t total = 0;
+    int i, ties = c.ties;
+    for (i = 0; i < n; i++) {
+        if (weights[i] < c.value || (weights[i] == c.value && ties-- <= 0)) weights[i] = 0;
+        total += weights[i];
+    }
+    return total;
+}
+
+static int count_kept(const uint32_t *weights, int n)
+{
+    int i, kept = 0;
+    for (i = 0; i < n; i++) kept += weights[i] > 0;
+    return kept;
+}
+
+/* min_p, top_k and top_p; returns how many tokens are kept (0 only when no token has
+ * weight, e.g. all logits NaN) and sets their total. */
+static int filter(const el_sampling *params, const float *w, uint32_t *weights, int n, el_sampler_scratch *scratch,
+                  uint64_t *total)
+{
+    int kept;
+    *total = integer_weights(params, w, weights, n);
+    kept = count_kept(weights, n);
+    if (params->top_k > 0 && params->top_k < kept) {
+        *total = apply_cut(weights, n, select_cut(weights, n, (double)params->top_k, 0, scratch));
+        kept = params->top_k;
+    }
+    if (params->top_p < 1.0f && kept > 1) {
+        double need = (double)params->top_p * (double)*total;
+        *total = apply_cut(weights, n, select_cut(weights, n, need, 1, scratch));
+        kept = count_kept(weights, n);
     }
     return kept;
 }
+
+/* floor(total * r / 2^32), exact for any 64-bit total: two 32 x 32-bit products. */
+static uint64_t scale_by(uint64_t total, uint32_t r)
+{
+    uint64_t low = (total & 0xffffffffu) * r, high = (total >> 32) * r;
+    return high + (low >> 32);
+}
+
+/* ---- sampling ---- */
 
 static void penalize(const el_sampling *params, float *logits, const int32_t *prompt, int n_prompt,
                      const int32_t *output, int n_output, el_sampler_scratch *scratch)
@@ -354,28 +387,24 @@ static int is_greedy(const el_sampling *params) { return !(params->temperature >
 int el_sample(const el_sampling *params, float *logits, const int32_t *prompt, int n_prompt,
               const int32_t *output, int n_output, el_rng *rng, el_sampler_scratch *scratch)
 {
-    ranking r;
-    float total, target, cum = 0.0f;
-    int kept, j, n = scratch->n_vocab;
+    uint64_t total, target, cum = 0;
+    int i, n = scratch->n_vocab;
     penalize(params, logits, prompt, n_prompt, output, n_output, scratch);
     if (is_greedy(params)) return argmax(logits, n); /* the RNG is not touched */
-    weights(params, logits, scratch->probs, n);
-    kept = filter(params, scratch->probs, n, &r, scratch->order, &total);
-    if (kept == 0) return 0;
-    target = el_rng_uniform(rng) * total;
-    for (j = 0; j < kept; j++) {
-        int32_t token = ranking_at(&r, j);
-        cum += scratch->probs[token];
-        if (cum > target) return token;
+    float_weights(params, logits, scratch->probs, n);
+    if (filter(params, scratch->probs, scratch->weights, n, scratch, &total) == 0) return 0;
+    target = scale_by(total, el_rng_next(rng));
+    for (i = 0; i < n; i++) {
+        cum += scratch->weights[i];
+        if (cum > target) return i;
     }
-    return ranking_at(&r, kept - 1);
+    return n - 1; /* not reached: target < total */
 }
 
 int el_sampler_distribution(const el_sampling *params, float *logits, const int32_t *prompt, int n_prompt,
                             const int32_t *output, int n_output, el_sampler_scratch *scratch)
 {
-    ranking r;
-    float total;
+    uint64_t total;
     int kept, i, n = scratch->n_vocab;
     penalize(params, logits, prompt, n_prompt, output, n_output, scratch);
     if (is_greedy(params)) {
@@ -383,9 +412,8 @@ int el_sampler_distribution(const el_sampling *params, float *logits, const int3
         scratch->probs[argmax(logits, n)] = 1.0f;
         return 1;
     }
-    weights(params, logits, scratch->probs, n);
-    kept = filter(params, scratch->probs, n, &r, scratch->order, &total);
-    if (kept > 0)
-        for (i = 0; i < n; i++) scratch->probs[i] /= total;
+    float_weights(params, logits, scratch->probs, n);
+    kept = filter(params, scratch->probs, scratch->weights, n, scratch, &total);
+    for (i = 0; i < n; i++) scratch->probs[i] = kept > 0 ? (float)((double)scratch->weights[i] / (double)total) : 0.0f;
     return kept;
 }

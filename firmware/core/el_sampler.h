@@ -38,12 +38,17 @@ uint32_t el_rng_next(el_rng *rng);
 /* Uniform in [0, 1) with 24 random bits (exact in float). */
 float el_rng_uniform(el_rng *rng);
 
+/* The cut of top_k and top_p is found by a radix select on the integer weights, a
+ * byte at a time (the top byte of a weight up to 2^30 holds 7 bits). */
+#define EL_SAMPLER_BUCKETS 256
+
 /* Scratch the sampler needs for a vocabulary of n: allocate once per engine. */
 typedef struct {
     int n_vocab;
-    float *probs;      /* n floats */
-    int32_t *order;    /* n ints */
-    int32_t *counts;   /* n ints */
+    float *probs;      /* n floats: weights, then the distribution */
+    uint32_t *weights; /* n integer weights (w * 2^30); the penalties' seen-mask before that */
+    int32_t *counts;   /* n ints: output counts, then the radix select's candidates */
+    uint64_t *bucket_measure; /* EL_SAMPLER_BUCKETS */
 } el_sampler_scratch;
 
 el_status el_sampler_scratch_init(el_sampler_scratch *scratch, int n_vocab, el_arena *arena, el_error *err);
