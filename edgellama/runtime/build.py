@@ -1,9 +1,13 @@
 """Compile firmware/ sources with a C compiler, cached by the hash of what goes in.
 
 The same flags every target gets: C99 with warnings as errors, no FMA contraction
-and no fast-math, so float results are bit-identical across targets.
+and no fast-math, so float results are bit-identical across targets. Built for this
+host, the runtime may use this machine's own vector unit (`-march=native`, which picks
+the AVX2 or NEON kernels of el_kernel_ops.h); EDGELLAMA_KERNELS=portable builds the
+portable kernels instead (the same bits, slower).
 """
 
+import functools
 import hashlib
 import os
 import shutil
@@ -16,6 +20,7 @@ from ..fileio import atomic_path
 from ..resources import share_dir
 
 C_FLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-ffp-contract=off", "-fno-fast-math"]
+PORTABLE_FLAGS = ["-DEL_PORTABLE_KERNELS"]
 
 
 def firmware_dir() -> Path:
@@ -33,14 +38,34 @@ def host_compiler() -> str:
     return cc
 
 
+@functools.lru_cache(maxsize=None)
+def _native_target(cc: str) -> tuple:
+    """(-march=native, what it means on this machine) when the compiler takes it, else ().
+    The meaning goes into the cache key, so a cache shared between machines never hands
+    one machine a library built for another's instructions."""
+    probe = subprocess.run([cc, "-march=native", "-###", "-E", "-x", "c", os.devnull], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return ()
+    return ("-march=native", probe.stderr.strip().splitlines()[-1])
+
+
+def host_flags() -> list:
+    """Flags for code that runs on this host: its own CPU's features, or the portable
+    kernels when EDGELLAMA_KERNELS=portable."""
+    if os.environ.get("EDGELLAMA_KERNELS", "") == "portable":
+        return list(PORTABLE_FLAGS)
+    native = _native_target(host_compiler())
+    return [native[0]] if native else []
+
+
 def _build(sources, name: str, link_flags: list, suffix: str, extra_flags, include_dirs) -> Path:
     """Compile `sources` into the cache, named by the hash of the compiler, flags,
     headers and sources, so it is rebuilt exactly when one of them changes."""
     cc = host_compiler()
     sources = [Path(s) for s in sources]
     includes = [firmware_dir() / "core", firmware_dir() / "apps" / "common", *map(Path, include_dirs)]
-    flags = [*C_FLAGS, *link_flags, *extra_flags, *(f"-I{d}" for d in includes)]
-    digest = hashlib.sha256(" ".join([cc, *flags]).encode())
+    flags = [*C_FLAGS, *host_flags(), *link_flags, *extra_flags, *(f"-I{d}" for d in includes)]
+    digest = hashlib.sha256(" ".join([cc, *flags, *_native_target(cc)[1:]]).encode())
     for header_dir in includes:
         for header in sorted(Path(header_dir).glob("*.h")):
             digest.update(header.name.encode() + header.read_bytes())
@@ -59,18 +84,28 @@ def _build(sources, name: str, link_flags: list, suffix: str, extra_flags, inclu
 
 def build_shared_library(sources, name: str, extra_flags=(), include_dirs=()) -> Path:
     """A shared library (for ctypes) from `sources`; returns its path in the cache."""
-    return _build(sources, name, ["-fPIC", "-shared"], ".so", extra_flags, include_dirs)
+    return _build(sources, name, ["-fPIC", "-shared", "-pthread"], ".so", extra_flags, include_dirs)
 
 
 def build_program(sources, name: str, extra_flags=(), include_dirs=()) -> Path:
     """An executable from `sources` with the core's flags; returns its path in the cache."""
-    return _build(sources, name, [], "", extra_flags, include_dirs)
+    return _build(sources, name, ["-pthread"], "", extra_flags, include_dirs)
+
+
+def thread_pool_source() -> Path:
+    """The POSIX thread pool behind the core's parallel hook (firmware/apps/common)."""
+    return firmware_dir() / "apps" / "common" / "el_thread_pool.c"
+
+
+def runtime_library_sources() -> list:
+    """The host library Python binds to: the core and the thread pool."""
+    return [*core_sources(), thread_pool_source()]
 
 
 def posix_program_sources() -> list:
-    """The POSIX program: every core source, the protocol (firmware/apps/common) and
-    firmware/apps/posix/main.c."""
-    return [*core_sources(), firmware_dir() / "apps" / "common" / "el_protocol.c",
+    """The POSIX program: every core source, the protocol and the thread pool
+    (firmware/apps/common) and firmware/apps/posix/main.c."""
+    return [*core_sources(), firmware_dir() / "apps" / "common" / "el_protocol.c", thread_pool_source(),
             firmware_dir() / "apps" / "posix" / "main.c"]
 
 

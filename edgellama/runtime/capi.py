@@ -6,12 +6,13 @@ truth and the library is rebuilt whenever the sources change (build.py hashes th
 
 import ctypes as C
 import functools
+import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import EdgeLlamaError
-from .build import build_shared_library, core_sources
+from .build import build_shared_library, runtime_library_sources
 
 MAX_STOP_STRINGS, MAX_STOP_LEN, MAX_STOP_TOKENS = 4, 32, 8
 KV_DTYPES = {"f32": 0, "int8": 1}
@@ -31,7 +32,7 @@ class Error(C.Structure):
 class EngineOptions(C.Structure):
     _fields_ = [("max_model_len", C.c_int), ("block_size", C.c_int), ("kv_cache_bytes", C.c_longlong),
                 ("max_seqs", C.c_int), ("max_batch_tokens", C.c_int), ("kv_dtype", C.c_int),
-                ("no_prefix_caching", C.c_int)]
+                ("no_prefix_caching", C.c_int), ("threads", C.c_int)]
 
 
 class Sampling(C.Structure):
@@ -74,7 +75,7 @@ class Config(C.Structure):
 
 @functools.lru_cache(maxsize=None)
 def library() -> C.CDLL:
-    lib = C.CDLL(str(build_shared_library(core_sources(), "edgellama-runtime")))
+    lib = C.CDLL(str(build_shared_library(runtime_library_sources(), "edgellama-runtime")))
     P, I, S = C.c_void_p, C.c_int, C.c_size_t
     signatures = {
         "el_runtime_open": (P, [P, S, P, S, C.POINTER(EngineOptions), C.POINTER(Error)]),
@@ -94,6 +95,11 @@ def library() -> C.CDLL:
         "el_request_defaults": (None, [C.POINTER(Request)]),
         "el_kv_block_bytes": (S, [C.POINTER(Config), I, I]),
         "el_runtime_chat_template": (I, [P]),
+        "el_kernels_name": (C.c_char_p, []),
+        "el_cpu_count": (I, []),
+        "el_thread_pool_create": (P, [I]),
+        "el_thread_pool_destroy": (None, [P]),
+        "el_thread_pool_attach": (I, [P, P, C.POINTER(Error)]),
         "el_chat_template_from_name": (I, [C.c_char_p]),
         "el_chat_template_name": (C.c_char_p, [I]),
         "el_runtime_chat_request": (I, [P, I, C.POINTER(Request), C.POINTER(Error)]),
@@ -108,6 +114,22 @@ def library() -> C.CDLL:
     return lib
 
 
+def default_threads() -> int:
+    """Threads for the host runtime: EDGELLAMA_THREADS, else every online CPU."""
+    value = os.environ.get("EDGELLAMA_THREADS")
+    if value:
+        try:
+            return max(1, int(value))
+        except ValueError:
+            raise EdgeLlamaError(f"EDGELLAMA_THREADS must be a whole number, got {value!r}") from None
+    return max(1, library().el_cpu_count())
+
+
+def kernels_name() -> str:
+    """The kernels the host library runs ("avx2", "neon", "portable", ...)."""
+    return library().el_kernels_name().decode()
+
+
 def _int32_array(values):
     return (C.c_int32 * len(values))(*values)
 
@@ -116,10 +138,14 @@ class Runtime:
     """One model opened in the C runtime, with its own memory block and engine."""
 
     def __init__(self, model_path, max_model_len=0, block_size=16, kv_cache_bytes=0, max_seqs=8,
-                 max_batch_tokens=0, kv_dtype="f32", memory_bytes=None, enable_prefix_caching=True):
+                 max_batch_tokens=0, kv_dtype="f32", memory_bytes=None, enable_prefix_caching=True, threads=None):
         if kv_dtype not in KV_DTYPES:
             raise ValueError(f"kv_dtype must be one of {sorted(KV_DTYPES)}, got {kv_dtype!r}")
         self.lib = library()
+        self._pool = None
+        self.threads = default_threads() if threads is None else int(threads)
+        if not 1 <= self.threads <= 1024:
+            raise ValueError(f"threads must be 1 to 1024, got {threads!r}")
         self.path = Path(model_path)
         try:
             self._model = np.memmap(self.path, dtype=np.uint8, mode="r")
@@ -130,7 +156,7 @@ class Runtime:
         # pool (max_seqs full sequences) of a big model may need more: then grow and retry.
         size = memory_bytes or (64 << 20) + 2 * int(kv_cache_bytes or 0) + 8 * self._model.size
         options = EngineOptions(max_model_len, block_size, int(kv_cache_bytes or 0), max_seqs, max_batch_tokens,
-                                KV_DTYPES[kv_dtype], int(not enable_prefix_caching))
+                                KV_DTYPES[kv_dtype], int(not enable_prefix_caching), self.threads)
         for _ in range(4):
             self._memory = np.zeros(size, dtype=np.uint8)
             err = Error()
@@ -148,6 +174,18 @@ class Runtime:
         # what one KV block costs, bookkeeping included: kv_cache_bytes // this = blocks
         self.kv_block_bytes = self.lib.el_kv_block_bytes(self.lib.el_runtime_config(self._rt), self.block_size,
                                                          KV_DTYPES[kv_dtype])
+        if self.threads > 1:
+            self._pool = self.lib.el_thread_pool_create(self.threads)
+            if not self._pool:
+                raise EdgeLlamaError(f"cannot start {self.threads} threads")
+            if self.lib.el_thread_pool_attach(self._pool, self._rt, C.byref(err)) != 0:
+                raise EdgeLlamaError(err.text())
+
+    def __del__(self):
+        # the pool's threads spin on the runtime's work: stop them before the memory goes
+        pool, self._pool = getattr(self, "_pool", None), None
+        if pool:
+            self.lib.el_thread_pool_destroy(pool)
 
     # -------------------------------------------------------------- tokens and text
 

@@ -3,12 +3,17 @@
 #include "el_thread_pool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <unistd.h>
 
 /* About a millisecond of polling before a worker sleeps: the gap between two matmuls
  * of a decode step is far shorter, the gap between two user requests far longer. */
 #define EL_SPIN_LIMIT 200000
+/* Every so many polls a waiting thread yields its CPU: when the machine has fewer free
+ * cores than threads (other programs running), the thread being waited for gets to run
+ * instead of losing a whole scheduler slice to the spinning one. */
+#define EL_SPINS_PER_YIELD 256
 
 struct el_thread_pool {
     int n_threads;
@@ -40,6 +45,12 @@ static void cpu_relax(void)
 #endif
 }
 
+static void wait_a_little(int spins)
+{
+    if (spins % EL_SPINS_PER_YIELD == 0) sched_yield();
+    else cpu_relax();
+}
+
 /* Worker w's share of [0, n): n split into equal contiguous ranges. */
 static void run_share(el_thread_pool *p, int w)
 {
@@ -55,7 +66,7 @@ static unsigned wait_for_work(el_thread_pool *p, unsigned seen)
     int spins = 0;
     while ((gen = __atomic_load_n(&p->generation, __ATOMIC_ACQUIRE)) == seen) {
         if (++spins < EL_SPIN_LIMIT) {
-            cpu_relax();
+            wait_a_little(spins);
             continue;
         }
         pthread_mutex_lock(&p->lock);
@@ -143,6 +154,7 @@ int el_thread_pool_size(const el_thread_pool *p) { return p->n_threads; }
 void el_thread_pool_run(void *pool, el_task_fn fn, void *ctx, int n_items)
 {
     el_thread_pool *p = (el_thread_pool *)pool;
+    int spins;
     if (p->n_threads == 1) {
         fn(ctx, 0, n_items, 0);
         return;
@@ -153,7 +165,7 @@ void el_thread_pool_run(void *pool, el_task_fn fn, void *ctx, int n_items)
     __atomic_store_n(&p->pending, p->n_threads - 1, __ATOMIC_RELEASE);
     bump_generation(p);
     run_share(p, 0);
-    while (__atomic_load_n(&p->pending, __ATOMIC_ACQUIRE) > 0) cpu_relax();
+    for (spins = 1; __atomic_load_n(&p->pending, __ATOMIC_ACQUIRE) > 0; spins++) wait_a_little(spins);
 }
 
 el_status el_thread_pool_attach(el_thread_pool *pool, el_runtime *rt, el_error *err)

@@ -5,6 +5,8 @@
  *   edgellama-run MODEL bench [options]               one JSON object of speed and memory figures
  *   edgellama-run MODEL serve [--serial DEV] [options] the framed protocol (firmware/PROTOCOL.md) on
  *                                                      stdin/stdout, or on a serial device (raw mode)
+ *   edgellama-run MODEL logits [--prompt TEXT]         a digest of the logits at every prompt position
+ *                                                      (to check that targets compute the same bits)
  *
  * Unlike the core, this file may use libc: the model is mmap'ed (weights are read in
  * place, never copied), the arena is one malloc'ed block, times come from
@@ -22,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <termios.h>
 #include <time.h>
@@ -29,6 +32,7 @@
 
 #include "el_protocol.h"
 #include "el_runtime.h"
+#include "el_thread_pool.h"
 
 #define MAX_EVENTS 8
 #define DEFAULT_MAX_TOKENS 128
@@ -37,16 +41,19 @@ static const char USAGE[] =
     "usage: edgellama-run MODEL generate \"PROMPT\" [options]\n"
     "       edgellama-run MODEL chat [options] [--system TEXT] [--template auto|plain|llama2|chatml]\n"
     "       edgellama-run MODEL bench [options] [--prompt TEXT] [--prompt-tokens N] [--gen-tokens N]\n"
-    "                                 [--repetitions R]\n"
+    "                                 [--repetitions R] [--sequences N]\n"
     "       edgellama-run MODEL serve [--serial DEV] [options]   (the framed protocol, firmware/PROTOCOL.md)\n"
+    "       edgellama-run MODEL logits [--prompt TEXT] [--prompt-tokens N]   (an FNV-1a digest of the logits)\n"
     "sampling: --temperature T --top-p P --top-k K --min-p M --repetition-penalty R\n"
     "          --frequency-penalty F --presence-penalty P --seed S --max-tokens N --min-tokens N\n"
     "          --stop STR (up to 4) --ignore-eos\n"
     "engine:   --block-size B --kv-dtype f32|int8 --arena-mb N --max-model-len N --max-batch-tokens N\n"
+    "          --threads N (default: the board's, else every CPU)\n"
     "chat commands: /reset  /stats  /system TEXT  /help; end of input exits\n"
     "bench prints: model, model_bytes, prompt_tokens, gen_tokens, repetitions, load_ms,\n"
     "  prefill_tokens_per_s, decode_tokens_per_s, ttft_ms, tpot_ms (medians over repetitions),\n"
-    "  tokens_generated, arena_bytes_used, arena_bytes_high_water, arena_bytes_size,\n"
+    "  sample_us (one el_sample call with the sampling options), kernels, threads, sequences,\n"
+    "  tokens_generated, arena_bytes_used, arena_bytes_high_water, arena_bytes_size, max_rss_bytes,\n"
     "  kv_blocks_used, kv_blocks_total, kv_blocks_high_water, kv_blocks_cached, kv_block_size,\n"
     "  kv_dtype, prefix_queries, prefix_hits, preemptions\n";
 
@@ -73,12 +80,23 @@ static void *xmalloc(size_t n)
 
 /* ------------------------------------------------------------ options */
 
+/* --threads when not given: the board file's count, compiled in by `edgellama build`
+ * (EL_DEFAULT_THREADS), else every CPU of the machine it runs on. */
+static int default_threads(void)
+{
+#ifdef EL_DEFAULT_THREADS
+    return EL_DEFAULT_THREADS;
+#else
+    return el_cpu_count();
+#endif
+}
+
 typedef struct {
     const char *model_path, *mode, *prompt, *system, *template_name, *serial;
     el_request request;
     el_engine_options engine;
     long arena_mb;
-    int prompt_tokens, gen_tokens, repetitions;
+    int prompt_tokens, gen_tokens, repetitions, sequences, threads;
 } options;
 
 static long parse_long(const char *flag, const char *text, long low, long high)
@@ -138,6 +156,7 @@ static int engine_flag(options *o, const char *flag, const char *v)
     else if (strcmp(flag, "--max-model-len") == 0) e->max_model_len = (int)parse_long(flag, v, 1, 1L << 24);
     else if (strcmp(flag, "--max-batch-tokens") == 0) e->max_batch_tokens = (int)parse_long(flag, v, 1, 1L << 16);
     else if (strcmp(flag, "--arena-mb") == 0) o->arena_mb = parse_long(flag, v, 1, 1L << 20);
+    else if (strcmp(flag, "--threads") == 0) o->threads = (int)parse_long(flag, v, 1, 1024);
     else if (strcmp(flag, "--kv-dtype") == 0) {
         if (strcmp(v, "f32") == 0) e->kv_dtype = EL_KV_F32;
         else if (strcmp(v, "int8") == 0) e->kv_dtype = EL_KV_INT8;
@@ -155,6 +174,7 @@ static int mode_flag(options *o, const char *flag, const char *v)
     else if (strcmp(flag, "--prompt-tokens") == 0) o->prompt_tokens = (int)parse_long(flag, v, 1, 1L << 24);
     else if (strcmp(flag, "--gen-tokens") == 0) o->gen_tokens = (int)parse_long(flag, v, 2, 1L << 24);
     else if (strcmp(flag, "--repetitions") == 0) o->repetitions = (int)parse_long(flag, v, 1, 1000);
+    else if (strcmp(flag, "--sequences") == 0) o->sequences = (int)parse_long(flag, v, 1, 256);
     else return 0;
     return 1;
 }
@@ -170,6 +190,7 @@ static void set_defaults(options *o)
     o->prompt_tokens = 64;
     o->gen_tokens = 128;
     o->repetitions = 1;
+    o->sequences = 1;
 }
 
 static int known_flag(const char *flag)
@@ -178,7 +199,7 @@ static int known_flag(const char *flag)
         "--temperature", "--top-p", "--top-k", "--min-p", "--repetition-penalty", "--frequency-penalty",
         "--presence-penalty", "--seed", "--max-tokens", "--min-tokens", "--stop", "--block-size", "--max-model-len",
         "--max-batch-tokens", "--arena-mb", "--kv-dtype", "--system", "--template", "--prompt", "--prompt-tokens",
-        "--gen-tokens", "--repetitions", "--serial"};
+        "--gen-tokens", "--repetitions", "--serial", "--threads", "--sequences"};
     size_t i;
     for (i = 0; i < sizeof flags / sizeof flags[0]; i++)
         if (strcmp(flag, flags[i]) == 0) return 1;
@@ -239,9 +260,12 @@ static void parse_args(options *o, int argc, char **argv)
     o->model_path = argv[1];
     o->mode = argv[2];
     if (strcmp(o->mode, "generate") != 0 && strcmp(o->mode, "chat") != 0 && strcmp(o->mode, "bench") != 0 &&
-        strcmp(o->mode, "serve") != 0)
-        die("unknown mode '%s': use generate, chat, bench or serve", o->mode);
+        strcmp(o->mode, "serve") != 0 && strcmp(o->mode, "logits") != 0)
+        die("unknown mode '%s': use generate, chat, bench, serve or logits", o->mode);
     for (i = 3; i < argc; i++) parse_one(o, argc, argv, &i, &positional_only);
+    if (o->threads == 0) o->threads = default_threads();
+    o->engine.threads = o->threads;
+    if (o->sequences > o->engine.max_seqs) o->engine.max_seqs = o->sequences;
     if (strcmp(o->mode, "generate") == 0 && o->prompt == NULL) die("generate needs a prompt");
     if (strcmp(o->template_name, "auto") != 0 && el_chat_template_from_name(o->template_name) < 0)
         die("--template must be auto, plain, llama2 or chatml, got '%s'", o->template_name);
@@ -279,6 +303,7 @@ typedef struct {
     void *memory;
     size_t memory_size;
     el_runtime *rt;
+    el_thread_pool *pool;  /* NULL with one thread */
     double load_ms;
 } session;
 
@@ -297,6 +322,7 @@ static void open_runtime(session *s, const options *o)
     memset(&err, 0, sizeof err);
     s->rt = el_runtime_open(s->memory, s->memory_size, s->model.data, s->model.size, &o->engine, &err);
     if (s->rt == NULL) die("%s: %s", o->model_path, err.message);
+    if (s->pool != NULL && el_thread_pool_attach(s->pool, s->rt, &err) != EL_OK) die("%s", err.message);
     s->load_ms = now_ms() - start;
 }
 
@@ -307,11 +333,15 @@ static void open_session(session *s, const options *o)
     s->model = map_model(o->model_path);
     s->memory_size = o->arena_mb > 0 ? (size_t)o->arena_mb << 20 : ((size_t)64 << 20) + s->model.size;
     s->memory = xmalloc(s->memory_size);
+    s->pool = NULL;
+    if (o->threads > 1 && (s->pool = el_thread_pool_create(o->threads)) == NULL)
+        die("cannot start %d threads", o->threads);
     open_runtime(s, o);
 }
 
 static void close_session(session *s)
 {
+    el_thread_pool_destroy(s->pool);
     free(s->memory);
     munmap((void *)s->model.data, s->model.size);
 }
@@ -559,22 +589,75 @@ typedef struct {
     double prefill_tps, decode_tps, ttft_ms, tpot_ms;
 } bench_run;
 
-static bench_run bench_once(el_runtime *rt, const int32_t *prompt, int n_prompt, const el_request *r)
+/* `sequences` copies of the prompt at once (the first gets the request's seed, the
+ * others the next seeds), until each has generated max_tokens. Prefill runs until
+ * every sequence has its first token; decode figures are aggregate over sequences. */
+static double median(double *values, int n);
+
+static bench_run bench_once(el_runtime *rt, const int32_t *prompt, int n_prompt, const el_request *r, int sequences)
 {
+    el_event events[MAX_EVENTS];
     el_error err;
+    el_request each = *r;
     bench_run b;
     double start, first = -1.0, end;
-    int seq;
+    int i, n, started = 0, finished = 0;
     memset(&err, 0, sizeof err);
     start = now_ms();
-    if ((seq = el_runtime_add(rt, prompt, n_prompt, r, &err)) < 0) die("%s", err.message);
-    if (run_sequence(rt, seq, 0, &first) == EL_FINISH_ABORT) die("the bench request was aborted");
+    for (i = 0; i < sequences; i++) {
+        each.sampling.seed = r->sampling.seed + (uint64_t)i;
+        if (el_runtime_add(rt, prompt, n_prompt, &each, &err) < 0) die("%s", err.message);
+    }
+    while (finished < sequences) {
+        n = el_runtime_step(rt, events, MAX_EVENTS);
+        if (n == 0 && el_runtime_pending(rt) == 0) die("the engine stopped before the bench finished");
+        for (i = 0; i < n; i++) {
+            const el_sequence *seq = el_engine_sequence(&rt->engine, events[i].seq_id);
+            if (seq->n_tokens - seq->n_prompt == 1 && ++started == sequences) first = now_ms();
+            if (events[i].finished) {
+                if (events[i].finish == EL_FINISH_ABORT) die("a bench request was aborted");
+                finished++;
+            }
+        }
+    }
     end = now_ms();
     b.ttft_ms = first - start;
-    b.prefill_tps = n_prompt / ((first - start) / 1e3);
+    b.prefill_tps = (double)n_prompt * sequences / ((first - start) / 1e3);
     b.tpot_ms = (end - first) / (r->max_tokens - 1);
-    b.decode_tps = (r->max_tokens - 1) / ((end - first) / 1e3);
+    b.decode_tps = (double)(r->max_tokens - 1) * sequences / ((end - first) / 1e3);
     return b;
+}
+
+/* Microseconds of one el_sample call with the request's sampling options, on real
+ * logits (the prompt's last position): the median of repeated calls. */
+static double bench_sampler(el_runtime *rt, const int32_t *prompt, int n_prompt, const el_request *r)
+{
+    enum { CALLS = 101 };
+    const el_config *c = el_runtime_config(rt);
+    size_t vocab = (size_t)c->vocab_size, arena_bytes = vocab * 16 + 65536;
+    float *logits = (float *)xmalloc(sizeof(float) * vocab * (size_t)n_prompt), *work = (float *)xmalloc(sizeof(float) * vocab);
+    void *memory = xmalloc(arena_bytes);
+    double times[CALLS], result;
+    el_arena arena;
+    el_sampler_scratch scratch;
+    el_error err;
+    el_rng rng;
+    int i;
+    memset(&err, 0, sizeof err);
+    if (el_runtime_logits(rt, prompt, n_prompt, logits, &err) != EL_OK) die("%s", err.message);
+    el_arena_init(&arena, memory, arena_bytes);
+    if (el_sampler_scratch_init(&scratch, c->vocab_size, &arena, &err) != EL_OK) die("%s", err.message);
+    el_rng_seed(&rng, r->sampling.seed);
+    for (i = 0; i < CALLS; i++) {
+        double t0;
+        memcpy(work, logits + vocab * (size_t)(n_prompt - 1), sizeof(float) * vocab);
+        t0 = now_ms();
+        el_sample(&r->sampling, work, prompt, n_prompt, NULL, 0, &rng, &scratch);
+        times[i] = (now_ms() - t0) * 1e3;
+    }
+    result = median(times, CALLS);
+    free(logits), free(work), free(memory);
+    return result;
 }
 
 static int compare_doubles(const void *a, const void *b)
@@ -601,7 +684,14 @@ static void print_json_string(const char *s)
     putchar('"');
 }
 
-static void print_bench(const options *o, const session *s, int n_prompt, double *v[4], const el_engine_stats *st)
+static long long max_rss_bytes(void)
+{
+    struct rusage usage;
+    return getrusage(RUSAGE_SELF, &usage) == 0 ? (long long)usage.ru_maxrss * 1024 : -1;
+}
+
+static void print_bench(const options *o, const session *s, int n_prompt, double *v[4], double sample_us,
+                        const el_engine_stats *st)
 {
     int n = o->repetitions;
     printf("{\"model\": ");
@@ -611,6 +701,8 @@ static void print_bench(const options *o, const session *s, int n_prompt, double
            s->model.size, el_runtime_version(), n_prompt, o->gen_tokens, n, s->load_ms);
     printf("\"prefill_tokens_per_s\": %.3f, \"decode_tokens_per_s\": %.3f, \"ttft_ms\": %.3f, \"tpot_ms\": %.3f, ",
            median(v[0], n), median(v[1], n), median(v[2], n), median(v[3], n));
+    printf("\"sample_us\": %.3f, \"kernels\": \"%s\", \"threads\": %d, \"sequences\": %d, \"max_rss_bytes\": %lld, ",
+           sample_us, el_kernels_name(), o->threads, o->sequences, max_rss_bytes());
     printf("\"tokens_generated\": %lld, \"arena_bytes_used\": %zu, \"arena_bytes_high_water\": %zu, "
            "\"arena_bytes_size\": %zu, ",
            st->tokens_generated, st->arena_used, st->arena_high_water, st->arena_size);
@@ -645,13 +737,60 @@ static int run_bench(const options *o)
     load_ms = s.load_ms; /* the first open: the one a user waits for */
     for (i = 0; i < o->repetitions; i++) {
         if (i > 0) open_runtime(&s, o); /* a fresh cache: no prefix hits from the previous run */
-        b = bench_once(s.rt, prompt, n_prompt, &r);
+        b = bench_once(s.rt, prompt, n_prompt, &r, o->sequences);
         v[0][i] = b.prefill_tps, v[1][i] = b.decode_tps, v[2][i] = b.ttft_ms, v[3][i] = b.tpot_ms;
     }
     el_runtime_stats(s.rt, &st);
     s.load_ms = load_ms;
-    print_bench(o, &s, n_prompt, v, &st);
+    open_runtime(&s, o); /* after the stats: the sampler's logits come from a fresh cache */
+    print_bench(o, &s, n_prompt, v, bench_sampler(s.rt, prompt, n_prompt, &r), &st);
     for (i = 0; i < 4; i++) free(v[i]);
+    free(prompt);
+    close_session(&s);
+    return 0;
+}
+
+/* ------------------------------------------------------------ logits */
+
+/* FNV-1a over bytes: a digest of the logits that any machine computes the same way. */
+static uint64_t fnv1a(uint64_t h, const void *data, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)data;
+    size_t i;
+    for (i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ull;
+    return h;
+}
+
+/* The logits at every position of the prompt (default: the bench's 64 tokens), as
+ * one JSON line with their FNV-1a 64 digest and each position's argmax. */
+static int run_logits(const options *o)
+{
+    session s;
+    el_error err;
+    const el_config *c;
+    int32_t *prompt;
+    float *logits;
+    int n, i, k;
+    uint64_t h = 14695981039346656037ull;
+    open_session(&s, o);
+    c = el_runtime_config(s.rt);
+    if (o->prompt != NULL) prompt = tokenize(s.rt, o->prompt, strlen(o->prompt), &n);
+    else prompt = bench_prompt(s.rt, n = o->prompt_tokens);
+    logits = (float *)xmalloc(sizeof(float) * (size_t)c->vocab_size * (size_t)n);
+    memset(&err, 0, sizeof err);
+    if (el_runtime_logits(s.rt, prompt, n, logits, &err) != EL_OK) die("%s", err.message);
+    h = fnv1a(h, logits, sizeof(float) * (size_t)c->vocab_size * (size_t)n);
+    printf("{\"positions\": %d, \"kernels\": \"%s\", \"threads\": %d, \"logits_fnv1a64\": \"%016llx\", \"argmax\": [",
+           n, el_kernels_name(), o->threads, (unsigned long long)h);
+    for (i = 0; i < n; i++) {
+        const float *row = logits + (size_t)i * (size_t)c->vocab_size;
+        int best = 0;
+        for (k = 1; k < c->vocab_size; k++)
+            if (row[k] > row[best]) best = k;
+        printf("%s%d", i > 0 ? ", " : "", best);
+    }
+    printf("]}\n");
+    free(logits);
     free(prompt);
     close_session(&s);
     return 0;
@@ -776,5 +915,6 @@ int main(int argc, char **argv)
     if (strcmp(o.mode, "generate") == 0) return run_generate(&o);
     if (strcmp(o.mode, "chat") == 0) return run_chat(&o);
     if (strcmp(o.mode, "serve") == 0) return run_serve(&o);
+    if (strcmp(o.mode, "logits") == 0) return run_logits(&o);
     return run_bench(&o);
 }

@@ -1,0 +1,345 @@
+/* el_kernels_armv7m.c: the kernels for Cortex-M4/M7/M33 (and any Thumb-2 core) with
+ * the DSP extension, whose SIMD32 instructions work on the 32-bit core registers.
+ *
+ * Q8_0 and Q4_0: four int8 values are one 32-bit load; SXTB16 sign-extends bytes 0 and
+ * 2 (or, rotated, 1 and 3) into two 16-bit lanes, and SMLAD adds both lane products to
+ * a 32-bit sum in one instruction. The pairs come in a different order than the
+ * portable loop's, but a block's sum of 32 int8 products is an exact integer either
+ * way; the float part (sum += (weight scale * activation scale) * (float)block_sum,
+ * block by block) is the portable one. With one activation row (decoding) two weight
+ * rows share each unpacked activation word; with more (a prompt), each unpacked weight
+ * block serves every activation row before the next block is read.
+ *
+ * Q4_0 nibbles are masked straight into 16-bit lanes (AND with a shifted operand); the
+ * "- 8" comes out of the block sum as 8 * (sum of the block's activations), computed
+ * once for both rows.
+ *
+ * F32: the FPU is scalar, so the gain is in keeping the eight lanes in registers and
+ * sharing each activation load between two rows; same lane order, a separate multiply
+ * and add (-ffp-contract=off), the portable pairwise combine and sequential tail.
+ *
+ * Weights may sit at any byte offset (34- and 18-byte blocks, a model anywhere in
+ * flash): words are read byte by byte in C, which GCC turns into one LDR (unaligned LDR
+ * is allowed on ARMv7-M and ARMv7-A; LDRD and LDM are not, and GCC does not pair
+ * byte-assembled loads into them).
+ */
+#include "el_kernel_ops.h"
+
+#if EL_KERNELS_ARMV7M
+
+#include <arm_acle.h>
+
+/* ------------------------------------------------------------ helpers */
+
+static inline uint32_t load_u32(const void *p)
+{
+    const uint8_t *b = (const uint8_t *)p;
+    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+}
+
+static inline uint32_t load_u16(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8; }
+
+/* Bytes 0 and 2 of x as two int16 lanes. */
+static inline int32_t lanes_even(uint32_t x) { return __sxtb16((int32_t)x); }
+
+/* Bytes 1 and 3 of x as two int16 lanes: SXTB16 with its built-in rotation, which the
+ * ACLE intrinsic does not expose (GCC does not fold a separate rotate into it). */
+static inline int32_t lanes_odd(uint32_t x)
+{
+#if defined(__GNUC__)
+    int32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+    return r;
+#else
+    return __sxtb16((int32_t)(x >> 8));
+#endif
+}
+
+/* fp16 to float. Every fp16 value is exact in float, so the FPU's VCVTB gives the
+ * portable fp16_to_f32's bits (FPSCR.AHP = 0, the IEEE format, as at reset; a
+ * signalling NaN comes out quieted, which the product with the activation scale does to
+ * it anyway). M-profile FPUs all have it; on A-profile __ARM_FP says so. */
+#if defined(__GNUC__) && defined(__ARM_FP) && \
+    ((__ARM_FP & 2) || (defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M'))
+static inline float half_to_float(uint32_t h)
+{
+    union { uint32_t u; float f; } v;
+    float r;
+    v.u = h;
+    __asm__("vcvtb.f32.f16 %0, %1" : "=t"(r) : "t"(v.f));
+    return r;
+}
+#else
+/* The portable fp16_to_f32, exactly. */
+static inline float half_to_float(uint32_t h)
+{
+    union { uint32_t u; float f; } v;
+    uint32_t sign = (h & 0x8000u) << 16, exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
+    if (exponent == 0) {
+        v.f = (float)mantissa * (1.0f / 16777216.0f);
+        v.u |= sign;
+        return v.f;
+    }
+    if (exponent == 31) v.u = sign | 0x7f800000u | (mantissa << 13);
+    else v.u = sign | ((exponent + 112) << 23) | (mantissa << 13);
+    return v.f;
+}
+#endif
+
+/* ------------------------------------------------------------ Q8_0 */
+
+/* One block (32 int8 weights at w, 32 int8 activations at a) of two rows. */
+#define Q8_STEP(k)                                                                  \
+    do {                                                                            \
+        uint32_t av = load_u32(a + (k)), wa = load_u32(w0 + 2 + (k)), wb = load_u32(w1 + 2 + (k)); \
+        int32_t ae = lanes_even(av), ao = lanes_odd(av);                            \
+        i0 = __smlad(lanes_even(wa), ae, i0);                                       \
+        i1 = __smlad(lanes_even(wb), ae, i1);                                       \
+        i0 = __smlad(lanes_odd(wa), ao, i0);                                        \
+        i1 = __smlad(lanes_odd(wb), ao, i1);                                        \
+    } while (0)
+
+/* Rows w0 and w1 (possibly the same) against one activation row. */
+static void q8_0_rows2(const uint8_t *w0, const uint8_t *w1, const int8_t *a, const float *xs, uint32_t blocks,
+                       float *y0, float *y1)
+{
+    float s0 = 0.0f, s1 = 0.0f;
+    uint32_t b;
+    for (b = 0; b < blocks; b++, w0 += 34, w1 += 34, a += EL_QBLOCK) {
+        int32_t i0 = 0, i1 = 0;
+        float scale = xs[b];
+        Q8_STEP(0);
+        Q8_STEP(4);
+        Q8_STEP(8);
+        Q8_STEP(12);
+        Q8_STEP(16);
+        Q8_STEP(20);
+        Q8_STEP(24);
+        Q8_STEP(28);
+        s0 += half_to_float(load_u16(w0)) * scale * (float)i0;
+        s1 += half_to_float(load_u16(w1)) * scale * (float)i1;
+    }
+    *y0 = s0;
+    *y1 = s1;
+}
+
+/* A weight block unpacked into int16 lane pairs: lane[2k] has elements 4k and 4k+2,
+ * lane[2k+1] elements 4k+1 and 4k+3 (Q8_0), or the same for elements 16 apart (Q4_0). */
+typedef struct {
+    int32_t lane[16];
+} unpacked_block;
+
+/* The block's integer dot product with 32 activations, in the lane order above. */
+static inline int32_t unpacked_dot(const unpacked_block *u, const int8_t *a)
+{
+    int32_t s = 0;
+    int k;
+    for (k = 0; k < 8; k++) {
+        uint32_t av = load_u32(a + 4 * k);
+        s = __smlad(u->lane[2 * k], lanes_even(av), s);
+        s = __smlad(u->lane[2 * k + 1], lanes_odd(av), s);
+    }
+    return s;
+}
+
+/* Batch > 1: every activation row against each block as it is unpacked. The running
+ * sums live in y (a float stored and reloaded is the same float). */
+static void matmul_unpacked(const el_matmul_task *t, uint32_t r0, uint32_t r1, int q4)
+{
+    uint32_t r, blk, cols = t->w->cols, rows = t->w->rows, blocks = cols / EL_QBLOCK;
+    uint32_t block_bytes = q4 ? 18u : 34u;
+    int b, k;
+    unpacked_block u;
+    for (r = r0; r < r1; r++) {
+        const uint8_t *w = (const uint8_t *)t->w->data + (size_t)r * blocks * block_bytes;
+        for (b = 0; b < t->batch; b++) t->y[(size_t)b * rows + r] = 0.0f;
+        for (blk = 0; blk < blocks; blk++, w += block_bytes) {
+            float d = half_to_float(load_u16(w));
+            if (q4) {
+                /* (nibble - 8) in each lane */
+                for (k = 0; k < 4; k++) {
+                    uint32_t v = load_u32(w + 2 + 4 * k), m = 0x000f000fu, eight = 0x00080008u;
+                    u.lane[2 * k] = __ssub16((int32_t)(v & m), (int32_t)eight);
+                    u.lane[2 * k + 1] = __ssub16((int32_t)((v >> 8) & m), (int32_t)eight);
+                    u.lane[8 + 2 * k] = __ssub16((int32_t)((v >> 4) & m), (int32_t)eight);
+                    u.lane[8 + 2 * k + 1] = __ssub16((int32_t)((v >> 12) & m), (int32_t)eight);
+                }
+            } else {
+                for (k = 0; k < 8; k++) {
+                    uint32_t v = load_u32(w + 2 + 4 * k);
+                    u.lane[2 * k] = lanes_even(v);
+                    u.lane[2 * k + 1] = lanes_odd(v);
+                }
+            }
+            for (b = 0; b < t->batch; b++) {
+                const int8_t *a = t->xq + (size_t)b * cols + (size_t)blk * EL_QBLOCK;
+                float *y = &t->y[(size_t)b * rows + r];
+                int32_t isum = unpacked_dot(&u, a);
+                *y += d * t->xs[(size_t)b * blocks + blk] * (float)isum;
+            }
+        }
+    }
+}
+
+void el_kernel_matmul_q8_0(const el_matmul_task *t, uint32_t r0, uint32_t r1)
+{
+    uint32_t r, blocks = t->w->cols / EL_QBLOCK;
+    size_t row_bytes = (size_t)blocks * 34;
+    const uint8_t *data = (const uint8_t *)t->w->data;
+    float spare;
+    if (t->batch != 1) {
+        matmul_unpacked(t, r0, r1, 0);
+        return;
+    }
+    for (r = r0; r + 1 < r1; r += 2)
+        q8_0_rows2(data + r * row_bytes, data + (r + 1) * row_bytes, t->xq, t->xs, blocks, &t->y[r], &t->y[r + 1]);
+    if (r < r1) q8_0_rows2(data + r * row_bytes, data + r * row_bytes, t->xq, t->xs, blocks, &t->y[r], &spare);
+}
+
+/* ------------------------------------------------------------ Q4_0 */
+
+/* Weight bytes 4j..4j+3 of two rows: low nibbles against activations 4j..4j+3 (ae, ao),
+ * high nibbles against 16+4j..16+4j+3 (he, ho). */
+#define Q4_STEP(j)                                                                  \
+    do {                                                                            \
+        uint32_t lo = load_u32(a + 4 * (j)), hi = load_u32(a + 16 + 4 * (j));      \
+        uint32_t wa = load_u32(w0 + 2 + 4 * (j)), wb = load_u32(w1 + 2 + 4 * (j)); \
+        int32_t ae = lanes_even(lo), ao = lanes_odd(lo), he = lanes_even(hi), ho = lanes_odd(hi); \
+        asum = __sadd16(asum, __sadd16(ae, ao));                                    \
+        asum = __sadd16(asum, __sadd16(he, ho));                                    \
+        i0 = __smlad((int32_t)(wa & mask), ae, i0);                                 \
+        i1 = __smlad((int32_t)(wb & mask), ae, i1);                                 \
+        i0 = __smlad((int32_t)((wa >> 8) & mask), ao, i0);                          \
+        i1 = __smlad((int32_t)((wb >> 8) & mask), ao, i1);                          \
+        i0 = __smlad((int32_t)((wa >> 4) & mask), he, i0);                          \
+        i1 = __smlad((int32_t)((wb >> 4) & mask), he, i1);                          \
+        i0 = __smlad((int32_t)((wa >> 12) & mask), ho, i0);                         \
+        i1 = __smlad((int32_t)((wb >> 12) & mask), ho, i1);                         \
+    } while (0)
+
+static void q4_0_rows2(const uint8_t *w0, const uint8_t *w1, const int8_t *a, const float *xs, uint32_t blocks,
+                       float *y0, float *y1)
+{
+    const uint32_t mask = 0x000f000fu;
+    float s0 = 0.0f, s1 = 0.0f;
+    uint32_t b;
+    for (b = 0; b < blocks; b++, w0 += 18, w1 += 18, a += EL_QBLOCK) {
+        /* asum: the two 16-bit lanes add up the block's activations (|sum| <= 16 * 128) */
+        int32_t i0 = 0, i1 = 0, asum = 0, total;
+        float scale = xs[b];
+        Q4_STEP(0);
+        Q4_STEP(1);
+        Q4_STEP(2);
+        Q4_STEP(3);
+        total = (int32_t)(int16_t)(uint16_t)((uint32_t)asum & 0xffffu) + (asum >> 16);
+        i0 -= 8 * total;
+        i1 -= 8 * total;
+        s0 += half_to_float(load_u16(w0)) * scale * (float)i0;
+        s1 += half_to_float(load_u16(w1)) * scale * (float)i1;
+    }
+    *y0 = s0;
+    *y1 = s1;
+}
+
+void el_kernel_matmul_q4_0(const el_matmul_task *t, uint32_t r0, uint32_t r1)
+{
+    uint32_t r, blocks = t->w->cols / EL_QBLOCK;
+    size_t row_bytes = (size_t)blocks * 18;
+    const uint8_t *data = (const uint8_t *)t->w->data;
+    float spare;
+    if (t->batch != 1) {
+        matmul_unpacked(t, r0, r1, 1);
+        return;
+    }
+    for (r = r0; r + 1 < r1; r += 2)
+        q4_0_rows2(data + r * row_bytes, data + (r + 1) * row_bytes, t->xq, t->xs, blocks, &t->y[r], &t->y[r + 1]);
+    if (r < r1) q4_0_rows2(data + r * row_bytes, data + r * row_bytes, t->xq, t->xs, blocks, &t->y[r], &spare);
+}
+
+/* ------------------------------------------------------------ F32 */
+
+/* Two rows against one vector, each in the portable eight-lane order. */
+static void dot2_f32(const float *w0, const float *w1, const float *x, int n, float *y0, float *y1)
+{
+    float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f, a4 = 0.0f, a5 = 0.0f, a6 = 0.0f, a7 = 0.0f;
+    float b0 = 0.0f, b1 = 0.0f, b2 = 0.0f, b3 = 0.0f, b4 = 0.0f, b5 = 0.0f, b6 = 0.0f, b7 = 0.0f;
+    float s0, s1;
+    int i, whole = n - n % 8;
+    for (i = 0; i < whole; i += 8, w0 += 8, w1 += 8, x += 8) {
+        float x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3], x4 = x[4], x5 = x[5], x6 = x[6], x7 = x[7];
+        a0 += w0[0] * x0;
+        b0 += w1[0] * x0;
+        a1 += w0[1] * x1;
+        b1 += w1[1] * x1;
+        a2 += w0[2] * x2;
+        b2 += w1[2] * x2;
+        a3 += w0[3] * x3;
+        b3 += w1[3] * x3;
+        a4 += w0[4] * x4;
+        b4 += w1[4] * x4;
+        a5 += w0[5] * x5;
+        b5 += w1[5] * x5;
+        a6 += w0[6] * x6;
+        b6 += w1[6] * x6;
+        a7 += w0[7] * x7;
+        b7 += w1[7] * x7;
+    }
+    s0 = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));
+    s1 = ((b0 + b1) + (b2 + b3)) + ((b4 + b5) + (b6 + b7));
+    for (; i < n; i++, w0++, w1++, x++) {
+        s0 += w0[0] * x[0];
+        s1 += w1[0] * x[0];
+    }
+    *y0 = s0;
+    *y1 = s1;
+}
+
+float el_kernel_dot(const float *a, const float *b, int n)
+{
+    float l0 = 0.0f, l1 = 0.0f, l2 = 0.0f, l3 = 0.0f, l4 = 0.0f, l5 = 0.0f, l6 = 0.0f, l7 = 0.0f, sum;
+    int i, whole = n - n % 8;
+    for (i = 0; i < whole; i += 8, a += 8, b += 8) {
+        l0 += a[0] * b[0];
+        l1 += a[1] * b[1];
+        l2 += a[2] * b[2];
+        l3 += a[3] * b[3];
+        l4 += a[4] * b[4];
+        l5 += a[5] * b[5];
+        l6 += a[6] * b[6];
+        l7 += a[7] * b[7];
+    }
+    sum = ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7));
+    for (; i < n; i++, a++, b++) sum += a[0] * b[0];
+    return sum;
+}
+
+void el_kernel_matmul_f32(const el_matmul_task *t, uint32_t r0, uint32_t r1)
+{
+    uint32_t r, cols = t->w->cols, rows = t->w->rows;
+    const float *data = (const float *)t->w->data;
+    int b;
+    for (r = r0; r + 1 < r1; r += 2)
+        for (b = 0; b < t->batch; b++)
+            dot2_f32(data + (size_t)r * cols, data + (size_t)(r + 1) * cols, t->x + (size_t)b * cols, (int)cols,
+                     &t->y[(size_t)b * rows + r], &t->y[(size_t)b * rows + r + 1]);
+    if (r < r1)
+        for (b = 0; b < t->batch; b++)
+            t->y[(size_t)b * rows + r] = el_kernel_dot(data + (size_t)r * cols, t->x + (size_t)b * cols, (int)cols);
+}
+
+/* ------------------------------------------------------------ the rest: portable */
+
+void el_kernel_matmul_f16(const el_matmul_task *t, uint32_t r0, uint32_t r1) { el_portable_matmul_f16(t, r0, r1); }
+
+void el_kernel_quantize_blocks(int8_t *q, float *scales, const float *x, int n_blocks)
+{
+    el_portable_quantize_blocks(q, scales, x, n_blocks);
+}
+
+void el_kernel_axpy(float *y, float a, const float *x, int n) { el_portable_axpy(y, a, x, n); }
+void el_kernel_swiglu(float *gate, const float *up, int n) { el_portable_swiglu(gate, up, n); }
+void el_kernel_exp_shifted(float *w, const float *x, float shift, int n) { el_portable_exp_shifted(w, x, shift, n); }
+
+#else
+typedef int el_kernels_armv7m_unused;
+#endif

@@ -1,0 +1,298 @@
+/* el_kernels_avx2.c: the kernels with AVX2 and F16C (x86-64), bit for bit the portable ones.
+ *
+ * How each keeps the portable order:
+ * - F32/F16 dot: one 8-float register is the eight lanes; multiply, then add (never
+ *   fused); the lanes are combined ((0+1)+(2+3))+((4+5)+(6+7)) by two hadds and one
+ *   add; the tail is added one element at a time. Four rows run side by side.
+ * - Q8_0/Q4_0: a block's 32 int8 products are summed exactly in integers (maddubs on
+ *   |w| and x carrying w's sign, then madd); eight rows' block sums are reduced into
+ *   one register, so lane j holds row j, and the float update
+ *   sum += (weight scale * activation scale) * block_sum runs per lane in block order.
+ * - exp: el_expf's steps as vector operations, its branches as blends.
+ * Rows are taken in groups; a group's weights stay in L1 while every activation row
+ * of the batch passes over them, so a prompt reads each weight once.
+ */
+#include "el_kernel_ops.h"
+
+#if EL_KERNELS_AVX2
+#include <immintrin.h>
+
+/* ------------------------------------------------------------ helpers */
+
+static uint16_t read_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+/* ((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7)) for four accumulators at once: lane j of the
+ * result is accumulator j's combined sum. */
+static __m128 combine4(__m256 a, __m256 b, __m256 c, __m256 d)
+{
+    __m256 ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d); /* pairs (0+1), (2+3) per half */
+    __m256 abcd = _mm256_hadd_ps(ab, cd);                         /* (0+1)+(2+3) low, (4+5)+(6+7) high */
+    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+static float combine1(__m256 a) { return _mm_cvtss_f32(combine4(a, a, a, a)); }
+
+/* 32 int8 products of w and x summed into 8 int32 (exact: |w| <= 128, |x| <= 127, so
+ * a pair of products fits maddubs' int16). */
+static __m256i block_products(__m256i w, __m256i x)
+{
+    __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+}
+
+/* The fp16 scales at byte offset `at` of eight rows, as floats (F16C converts exactly). */
+static __m256 gather_scales(const uint8_t *const *row, size_t at)
+{
+    __m128i h = _mm_setr_epi16((short)read_u16(row[0] + at), (short)read_u16(row[1] + at),
+                               (short)read_u16(row[2] + at), (short)read_u16(row[3] + at),
+                               (short)read_u16(row[4] + at), (short)read_u16(row[5] + at),
+                               (short)read_u16(row[6] + at), (short)read_u16(row[7] + at));
+    return _mm256_cvtph_ps(h);
+}
+
+/* Q4_0's 16 bytes as 32 int8: low nibbles first, then high nibbles, each minus 8. */
+static __m256i unpack_q4(const uint8_t *p)
+{
+    __m128i bytes = _mm_loadu_si128((const __m128i *)(const void *)p), mask = _mm_set1_epi8(0x0f);
+    __m128i lo = _mm_and_si128(bytes, mask), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+    return _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8));
+}
+
+/* ------------------------------------------------------------ F32 and F16 */
+
+static __m256 load8_f32(const void *row, size_t i) { return _mm256_loadu_ps((const float *)row + i); }
+
+static __m256 load8_f16(const void *row, size_t i)
+{
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)row + i)));
+}
+
+static float weight_at(const void *row, size_t i, int f16)
+{
+    return f16 ? el_fp16_to_f32(((const uint16_t *)row)[i]) : ((const float *)row)[i];
+}
+
+/* Rows r0..r1 of an F32 or F16 matrix, four at a time. */
+static void matmul_float(const el_matmul_task *t, uint32_t r0, uint32_t r1, int f16)
+{
+    uint32_t cols = t->w->cols, whole = cols - cols % 8, r, i;
+    size_t row_bytes = (size_t)cols * (f16 ? 2u : 4u);
+    const uint8_t *base = (const uint8_t *)t->w->data;
+    int b, j;
+    for (r = r0; r + 4 <= r1; r += 4) {
+        const void *w[4];
+        for (j = 0; j < 4; j++) w[j] = base + (size_t)(r + (uint32_t)j) * row_bytes;
+        for (b = 0; b < t->batch; b++) {
+            const float *x = t->x + (size_t)b * cols;
+            __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+            float sums[4];
+            for (i = 0; i < whole; i += 8) {
+                __m256 xv = _mm256_loadu_ps(x + i);
+                acc0 = _mm256_add_ps(acc0, _mm256_mul_ps(f16 ? load8_f16(w[0], i) : load8_f32(w[0], i), xv));
+                acc1 = _mm256_add_ps(acc1, _mm256_mul_ps(f16 ? load8_f16(w[1], i) : load8_f32(w[1], i), xv));
+                acc2 = _mm256_add_ps(acc2, _mm256_mul_ps(f16 ? load8_f16(w[2], i) : load8_f32(w[2], i), xv));
+                acc3 = _mm256_add_ps(acc3, _mm256_mul_ps(f16 ? load8_f16(w[3], i) : load8_f32(w[3], i), xv));
+            }
+            _mm_storeu_ps(sums, combine4(acc0, acc1, acc2, acc3));
+            for (j = 0; j < 4; j++) {
+                for (i = whole; i < cols; i++) sums[j] += weight_at(w[j], i, f16) * x[i];
+                t->y[(size_t)b * t->w->rows + r + (uint32_t)j] = sums[j];
+            }
+        }
+    }
+    if (r < r1) {
+        if (f16) el_portable_matmul_f16(t, r, r1);
+        else el_portable_matmul_f32(t, r, r1);
+    }
+}
+
+void el_kernel_matmul_f32(const el_matmul_task *t, uint32_t r0, uint32_t r1) { matmul_float(t, r0, r1, 0); }
+void el_kernel_matmul_f16(const el_matmul_task *t, uint32_t r0, uint32_t r1) { matmul_float(t, r0, r1, 1); }
+
+/* ------------------------------------------------------------ Q8_0 and Q4_0 */
+
+/* One block's 32 weights of a row as int8 (Q4_0 unpacked). */
+static __m256i load_block(const uint8_t *block, int q4)
+{
+    return q4 ? unpack_q4(block + 2) : _mm256_loadu_si256((const __m256i *)(const void *)(block + 2));
+}
+
+/* The exact integer sums of one block of eight rows with x: lane j holds row j's. */
+static __m256i block_sums8(const uint8_t *const *row, size_t at, __m256i x, int q4)
+{
+    __m256i t0 = _mm256_hadd_epi32(block_products(load_block(row[0] + at, q4), x),
+                                   block_products(load_block(row[1] + at, q4), x));
+    __m256i t1 = _mm256_hadd_epi32(block_products(load_block(row[2] + at, q4), x),
+                                   block_products(load_block(row[3] + at, q4), x));
+    __m256i u0 = _mm256_hadd_epi32(t0, t1), u1;
+    t0 = _mm256_hadd_epi32(block_products(load_block(row[4] + at, q4), x),
+                           block_products(load_block(row[5] + at, q4), x));
+    t1 = _mm256_hadd_epi32(block_products(load_block(row[6] + at, q4), x),
+                           block_products(load_block(row[7] + at, q4), x));
+    u1 = _mm256_hadd_epi32(t0, t1);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u0, u1, 0x31));
+}
+
+/* Ask for the weights from *next up to stop (not past end), a cache line at a time:
+ * streaming from DRAM, the loads of a later row group overlap this one's work. */
+static void prefetch_until(const uint8_t **next, const uint8_t *stop, const uint8_t *end)
+{
+    if (stop > end) stop = end;
+    for (; *next < stop; *next += 64) _mm_prefetch((const char *)*next, _MM_HINT_T0);
+}
+
+/* How far ahead the weights are prefetched, in row groups. */
+#define EL_PREFETCH_GROUPS 2
+
+/* Rows r0..r1, eight at a time: per block, the eight rows' exact integer sums land in
+ * the lanes of one register and are scaled into eight float sums in block order. */
+static void matmul_quantized(const el_matmul_task *t, uint32_t r0, uint32_t r1, int q4)
+{
+    uint32_t cols = t->w->cols, blocks = cols / EL_QBLOCK, block_bytes = q4 ? 18u : 34u, r, k;
+    size_t row_bytes = (size_t)blocks * block_bytes;
+    const uint8_t *base = (const uint8_t *)t->w->data, *end = base + (size_t)r1 * row_bytes;
+    int b, j;
+    for (r = r0; r + 8 <= r1; r += 8) {
+        const uint8_t *row[8];
+        for (j = 0; j < 8; j++) row[j] = base + (size_t)(r + (uint32_t)j) * row_bytes;
+        for (b = 0; b < t->batch; b++) {
+            const int8_t *xq = t->xq + (size_t)b * cols;
+            const float *xs = t->xs + (size_t)b * blocks;
+            const uint8_t *ahead = row[0] + EL_PREFETCH_GROUPS * 8 * row_bytes, *next = ahead;
+            size_t chunk = 8 * row_bytes / blocks + 1;
+            __m256 sum = _mm256_setzero_ps();
+            float out[8];
+            for (k = 0; k < blocks; k++) {
+                size_t at = (size_t)k * block_bytes;
+                __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(xq + (size_t)k * EL_QBLOCK));
+                __m256i sums = block_sums8(row, at, x, q4);
+                __m256 scale = _mm256_mul_ps(gather_scales(row, at), _mm256_set1_ps(xs[k]));
+                if (b == 0) prefetch_until(&next, ahead + (k + 1) * chunk, end);
+                sum = _mm256_add_ps(sum, _mm256_mul_ps(scale, _mm256_cvtepi32_ps(sums)));
+            }
+            _mm256_storeu_ps(out, sum);
+            for (j = 0; j < 8; j++) t->y[(size_t)b * t->w->rows + r + (uint32_t)j] = out[j];
+        }
+    }
+    if (r < r1) {
+        if (q4) el_portable_matmul_q4_0(t, r, r1);
+        else el_portable_matmul_q8_0(t, r, r1);
+    }
+}
+
+void el_kernel_matmul_q8_0(const el_matmul_task *t, uint32_t r0, uint32_t r1) { matmul_quantized(t, r0, r1, 0); }
+void el_kernel_matmul_q4_0(const el_matmul_task *t, uint32_t r0, uint32_t r1) { matmul_quantized(t, r0, r1, 1); }
+
+/* ------------------------------------------------------------ activations to int8 */
+
+void el_kernel_quantize_blocks(int8_t *q, float *scales, const float *x, int n_blocks)
+{
+    const __m256 sign = _mm256_set1_ps(-0.0f), half = _mm256_set1_ps(0.5f), zero = _mm256_setzero_ps();
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    int blk, j;
+    for (blk = 0; blk < n_blocks; blk++) {
+        const float *xb = x + (size_t)blk * EL_QBLOCK;
+        __m256 v[4], m;
+        __m256i n[4], packed;
+        __m128 m4;
+        float amax, inverse;
+        for (j = 0; j < 4; j++) v[j] = _mm256_loadu_ps(xb + 8 * j);
+        /* max of |x|: max_ps(a, m) returns m when a is NaN, as the portable loop skips it */
+        m = _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), zero);
+        for (j = 1; j < 4; j++) m = _mm256_max_ps(_mm256_andnot_ps(sign, v[j]), m);
+        m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+        amax = _mm_cvtss_f32(m4);
+        scales[blk] = amax / 127.0f;
+        inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
+        for (j = 0; j < 4; j++) {
+            __m256 s = _mm256_mul_ps(v[j], _mm256_set1_ps(inverse));
+            /* + 0.5 where s >= 0, else - 0.5, then truncate: the portable rounding */
+            __m256 h = _mm256_blendv_ps(_mm256_or_ps(half, sign), half, _mm256_cmp_ps(s, zero, _CMP_GE_OQ));
+            n[j] = _mm256_cvttps_epi32(_mm256_add_ps(s, h));
+        }
+        packed = _mm256_packs_epi16(_mm256_packs_epi32(n[0], n[1]), _mm256_packs_epi32(n[2], n[3]));
+        _mm256_storeu_si256((__m256i *)(void *)(q + (size_t)blk * EL_QBLOCK),
+                            _mm256_permutevar8x32_epi32(packed, order));
+    }
+}
+
+/* ------------------------------------------------------------ dot, axpy */
+
+float el_kernel_dot(const float *a, const float *b, int n)
+{
+    __m256 acc = _mm256_setzero_ps();
+    float sum;
+    int i, whole = n - n % 8;
+    for (i = 0; i < whole; i += 8) acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
+    sum = combine1(acc);
+    for (; i < n; i++) sum += a[i] * b[i];
+    return sum;
+}
+
+void el_kernel_axpy(float *y, float a, const float *x, int n)
+{
+    __m256 av = _mm256_set1_ps(a);
+    int i, whole = n - n % 8;
+    for (i = 0; i < whole; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_mul_ps(av, _mm256_loadu_ps(x + i))));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+/* ------------------------------------------------------------ exp */
+
+/* el_expf (el_math.c) on eight lanes: the same operations in the same order. */
+static __m256 expf8(__m256 x)
+{
+    const float ln2_hi = 0.693145751953125f, ln2_lo = 1.428606765330187e-06f;
+    const __m256 zero = _mm256_setzero_ps(), half = _mm256_set1_ps(0.5f), minus_half = _mm256_set1_ps(-0.5f);
+    __m256 h = _mm256_blendv_ps(minus_half, half, _mm256_cmp_ps(x, zero, _CMP_GE_OQ));
+    __m256i n = _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), h));
+    __m256 nf = _mm256_cvtepi32_ps(n), r, p, factor;
+    __m256i low = _mm256_cmpgt_epi32(_mm256_set1_epi32(-126), n), high = _mm256_cmpgt_epi32(n, _mm256_set1_epi32(127));
+    __m256i e;
+    r = _mm256_sub_ps(_mm256_sub_ps(x, _mm256_mul_ps(nf, _mm256_set1_ps(ln2_hi))), _mm256_mul_ps(nf, _mm256_set1_ps(ln2_lo)));
+    p = _mm256_add_ps(_mm256_set1_ps(1.0f / 720), _mm256_mul_ps(r, _mm256_set1_ps(1.0f / 5040)));
+    p = _mm256_add_ps(_mm256_set1_ps(1.0f / 120), _mm256_mul_ps(r, p));
+    p = _mm256_add_ps(_mm256_set1_ps(1.0f / 24), _mm256_mul_ps(r, p));
+    p = _mm256_add_ps(_mm256_set1_ps(1.0f / 6), _mm256_mul_ps(r, p));
+    p = _mm256_add_ps(_mm256_set1_ps(0.5f), _mm256_mul_ps(r, p));
+    p = _mm256_add_ps(_mm256_set1_ps(1.0f), _mm256_mul_ps(r, p));
+    p = _mm256_add_ps(_mm256_set1_ps(1.0f), _mm256_mul_ps(r, p));
+    /* p * 2^n, or (p * 2^(n+100)) * 2^-100 below -126, or (p * 2^(n-1)) * 2 above 127 */
+    e = _mm256_blendv_epi8(n, _mm256_add_epi32(n, _mm256_set1_epi32(100)), low);
+    e = _mm256_blendv_epi8(e, _mm256_sub_epi32(n, _mm256_set1_epi32(1)), high);
+    factor = _mm256_blendv_ps(_mm256_set1_ps(1.0f), _mm256_set1_ps(7.888609052210118e-31f) /* 2^-100 */,
+                              _mm256_castsi256_ps(low));
+    factor = _mm256_blendv_ps(factor, _mm256_set1_ps(2.0f), _mm256_castsi256_ps(high));
+    p = _mm256_mul_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(127)), 23))), factor);
+    /* el_expf's early returns: inf above 88.72283, 0 below -103.97208, NaN as it came */
+    p = _mm256_blendv_ps(p, _mm256_set1_ps(__builtin_inff()), _mm256_cmp_ps(x, _mm256_set1_ps(88.72283f), _CMP_GT_OQ));
+    p = _mm256_blendv_ps(p, zero, _mm256_cmp_ps(x, _mm256_set1_ps(-103.97208f), _CMP_LT_OQ));
+    return _mm256_blendv_ps(p, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+
+void el_kernel_exp_shifted(float *w, const float *x, float shift, int n)
+{
+    __m256 s = _mm256_set1_ps(shift);
+    int i, whole = n - n % 8;
+    for (i = 0; i < whole; i += 8) _mm256_storeu_ps(w + i, expf8(_mm256_sub_ps(_mm256_loadu_ps(x + i), s)));
+    if (i < n) el_portable_exp_shifted(w + i, x + i, shift, n - i);
+}
+
+void el_kernel_swiglu(float *gate, const float *up, int n)
+{
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    int i, whole = n - n % 8;
+    for (i = 0; i < whole; i += 8) {
+        __m256 g = _mm256_loadu_ps(gate + i);
+        __m256 e = expf8(_mm256_xor_ps(g, sign));
+        _mm256_storeu_ps(gate + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), _mm256_loadu_ps(up + i)));
+    }
+    if (i < n) el_portable_swiglu(gate + i, up + i, n - i);
+}
+
+#else
+typedef int el_kernels_avx2_unused;
+#endif

@@ -1,0 +1,461 @@
+/* el_kernels_rvv.c: the kernels with the RISC-V vector extension 1.0 (RVV intrinsics,
+ * the __riscv_-prefixed API of clang 17 and later), bit for bit the portable ones.
+ *
+ * Correct for any VLEN: every vector length comes from vsetvl. The fixed shapes the
+ * portable order needs (eight float lanes, 32-value int8 blocks) fit the smallest
+ * vector unit the V extension allows (VLEN 128); a unit that cannot hold them
+ * (Zve32 with VLEN 32 or 64) falls back to the portable kernels.
+ *
+ *   F32/F16 dot    one 8-element accumulator (vl = 8) per row: element k is the
+ *                  portable lane k; multiply, then add (never fused); the lanes are
+ *                  combined pairwise with slides, ((0+1)+(2+3))+((4+5)+(6+7)), and the
+ *                  n % 8 tail is added in order in scalar code. Four rows at a time
+ *                  share each load of the activations.
+ *   Q8_0/Q4_0      per 32-value block an exact int32 sum: int8 products widened to
+ *                  int16 (vwmul), summed to int32 (vwredsum). The block terms
+ *                  (fp16 scale * activation scale) * (float)sum are then formed as
+ *                  vectors over the blocks of the row and added in block order with
+ *                  the ordered reduction vfredosum (sequential by definition).
+ *   quantize       max |x| by vfredmax (exact in any order), v = x * inverse,
+ *                  q = truncate(v + copysign(0.5, v)) as el_quantize_int8.
+ *   exp, swiglu    el_expf (el_math.c) step by step on vectors, the same operations
+ *                  in the same order, with its special cases merged in at the end.
+ *
+ * Scalar float code here is C under -ffp-contract=off, like the portable file.
+ */
+#include "el_kernel_ops.h"
+
+#if EL_KERNELS_RVV
+
+#include <riscv_vector.h>
+
+#include "el_math.h"
+
+#define EL_LANES 8
+/* Blocks whose int32 sums are gathered before their scaled terms are added. */
+#define EL_QCHUNK 64
+
+/* ------------------------------------------------------------ shapes the vector unit must hold */
+
+/* 8 floats (e32, LMUL 2), 32 int8 (e8, LMUL 2) and 32 floats (e32, LMUL 8) at once:
+ * any VLEN of 128 or more, which the V extension guarantees (the compiler says so with
+ * __riscv_v_min_vlen; Zve32/Zve64 units may be smaller and are checked at run time). */
+#if defined(__riscv_v_min_vlen) && __riscv_v_min_vlen >= 128
+#define vector_unit_fits() 1
+#else
+static int vector_unit_fits(void)
+{
+    return __riscv_vsetvl_e32m2(EL_LANES) == EL_LANES && __riscv_vsetvl_e8m2(EL_QBLOCK) == EL_QBLOCK &&
+           __riscv_vsetvl_e8m1(16) == 16 && __riscv_vsetvl_e32m8(EL_QBLOCK) == EL_QBLOCK;
+}
+#endif
+
+/* ------------------------------------------------------------ fp16 */
+
+/* fp16 bits (zero-extended to 32) to float, exactly as the portable fp16_to_f32: the
+ * exponent and mantissa shifted into float position are the value times 2^-112 (also for
+ * subnormals, which become float subnormals), so one exact multiply by 2^112 rescales
+ * them; infinities and NaNs (exponent 31) are rebuilt from the bits; then the sign. */
+static vfloat32m2_t fp16_bits_to_f32_m2(vuint32m2_t u, size_t vl)
+{
+    vuint32m2_t em = __riscv_vsll_vx_u32m2(__riscv_vand_vx_u32m2(u, 0x7fffu, vl), 13, vl);
+    vfloat32m2_t f = __riscv_vfmul_vf_f32m2(__riscv_vreinterpret_v_u32m2_f32m2(em), 0x1p112f, vl);
+    vbool16_t special = __riscv_vmsgeu_vx_u32m2_b16(em, 0x0f800000u, vl);
+    vuint32m2_t bits = __riscv_vmerge_vvm_u32m2(__riscv_vreinterpret_v_f32m2_u32m2(f),
+                                                __riscv_vor_vx_u32m2(em, 0x7f800000u, vl), special, vl);
+    vuint32m2_t sign = __riscv_vsll_vx_u32m2(__riscv_vand_vx_u32m2(u, 0x8000u, vl), 16, vl);
+    return __riscv_vreinterpret_v_u32m2_f32m2(__riscv_vor_vv_u32m2(bits, sign, vl));
+}
+
+static vfloat32m4_t fp16_bits_to_f32_m4(vuint32m4_t u, size_t vl)
+{
+    vuint32m4_t em = __riscv_vsll_vx_u32m4(__riscv_vand_vx_u32m4(u, 0x7fffu, vl), 13, vl);
+    vfloat32m4_t f = __riscv_vfmul_vf_f32m4(__riscv_vreinterpret_v_u32m4_f32m4(em), 0x1p112f, vl);
+    vbool8_t special = __riscv_vmsgeu_vx_u32m4_b8(em, 0x0f800000u, vl);
+    vuint32m4_t bits = __riscv_vmerge_vvm_u32m4(__riscv_vreinterpret_v_f32m4_u32m4(f),
+                                                __riscv_vor_vx_u32m4(em, 0x7f800000u, vl), special, vl);
+    vuint32m4_t sign = __riscv_vsll_vx_u32m4(__riscv_vand_vx_u32m4(u, 0x8000u, vl), 16, vl);
+    return __riscv_vreinterpret_v_u32m4_f32m4(__riscv_vor_vv_u32m4(bits, sign, vl));
+}
+
+/* 8 fp16 weights (little-endian, 2-byte aligned) as floats. */
+static vfloat32m2_t load_f16x8(const uint8_t *p, size_t vl8)
+{
+    vuint16m1_t h = __riscv_vle16_v_u16m1((const uint16_t *)(const void *)p, vl8);
+    return fp16_bits_to_f32_m2(__riscv_vzext_vf2_u32m2(h, vl8), vl8);
+}
+
+/* ------------------------------------------------------------ eight-lane dot products */
+
+/* ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)): after each slide-and-add, element
+ * 2j (then 4j, then 0) holds the next pairwise sum; the elements it reads are < 8. */
+static float combine_lanes(vfloat32m2_t v, size_t vl8)
+{
+    v = __riscv_vfadd_vv_f32m2(v, __riscv_vslidedown_vx_f32m2(v, 1, vl8), vl8);
+    v = __riscv_vfadd_vv_f32m2(v, __riscv_vslidedown_vx_f32m2(v, 2, vl8), vl8);
+    v = __riscv_vfadd_vv_f32m2(v, __riscv_vslidedown_vx_f32m2(v, 4, vl8), vl8);
+    return __riscv_vfmv_f_s_f32m2_f32(v);
+}
+
+static float dot1_f32(const float *w, const float *x, int n, size_t vl8)
+{
+    vfloat32m2_t acc = __riscv_vfmv_v_f_f32m2(0.0f, vl8);
+    float sum;
+    int i, whole = n - n % EL_LANES;
+    for (i = 0; i < whole; i += EL_LANES)
+        acc = __riscv_vfadd_vv_f32m2(
+            acc, __riscv_vfmul_vv_f32m2(__riscv_vle32_v_f32m2(w + i, vl8), __riscv_vle32_v_f32m2(x + i, vl8), vl8),
+            vl8);
+    sum = combine_lanes(acc, vl8);
+    for (; i < n; i++) sum += w[i] * x[i];
+    return sum;
+}
+
+/* Four rows (stride floats apart) against one x: x is loaded once for the four. */
+static void dot4_f32(float out[4], const float *w, size_t stride, const float *x, int n, size_t vl8)
+{
+    const float *w0 = w, *w1 = w + stride, *w2 = w + 2 * stride, *w3 = w + 3 * stride;
+    vfloat32m2_t a0 = __riscv_vfmv_v_f_f32m2(0.0f, vl8), a1 = a0, a2 = a0, a3 = a0;
+    float s0, s1, s2, s3;
+    int i, whole = n - n % EL_LANES;
+    for (i = 0; i < whole; i += EL_LANES) {
+        vfloat32m2_t xv = __riscv_vle32_v_f32m2(x + i, vl8);
+        a0 = __riscv_vfadd_vv_f32m2(a0, __riscv_vfmul_vv_f32m2(__riscv_vle32_v_f32m2(w0 + i, vl8), xv, vl8), vl8);
+        a1 = __riscv_vfadd_vv_f32m2(a1, __riscv_vfmul_vv_f32m2(__riscv_vle32_v_f32m2(w1 + i, vl8), xv, vl8), vl8);
+        a2 = __riscv_vfadd_vv_f32m2(a2, __riscv_vfmul_vv_f32m2(__riscv_vle32_v_f32m2(w2 + i, vl8), xv, vl8), vl8);
+        a3 = __riscv_vfadd_vv_f32m2(a3, __riscv_vfmul_vv_f32m2(__riscv_vle32_v_f32m2(w3 + i, vl8), xv, vl8), vl8);
+    }
+    s0 = combine_lanes(a0, vl8);
+    s1 = combine_lanes(a1, vl8);
+    s2 = combine_lanes(a2, vl8);
+    s3 = combine_lanes(a3, vl8);
+    for (; i < n; i++) {
+        s0 += w0[i] * x[i];
+        s1 += w1[i] * x[i];
+        s2 += w2[i] * x[i];
+        s3 += w3[i] * x[i];
+    }
+    out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
+}
+
+void el_kernel_matmul_f32(const el_matmul_task *t, uint32_t r0, uint32_t r1)
+{
+    uint32_t r, rows = t->w->rows, cols = t->w->cols;
+    const float *data = (const float *)t->w->data;
+    size_t vl8 = __riscv_vsetvl_e32m2(EL_LANES);
+    int b;
+    if (!vector_unit_fits()) {
+        el_portable_matmul_f32(t, r0, r1);
+        return;
+    }
+    /* rows outer, batch inner: a group of rows stays in cache for the whole batch */
+    for (r = r0; r + 4 <= r1; r += 4)
+        for (b = 0; b < t->batch; b++) {
+            float out[4];
+            float *y = t->y + (size_t)b * rows + r;
+            dot4_f32(out, data + (size_t)r * cols, cols, t->x + (size_t)b * cols, (int)cols, vl8);
+            y[0] = out[0], y[1] = out[1], y[2] = out[2], y[3] = out[3];
+        }
+    for (; r < r1; r++)
+        for (b = 0; b < t->batch; b++)
+            t->y[(size_t)b * rows + r] = dot1_f32(data + (size_t)r * cols, t->x + (size_t)b * cols, (int)cols, vl8);
+}
+
+float el_kernel_dot(const float *a, const float *b, int n)
+{
+    if (!vector_unit_fits()) return el_portable_dot(a, b, n);
+    return dot1_f32(a, b, n, __riscv_vsetvl_e32m2(EL_LANES));
+}
+
+/* ------------------------------------------------------------ F16 */
+
+static float f16_at(const uint8_t *w, int i) { return el_fp16_to_f32((uint16_t)(w[2 * i] | (w[2 * i + 1] << 8))); }
+
+/* One fp16 row against up to four activation rows: each 8-weight chunk is converted once
+ * and used for all of them. */
+static void dot_f16_batch(float *out, size_t out_stride, const uint8_t *w, const float *x, size_t x_stride,
+                          int nx, int n, size_t vl8)
+{
+    const float *x0 = x, *x1 = x + x_stride, *x2 = x + 2 * x_stride, *x3 = x + 3 * x_stride;
+    vfloat32m2_t a0 = __riscv_vfmv_v_f_f32m2(0.0f, vl8), a1 = a0, a2 = a0, a3 = a0;
+    float s[4];
+    int i, k, whole = n - n % EL_LANES;
+    for (i = 0; i < whole; i += EL_LANES) {
+        vfloat32m2_t wv = load_f16x8(w + 2 * i, vl8);
+        a0 = __riscv_vfadd_vv_f32m2(a0, __riscv_vfmul_vv_f32m2(wv, __riscv_vle32_v_f32m2(x0 + i, vl8), vl8), vl8);
+        if (nx > 1)
+            a1 = __riscv_vfadd_vv_f32m2(a1, __riscv_vfmul_vv_f32m2(wv, __riscv_vle32_v_f32m2(x1 + i, vl8), vl8), vl8);
+        if (nx > 2)
+            a2 = __riscv_vfadd_vv_f32m2(a2, __riscv_vfmul_vv_f32m2(wv, __riscv_vle32_v_f32m2(x2 + i, vl8), vl8), vl8);
+        if (nx > 3)
+            a3 = __riscv_vfadd_vv_f32m2(a3, __riscv_vfmul_vv_f32m2(wv, __riscv_vle32_v_f32m2(x3 + i, vl8), vl8), vl8);
+    }
+    s[0] = combine_lanes(a0, vl8);
+    s[1] = combine_lanes(a1, vl8);
+    s[2] = combine_lanes(a2, vl8);
+    s[3] = combine_lanes(a3, vl8);
+    for (; i < n; i++) {
+        float wi = f16_at(w, i);
+        for (k = 0; k < nx; k++) s[k] += wi * x[(size_t)k * x_stride + i];
+    }
+    for (k = 0; k < nx; k++) out[(size_t)k * out_stride] = s[k];
+}
+
+void el_kernel_matmul_f16(const el_matmul_task *t, uint32_t r0, uint32_t r1)
+{
+    uint32_t r, rows = t->w->rows, cols = t->w->cols;
+    const uint8_t *data = (const uint8_t *)t->w->data;
+    size_t vl8 = __riscv_vsetvl_e32m2(EL_LANES);
+    int b;
+    if (!vector_unit_fits() || ((uintptr_t)data & 1u) != 0) {
+        el_portable_matmul_f16(t, r0, r1);
+        return;
+    }
+    for (r = r0; r < r1; r++)
+        for (b = 0; b < t->batch; b += 4) {
+            int nx = t->batch - b < 4 ? t->batch - b : 4;
+            dot_f16_batch(t->y + (size_t)b * rows + r, rows, data + (size_t)r * 2 * cols, t->x + (size_t)b * cols,
+                          cols, nx, (int)cols, vl8);
+        }
+}
+
+/* ------------------------------------------------------------ Q8_0 and Q4_0 */
+
+/* One row's total over its blocks: sum += (fp16 scale * activation scale) * (float)isum,
+ * block by block. The terms are formed as vectors over the blocks (their products are
+ * elementwise, the same roundings as scalar code) and added by vfredosum, which adds in
+ * element order starting from the running sum. scale_bits points at the first block's
+ * fp16 scale; blocks are block_bytes apart. */
+static float add_block_terms(float sum, const uint8_t *scale_bits, size_t block_bytes, const float *xs,
+                             const int32_t *isum, int n)
+{
+    int j = 0;
+    while (j < n) {
+        size_t vl = __riscv_vsetvl_e32m4((size_t)(n - j));
+        vuint16m2_t h = __riscv_vlse16_v_u16m2((const uint16_t *)(const void *)(scale_bits + (size_t)j * block_bytes),
+                                                (ptrdiff_t)block_bytes, vl);
+        vfloat32m4_t ws = fp16_bits_to_f32_m4(__riscv_vzext_vf2_u32m4(h, vl), vl);
+        vfloat32m4_t terms = __riscv_vfmul_vv_f32m4(ws, __riscv_vle32_v_f32m4(xs + j, vl), vl);
+        terms = __riscv_vfmul_vv_f32m4(terms, __riscv_vfcvt_f_x_v_f32m4(__riscv_vle32_v_i32m4(isum + j, vl), vl), vl);
+        sum = __riscv_vfmv_f_s_f32m1_f32(
+            __riscv_vfredosum_vs_f32m4_f32m1(terms, __riscv_vfmv_s_f_f32m1(sum, 1), vl));
+        j += (int)vl;
+    }
+    return sum;
+}
+
+/* Exact int32 sums of 32 int8 products, for up to four rows against one activation
+ * block: the activation block is loaded once. */
+static int32_t block_sum_q8(vint8m2_t xv, const uint8_t *block, vint32m1_t zero)
+{
+    vint16m4_t p = __riscv_vwmul_vv_i16m4(__riscv_vle8_v_i8m2((const int8_t *)(block + 2), EL_QBLOCK), xv, EL_QBLOCK);
+    return __riscv_vmv_x_s_i32m1_i32(__riscv_vwredsum_vs_i16m4_i32m1(p, zero, EL_QBLOCK));
+}
+
+/* Q4_0: element i < 16 is (byte i & 15) - 8, element i + 16 is (byte i >> 4) - 8; the
+ * low and high halves are multiplied by the two halves of the activations and summed
+ * (|sum| <= 32 * 8 * 127 fits int16 partial sums, widened anyway). */
+static int32_t block_sum_q4(vint8m1_t xlo, vint8m1_t xhi, const uint8_t *block, vint32m1_t zero)
+{
+    vuint8m1_t v = __riscv_vle8_v_u8m1(block + 2, 16);
+    vint8m1_t lo = __riscv_vsub_vx_i8m1(__riscv_vreinterpret_v_u8m1_i8m1(__riscv_vand_vx_u8m1(v, 0x0f, 16)), 8, 16);
+    vint8m1_t hi = __riscv_vsub_vx_i8m1(__riscv_vreinterpret_v_u8m1_i8m1(__riscv_vsrl_vx_u8m1(v, 4, 16)), 8, 16);
+    vint16m2_t p = __riscv_vwmul_vv_i16m2(lo, xlo, 16);
+    p = __riscv_vwmacc_vv_i16m2(p, hi, xhi, 16);
+    return __riscv_vmv_x_s_i32m1_i32(__riscv_vwredsum_vs_i16m2_i32m1(p, zero, 16));
+}
+
+/* Rows [r0, r1) of a Q8_0 (block_bytes 34) or Q4_0 (18) matrix: rows outer, batch
+ * inner; four rows at a time share each activation block load. */
+static void matmul_quant(const el_matmul_task *t, uint32_t r0, uint32_t r1, size_t block_bytes, int q4)
+{
+    uint32_t rows = t->w->rows, cols = t->w->cols, nb = cols / EL_QBLOCK, r;
+    size_t row_bytes = (size_t)nb * block_bytes;
+    const uint8_t *data = (const uint8_t *)t->w->data;
+    vint32m1_t zero = __riscv_vmv_v_x_i32m1(0, 1);
+    int32_t isum[4][EL_QCHUNK];
+    int b;
+    for (r = r0; r < r1; r += 4) {
+        int nr = r1 - r < 4 ? (int)(r1 - r) : 4, k;
+        const uint8_t *w = data + (size_t)r * row_bytes;
+        for (b = 0; b < t->batch; b++) {
+            const int8_t *xq = t->xq + (size_t)b * cols;
+            const float *xs = t->xs + (size_t)b * nb;
+            float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            uint32_t j0, j;
+            for (j0 = 0; j0 < nb; j0 += EL_QCHUNK) {
+                int n = nb - j0 < EL_QCHUNK ? (int)(nb - j0) : EL_QCHUNK;
+                for (j = 0; j < (uint32_t)n; j++) {
+                    const uint8_t *blk = w + (size_t)(j0 + j) * block_bytes;
+                    const int8_t *xb = xq + (size_t)(j0 + j) * EL_QBLOCK;
+                    if (q4) {
+                        vint8m1_t xlo = __riscv_vle8_v_i8m1(xb, 16), xhi = __riscv_vle8_v_i8m1(xb + 16, 16);
+                        if (nr == 4) {
+                            isum[0][j] = block_sum_q4(xlo, xhi, blk, zero);
+                            isum[1][j] = block_sum_q4(xlo, xhi, blk + row_bytes, zero);
+                            isum[2][j] = block_sum_q4(xlo, xhi, blk + 2 * row_bytes, zero);
+                            isum[3][j] = block_sum_q4(xlo, xhi, blk + 3 * row_bytes, zero);
+                        } else {
+                            for (k = 0; k < nr; k++) isum[k][j] = block_sum_q4(xlo, xhi, blk + k * row_bytes, zero);
+                        }
+                    } else {
+                        vint8m2_t xv = __riscv_vle8_v_i8m2(xb, EL_QBLOCK);
+                        if (nr == 4) {
+                            isum[0][j] = block_sum_q8(xv, blk, zero);
+                            isum[1][j] = block_sum_q8(xv, blk + row_bytes, zero);
+                            isum[2][j] = block_sum_q8(xv, blk + 2 * row_bytes, zero);
+                            isum[3][j] = block_sum_q8(xv, blk + 3 * row_bytes, zero);
+                        } else {
+                            for (k = 0; k < nr; k++) isum[k][j] = block_sum_q8(xv, blk + k * row_bytes, zero);
+                        }
+                    }
+                }
+                for (k = 0; k < nr; k++)
+                    sum[k] = add_block_terms(sum[k], w + k * row_bytes + (size_t)j0 * block_bytes, block_bytes,
+                                             xs + j0, isum[k], n);
+            }
+            for (k = 0; k < nr; k++) t->y[(size_t)b * rows + r + (uint32_t)k] = sum[k];
+        }
+    }
+}
+
+void el_kernel_matmul_q8_0(const el_matmul_task *t, uint32_t r0, uint32_t r1)
+{
+    if (!vector_unit_fits() || ((uintptr_t)t->w->data & 1u) != 0) {
+        el_portable_matmul_q8_0(t, r0, r1);
+        return;
+    }
+    matmul_quant(t, r0, r1, 34, 0);
+}
+
+void el_kernel_matmul_q4_0(const el_matmul_task *t, uint32_t r0, uint32_t r1)
+{
+    if (!vector_unit_fits() || ((uintptr_t)t->w->data & 1u) != 0) {
+        el_portable_matmul_q4_0(t, r0, r1);
+        return;
+    }
+    matmul_quant(t, r0, r1, 18, 1);
+}
+
+/* ------------------------------------------------------------ quantize */
+
+void el_kernel_quantize_blocks(int8_t *q, float *scales, const float *x, int n_blocks)
+{
+    size_t vl = EL_QBLOCK;
+    vfloat32m8_t half;
+    vfloat32m1_t zero;
+    int b;
+    if (!vector_unit_fits()) {
+        el_portable_quantize_blocks(q, scales, x, n_blocks);
+        return;
+    }
+    half = __riscv_vfmv_v_f_f32m8(0.5f, vl);
+    zero = __riscv_vfmv_v_f_f32m1(0.0f, 1);
+    for (b = 0; b < n_blocks; b++) {
+        vfloat32m8_t v = __riscv_vle32_v_f32m8(x + (size_t)b * EL_QBLOCK, vl);
+        /* max |x| with 0 to start: NaNs are skipped, as the portable comparisons skip them */
+        float amax = __riscv_vfmv_f_s_f32m1_f32(__riscv_vfredmax_vs_f32m8_f32m1(__riscv_vfabs_v_f32m8(v, vl), zero, vl));
+        float inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
+        vint32m8_t n;
+        scales[b] = amax / 127.0f;
+        v = __riscv_vfmul_vf_f32m8(v, inverse, vl);
+        /* v + (v >= 0 ? 0.5 : -0.5) truncated; copysign differs only at v == -0 (gives 0
+         * either way) and NaN (NaN either way) */
+        v = __riscv_vfadd_vv_f32m8(v, __riscv_vfsgnj_vv_f32m8(half, v, vl), vl);
+        n = __riscv_vfcvt_rtz_x_f_v_i32m8(v, vl);
+        __riscv_vse8_v_i8m2(q + (size_t)b * EL_QBLOCK,
+                            __riscv_vncvt_x_x_w_i8m2(__riscv_vncvt_x_x_w_i16m4(n, vl), vl), vl);
+    }
+}
+
+/* ------------------------------------------------------------ elementwise */
+
+void el_kernel_axpy(float *y, float a, const float *x, int n)
+{
+    size_t i = 0, vl;
+    while (i < (size_t)(n > 0 ? n : 0)) {
+        vl = __riscv_vsetvl_e32m8((size_t)n - i);
+        __riscv_vse32_v_f32m8(y + i, __riscv_vfadd_vv_f32m8(__riscv_vle32_v_f32m8(y + i, vl),
+                                                            __riscv_vfmul_vf_f32m8(__riscv_vle32_v_f32m8(x + i, vl), a, vl),
+                                                            vl), vl);
+        i += vl;
+    }
+}
+
+/* el_expf on a vector: the same operations in the same order (el_math.c), no fusing.
+ * The three scalings of 2^n become one form, (p * 2^n1) * f with (n1, f) = (n, 1),
+ * (n + 100, 2^-100) or (n - 1, 2): multiplying by 1 is exact. Out-of-range and NaN
+ * inputs are merged in at the end (their lanes compute garbage that is dropped). */
+static vfloat32m4_t exp_v(vfloat32m4_t x, size_t vl)
+{
+    const float ln2_hi = 0.693145751953125f, ln2_lo = 1.428606765330187e-06f;
+    vbool8_t nan = __riscv_vmfne_vv_f32m4_b8(x, x, vl);
+    vbool8_t over = __riscv_vmfgt_vf_f32m4_b8(x, 88.72283f, vl);
+    vbool8_t under = __riscv_vmflt_vf_f32m4_b8(x, -103.97208f, vl);
+    vfloat32m4_t half = __riscv_vfsgnj_vv_f32m4(__riscv_vfmv_v_f_f32m4(0.5f, vl), x, vl);
+    vint32m4_t n = __riscv_vfcvt_rtz_x_f_v_i32m4(
+        __riscv_vfadd_vv_f32m4(__riscv_vfmul_vf_f32m4(x, 1.44269504f, vl), half, vl), vl);
+    vfloat32m4_t fn = __riscv_vfcvt_f_x_v_f32m4(n, vl), r, p;
+    vbool8_t low, high;
+    vint32m4_t n1;
+    vfloat32m4_t f;
+    r = __riscv_vfsub_vv_f32m4(__riscv_vfsub_vv_f32m4(x, __riscv_vfmul_vf_f32m4(fn, ln2_hi, vl), vl),
+                               __riscv_vfmul_vf_f32m4(fn, ln2_lo, vl), vl);
+    p = __riscv_vfmul_vf_f32m4(r, 1.0f / 5040, vl);
+    p = __riscv_vfmul_vv_f32m4(r, __riscv_vfadd_vf_f32m4(p, 1.0f / 720, vl), vl);
+    p = __riscv_vfmul_vv_f32m4(r, __riscv_vfadd_vf_f32m4(p, 1.0f / 120, vl), vl);
+    p = __riscv_vfmul_vv_f32m4(r, __riscv_vfadd_vf_f32m4(p, 1.0f / 24, vl), vl);
+    p = __riscv_vfmul_vv_f32m4(r, __riscv_vfadd_vf_f32m4(p, 1.0f / 6, vl), vl);
+    p = __riscv_vfmul_vv_f32m4(r, __riscv_vfadd_vf_f32m4(p, 0.5f, vl), vl);
+    p = __riscv_vfmul_vv_f32m4(r, __riscv_vfadd_vf_f32m4(p, 1.0f, vl), vl);
+    p = __riscv_vfadd_vf_f32m4(p, 1.0f, vl);
+    low = __riscv_vmslt_vx_i32m4_b8(n, -126, vl);
+    high = __riscv_vmsgt_vx_i32m4_b8(n, 127, vl);
+    n1 = __riscv_vadd_vx_i32m4_mu(low, n, n, 100, vl);
+    n1 = __riscv_vsub_vx_i32m4_mu(high, n1, n, 1, vl);
+    f = __riscv_vfmv_v_f_f32m4(1.0f, vl);
+    f = __riscv_vfmerge_vfm_f32m4(f, 0x1p-100f, low, vl);
+    f = __riscv_vfmerge_vfm_f32m4(f, 2.0f, high, vl);
+    p = __riscv_vfmul_vv_f32m4(
+        p, __riscv_vreinterpret_v_i32m4_f32m4(__riscv_vsll_vx_i32m4(__riscv_vadd_vx_i32m4(n1, 127, vl), 23, vl)), vl);
+    p = __riscv_vfmul_vv_f32m4(p, f, vl);
+    p = __riscv_vfmerge_vfm_f32m4(p, 0.0f, under, vl);
+    p = __riscv_vfmerge_vfm_f32m4(p, __builtin_inff(), over, vl);
+    return __riscv_vmerge_vvm_f32m4(p, x, nan, vl);
+}
+
+void el_kernel_swiglu(float *gate, const float *up, int n)
+{
+    size_t i = 0, vl;
+    if (!vector_unit_fits()) {
+        el_portable_swiglu(gate, up, n);
+        return;
+    }
+    while (i < (size_t)(n > 0 ? n : 0)) {
+        vfloat32m4_t g, e;
+        vl = __riscv_vsetvl_e32m4((size_t)n - i);
+        g = __riscv_vle32_v_f32m4(gate + i, vl);
+        e = exp_v(__riscv_vfneg_v_f32m4(g, vl), vl);
+        g = __riscv_vfdiv_vv_f32m4(g, __riscv_vfadd_vf_f32m4(e, 1.0f, vl), vl);
+        __riscv_vse32_v_f32m4(gate + i, __riscv_vfmul_vv_f32m4(g, __riscv_vle32_v_f32m4(up + i, vl), vl), vl);
+        i += vl;
+    }
+}
+
+void el_kernel_exp_shifted(float *w, const float *x, float shift, int n)
+{
+    size_t i = 0, vl;
+    if (!vector_unit_fits()) {
+        el_portable_exp_shifted(w, x, shift, n);
+        return;
+    }
+    while (i < (size_t)(n > 0 ? n : 0)) {
+        vl = __riscv_vsetvl_e32m4((size_t)n - i);
+        __riscv_vse32_v_f32m4(w + i, exp_v(__riscv_vfsub_vf_f32m4(__riscv_vle32_v_f32m4(x + i, vl), shift, vl), vl), vl);
+        i += vl;
+    }
+}
+
+#else
+typedef int el_kernels_rvv_unused;
+#endif
