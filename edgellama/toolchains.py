@@ -5,6 +5,7 @@ it; `edgellama toolchains install NAME` runs that command where apt is available
 """
 
 import os
+import shlex
 import shutil
 import subprocess
 import tomllib
@@ -26,6 +27,12 @@ class Toolchain:
     sysroot: str = ""
     apt: list = field(default_factory=list)
     pip: list = field(default_factory=list)
+    flags: list = field(default_factory=list)  # part of the compiler command: clang's --target=...
+
+    @property
+    def command(self) -> str:
+        """cc and its flags, as a Makefile's CC: `clang-19 --target=riscv64-linux-gnu ...`."""
+        return shlex.join([self.cc, *self.flags])
 
     @property
     def prefix(self) -> str:
@@ -70,7 +77,7 @@ def load_toolchain(path) -> Toolchain:
     for key in ("name", "description", "kind", "cc"):
         if not isinstance(data.get(key), str):
             raise EdgeLlamaError(f"{where}: missing or non-string field {key!r}")
-    unknown = sorted(set(data) - {"name", "description", "kind", "cc", "sysroot", "apt", "pip"})
+    unknown = sorted(set(data) - {"name", "description", "kind", "cc", "sysroot", "apt", "pip", "flags"})
     if unknown:
         raise EdgeLlamaError(f"{where}: unknown field {unknown[0]!r}")
     if data["kind"] not in KINDS:
@@ -78,6 +85,9 @@ def load_toolchain(path) -> Toolchain:
     for key in ("apt", "pip"):
         if not isinstance(data.get(key, []), list):
             raise EdgeLlamaError(f"{where}: field {key!r} must be a list of package names")
+    flags = data.get("flags", [])
+    if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+        raise EdgeLlamaError(f"{where}: field 'flags' must be a list of strings")
     if not data.get("apt") and not data.get("pip"):
         raise EdgeLlamaError(f"{where}: needs 'apt' or 'pip' packages that install it")
     return Toolchain(**data)

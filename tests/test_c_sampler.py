@@ -2,8 +2,10 @@
 
 The Python reference below follows the rules written at the top of el_sampler.c with the
 same float32 operations in the same order (numpy float32 arithmetic is IEEE, like the C
-built with -ffp-contract=off), and borrows only el_expf from C, so weights, sums, the
-ranking and the draw agree bit for bit and whole 100-step generations must match exactly.
+built with -ffp-contract=off) and the same integer weights, and borrows only el_expf from
+C, so weights, the cut of top_k/top_p and the draw agree exactly and whole 100-step
+generations must match. The C finds the cut by a radix select and draws in index order;
+the reference sorts the whole ranking, so the two reach the answer by different roads.
 """
 
 import ctypes
@@ -44,7 +46,9 @@ DEFAULTS = dict(temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penal
 
 @pytest.fixture(scope="module")
 def lib():
-    path = build_shared_library([CORE / "el_base.c", CORE / "el_math.c", CORE / "el_sampler.c", PROBE], "sampler_probe")
+    kernels = sorted(CORE.glob("el_kernels_*.c"))  # the vector exp the weights use
+    path = build_shared_library([CORE / "el_base.c", CORE / "el_math.c", CORE / "el_sampler.c", *kernels, PROBE],
+                                "sampler_probe")
     lib = ctypes.CDLL(str(path))
     P = ctypes.POINTER
     f32p, i32p = P(ctypes.c_float), P(ctypes.c_int32)
@@ -138,26 +142,28 @@ class Reference:
         return not F32(p["temperature"]) >= F32(1e-5)
 
     def filtered(self, p, x):
-        """Weights after min_p, top_k, top_p; the kept tokens in rank order; the total."""
+        """Integer weights after min_p, top_k, top_p; the kept tokens in rank order; the total."""
         x = x / F32(p["temperature"])
         w = self.exp(x - x.max())
+        keep = w > 0
         if F32(p["min_p"]) > 0:
-            w[w < F32(p["min_p"])] = 0
-        cand = np.nonzero(w > 0)[0]
-        order = cand[np.lexsort((cand, -w[cand]))]  # weight descending, then index ascending
+            keep &= w >= F32(p["min_p"])
+        weights = np.where(keep, w * F32(2.0 ** 30), F32(0)).astype(np.uint64)  # exact product, truncated
+        cand = np.nonzero(weights > 0)[0]
+        order = cand[np.lexsort((cand, -weights[cand].astype(np.int64)))]  # weight descending, index ascending
         if 0 < p["top_k"] < len(order):
-            w[order[p["top_k"]:]] = 0
+            weights[order[p["top_k"]:]] = 0
             order = order[:p["top_k"]]
-        total = seq_sum(w)
+        total = int(weights.sum())
         if F32(p["top_p"]) < 1 and len(order) > 1:
-            threshold = F32(p["top_p"]) * total
-            before = np.cumsum(w[order], dtype=F32)[:-1]  # sum of the ranks before rank j+1
-            keep = 1 + int(np.sum(before < threshold))  # the cumulative sum never decreases
-            if keep < len(order):
-                w[order[keep:]] = 0
-                order = order[:keep]
-                total = seq_sum(w)
-        return x, w, order, total
+            need = float(F32(p["top_p"])) * float(total)  # a double product, as in C
+            before = np.cumsum(weights[order])[:-1]  # exact integer sums of the ranks before
+            keep_n = 1 + int(np.sum(before.astype(np.float64) < need))
+            if keep_n < len(order):
+                weights[order[keep_n:]] = 0
+                order = order[:keep_n]
+                total = int(weights.sum())
+        return x, weights, order, total
 
     def distribution(self, p, logits, prompt=(), output=()):
         x = self.penalize(p, logits, prompt, output)
@@ -165,17 +171,19 @@ class Reference:
             probs = np.zeros_like(x)
             probs[np.argmax(x)] = 1
             return x, probs, 1
-        x, w, order, total = self.filtered(p, x)
-        return x, w / total, len(order)
+        x, weights, order, total = self.filtered(p, x)
+        probs = (weights / total).astype(F32) if total else np.zeros_like(x)
+        return x, probs, len(order)
 
     def sample(self, p, logits, prompt, output, rng):
         x = self.penalize(p, logits, prompt, output)
         if self.greedy(p):
             return int(np.argmax(x))
-        x, w, order, total = self.filtered(p, x)
-        target = F32(rng.uniform()) * total
-        above = np.nonzero(np.cumsum(w[order], dtype=F32) > target)[0]
-        return int(order[above[0]] if len(above) else order[-1])
+        x, weights, order, total = self.filtered(p, x)
+        if total == 0:
+            return 0
+        target = (total * rng.next()) >> 32
+        return int(np.nonzero(np.cumsum(weights) > target)[0][0])  # index order
 
     def generate(self, p, table, prompt, steps):
         rng, output = PCG32(p["seed"]), []

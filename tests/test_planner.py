@@ -53,9 +53,12 @@ def big_model(tmp_path_factory):
 
 # ---------------------------------------------------------------- arithmetic vs the runtime
 
+THREADS = 2  # planned and run with the same count: each worker has its own attention scratch
+
+
 def measured_high_water(path, ctx, block_size, kv_dtype, max_seqs, max_batch_tokens=0, prompt=PROMPT):
     rt = Runtime(path, max_model_len=ctx, block_size=block_size, max_seqs=max_seqs, kv_dtype=kv_dtype,
-                 max_batch_tokens=max_batch_tokens)
+                 max_batch_tokens=max_batch_tokens, threads=THREADS)
     tokens = rt.tokenize(prompt)[:ctx - 9]
     for _ in range(min(max_seqs, 2)):  # two sequences at once where there is room: a batched step
         rt.add(tokens, make_request({"temperature": 0.0}, max_tokens=8))
@@ -77,7 +80,7 @@ def test_host_plan_bounds_the_measured_arena(which, stories260k):
     for block_size, ctx, kv_dtype, max_seqs in CONFIGS:
         measured = measured_high_water(path, ctx, block_size, kv_dtype, max_seqs)
         p = planner.plan(HOST_BOARD, path, ctx=ctx, max_seqs=max_seqs, kv_dtype=kv_dtype, block_size=block_size,
-                         prompt_bytes=len(PROMPT.encode()), info=info)
+                         prompt_bytes=len(PROMPT.encode()), threads=THREADS, info=info)
         assert p.pointer_bytes == 8 and p.max_batch_tokens == max(max_seqs, 32)  # the runtime's own defaults
         assert measured <= p.arena_total <= measured * 1.05, (block_size, ctx, kv_dtype, max_seqs)
         worst = max(worst, p.arena_total / measured - 1)
@@ -89,7 +92,7 @@ def test_mcu_options_and_a_long_prompt_are_bounded_too():
     prompt = (PROMPT + " ") * 3
     measured = measured_high_water(DEFAULT_MODEL, 256, 16, "int8", 1, max_batch_tokens=8, prompt=prompt)
     p = planner.plan(HOST_BOARD, None, ctx=256, max_seqs=1, kv_dtype="int8", max_batch_tokens=8,
-                     prompt_bytes=len(prompt.encode()))
+                     prompt_bytes=len(prompt.encode()), threads=THREADS)
     assert measured <= p.arena_total <= measured * 1.01  # symbols are counted one per byte: UTF-8 costs a little
 
 
@@ -99,8 +102,9 @@ def test_c_size_functions_and_their_formulas_agree():
         assert planner.kv_block_bytes(info.config, block_size, kv_dtype) == \
             planner.kv_block_bytes_formula(info.config, block_size, kv_dtype)
     for rows, logits, ctx in ((1, 1, 1), (8, 1, 256), (32, 8, 100)):
-        assert planner.forward_bytes(info.config, rows, logits, ctx) == \
-            planner.forward_bytes_formula(info.config, rows, logits, ctx)
+        for threads in (1, 4):
+            assert planner.forward_bytes(info.config, rows, logits, ctx, threads) == \
+                planner.forward_bytes_formula(info.config, rows, logits, ctx, threads)
 
 
 def _sizes_hold(cc, flags, pointer_bytes, relation, tmp_path):

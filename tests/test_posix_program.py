@@ -250,7 +250,7 @@ BAD_CASES = {
     "missing value": (["{model}", "generate", "x", "--seed"], "--seed"),
     "no prompt": (["{model}", "generate"], "prompt"),
     "extra argument": (["{model}", "generate", "x", "y"], "'y'"),
-    "unknown mode": (["{model}", "dance"], "unknown mode 'dance': use generate, chat, bench or serve"),
+    "unknown mode": (["{model}", "dance"], "unknown mode 'dance': use generate, chat, bench, serve or logits"),
     "no arguments": ([], "usage"),
     "bad template": (["{model}", "chat", "--template", "jinja"], "--template"),
     "too long for context": (["{model}", "bench", "--prompt-tokens", "400", "--gen-tokens", "200"], "context"),

@@ -49,7 +49,7 @@ def makefile_text(ctx: BuildContext, sources: list) -> str:
 # Then, on the board, beside the model:
 #   ./{PROGRAM} {model} generate "once upon a time" --temperature 0 --max-tokens 64
 
-CC = {ctx.toolchain.cc}
+CC = {ctx.toolchain.command}
 CFLAGS = {" ".join(cflags(ctx))}
 CPPFLAGS = -Icore -Icommon
 LDFLAGS = {" ".join(LDFLAGS)}
@@ -92,7 +92,7 @@ def emit(ctx: BuildContext) -> list:
 
 def compile(ctx: BuildContext) -> list:
     jobs = str(max(1, os.cpu_count() or 1))
-    run_checked(["make", "--no-print-directory", "-C", ctx.src_dir, f"-j{jobs}", f"CC={ctx.toolchain.cc}"],
+    run_checked(["make", "--no-print-directory", "-C", ctx.src_dir, f"-j{jobs}", f"CC={ctx.toolchain.command}"],
                 f"compiling {PROGRAM} for {ctx.board.name} with {ctx.toolchain.cc}")
     program = ctx.out_dir / PROGRAM
     if not program.is_file():

@@ -99,7 +99,7 @@ static inline float half_to_float(uint32_t h)
         i1 = __smlad(lanes_odd(wb), ao, i1);                                        \
     } while (0)
 
-/* Rows w0 and w1 (possibly the same) against one activation row. */
+/* Rows w0 and w1 (possibly the same, then y0 == y1) against one activation row. */
 static void q8_0_rows2(const uint8_t *w0, const uint8_t *w1, const int8_t *a, const float *xs, uint32_t blocks,
                        float *y0, float *y1)
 {
@@ -186,56 +186,73 @@ void el_kernel_matmul_q8_0(const el_matmul_task *t, uint32_t r0, uint32_t r1)
     uint32_t r, blocks = t->w->cols / EL_QBLOCK;
     size_t row_bytes = (size_t)blocks * 34;
     const uint8_t *data = (const uint8_t *)t->w->data;
-    float spare;
     if (t->batch != 1) {
         matmul_unpacked(t, r0, r1, 0);
         return;
     }
-    for (r = r0; r + 1 < r1; r += 2)
-        q8_0_rows2(data + r * row_bytes, data + (r + 1) * row_bytes, t->xq, t->xs, blocks, &t->y[r], &t->y[r + 1]);
-    if (r < r1) q8_0_rows2(data + r * row_bytes, data + r * row_bytes, t->xq, t->xs, blocks, &t->y[r], &spare);
+    for (r = r0; r < r1; r += 2) {
+        uint32_t r_next = r + 1 < r1 ? r + 1 : r;
+        q8_0_rows2(data + r * row_bytes, data + r_next * row_bytes, t->xq, t->xs, blocks, &t->y[r], &t->y[r_next]);
+    }
 }
 
 /* ------------------------------------------------------------ Q4_0 */
 
 /* Weight bytes 4j..4j+3 of two rows: low nibbles against activations 4j..4j+3 (ae, ao),
- * high nibbles against 16+4j..16+4j+3 (he, ho). */
+ * high nibbles against 16+4j..16+4j+3 (he, ho); nibbles as they are, 0..15. */
 #define Q4_STEP(j)                                                                  \
     do {                                                                            \
         uint32_t lo = load_u32(a + 4 * (j)), hi = load_u32(a + 16 + 4 * (j));      \
         uint32_t wa = load_u32(w0 + 2 + 4 * (j)), wb = load_u32(w1 + 2 + 4 * (j)); \
         int32_t ae = lanes_even(lo), ao = lanes_odd(lo), he = lanes_even(hi), ho = lanes_odd(hi); \
-        asum = __sadd16(asum, __sadd16(ae, ao));                                    \
-        asum = __sadd16(asum, __sadd16(he, ho));                                    \
-        i0 = __smlad((int32_t)(wa & mask), ae, i0);                                 \
-        i1 = __smlad((int32_t)(wb & mask), ae, i1);                                 \
-        i0 = __smlad((int32_t)((wa >> 8) & mask), ao, i0);                          \
-        i1 = __smlad((int32_t)((wb >> 8) & mask), ao, i1);                          \
-        i0 = __smlad((int32_t)((wa >> 4) & mask), he, i0);                          \
-        i1 = __smlad((int32_t)((wb >> 4) & mask), he, i1);                          \
-        i0 = __smlad((int32_t)((wa >> 12) & mask), ho, i0);                         \
-        i1 = __smlad((int32_t)((wb >> 12) & mask), ho, i1);                         \
+        i0 = __smlad((int32_t)(mask & wa), ae, i0);                                 \
+        i1 = __smlad((int32_t)(mask & wb), ae, i1);                                 \
+        i0 = __smlad((int32_t)(mask & (wa >> 8)), ao, i0);                          \
+        i1 = __smlad((int32_t)(mask & (wb >> 8)), ao, i1);                          \
+        i0 = __smlad((int32_t)(mask & (wa >> 4)), he, i0);                          \
+        i1 = __smlad((int32_t)(mask & (wb >> 4)), he, i1);                          \
+        i0 = __smlad((int32_t)(mask & (wa >> 12)), ho, i0);                         \
+        i1 = __smlad((int32_t)(mask & (wb >> 12)), ho, i1);                         \
     } while (0)
 
-static void q4_0_rows2(const uint8_t *w0, const uint8_t *w1, const int8_t *a, const float *xs, uint32_t blocks,
-                       float *y0, float *y1)
+/* Blocks whose activation sums are kept at a time (a row longer than this many blocks
+ * is done in parts, its running sum kept in y between them). */
+#define Q4_CHUNK 32
+
+/* -8 times the sum of 32 activations: the "- 8" of every nibble in the block. */
+static int32_t minus_eight_sum(const int8_t *a)
 {
-    const uint32_t mask = 0x000f000fu;
-    float s0 = 0.0f, s1 = 0.0f;
-    uint32_t b;
+    int32_t lanes = 0;
+    int k;
+    for (k = 0; k < EL_QBLOCK; k += 4) {
+        uint32_t v = load_u32(a + k);
+        lanes = __sxtab16(lanes, (int32_t)v);
+        lanes = __sxtab16(lanes, (int32_t)(v >> 8));
+    }
+    /* each lane holds 16 values, |sum| <= 2048 */
+    return -8 * ((int32_t)(int16_t)(uint16_t)((uint32_t)lanes & 0xffffu) + (lanes >> 16));
+}
+
+/* Rows w0 and w1 (possibly the same, then y0 == y1) against one activation row, blocks
+ * [0, blocks) of a part; sums start from 0 (first part) or from y. */
+static void q4_0_rows2(const uint8_t *w0, const uint8_t *w1, const int8_t *a, const float *xs,
+                       const int32_t *offsets, uint32_t blocks, int first, float *y0, float *y1)
+{
+    uint32_t mask = 0x000f000fu, b;
+    float s0 = first ? 0.0f : *y0, s1 = first ? 0.0f : *y1;
+#if defined(__GNUC__)
+    /* keep the mask in a register: then each nibble pair is one AND with a shifted
+     * operand (AND rd, mask, w, LSR #n) rather than a shift and an AND-immediate */
+    __asm__("" : "+r"(mask));
+#endif
     for (b = 0; b < blocks; b++, w0 += 18, w1 += 18, a += EL_QBLOCK) {
-        /* asum: the two 16-bit lanes add up the block's activations (|sum| <= 16 * 128) */
-        int32_t i0 = 0, i1 = 0, asum = 0, total;
-        float scale = xs[b];
+        int32_t i0 = offsets[b], i1 = offsets[b];
         Q4_STEP(0);
         Q4_STEP(1);
         Q4_STEP(2);
         Q4_STEP(3);
-        total = (int32_t)(int16_t)(uint16_t)((uint32_t)asum & 0xffffu) + (asum >> 16);
-        i0 -= 8 * total;
-        i1 -= 8 * total;
-        s0 += half_to_float(load_u16(w0)) * scale * (float)i0;
-        s1 += half_to_float(load_u16(w1)) * scale * (float)i1;
+        s0 += half_to_float(load_u16(w0)) * xs[b] * (float)i0;
+        s1 += half_to_float(load_u16(w1)) * xs[b] * (float)i1;
     }
     *y0 = s0;
     *y1 = s1;
@@ -243,17 +260,25 @@ static void q4_0_rows2(const uint8_t *w0, const uint8_t *w1, const int8_t *a, co
 
 void el_kernel_matmul_q4_0(const el_matmul_task *t, uint32_t r0, uint32_t r1)
 {
-    uint32_t r, blocks = t->w->cols / EL_QBLOCK;
+    uint32_t r, c, k, n, blocks = t->w->cols / EL_QBLOCK;
     size_t row_bytes = (size_t)blocks * 18;
     const uint8_t *data = (const uint8_t *)t->w->data;
-    float spare;
+    int32_t offsets[Q4_CHUNK];
     if (t->batch != 1) {
         matmul_unpacked(t, r0, r1, 1);
         return;
     }
-    for (r = r0; r + 1 < r1; r += 2)
-        q4_0_rows2(data + r * row_bytes, data + (r + 1) * row_bytes, t->xq, t->xs, blocks, &t->y[r], &t->y[r + 1]);
-    if (r < r1) q4_0_rows2(data + r * row_bytes, data + r * row_bytes, t->xq, t->xs, blocks, &t->y[r], &spare);
+    for (c = 0; c < blocks; c += n) {
+        const uint8_t *part = data + (size_t)c * 18;
+        const int8_t *a = t->xq + (size_t)c * EL_QBLOCK;
+        n = blocks - c < Q4_CHUNK ? blocks - c : Q4_CHUNK;
+        for (k = 0; k < n; k++) offsets[k] = minus_eight_sum(a + k * EL_QBLOCK);
+        for (r = r0; r < r1; r += 2) {
+            uint32_t r_next = r + 1 < r1 ? r + 1 : r;
+            q4_0_rows2(part + r * row_bytes, part + r_next * row_bytes, a, t->xs + c, offsets, n, c == 0, &t->y[r],
+                       &t->y[r_next]);
+        }
+    }
 }
 
 /* ------------------------------------------------------------ F32 */

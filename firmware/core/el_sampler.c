@@ -221,13 +221,28 @@ static void apply_penalties(const el_sampling *params, float *logits, const int3
     }
 }
 
-/* The largest logit, lowest index on ties; NaN never wins. 0 when all are NaN. */
+/* The largest logit, lowest index on ties; NaN never wins. 0 when all are NaN.
+ * Eight running maxima first (a vector unit takes them as lanes; x > m ? x : m skips
+ * NaN like a max instruction), then the first index holding the largest. */
+static float minus_infinity(void)
+{
+    union { uint32_t u; float f; } v;
+    v.u = 0xff800000u;
+    return v.f;
+}
+
 static int argmax(const float *x, int n)
 {
-    int best = -1, i;
-    for (i = 0; i < n; i++)
-        if (x[i] == x[i] && (best < 0 || x[i] > x[best])) best = i;
-    return best < 0 ? 0 : best;
+    float lane[8], top;
+    int i, k, whole = n - n % 8, found = 0;
+    for (k = 0; k < 8; k++) lane[k] = minus_infinity();
+    for (i = 0; i < whole; i += 8)
+        for (k = 0; k < 8; k++) lane[k] = x[i + k] > lane[k] ? x[i + k] : lane[k];
+    top = lane[0];
+    for (k = 1; k < 8; k++) top = lane[k] > top ? lane[k] : top;
+    for (i = whole; i < n; i++) top = x[i] > top ? x[i] : top;
+    for (i = 0; i < n && !found; i++) found = x[i] == top;
+    return found ? i - 1 : 0;
 }
 
 /* ---- weights ---- */
@@ -236,10 +251,13 @@ static int argmax(const float *x, int n)
  * NaN (the max is +inf, or every logit is -inf) the tokens equal to the max get 1. */
 static void float_weights(const el_sampling *params, float *logits, float *w, int n)
 {
-    float top;
-    int i;
-    for (i = 0; i < n; i++) logits[i] /= params->temperature;
-    top = logits[argmax(logits, n)];
+    const float t = params->temperature;
+    /* dividing by t > 0 keeps the order, so the max of x / t is the max's x / t */
+    float top = logits[argmax(logits, n)] / t;
+    int i, k, whole = n - n % 8;
+    for (i = 0; i < whole; i += 8)
+        for (k = 0; k < 8; k++) logits[i + k] /= t;
+    for (; i < n; i++) logits[i] /= t;
     if (top - top == 0.0f) { /* finite: the vector kernel (NaN logits give NaN, dropped below) */
         el_kernel_exp_shifted(w, logits, top, n);
         return;
@@ -252,17 +270,37 @@ static void float_weights(const el_sampling *params, float *logits, float *w, in
 
 #define EL_WEIGHT_ONE 1073741824.0f /* 2^30: w * 2^30 is exact in float, then truncated */
 
-/* W = (uint32)(w * 2^30) for the kept w (w > 0, and w >= min_p); returns the sum. */
-static uint64_t integer_weights(const el_sampling *params, const float *w, uint32_t *weights, int n)
+/* The smallest positive float: w >= it is w > 0, false for NaN. */
+#define EL_TINIEST 1.4e-45f
+
+static uint32_t integer_weight(float w, float floor)
+{
+    /* a select between two computed values, and W <= 2^30 fits the int32 conversion
+     * every vector unit has: the compiler can take eight lanes at once */
+    float scaled = w * EL_WEIGHT_ONE, kept = w >= floor ? scaled : 0.0f;
+    return (uint32_t)(int32_t)kept;
+}
+
+/* W = (uint32)(w * 2^30) for the kept w (w > 0, and w >= min_p); returns the sum and
+ * sets *kept to how many are not 0. Eight lanes at a time, as el_portable_dot. */
+static uint64_t integer_weights(const el_sampling *params, const float *w, uint32_t *weights, int n, int *kept)
 {
     uint64_t total = 0;
-    float floor = params->min_p > 0.0f ? params->min_p : 0.0f;
-    int i;
-    for (i = 0; i < n; i++) {
-        uint32_t v = w[i] > 0.0f && w[i] >= floor ? (uint32_t)(w[i] * EL_WEIGHT_ONE) : 0u;
-        weights[i] = v;
-        total += v;
+    float floor = params->min_p > 0.0f ? params->min_p : EL_TINIEST;
+    int i, k, whole = n - n % 8, count = 0;
+    for (i = 0; i < whole; i += 8) {
+        for (k = 0; k < 8; k++) weights[i + k] = integer_weight(w[i + k], floor);
+        for (k = 0; k < 8; k++) {
+            total += weights[i + k];
+            count += weights[i + k] != 0;
+        }
     }
+    for (; i < n; i++) {
+        weights[i] = integer_weight(w[i], floor);
+        total += weights[i];
+        count += weights[i] != 0;
+    }
+    *kept = count;
     return total;
 }
 
@@ -273,6 +311,7 @@ static uint64_t integer_weights(const el_sampling *params, const float *w, uint3
 typedef struct {
     uint32_t value;
     int ties;
+    uint64_t total; /* the kept tokens' weight (top_p's cut only) */
 } cut;
 
 /* Byte-wide digits of a weight, most significant first (W <= 2^30: 31 bits). */
@@ -306,62 +345,74 @@ static cut select_cut(const uint32_t *weights, int n, double need, int by_weight
         /* the candidates of the bucket the prefix ends in, in index order */
         prefix |= (uint32_t)b << shift;
         high_mask |= 0xffu << shift;
+        /* appended without a branch: which tokens match is unpredictable */
         if (round == 0) {
-            for (i = 0; i < n; i++)
-                if (weights[i] > 0 && (weights[i] & high_mask) == prefix) list[n_list++] = i;
+            for (i = 0; i < n; i++) {
+                list[n_list] = i;
+                n_list += weights[i] > 0 && (weights[i] & high_mask) == prefix;
+            }
         } else {
             int kept = 0;
-            for (i = 0; i < n_list; i++)
-                if ((weights[list[i]] & high_mask) == prefix) list[kept++] = list[i];
+            for (i = 0; i < n_list; i++) {
+                list[kept] = list[i];
+                kept += (weights[list[i]] & high_mask) == prefix;
+            }
             n_list = kept;
         }
     }
     /* every candidate now has W == prefix: take them lowest index first */
     c.value = prefix;
     c.ties = 0;
+    c.total = before; /* the kept weight, when the measure is the weight */
     for (i = 0; i < n_list; i++) {
         c.ties++;
         before += by_weight ? prefix : 1u;
+        c.total += prefix;
         if ((double)before >= need) break;
     }
+    if (!by_weight) c.total = 0; /* not known: counted by apply_cut */
     return c;
 }
 
-/* Zero the weights of the dropped ranks; returns the kept total. */
-static uint64_t apply_cut(uint32_t *weights, int n, cut c)
+/* Token i is kept by the cut: above its value, or one of the first `ties` (counted
+ * down in *ties as they pass, in index order) that equal it. */
+static int above_cut(uint32_t weight, cut c, int *ties)
+{
+    int tie = weight == c.value;
+    int keep = weight > c.value || (tie && *ties > 0);
+    *ties -= tie;
+    return keep;
+}
+
+/* Zero the weights of the dropped ranks; returns the kept total and count. */
+static uint64_t apply_cut(uint32_t *weights, int n, cut c, int *kept)
 {
     uint64_t total = 0;
     int i, ties = c.ties;
+    *kept = 0;
     for (i = 0; i < n; i++) {
-        if (weights[i] < c.value || (weights[i] == c.value && ties-- <= 0)) weights[i] = 0;
+        if (!above_cut(weights[i], c, &ties)) weights[i] = 0;
         total += weights[i];
+        *kept += weights[i] > 0;
     }
     return total;
 }
 
-static int count_kept(const uint32_t *weights, int n)
-{
-    int i, kept = 0;
-    for (i = 0; i < n; i++) kept += weights[i] > 0;
-    return kept;
-}
-
-/* min_p, top_k and top_p; returns how many tokens are kept (0 only when no token has
- * weight, e.g. all logits NaN) and sets their total. */
+/* min_p and top_k applied to the weights; top_p's cut returned (c.ties < 0: none, every
+ * weight left is kept) so the draw can apply it on its way. Returns how many tokens top_k
+ * left (0 only when no token has weight, e.g. all logits NaN) and sets the kept total. */
 static int filter(const el_sampling *params, const float *w, uint32_t *weights, int n, el_sampler_scratch *scratch,
-                  uint64_t *total)
+                  uint64_t *total, cut *top_p_cut)
 {
     int kept;
-    *total = integer_weights(params, w, weights, n);
-    kept = count_kept(weights, n);
-    if (params->top_k > 0 && params->top_k < kept) {
-        *total = apply_cut(weights, n, select_cut(weights, n, (double)params->top_k, 0, scratch));
-        kept = params->top_k;
-    }
+    *total = integer_weights(params, w, weights, n, &kept);
+    top_p_cut->value = 0;
+    top_p_cut->ties = -1;
+    if (params->top_k > 0 && params->top_k < kept)
+        *total = apply_cut(weights, n, select_cut(weights, n, (double)params->top_k, 0, scratch), &kept);
     if (params->top_p < 1.0f && kept > 1) {
-        double need = (double)params->top_p * (double)*total;
-        *total = apply_cut(weights, n, select_cut(weights, n, need, 1, scratch));
-        kept = count_kept(weights, n);
+        *top_p_cut = select_cut(weights, n, (double)params->top_p * (double)*total, 1, scratch);
+        *total = top_p_cut->total;
     }
     return kept;
 }
@@ -387,16 +438,21 @@ static int is_greedy(const el_sampling *params) { return !(params->temperature >
 int el_sample(const el_sampling *params, float *logits, const int32_t *prompt, int n_prompt,
               const int32_t *output, int n_output, el_rng *rng, el_sampler_scratch *scratch)
 {
+    const uint32_t *weights = scratch->weights;
     uint64_t total, target, cum = 0;
-    int i, n = scratch->n_vocab;
+    int i, ties, n = scratch->n_vocab;
+    cut c;
     penalize(params, logits, prompt, n_prompt, output, n_output, scratch);
     if (is_greedy(params)) return argmax(logits, n); /* the RNG is not touched */
     float_weights(params, logits, scratch->probs, n);
-    if (filter(params, scratch->probs, scratch->weights, n, scratch, &total) == 0) return 0;
+    if (filter(params, scratch->probs, scratch->weights, n, scratch, &total, &c) == 0) return 0;
     target = scale_by(total, el_rng_next(rng));
-    for (i = 0; i < n; i++) {
-        cum += scratch->weights[i];
-        if (cum > target) return i;
+    if (c.ties < 0) {
+        for (i = 0; i < n; i++)
+            if ((cum += weights[i]) > target) return i;
+    } else {
+        for (i = 0, ties = c.ties; i < n; i++)
+            if (above_cut(weights[i], c, &ties) && (cum += weights[i]) > target) return i;
     }
     return n - 1; /* not reached: target < total */
 }
@@ -406,6 +462,7 @@ int el_sampler_distribution(const el_sampling *params, float *logits, const int3
 {
     uint64_t total;
     int kept, i, n = scratch->n_vocab;
+    cut c;
     penalize(params, logits, prompt, n_prompt, output, n_output, scratch);
     if (is_greedy(params)) {
         el_memset(scratch->probs, 0, (size_t)n * sizeof(float));
@@ -413,7 +470,8 @@ int el_sampler_distribution(const el_sampling *params, float *logits, const int3
         return 1;
     }
     float_weights(params, logits, scratch->probs, n);
-    kept = filter(params, scratch->probs, scratch->weights, n, scratch, &total);
+    kept = filter(params, scratch->probs, scratch->weights, n, scratch, &total, &c);
+    if (c.ties >= 0) total = apply_cut(scratch->weights, n, c, &kept);
     for (i = 0; i < n; i++) scratch->probs[i] = kept > 0 ? (float)((double)scratch->weights[i] / (double)total) : 0.0f;
     return kept;
 }
