@@ -159,7 +159,7 @@ class LocalDevice(Device):
 
 
 def open_device(board: str | None = None, host: str | None = None, port: str | None = None,
-                local: bool = False, model=None, **options) -> Device:
+                local: bool = False, model=None, threads: int | None = None, **options) -> Device:
     """The device a command line names: --board, --host, --port, or --local (the default)."""
     chosen = [name for name, value in (("--board", board), ("--host", host), ("--port", port), ("--local", local))
               if value]
@@ -167,5 +167,5 @@ def open_device(board: str | None = None, host: str | None = None, port: str | N
         raise EdgeLlamaError(f"give one of --board, --host, --port, --local (got {', '.join(chosen)})")
     if board or host or port:
         from .protocol_device import open_protocol_device
-        return open_protocol_device(board=board, host=host, port=port, model=model, **options)
-    return LocalDevice(model)
+        return open_protocol_device(board=board, host=host, port=port, model=model, threads=threads, **options)
+    return LocalDevice(model, threads=threads)

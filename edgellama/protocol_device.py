@@ -457,8 +457,15 @@ def _stale_hint(board, out_dir, error: EdgeLlamaError) -> EdgeLlamaError:
                           f"`edgellama build --board {board.name} -o {out_dir}`)")
 
 
-def _open_emulated_linux(board, out_dir, timeout):
-    argv = emulator.command(board, out_dir, ["serve"])
+def _serve_args(options) -> list:
+    """The POSIX program's serve mode, with --threads when one was asked for (else the
+    board's own count, compiled into the build)."""
+    threads = options.get("threads")
+    return ["serve", *(["--threads", str(int(threads))] if threads else [])]
+
+
+def _open_emulated_linux(board, out_dir, timeout, options):
+    argv = emulator.command(board, out_dir, _serve_args(options))
     stream = ProcessStream(argv, f"{board.name} (qemu-user)")
     try:
         return ProtocolDevice(stream, timeout=timeout, hello_timeout=BOOT_TIMEOUT, hello_tries=1,
@@ -524,10 +531,10 @@ def _open_host(host, board, options, timeout):
         if flash.current_release(client, remote_dir) is None:
             raise EdgeLlamaError(f"{host}: nothing is flashed there; run `edgellama flash --host {host}` first")
         if board is not None:
-            argv = flash.remote_program_argv(board, ["serve"], remote_dir)
+            argv = flash.remote_program_argv(board, _serve_args(options), remote_dir)
         else:
             current = f"{remote_dir}/current"
-            argv = [f"{current}/edgellama-run", f"{current}/model.gguf", "serve"]
+            argv = [f"{current}/edgellama-run", f"{current}/model.gguf", *_serve_args(options)]
         writer, _, channel = client.exec_stream(argv)
     except BaseException:
         client.close()
@@ -541,7 +548,7 @@ def open_protocol_device(board: str | None = None, host: str | None = None, port
     """--port DEV|URL|auto (auto needs --board), --host USER@ADDR, or --board NAME (an
     emulated board, built into build/NAME first when needed). Options: quant, output
     (the build directory), timeout, baud; for SSH identity, known_hosts, trust_host_key,
-    remote_dir."""
+    remote_dir; threads (Linux boards: the program's --threads; bare metal runs one)."""
     from .boards import get_board
     timeout = float(options.get("timeout") or DEFAULT_TIMEOUT)
     b = get_board(board) if board else None
@@ -566,7 +573,7 @@ def open_protocol_device(board: str | None = None, host: str | None = None, port
                              f"--port DEVICE (serial)")
     out_dir = _ensure_build(b, model, options.get("quant"), options.get("output"))
     if b.os == "linux":
-        device = _open_emulated_linux(b, out_dir, timeout)
+        device = _open_emulated_linux(b, out_dir, timeout, options)
     elif b.os == "baremetal":
         device = _open_emulated_baremetal(b, out_dir, timeout)
     else:

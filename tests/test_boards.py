@@ -9,8 +9,8 @@ from edgellama.boards import all_boards, get_board, load_board, parse_size
 from edgellama.errors import EdgeLlamaError
 from edgellama.toolchains import Toolchain, all_toolchains, get_toolchain
 
-SHIPPED = {"rpi5", "rpi4", "rpi3", "rpi-zero2w", "beaglebone-black", "visionfive2", "qemu-aarch64", "qemu-armhf",
-           "qemu-riscv64", "mps2-an386", "qemu-virt-rv64", "esp32-s3", "rpi-pico2"}
+SHIPPED = {"rpi5", "rpi4", "rpi3", "rpi-zero2w", "beaglebone-black", "visionfive2", "bpi-f3", "qemu-aarch64",
+           "qemu-armhf", "qemu-riscv64", "qemu-riscv64-rvv", "mps2-an386", "qemu-virt-rv64", "esp32-s3", "rpi-pico2"}
 
 
 def run(*args):

@@ -6,13 +6,13 @@ from ..errors import EdgeLlamaError
 from .devices import device_options
 
 
-def _open(board, host, port, local, model):
+def _open(board, host, port, local, model, threads=None):
     from ..device import open_device
     if board:
         from ..boards import get_board
         get_board(board)  # an unknown board is one line, before anything starts
     try:
-        return open_device(board=board, host=host, port=port, local=local, model=model)
+        return open_device(board=board, host=host, port=port, local=local, model=model, threads=threads)
     except ImportError as e:
         raise EdgeLlamaError(f"bench: this device kind is not available here ({e})") from None
     except (OSError, ValueError) as e:
@@ -28,7 +28,7 @@ def _open(board, host, port, local, model):
 @click.option("--output", "output", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @click.option("--no-history", is_flag=True, help="Do not record this run in the bench history.")
 @click.pass_context
-def command(ctx, board, host, port, local, model, prompt_tokens, gen_tokens, repetitions, warmup, output,
+def command(ctx, board, host, port, local, model, threads, prompt_tokens, gen_tokens, repetitions, warmup, output,
             no_history):
     """Prefill and decode tokens/s, latencies, memory and sizes on a device, llama-bench style.
 
@@ -45,7 +45,7 @@ def command(ctx, board, host, port, local, model, prompt_tokens, gen_tokens, rep
         from pathlib import Path
         if not Path(model).is_file():
             raise EdgeLlamaError(f"{model}: no such model file")
-    with _open(board, host, port, local, model) as device:
+    with _open(board, host, port, local, model, threads) as device:
         def progress(i, total):
             if sys.stderr.isatty():
                 click.echo(f"\rbench: run {i}/{total}", err=True, nl=(i == total))

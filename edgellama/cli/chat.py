@@ -53,14 +53,14 @@ def _reply_summary(stats) -> str:
               help="Local runtime only. Default: the one the model's metadata names, else plain.")
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past the end-of-sequence token.")
 @sampling_options
-def command(board, host, port, local, model, system, chat_template, ignore_eos, **options):
+def command(board, host, port, local, model, threads, system, chat_template, ignore_eos, **options):
     """Multi-turn chat with the runtime or a device. Commands: /reset, /stats, /system TEXT, /quit.
 
     Replies print as they arrive. The conversation stays on the device between turns;
     Ctrl-C stops the current reply, not the chat (a second Ctrl-C stops waiting for it)."""
     from ..device import LocalDevice, open_device
     params = dataclasses.replace(sampling_params(options), ignore_eos=ignore_eos)
-    device = open_device(board=board, host=host, port=port, local=local, model=model)
+    device = open_device(board=board, host=host, port=port, local=local, model=model, threads=threads)
     with device:
         if isinstance(device, LocalDevice):
             device.session = device.llm.chat_session(system, chat_template)

@@ -9,6 +9,7 @@ from ..builder import MANIFEST, build, default_out_dir
 from ..errors import EdgeLlamaError
 from ..loading import resolve
 from ..quant import QUANT_NAMES
+from .devices import threads_option
 from .sampling import sampling_options, sampling_params
 
 
@@ -54,8 +55,9 @@ def _needs_build(out_dir: Path, board: str, model, quant) -> str | None:
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Build directory (default: build/BOARD).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
               help="Seconds before the emulator is stopped.")
+@threads_option
 @sampling_options
-def command(prompt, board, model, quant, output, timeout, **options):
+def command(prompt, board, model, quant, output, timeout, threads, **options):
     """Run PROMPT on an emulated board, building first when the directory has no build."""
     params = sampling_params(options)
     b = get_board(board)
@@ -75,8 +77,9 @@ def command(prompt, board, model, quant, output, timeout, **options):
         click.echo(text, nl=False)
 
     try:
-        returncode, _, stderr = emulator.run(b, out_dir, ["generate", prompt, *program_flags(params)], timeout,
-                                             on_output=show)
+        thread_flags = ["--threads", str(threads)] if threads and b.os == "linux" else []  # bare metal: one
+        returncode, _, stderr = emulator.run(b, out_dir, ["generate", prompt, *program_flags(params), *thread_flags],
+                                             timeout, on_output=show)
     finally:
         if streamed:
             click.echo()  # the error, if any, starts on its own line

@@ -20,7 +20,7 @@ def parse_listen(value: str) -> tuple:
 @click.option("--chat-template", type=click.Choice(["plain", "llama2", "chatml"]),
               help="Local runtime only. Default: the one the model's metadata names, else plain.")
 @click.option("--verbose", is_flag=True, help="Log every request.")
-def command(board, host, port, local, model, listen, served_model_name, chat_template, verbose):
+def command(board, host, port, local, model, threads, listen, served_model_name, chat_template, verbose):
     """An OpenAI-compatible HTTP server in front of the runtime or a device.
 
     POST /v1/completions and /v1/chat/completions (streamed as server-sent events or
@@ -29,7 +29,7 @@ def command(board, host, port, local, model, listen, served_model_name, chat_tem
     from .. import serve
     from ..device import LocalDevice, open_device
     addr, listen_port = parse_listen(listen)
-    device = open_device(board=board, host=host, port=port, local=local, model=model)
+    device = open_device(board=board, host=host, port=port, local=local, model=model, threads=threads)
     try:
         if chat_template and not isinstance(device, LocalDevice):
             raise EdgeLlamaError("--chat-template: a device uses its model's own template")

@@ -83,6 +83,24 @@ def copy_core(dest: Path) -> list:
     return copy_sources(sorted([*core.glob("*.c"), *core.glob("*.h")]), dest)
 
 
+def kernels_for(cc, cflags) -> str | None:
+    """The kernels (el_kernel_ops.h's EL_KERNELS_NAME: "neon-dotprod", "cortex-m-dsp", ...)
+    that `cc` with these flags compiles: the board's CPU flags pick them. None when the
+    compiler cannot be run here."""
+    from ..runtime import build as runtime_build
+    core = runtime_build.firmware_dir() / "core"
+    cmd = [*([cc] if isinstance(cc, str) else cc), *cflags, f"-I{core}", "-E", "-P", "-x", "c", "-"]
+    try:
+        result = subprocess.run(cmd, input='#include "el_kernel_ops.h"\nEL_KERNELS_NAME\n', capture_output=True,
+                                text=True, check=False)
+    except OSError:
+        return None
+    lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+    if result.returncode != 0 or not lines or not lines[-1].startswith('"'):
+        return None
+    return lines[-1].strip('"')
+
+
 def run_checked(cmd: list, what: str, cwd=None, timeout=None) -> subprocess.CompletedProcess:
     """Run a compiler or make; on failure raise EdgeLlamaError whose first line names the
     first error and whose rest is the compiler's own message."""

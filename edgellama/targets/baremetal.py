@@ -40,7 +40,7 @@ from pathlib import Path
 
 from ..errors import EdgeLlamaError
 from ..runtime import build as runtime_build
-from . import BuildContext, copy_core, copy_sources, run_checked
+from . import BuildContext, copy_core, copy_sources, kernels_for, run_checked
 
 IMAGE = "firmware"
 APP_FILES = ("main.c", "el_port.h", "el_freestanding.c", "el_model_blob.S")
@@ -160,6 +160,7 @@ def emit(ctx: BuildContext) -> list:
     ctx.manifest["flags"] = {"cflags": cflags(ctx), "ldflags": [*LDFLAGS, f"-T{port.name}/link.ld"],
                              "ldlibs": LDLIBS}
     ctx.manifest["program"] = f"{IMAGE}.elf"
+    ctx.manifest["kernels"] = kernels_for(ctx.toolchain.cc, cflags(ctx))
     ctx.manifest["memory"] = dict(re.findall(r"^(WEIGHTS_REGION|ARENA_REGION|ARENA_BYTES) = (\S+)$",
                                              config.read_text(encoding="utf-8"), re.MULTILINE))
     return files

@@ -6,6 +6,7 @@ The output directory holds the program and the model side by side:
     OUT/edgellama-run  OUT/model.gguf  OUT/manifest.json
     OUT/src/Makefile  OUT/src/main.c  OUT/src/core/*.c *.h
     OUT/src/common/el_protocol.c .h   the serial protocol (`serve` mode)
+    OUT/src/common/el_thread_pool.c .h   the threads behind --threads (default: the board's count)
 
 The Makefile is the build: `compile` runs it, and a user runs the same `make` in
 OUT/src with their own toolchain (`make CC=...`). Static linking is the default so a
@@ -18,20 +19,21 @@ from pathlib import Path
 
 from ..errors import EdgeLlamaError
 from ..runtime import build as runtime_build
-from . import BuildContext, copy_core, copy_sources, run_checked
+from . import BuildContext, copy_core, copy_sources, kernels_for, run_checked
 
 PROGRAM = "edgellama-run"
-LDFLAGS = ["-static"]
+LDFLAGS = ["-static", "-pthread"]
 LDLIBS = ["-lm"]
 MODES = ("generate", "chat", "bench", "serve")
 
 
 def cflags(ctx: BuildContext) -> list:
-    """C_FLAGS (C99, -O2, warnings as errors, no FMA contraction) and the board's CPU flags."""
+    """C_FLAGS (C99, -O2, warnings as errors, no FMA contraction), the board's CPU flags
+    (they pick the kernels: el_kernel_ops.h) and its default thread count."""
     flags = list(runtime_build.C_FLAGS)
     if "-O2" not in flags:
         flags.append("-O2")
-    return [*flags, *ctx.board.cflags]
+    return [*flags, "-pthread", *ctx.board.cflags, f"-DEL_DEFAULT_THREADS={ctx.board.threads}"]
 
 
 def makefile_text(ctx: BuildContext, sources: list) -> str:
@@ -80,12 +82,15 @@ def emit(ctx: BuildContext) -> list:
     src = ctx.src_dir
     files = copy_core(src / "core")
     common = runtime_build.firmware_dir() / "apps" / "common"
-    files += copy_sources([common / "el_protocol.c", common / "el_protocol.h"], src / "common")
+    files += copy_sources([common / n for n in ("el_protocol.c", "el_protocol.h", "el_thread_pool.c",
+                                                "el_thread_pool.h")], src / "common")
     files += copy_sources([runtime_build.firmware_dir() / "apps" / "posix" / "main.c"], src)
     sources = [f.relative_to(src).as_posix() for f in files if f.suffix == ".c"]
     makefile = src / "Makefile"
     makefile.write_text(makefile_text(ctx, sources), encoding="utf-8")
     ctx.manifest["flags"] = {"cflags": cflags(ctx), "ldflags": LDFLAGS, "ldlibs": LDLIBS}
+    ctx.manifest["kernels"] = kernels_for(ctx.toolchain.cc, cflags(ctx))
+    ctx.manifest["threads"] = ctx.board.threads
     ctx.manifest["program"] = PROGRAM
     return [*files, makefile]
 

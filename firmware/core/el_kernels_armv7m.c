@@ -86,50 +86,129 @@ static inline float half_to_float(uint32_t h)
 }
 #endif
 
+/* ------------------------------------------------------------ activations, unpacked */
+
+/* One activation row (batch 1) is unpacked once per matmul into int16 lane pairs, a
+ * part of the row at a time: lane[2k] has elements 4k and 4k+2, lane[2k+1] elements
+ * 4k+1 and 4k+3, so a weight step reads its two with one LDRD; the block's scale and
+ * (Q4_0) offset sit beside them, all under one pointer. A row longer than a part is
+ * done part by part, its running sum kept in y between parts (a float stored and
+ * reloaded is the same float). */
+#define EL_PART_BLOCKS 16
+
+typedef struct {
+    int32_t lane[16];
+    int32_t offset;   /* Q4_0: -8 * the sum of the block's activations */
+    float scale;      /* the activation block's scale */
+} act_block;
+
+static void unpack_activations(act_block *out, const int8_t *a, const float *scales, uint32_t blocks, int q4)
+{
+    uint32_t b, k;
+    for (b = 0; b < blocks; b++, out++, a += EL_QBLOCK) {
+        int32_t sum = 0;
+        for (k = 0; k < 8; k++) {
+            uint32_t v = load_u32(a + 4 * k);
+            out->lane[2 * k] = lanes_even(v);
+            out->lane[2 * k + 1] = lanes_odd(v);
+        }
+        if (q4)
+            for (k = 0; k < 16; k++)
+                sum += (out->lane[k] >> 16) + (int32_t)(int16_t)(uint16_t)((uint32_t)out->lane[k] & 0xffffu);
+        out->offset = -8 * sum;
+        out->scale = scales[b];
+    }
+}
+
 /* ------------------------------------------------------------ Q8_0 */
 
-/* One block (32 int8 weights at w, 32 int8 activations at a) of two rows. */
+/* Weights 4k..4k+3 of two rows against their activations. */
 #define Q8_STEP(k)                                                                  \
     do {                                                                            \
-        uint32_t av = load_u32(a + (k)), wa = load_u32(w0 + 2 + (k)), wb = load_u32(w1 + 2 + (k)); \
-        int32_t ae = lanes_even(av), ao = lanes_odd(av);                            \
+        int32_t ae = act->lane[2 * (k)], ao = act->lane[2 * (k) + 1];               \
+        uint32_t wa = load_u32(w0 + 2 + 4 * (k)), wb = load_u32(w1 + 2 + 4 * (k)); \
         i0 = __smlad(lanes_even(wa), ae, i0);                                       \
         i1 = __smlad(lanes_even(wb), ae, i1);                                       \
         i0 = __smlad(lanes_odd(wa), ao, i0);                                        \
         i1 = __smlad(lanes_odd(wb), ao, i1);                                        \
     } while (0)
 
-/* Rows w0 and w1 (possibly the same, then y0 == y1) against one activation row. */
-static void q8_0_rows2(const uint8_t *w0, const uint8_t *w1, const int8_t *a, const float *xs, uint32_t blocks,
+/* Rows w0 and w1 (possibly the same, then y0 == y1), blocks [0, blocks) of a part; the
+ * sums start from 0 (first part) or from y. */
+static void q8_0_rows2(const uint8_t *w0, const uint8_t *w1, const act_block *act, uint32_t blocks, int first,
                        float *y0, float *y1)
 {
-    float s0 = 0.0f, s1 = 0.0f;
+    float s0 = first ? 0.0f : *y0, s1 = first ? 0.0f : *y1;
     uint32_t b;
-    for (b = 0; b < blocks; b++, w0 += 34, w1 += 34, a += EL_QBLOCK) {
+    for (b = 0; b < blocks; b++, w0 += 34, w1 += 34, act++) {
         int32_t i0 = 0, i1 = 0;
-        float scale = xs[b];
         Q8_STEP(0);
+        Q8_STEP(1);
+        Q8_STEP(2);
+        Q8_STEP(3);
         Q8_STEP(4);
-        Q8_STEP(8);
-        Q8_STEP(12);
-        Q8_STEP(16);
-        Q8_STEP(20);
-        Q8_STEP(24);
-        Q8_STEP(28);
-        s0 += half_to_float(load_u16(w0)) * scale * (float)i0;
-        s1 += half_to_float(load_u16(w1)) * scale * (float)i1;
+        Q8_STEP(5);
+        Q8_STEP(6);
+        Q8_STEP(7);
+        s0 += half_to_float(load_u16(w0)) * act->scale * (float)i0;
+        s1 += half_to_float(load_u16(w1)) * act->scale * (float)i1;
     }
     *y0 = s0;
     *y1 = s1;
 }
 
-/* A weight block unpacked into int16 lane pairs: lane[2k] has elements 4k and 4k+2,
- * lane[2k+1] elements 4k+1 and 4k+3 (Q8_0), or the same for elements 16 apart (Q4_0). */
+/* ------------------------------------------------------------ Q4_0 */
+
+/* Weight bytes 4j..4j+3 of two rows: low nibbles against activations 4j..4j+3 (ae, ao),
+ * high nibbles against 16+4j..16+4j+3 (he, ho); nibbles as they are, 0..15. */
+#define Q4_STEP(j)                                                                  \
+    do {                                                                            \
+        int32_t ae = act->lane[2 * (j)], ao = act->lane[2 * (j) + 1];               \
+        int32_t he = act->lane[8 + 2 * (j)], ho = act->lane[8 + 2 * (j) + 1];       \
+        uint32_t wa = load_u32(w0 + 2 + 4 * (j)), wb = load_u32(w1 + 2 + 4 * (j)); \
+        i0 = __smlad((int32_t)(mask & wa), ae, i0);                                 \
+        i1 = __smlad((int32_t)(mask & wb), ae, i1);                                 \
+        i0 = __smlad((int32_t)(mask & (wa >> 8)), ao, i0);                          \
+        i1 = __smlad((int32_t)(mask & (wb >> 8)), ao, i1);                          \
+        i0 = __smlad((int32_t)(mask & (wa >> 4)), he, i0);                          \
+        i1 = __smlad((int32_t)(mask & (wb >> 4)), he, i1);                          \
+        i0 = __smlad((int32_t)(mask & (wa >> 12)), ho, i0);                         \
+        i1 = __smlad((int32_t)(mask & (wb >> 12)), ho, i1);                         \
+    } while (0)
+
+/* The sums start from the block's offset: the "- 8" of every nibble, once for all rows. */
+static void q4_0_rows2(const uint8_t *w0, const uint8_t *w1, const act_block *act, uint32_t blocks, int first,
+                       float *y0, float *y1)
+{
+    uint32_t mask = 0x000f000fu, b;
+    float s0 = first ? 0.0f : *y0, s1 = first ? 0.0f : *y1;
+#if defined(__GNUC__)
+    /* keep the mask in a register: then each nibble pair is one AND with a shifted
+     * operand (AND rd, mask, w, LSR #n) rather than a shift and an AND-immediate */
+    __asm__("" : "+r"(mask));
+#endif
+    for (b = 0; b < blocks; b++, w0 += 18, w1 += 18, act++) {
+        int32_t i0 = act->offset, i1 = act->offset;
+        Q4_STEP(0);
+        Q4_STEP(1);
+        Q4_STEP(2);
+        Q4_STEP(3);
+        s0 += half_to_float(load_u16(w0)) * act->scale * (float)i0;
+        s1 += half_to_float(load_u16(w1)) * act->scale * (float)i1;
+    }
+    *y0 = s0;
+    *y1 = s1;
+}
+
+/* ------------------------------------------------------------ batch > 1 */
+
+/* A weight block unpacked into int16 lane pairs, in the order of the activation lanes
+ * above (Q4_0: nibble - 8, low nibbles as elements 0..15, high ones as 16..31). */
 typedef struct {
     int32_t lane[16];
 } unpacked_block;
 
-/* The block's integer dot product with 32 activations, in the lane order above. */
+/* The block's integer dot product with 32 activations. */
 static inline int32_t unpacked_dot(const unpacked_block *u, const int8_t *a)
 {
     int32_t s = 0;
@@ -142,9 +221,9 @@ static inline int32_t unpacked_dot(const unpacked_block *u, const int8_t *a)
     return s;
 }
 
-/* Batch > 1: every activation row against each block as it is unpacked. The running
- * sums live in y (a float stored and reloaded is the same float). */
-static void matmul_unpacked(const el_matmul_task *t, uint32_t r0, uint32_t r1, int q4)
+/* Every activation row against each weight block as it is unpacked: a prompt reads
+ * each weight once. The running sums live in y. */
+static void matmul_batch(const el_matmul_task *t, uint32_t r0, uint32_t r1, int q4)
 {
     uint32_t r, blk, cols = t->w->cols, rows = t->w->rows, blocks = cols / EL_QBLOCK;
     uint32_t block_bytes = q4 ? 18u : 34u;
@@ -156,7 +235,6 @@ static void matmul_unpacked(const el_matmul_task *t, uint32_t r0, uint32_t r1, i
         for (blk = 0; blk < blocks; blk++, w += block_bytes) {
             float d = half_to_float(load_u16(w));
             if (q4) {
-                /* (nibble - 8) in each lane */
                 for (k = 0; k < 4; k++) {
                     uint32_t v = load_u32(w + 2 + 4 * k), m = 0x000f000fu, eight = 0x00080008u;
                     u.lane[2 * k] = __ssub16((int32_t)(v & m), (int32_t)eight);
@@ -172,114 +250,41 @@ static void matmul_unpacked(const el_matmul_task *t, uint32_t r0, uint32_t r1, i
                 }
             }
             for (b = 0; b < t->batch; b++) {
-                const int8_t *a = t->xq + (size_t)b * cols + (size_t)blk * EL_QBLOCK;
                 float *y = &t->y[(size_t)b * rows + r];
-                int32_t isum = unpacked_dot(&u, a);
+                int32_t isum = unpacked_dot(&u, t->xq + (size_t)b * cols + (size_t)blk * EL_QBLOCK);
                 *y += d * t->xs[(size_t)b * blocks + blk] * (float)isum;
             }
         }
     }
 }
 
-void el_kernel_matmul_q8_0(const el_matmul_task *t, uint32_t r0, uint32_t r1)
+/* ------------------------------------------------------------ Q8_0 and Q4_0 rows */
+
+static void matmul_quantized(const el_matmul_task *t, uint32_t r0, uint32_t r1, int q4)
 {
-    uint32_t r, blocks = t->w->cols / EL_QBLOCK;
-    size_t row_bytes = (size_t)blocks * 34;
-    const uint8_t *data = (const uint8_t *)t->w->data;
+    uint32_t r, c, n, blocks = t->w->cols / EL_QBLOCK, block_bytes = q4 ? 18u : 34u;
+    size_t row_bytes = (size_t)blocks * block_bytes;
+    act_block act[EL_PART_BLOCKS];
     if (t->batch != 1) {
-        matmul_unpacked(t, r0, r1, 0);
-        return;
-    }
-    for (r = r0; r < r1; r += 2) {
-        uint32_t r_next = r + 1 < r1 ? r + 1 : r;
-        q8_0_rows2(data + r * row_bytes, data + r_next * row_bytes, t->xq, t->xs, blocks, &t->y[r], &t->y[r_next]);
-    }
-}
-
-/* ------------------------------------------------------------ Q4_0 */
-
-/* Weight bytes 4j..4j+3 of two rows: low nibbles against activations 4j..4j+3 (ae, ao),
- * high nibbles against 16+4j..16+4j+3 (he, ho); nibbles as they are, 0..15. */
-#define Q4_STEP(j)                                                                  \
-    do {                                                                            \
-        uint32_t lo = load_u32(a + 4 * (j)), hi = load_u32(a + 16 + 4 * (j));      \
-        uint32_t wa = load_u32(w0 + 2 + 4 * (j)), wb = load_u32(w1 + 2 + 4 * (j)); \
-        int32_t ae = lanes_even(lo), ao = lanes_odd(lo), he = lanes_even(hi), ho = lanes_odd(hi); \
-        i0 = __smlad((int32_t)(mask & wa), ae, i0);                                 \
-        i1 = __smlad((int32_t)(mask & wb), ae, i1);                                 \
-        i0 = __smlad((int32_t)(mask & (wa >> 8)), ao, i0);                          \
-        i1 = __smlad((int32_t)(mask & (wb >> 8)), ao, i1);                          \
-        i0 = __smlad((int32_t)(mask & (wa >> 4)), he, i0);                          \
-        i1 = __smlad((int32_t)(mask & (wb >> 4)), he, i1);                          \
-        i0 = __smlad((int32_t)(mask & (wa >> 12)), ho, i0);                         \
-        i1 = __smlad((int32_t)(mask & (wb >> 12)), ho, i1);                         \
-    } while (0)
-
-/* Blocks whose activation sums are kept at a time (a row longer than this many blocks
- * is done in parts, its running sum kept in y between them). */
-#define Q4_CHUNK 32
-
-/* -8 times the sum of 32 activations: the "- 8" of every nibble in the block. */
-static int32_t minus_eight_sum(const int8_t *a)
-{
-    int32_t lanes = 0;
-    int k;
-    for (k = 0; k < EL_QBLOCK; k += 4) {
-        uint32_t v = load_u32(a + k);
-        lanes = __sxtab16(lanes, (int32_t)v);
-        lanes = __sxtab16(lanes, (int32_t)(v >> 8));
-    }
-    /* each lane holds 16 values, |sum| <= 2048 */
-    return -8 * ((int32_t)(int16_t)(uint16_t)((uint32_t)lanes & 0xffffu) + (lanes >> 16));
-}
-
-/* Rows w0 and w1 (possibly the same, then y0 == y1) against one activation row, blocks
- * [0, blocks) of a part; sums start from 0 (first part) or from y. */
-static void q4_0_rows2(const uint8_t *w0, const uint8_t *w1, const int8_t *a, const float *xs,
-                       const int32_t *offsets, uint32_t blocks, int first, float *y0, float *y1)
-{
-    uint32_t mask = 0x000f000fu, b;
-    float s0 = first ? 0.0f : *y0, s1 = first ? 0.0f : *y1;
-#if defined(__GNUC__)
-    /* keep the mask in a register: then each nibble pair is one AND with a shifted
-     * operand (AND rd, mask, w, LSR #n) rather than a shift and an AND-immediate */
-    __asm__("" : "+r"(mask));
-#endif
-    for (b = 0; b < blocks; b++, w0 += 18, w1 += 18, a += EL_QBLOCK) {
-        int32_t i0 = offsets[b], i1 = offsets[b];
-        Q4_STEP(0);
-        Q4_STEP(1);
-        Q4_STEP(2);
-        Q4_STEP(3);
-        s0 += half_to_float(load_u16(w0)) * xs[b] * (float)i0;
-        s1 += half_to_float(load_u16(w1)) * xs[b] * (float)i1;
-    }
-    *y0 = s0;
-    *y1 = s1;
-}
-
-void el_kernel_matmul_q4_0(const el_matmul_task *t, uint32_t r0, uint32_t r1)
-{
-    uint32_t r, c, k, n, blocks = t->w->cols / EL_QBLOCK;
-    size_t row_bytes = (size_t)blocks * 18;
-    const uint8_t *data = (const uint8_t *)t->w->data;
-    int32_t offsets[Q4_CHUNK];
-    if (t->batch != 1) {
-        matmul_unpacked(t, r0, r1, 1);
+        matmul_batch(t, r0, r1, q4);
         return;
     }
     for (c = 0; c < blocks; c += n) {
-        const uint8_t *part = data + (size_t)c * 18;
-        const int8_t *a = t->xq + (size_t)c * EL_QBLOCK;
-        n = blocks - c < Q4_CHUNK ? blocks - c : Q4_CHUNK;
-        for (k = 0; k < n; k++) offsets[k] = minus_eight_sum(a + k * EL_QBLOCK);
+        const uint8_t *part = (const uint8_t *)t->w->data + (size_t)c * block_bytes;
+        n = blocks - c < EL_PART_BLOCKS ? blocks - c : EL_PART_BLOCKS;
+        unpack_activations(act, t->xq + (size_t)c * EL_QBLOCK, t->xs + c, n, q4);
         for (r = r0; r < r1; r += 2) {
             uint32_t r_next = r + 1 < r1 ? r + 1 : r;
-            q4_0_rows2(part + r * row_bytes, part + r_next * row_bytes, a, t->xs + c, offsets, n, c == 0, &t->y[r],
-                       &t->y[r_next]);
+            if (q4)
+                q4_0_rows2(part + r * row_bytes, part + r_next * row_bytes, act, n, c == 0, &t->y[r], &t->y[r_next]);
+            else
+                q8_0_rows2(part + r * row_bytes, part + r_next * row_bytes, act, n, c == 0, &t->y[r], &t->y[r_next]);
         }
     }
 }
+
+void el_kernel_matmul_q8_0(const el_matmul_task *t, uint32_t r0, uint32_t r1) { matmul_quantized(t, r0, r1, 0); }
+void el_kernel_matmul_q4_0(const el_matmul_task *t, uint32_t r0, uint32_t r1) { matmul_quantized(t, r0, r1, 1); }
 
 /* ------------------------------------------------------------ F32 */
 
@@ -352,16 +357,60 @@ void el_kernel_matmul_f32(const el_matmul_task *t, uint32_t r0, uint32_t r1)
             t->y[(size_t)b * rows + r] = el_kernel_dot(data + (size_t)r * cols, t->x + (size_t)b * cols, (int)cols);
 }
 
+/* ------------------------------------------------------------ quantize, axpy */
+
+#if defined(__GNUC__)
+#define abs_float(x) __builtin_fabsf(x) /* VABS; differs from x < 0 ? -x : x only at -0, never a maximum */
+#else
+#define abs_float(x) ((x) < 0.0f ? -(x) : (x))
+#endif
+
+static inline int8_t round_to_int8(float v) { return (int8_t)(int)(v + (v >= 0.0f ? 0.5f : -0.5f)); }
+
+/* el_quantize_int8 per block: the maximum in four running maxima (a maximum of
+ * non-negative floats does not depend on the order; a NaN never wins a comparison). */
+void el_kernel_quantize_blocks(int8_t *q, float *scales, const float *x, int n_blocks)
+{
+    int b, i;
+    for (b = 0; b < n_blocks; b++, x += EL_QBLOCK, q += EL_QBLOCK) {
+        float m0 = 0.0f, m1 = 0.0f, m2 = 0.0f, m3 = 0.0f, amax, inverse;
+        for (i = 0; i < EL_QBLOCK; i += 4) {
+            float a0 = abs_float(x[i]), a1 = abs_float(x[i + 1]), a2 = abs_float(x[i + 2]), a3 = abs_float(x[i + 3]);
+            if (a0 > m0) m0 = a0;
+            if (a1 > m1) m1 = a1;
+            if (a2 > m2) m2 = a2;
+            if (a3 > m3) m3 = a3;
+        }
+        amax = m0;
+        if (m1 > amax) amax = m1;
+        if (m2 > amax) amax = m2;
+        if (m3 > amax) amax = m3;
+        scales[b] = amax / 127.0f;
+        inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
+        for (i = 0; i < EL_QBLOCK; i += 4) {
+            q[i] = round_to_int8(x[i] * inverse);
+            q[i + 1] = round_to_int8(x[i + 1] * inverse);
+            q[i + 2] = round_to_int8(x[i + 2] * inverse);
+            q[i + 3] = round_to_int8(x[i + 3] * inverse);
+        }
+    }
+}
+
+void el_kernel_axpy(float *y, float a, const float *x, int n)
+{
+    int i, whole = n - n % 4;
+    for (i = 0; i < whole; i += 4) {
+        y[i] += a * x[i];
+        y[i + 1] += a * x[i + 1];
+        y[i + 2] += a * x[i + 2];
+        y[i + 3] += a * x[i + 3];
+    }
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
 /* ------------------------------------------------------------ the rest: portable */
 
 void el_kernel_matmul_f16(const el_matmul_task *t, uint32_t r0, uint32_t r1) { el_portable_matmul_f16(t, r0, r1); }
-
-void el_kernel_quantize_blocks(int8_t *q, float *scales, const float *x, int n_blocks)
-{
-    el_portable_quantize_blocks(q, scales, x, n_blocks);
-}
-
-void el_kernel_axpy(float *y, float a, const float *x, int n) { el_portable_axpy(y, a, x, n); }
 void el_kernel_swiglu(float *gate, const float *up, int n) { el_portable_swiglu(gate, up, n); }
 void el_kernel_exp_shifted(float *w, const float *x, float shift, int n) { el_portable_exp_shifted(w, x, shift, n); }
 

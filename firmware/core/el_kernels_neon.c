@@ -247,8 +247,7 @@ static void dot4_f16(const uint8_t *w0, const uint8_t *w1, const uint8_t *w2, co
     }
 }
 
-#if !EL_NEON_IEEE
-/* y[b][r] for one row and activation row, by the portable code (ARMv7 fallback). */
+/* y[b][r] for one row and activation row, by the portable code. */
 static void portable_one(const el_matmul_task *t, uint32_t r, int b)
 {
     el_matmul_task one = *t;
@@ -265,22 +264,18 @@ static void portable_one(const el_matmul_task *t, uint32_t r, int b)
     default: el_portable_matmul_q4_0(&one, r, r + 1); break;
     }
 }
-#endif
 
-/* Stores a group's results (n_rows of them), recomputing any that the vector path
- * could not produce bit for bit (ARMv7: flags clear, or NaN). */
+/* Stores a group's results (n_rows of them). A NaN is recomputed by the portable code:
+ * which NaN comes out of two NaN operands depends on their order, and the compiler
+ * orders commutative operands as it likes, in either code. On ARMv7 so is every result
+ * whose checks failed (ok == 0). */
 static void store_group(const el_matmul_task *t, uint32_t r, uint32_t n_rows, int b, const float *out, int ok)
 {
     float *y = t->y + (size_t)b * t->w->rows + r;
     uint32_t k;
     for (k = 0; k < n_rows; k++) {
-#if EL_NEON_IEEE
-        (void)ok;
-        y[k] = out[k];
-#else
         if (ok && out[k] == out[k]) y[k] = out[k];
         else portable_one(t, r + k, b);
-#endif
     }
 }
 
@@ -543,10 +538,9 @@ float el_kernel_dot(const float *a, const float *b, int n)
     for (; i < n; i++) out[0] += a[i] * b[i];
 #if !EL_NEON_IEEE
     /* either side may hold the activations: both at least 2^-51 (products >= 2^-102) */
-    if (min_lane(ka) < key_floor(76u) || min_lane(kb) < key_floor(76u) || out[0] != out[0])
-        return el_portable_dot(a, b, n);
+    if (min_lane(ka) < key_floor(76u) || min_lane(kb) < key_floor(76u)) return el_portable_dot(a, b, n);
 #endif
-    return out[0];
+    return out[0] == out[0] ? out[0] : el_portable_dot(a, b, n); /* a NaN: see store_group */
 }
 
 void el_kernel_axpy(float *y, float a, const float *x, int n)
@@ -555,10 +549,16 @@ void el_kernel_axpy(float *y, float a, const float *x, int n)
     float32x4_t av = vdupq_n_f32(a);
     int i;
     for (i = 0; i + 8 <= n; i += 8) {
-        vst1q_f32(y + i, vaddq_f32(vld1q_f32(y + i), vmulq_f32(av, vld1q_f32(x + i))));
-        vst1q_f32(y + i + 4, vaddq_f32(vld1q_f32(y + i + 4), vmulq_f32(av, vld1q_f32(x + i + 4))));
+        float32x4_t lo = vaddq_f32(vld1q_f32(y + i), vmulq_f32(av, vld1q_f32(x + i)));
+        float32x4_t hi = vaddq_f32(vld1q_f32(y + i + 4), vmulq_f32(av, vld1q_f32(x + i + 4)));
+        if (vminvq_u32(vandq_u32(vceqq_f32(lo, lo), vceqq_f32(hi, hi))) == 0) {
+            el_portable_axpy(y + i, a, x + i, 8); /* a NaN: see store_group */
+            continue;
+        }
+        vst1q_f32(y + i, lo);
+        vst1q_f32(y + i + 4, hi);
     }
-    for (; i < n; i++) y[i] += a * x[i];
+    el_portable_axpy(y + i, a, x + i, n - i);
 #else
     el_portable_axpy(y, a, x, n);
 #endif
@@ -614,14 +614,24 @@ void el_kernel_swiglu(float *gate, const float *up, int n)
         uint32x4_t hard = vdupq_n_u32(0);
         float32x4_t e = expf4(vreinterpretq_f32_u32(veorq_u32(vreinterpretq_u32_f32(g), sign)), &hard);
 #if EL_NEON_IEEE
-        vst1q_f32(gate + i, vmulq_f32(vdivq_f32(g, vaddq_f32(vdupq_n_f32(1.0f), e)), vld1q_f32(up + i)));
+        float32x4_t out = vmulq_f32(vdivq_f32(g, vaddq_f32(vdupq_n_f32(1.0f), e)), vld1q_f32(up + i));
         (void)k;
+        if (vminvq_u32(vceqq_f32(out, out)) == 0) el_portable_swiglu(gate + i, up + i, 4); /* a NaN: see store_group */
+        else vst1q_f32(gate + i, out);
 #else
-        float ev[4];
+        float ev[4], out[4];
+        int nan = 0;
         vst1q_f32(ev, e);
-        if (any_set(hard))
-            for (k = 0; k < 4; k++) ev[k] = el_expf(-gate[i + k]);
-        for (k = 0; k < 4; k++) gate[i + k] = gate[i + k] / (1.0f + ev[k]) * up[i + k];
+        if (any_set(hard)) {
+            el_portable_swiglu(gate + i, up + i, 4);
+            continue;
+        }
+        for (k = 0; k < 4; k++) {
+            out[k] = gate[i + k] / (1.0f + ev[k]) * up[i + k];
+            nan |= out[k] != out[k];
+        }
+        if (nan) el_portable_swiglu(gate + i, up + i, 4); /* a NaN: see store_group */
+        else for (k = 0; k < 4; k++) gate[i + k] = out[k];
 #endif
     }
     el_portable_swiglu(gate + i, up + i, n - i);

@@ -33,7 +33,7 @@
 
 #define EL_LANES 8
 /* Blocks whose int32 sums are gathered before their scaled terms are added. */
-#define EL_QCHUNK 64
+#define EL_QCHUNK 32
 
 /* ------------------------------------------------------------ shapes the vector unit must hold */
 
@@ -111,54 +111,96 @@ static float dot1_f32(const float *w, const float *x, int n, size_t vl8)
     return sum;
 }
 
-/* Four rows (stride floats apart) against one x: x is loaded once for the four. */
-static void dot4_f32(float out[4], const float *w, size_t stride, const float *x, int n, size_t vl8)
+/* The four weight rows of a group: a group with fewer rows repeats its last one (the
+ * repeated sums are computed and dropped), so the kernels always see four. */
+static void row_group(const uint8_t *w[4], const uint8_t *first, size_t row_bytes, uint32_t nr)
 {
-    const float *w0 = w, *w1 = w + stride, *w2 = w + 2 * stride, *w3 = w + 3 * stride;
+    w[0] = first;
+    w[1] = nr > 1 ? first + row_bytes : w[0];
+    w[2] = nr > 2 ? first + 2 * row_bytes : w[1];
+    w[3] = nr > 3 ? first + 3 * row_bytes : w[2];
+}
+
+#define EL_MULADD(acc, wv, xv) acc = __riscv_vfadd_vv_f32m2(acc, __riscv_vfmul_vv_f32m2(wv, xv, vl8), vl8)
+
+/* Four rows against one or two activation rows (out[4 * j + k] = w[k] . x[j]): each
+ * 8-float chunk of a row is loaded once for both activations, each chunk of an
+ * activation once for the four rows. */
+static void dot4_f32(float out[8], const float *const w[4], const float *x0, const float *x1, int nx, int n,
+                     size_t vl8)
+{
     vfloat32m2_t a0 = __riscv_vfmv_v_f_f32m2(0.0f, vl8), a1 = a0, a2 = a0, a3 = a0;
-    float s0, s1, s2, s3;
-    int i, whole = n - n % EL_LANES;
-    for (i = 0; i < whole; i += EL_LANES) {
-        vfloat32m2_t xv = __riscv_vle32_v_f32m2(x + i, vl8);
-        a0 = __riscv_vfadd_vv_f32m2(a0, __riscv_vfmul_vv_f32m2(__riscv_vle32_v_f32m2(w0 + i, vl8), xv, vl8), vl8);
-        a1 = __riscv_vfadd_vv_f32m2(a1, __riscv_vfmul_vv_f32m2(__riscv_vle32_v_f32m2(w1 + i, vl8), xv, vl8), vl8);
-        a2 = __riscv_vfadd_vv_f32m2(a2, __riscv_vfmul_vv_f32m2(__riscv_vle32_v_f32m2(w2 + i, vl8), xv, vl8), vl8);
-        a3 = __riscv_vfadd_vv_f32m2(a3, __riscv_vfmul_vv_f32m2(__riscv_vle32_v_f32m2(w3 + i, vl8), xv, vl8), vl8);
+    vfloat32m2_t c0 = a0, c1 = a0, c2 = a0, c3 = a0;
+    int i, j, k, whole = n - n % EL_LANES;
+    if (nx == 2) {
+        for (i = 0; i < whole; i += EL_LANES) {
+            vfloat32m2_t xv = __riscv_vle32_v_f32m2(x0 + i, vl8), yv = __riscv_vle32_v_f32m2(x1 + i, vl8);
+            vfloat32m2_t w0 = __riscv_vle32_v_f32m2(w[0] + i, vl8), w1 = __riscv_vle32_v_f32m2(w[1] + i, vl8);
+            vfloat32m2_t w2 = __riscv_vle32_v_f32m2(w[2] + i, vl8), w3 = __riscv_vle32_v_f32m2(w[3] + i, vl8);
+            EL_MULADD(a0, w0, xv);
+            EL_MULADD(a1, w1, xv);
+            EL_MULADD(a2, w2, xv);
+            EL_MULADD(a3, w3, xv);
+            EL_MULADD(c0, w0, yv);
+            EL_MULADD(c1, w1, yv);
+            EL_MULADD(c2, w2, yv);
+            EL_MULADD(c3, w3, yv);
+        }
+    } else {
+        for (i = 0; i < whole; i += EL_LANES) {
+            vfloat32m2_t xv = __riscv_vle32_v_f32m2(x0 + i, vl8);
+            EL_MULADD(a0, __riscv_vle32_v_f32m2(w[0] + i, vl8), xv);
+            EL_MULADD(a1, __riscv_vle32_v_f32m2(w[1] + i, vl8), xv);
+            EL_MULADD(a2, __riscv_vle32_v_f32m2(w[2] + i, vl8), xv);
+            EL_MULADD(a3, __riscv_vle32_v_f32m2(w[3] + i, vl8), xv);
+        }
     }
-    s0 = combine_lanes(a0, vl8);
-    s1 = combine_lanes(a1, vl8);
-    s2 = combine_lanes(a2, vl8);
-    s3 = combine_lanes(a3, vl8);
-    for (; i < n; i++) {
-        s0 += w0[i] * x[i];
-        s1 += w1[i] * x[i];
-        s2 += w2[i] * x[i];
-        s3 += w3[i] * x[i];
+    out[0] = combine_lanes(a0, vl8);
+    out[1] = combine_lanes(a1, vl8);
+    out[2] = combine_lanes(a2, vl8);
+    out[3] = combine_lanes(a3, vl8);
+    if (nx == 2) {
+        out[4] = combine_lanes(c0, vl8);
+        out[5] = combine_lanes(c1, vl8);
+        out[6] = combine_lanes(c2, vl8);
+        out[7] = combine_lanes(c3, vl8);
     }
-    out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
+    /* the n % 8 tail, in order, after the lanes (as el_portable_dot) */
+    for (j = 0; j < nx; j++) {
+        const float *x = j ? x1 : x0;
+        for (k = 0; k < 4; k++) {
+            float sum = out[4 * j + k];
+            for (i = whole; i < n; i++) sum += w[k][i] * x[i];
+            out[4 * j + k] = sum;
+        }
+    }
 }
 
 void el_kernel_matmul_f32(const el_matmul_task *t, uint32_t r0, uint32_t r1)
 {
-    uint32_t r, rows = t->w->rows, cols = t->w->cols;
-    const float *data = (const float *)t->w->data;
+    uint32_t r, k, rows = t->w->rows, cols = t->w->cols;
     size_t vl8 = __riscv_vsetvl_e32m2(EL_LANES);
     int b;
     if (!vector_unit_fits()) {
         el_portable_matmul_f32(t, r0, r1);
         return;
     }
-    /* rows outer, batch inner: a group of rows stays in cache for the whole batch */
-    for (r = r0; r + 4 <= r1; r += 4)
-        for (b = 0; b < t->batch; b++) {
-            float out[4];
-            float *y = t->y + (size_t)b * rows + r;
-            dot4_f32(out, data + (size_t)r * cols, cols, t->x + (size_t)b * cols, (int)cols, vl8);
-            y[0] = out[0], y[1] = out[1], y[2] = out[2], y[3] = out[3];
+    /* rows outer, batch inner: a group of four rows is read once for the whole batch,
+     * two activation rows at a time */
+    for (r = r0; r < r1; r += 4) {
+        uint32_t nr = r1 - r < 4 ? r1 - r : 4;
+        const uint8_t *group[4];
+        const float *w[4];
+        row_group(group, (const uint8_t *)t->w->data + (size_t)r * cols * 4, (size_t)cols * 4, nr);
+        for (k = 0; k < 4; k++) w[k] = (const float *)(const void *)group[k];
+        for (b = 0; b < t->batch; b += 2) {
+            int nx = t->batch - b < 2 ? 1 : 2, j;
+            float out[8];
+            dot4_f32(out, w, t->x + (size_t)b * cols, t->x + (size_t)(b + nx - 1) * cols, nx, (int)cols, vl8);
+            for (j = 0; j < nx; j++)
+                for (k = 0; k < nr; k++) t->y[(size_t)(b + j) * rows + r + k] = out[4 * j + k];
         }
-    for (; r < r1; r++)
-        for (b = 0; b < t->batch; b++)
-            t->y[(size_t)b * rows + r] = dot1_f32(data + (size_t)r * cols, t->x + (size_t)b * cols, (int)cols, vl8);
+    }
 }
 
 float el_kernel_dot(const float *a, const float *b, int n)
@@ -244,77 +286,106 @@ static float add_block_terms(float sum, const uint8_t *scale_bits, size_t block_
     return sum;
 }
 
-/* Exact int32 sums of 32 int8 products, for up to four rows against one activation
- * block: the activation block is loaded once. */
-static int32_t block_sum_q8(vint8m2_t xv, const uint8_t *block, vint32m1_t zero)
+/* Exact int32 sums of 32 int8 products, four weight blocks against one activation
+ * block: widened to int16 (|product| <= 128 * 127), summed to int32. The operations are
+ * grouped by element width so the vector unit changes its type three times, not twelve. */
+static void block_sums_q8(int32_t *sums, size_t stride, vint8m2_t w0, vint8m2_t w1, vint8m2_t w2, vint8m2_t w3,
+                          const int8_t *x, vint32m1_t zero)
 {
-    vint16m4_t p = __riscv_vwmul_vv_i16m4(__riscv_vle8_v_i8m2((const int8_t *)(block + 2), EL_QBLOCK), xv, EL_QBLOCK);
-    return __riscv_vmv_x_s_i32m1_i32(__riscv_vwredsum_vs_i16m4_i32m1(p, zero, EL_QBLOCK));
+    vint8m2_t xv = __riscv_vle8_v_i8m2(x, EL_QBLOCK);
+    vint16m4_t p0 = __riscv_vwmul_vv_i16m4(w0, xv, EL_QBLOCK), p1 = __riscv_vwmul_vv_i16m4(w1, xv, EL_QBLOCK);
+    vint16m4_t p2 = __riscv_vwmul_vv_i16m4(w2, xv, EL_QBLOCK), p3 = __riscv_vwmul_vv_i16m4(w3, xv, EL_QBLOCK);
+    vint32m1_t s0 = __riscv_vwredsum_vs_i16m4_i32m1(p0, zero, EL_QBLOCK);
+    vint32m1_t s1 = __riscv_vwredsum_vs_i16m4_i32m1(p1, zero, EL_QBLOCK);
+    vint32m1_t s2 = __riscv_vwredsum_vs_i16m4_i32m1(p2, zero, EL_QBLOCK);
+    vint32m1_t s3 = __riscv_vwredsum_vs_i16m4_i32m1(p3, zero, EL_QBLOCK);
+    __riscv_vse32_v_i32m1(sums, s0, 1);
+    __riscv_vse32_v_i32m1(sums + stride, s1, 1);
+    __riscv_vse32_v_i32m1(sums + 2 * stride, s2, 1);
+    __riscv_vse32_v_i32m1(sums + 3 * stride, s3, 1);
 }
 
-/* Q4_0: element i < 16 is (byte i & 15) - 8, element i + 16 is (byte i >> 4) - 8; the
- * low and high halves are multiplied by the two halves of the activations and summed
- * (|sum| <= 32 * 8 * 127 fits int16 partial sums, widened anyway). */
-static int32_t block_sum_q4(vint8m1_t xlo, vint8m1_t xhi, const uint8_t *block, vint32m1_t zero)
+/* Q4_0, the same four at a time, as the two halves: element i < 16 is (byte i & 15) - 8
+ * against x[i], element i + 16 is (byte i >> 4) - 8 against x[i + 16]; the products are
+ * summed (integer multiply-add, exact) and widened to int32. */
+static void block_sums_q4(int32_t *sums, size_t stride, vint8m1_t l0, vint8m1_t h0, vint8m1_t l1, vint8m1_t h1,
+                          vint8m1_t l2, vint8m1_t h2, vint8m1_t l3, vint8m1_t h3, const int8_t *x, vint32m1_t zero)
 {
-    vuint8m1_t v = __riscv_vle8_v_u8m1(block + 2, 16);
-    vint8m1_t lo = __riscv_vsub_vx_i8m1(__riscv_vreinterpret_v_u8m1_i8m1(__riscv_vand_vx_u8m1(v, 0x0f, 16)), 8, 16);
-    vint8m1_t hi = __riscv_vsub_vx_i8m1(__riscv_vreinterpret_v_u8m1_i8m1(__riscv_vsrl_vx_u8m1(v, 4, 16)), 8, 16);
-    vint16m2_t p = __riscv_vwmul_vv_i16m2(lo, xlo, 16);
-    p = __riscv_vwmacc_vv_i16m2(p, hi, xhi, 16);
-    return __riscv_vmv_x_s_i32m1_i32(__riscv_vwredsum_vs_i16m2_i32m1(p, zero, 16));
+    vint8m1_t xl = __riscv_vle8_v_i8m1(x, 16), xh = __riscv_vle8_v_i8m1(x + 16, 16);
+    vint16m2_t p0 = __riscv_vwmacc_vv_i16m2(__riscv_vwmul_vv_i16m2(l0, xl, 16), h0, xh, 16);
+    vint16m2_t p1 = __riscv_vwmacc_vv_i16m2(__riscv_vwmul_vv_i16m2(l1, xl, 16), h1, xh, 16);
+    vint16m2_t p2 = __riscv_vwmacc_vv_i16m2(__riscv_vwmul_vv_i16m2(l2, xl, 16), h2, xh, 16);
+    vint16m2_t p3 = __riscv_vwmacc_vv_i16m2(__riscv_vwmul_vv_i16m2(l3, xl, 16), h3, xh, 16);
+    vint32m1_t s0 = __riscv_vwredsum_vs_i16m2_i32m1(p0, zero, 16);
+    vint32m1_t s1 = __riscv_vwredsum_vs_i16m2_i32m1(p1, zero, 16);
+    vint32m1_t s2 = __riscv_vwredsum_vs_i16m2_i32m1(p2, zero, 16);
+    vint32m1_t s3 = __riscv_vwredsum_vs_i16m2_i32m1(p3, zero, 16);
+    __riscv_vse32_v_i32m1(sums, s0, 1);
+    __riscv_vse32_v_i32m1(sums + stride, s1, 1);
+    __riscv_vse32_v_i32m1(sums + 2 * stride, s2, 1);
+    __riscv_vse32_v_i32m1(sums + 3 * stride, s3, 1);
 }
 
-/* Rows [r0, r1) of a Q8_0 (block_bytes 34) or Q4_0 (18) matrix: rows outer, batch
- * inner; four rows at a time share each activation block load. */
+static vint8m1_t q4_low(vuint8m1_t v)
+{
+    return __riscv_vsub_vx_i8m1(__riscv_vreinterpret_v_u8m1_i8m1(__riscv_vand_vx_u8m1(v, 0x0f, 16)), 8, 16);
+}
+
+static vint8m1_t q4_high(vuint8m1_t v)
+{
+    return __riscv_vsub_vx_i8m1(__riscv_vreinterpret_v_u8m1_i8m1(__riscv_vsrl_vx_u8m1(v, 4, 16)), 8, 16);
+}
+
+/* Activation rows that share each loaded (and, for Q4_0, unpacked) weight block. */
+#define EL_QBATCH 4
+
+/* Rows [r0, r1) of a Q8_0 (block_bytes 34) or Q4_0 (18) matrix. Four rows by up to
+ * four activation rows at a time: each weight block is loaded once for all of them,
+ * the int32 block sums are gathered for a chunk of blocks, and each (row, activation)
+ * pair then adds its terms in block order. */
 static void matmul_quant(const el_matmul_task *t, uint32_t r0, uint32_t r1, size_t block_bytes, int q4)
 {
     uint32_t rows = t->w->rows, cols = t->w->cols, nb = cols / EL_QBLOCK, r;
     size_t row_bytes = (size_t)nb * block_bytes;
-    const uint8_t *data = (const uint8_t *)t->w->data;
     vint32m1_t zero = __riscv_vmv_v_x_i32m1(0, 1);
-    int32_t isum[4][EL_QCHUNK];
+    int32_t isum[EL_QBATCH][4][EL_QCHUNK];
     int b;
     for (r = r0; r < r1; r += 4) {
-        int nr = r1 - r < 4 ? (int)(r1 - r) : 4, k;
-        const uint8_t *w = data + (size_t)r * row_bytes;
-        for (b = 0; b < t->batch; b++) {
-            const int8_t *xq = t->xq + (size_t)b * cols;
-            const float *xs = t->xs + (size_t)b * nb;
-            float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            uint32_t j0, j;
+        uint32_t nr = r1 - r < 4 ? r1 - r : 4, k;
+        const uint8_t *w[4];
+        row_group(w, (const uint8_t *)t->w->data + (size_t)r * row_bytes, row_bytes, nr);
+        for (b = 0; b < t->batch; b += EL_QBATCH) {
+            int nx = t->batch - b < EL_QBATCH ? t->batch - b : EL_QBATCH, j;
+            float sum[EL_QBATCH][4] = {{0.0f}};
+            uint32_t j0, i;
             for (j0 = 0; j0 < nb; j0 += EL_QCHUNK) {
-                int n = nb - j0 < EL_QCHUNK ? (int)(nb - j0) : EL_QCHUNK;
-                for (j = 0; j < (uint32_t)n; j++) {
-                    const uint8_t *blk = w + (size_t)(j0 + j) * block_bytes;
-                    const int8_t *xb = xq + (size_t)(j0 + j) * EL_QBLOCK;
+                uint32_t n = nb - j0 < EL_QCHUNK ? nb - j0 : EL_QCHUNK;
+                for (i = 0; i < n; i++) {
+                    size_t at = (size_t)(j0 + i) * block_bytes + 2;
+                    const int8_t *x = t->xq + (size_t)b * cols + (size_t)(j0 + i) * EL_QBLOCK;
                     if (q4) {
-                        vint8m1_t xlo = __riscv_vle8_v_i8m1(xb, 16), xhi = __riscv_vle8_v_i8m1(xb + 16, 16);
-                        if (nr == 4) {
-                            isum[0][j] = block_sum_q4(xlo, xhi, blk, zero);
-                            isum[1][j] = block_sum_q4(xlo, xhi, blk + row_bytes, zero);
-                            isum[2][j] = block_sum_q4(xlo, xhi, blk + 2 * row_bytes, zero);
-                            isum[3][j] = block_sum_q4(xlo, xhi, blk + 3 * row_bytes, zero);
-                        } else {
-                            for (k = 0; k < nr; k++) isum[k][j] = block_sum_q4(xlo, xhi, blk + k * row_bytes, zero);
-                        }
+                        vuint8m1_t v0 = __riscv_vle8_v_u8m1(w[0] + at, 16), v1 = __riscv_vle8_v_u8m1(w[1] + at, 16);
+                        vuint8m1_t v2 = __riscv_vle8_v_u8m1(w[2] + at, 16), v3 = __riscv_vle8_v_u8m1(w[3] + at, 16);
+                        vint8m1_t l0 = q4_low(v0), l1 = q4_low(v1), l2 = q4_low(v2), l3 = q4_low(v3);
+                        vint8m1_t h0 = q4_high(v0), h1 = q4_high(v1), h2 = q4_high(v2), h3 = q4_high(v3);
+                        for (j = 0; j < nx; j++, x += cols)
+                            block_sums_q4(&isum[j][0][i], EL_QCHUNK, l0, h0, l1, h1, l2, h2, l3, h3, x, zero);
                     } else {
-                        vint8m2_t xv = __riscv_vle8_v_i8m2(xb, EL_QBLOCK);
-                        if (nr == 4) {
-                            isum[0][j] = block_sum_q8(xv, blk, zero);
-                            isum[1][j] = block_sum_q8(xv, blk + row_bytes, zero);
-                            isum[2][j] = block_sum_q8(xv, blk + 2 * row_bytes, zero);
-                            isum[3][j] = block_sum_q8(xv, blk + 3 * row_bytes, zero);
-                        } else {
-                            for (k = 0; k < nr; k++) isum[k][j] = block_sum_q8(xv, blk + k * row_bytes, zero);
-                        }
+                        vint8m2_t v0 = __riscv_vle8_v_i8m2((const int8_t *)(w[0] + at), EL_QBLOCK);
+                        vint8m2_t v1 = __riscv_vle8_v_i8m2((const int8_t *)(w[1] + at), EL_QBLOCK);
+                        vint8m2_t v2 = __riscv_vle8_v_i8m2((const int8_t *)(w[2] + at), EL_QBLOCK);
+                        vint8m2_t v3 = __riscv_vle8_v_i8m2((const int8_t *)(w[3] + at), EL_QBLOCK);
+                        for (j = 0; j < nx; j++, x += cols)
+                            block_sums_q8(&isum[j][0][i], EL_QCHUNK, v0, v1, v2, v3, x, zero);
                     }
                 }
-                for (k = 0; k < nr; k++)
-                    sum[k] = add_block_terms(sum[k], w + k * row_bytes + (size_t)j0 * block_bytes, block_bytes,
-                                             xs + j0, isum[k], n);
+                for (j = 0; j < nx; j++)
+                    for (k = 0; k < nr; k++)
+                        sum[j][k] = add_block_terms(sum[j][k], w[k] + (size_t)j0 * block_bytes, block_bytes,
+                                                    t->xs + (size_t)(b + j) * nb + j0, isum[j][k], (int)n);
             }
-            for (k = 0; k < nr; k++) t->y[(size_t)b * rows + r + (uint32_t)k] = sum[k];
+            for (j = 0; j < nx; j++)
+                for (k = 0; k < nr; k++) t->y[(size_t)(b + j) * rows + r + k] = sum[j][k];
         }
     }
 }
