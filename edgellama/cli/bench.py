@@ -27,14 +27,19 @@ def _open(board, host, port, local, model, threads=None):
 @click.option("--warmup", type=int, default=1, show_default=True, help="Warm-up runs, not measured.")
 @click.option("--output", "output", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @click.option("--no-history", is_flag=True, help="Do not record this run in the bench history.")
+@click.option("--suite", is_flag=True, help="The speed and memory goals on this machine (edgellama.bench_suite): "
+              "its own models, one process per case, a table with bounds, JSON with --output json.")
 @click.pass_context
 def command(ctx, board, host, port, local, model, threads, prompt_tokens, gen_tokens, repetitions, warmup, output,
-            no_history):
+            no_history, suite):
     """Prefill and decode tokens/s, latencies, memory and sizes on a device, llama-bench style.
 
     Results go into the bench history ($EDGELLAMA_HOME/bench.sqlite); `edgellama bench
     report` compares the recorded runs."""
     if ctx.invoked_subcommand is not None:
+        return
+    if suite:
+        _suite(repetitions, threads, output)
         return
     from .. import bench, history
     for name, value, least in (("-p", prompt_tokens, 1), ("-n", gen_tokens, 1), ("-r", repetitions, 1),
@@ -68,3 +73,20 @@ def report(board, model, quant, png):
     if png:
         history.plot(rows, png)
         click.echo(f"wrote {png}", err=True)
+
+
+def _suite(repetitions: int, threads: int | None, output: str):
+    """The bench suite on this host; the run is kept to compare the next one with."""
+    import json
+    import os
+
+    from .. import bench_suite
+    if output == "csv":
+        raise EdgeLlamaError("--suite: --output must be table or json")
+    if repetitions < 1:
+        raise EdgeLlamaError(f"-r must be at least 1, got {repetitions}")
+    last = bench_suite.load_last()
+    result = bench_suite.run_suite(repetitions=repetitions, threads=threads or max(2, os.cpu_count() or 1),
+                                   progress=lambda text: click.echo(f"suite: {text}", err=True))
+    click.echo(json.dumps(result, indent=2) if output == "json" else bench_suite.format_table(result, last))
+    click.echo(f"kept in {bench_suite.save(result)} (the next run compares with it)", err=True)

@@ -398,7 +398,7 @@ void el_kernel_quantize_blocks(int8_t *q, float *scales, const float *x, int n_b
 
 void el_kernel_axpy(float *y, float a, const float *x, int n)
 {
-    int i, whole = n - n % 4;
+    int i, whole = n & ~3;
     for (i = 0; i < whole; i += 4) {
         y[i] += a * x[i];
         y[i + 1] += a * x[i + 1];

@@ -32,8 +32,9 @@ static __m128 combine4(__m256 a, __m256 b, __m256 c, __m256 d)
 
 static float combine1(__m256 a) { return _mm_cvtss_f32(combine4(a, a, a, a)); }
 
-/* 32 int8 products of w and x summed into 8 int32 (exact: |w| <= 128, |x| <= 127, so
- * a pair of products fits maddubs' int16). */
+/* 32 int8 products of w and x summed into 8 int32: maddubs multiplies |w| (unsigned,
+ * so a weight of -128 is 128) by x carrying w's sign (|x| <= 127, so negating it is
+ * safe). Exact: a pair of products is at most 2 * 128 * 127, inside maddubs' int16. */
 static __m256i block_products(__m256i w, __m256i x)
 {
     __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
@@ -144,34 +145,42 @@ static void prefetch_until(const uint8_t **next, const uint8_t *stop, const uint
 /* How far ahead the weights are prefetched, in row groups. */
 #define EL_PREFETCH_GROUPS 2
 
+/* Activation rows taken together over one group of eight weight rows: the group's
+ * blocks and scales are read once for all of them (a prompt or a batch of sequences). */
+#define EL_BATCH_TILE 4
+
 /* Rows r0..r1, eight at a time: per block, the eight rows' exact integer sums land in
  * the lanes of one register and are scaled into eight float sums in block order. */
 static void matmul_quantized(const el_matmul_task *t, uint32_t r0, uint32_t r1, int q4)
 {
     uint32_t cols = t->w->cols, blocks = cols / EL_QBLOCK, block_bytes = q4 ? 18u : 34u, r, k;
-    size_t row_bytes = (size_t)blocks * block_bytes;
+    size_t row_bytes = (size_t)blocks * block_bytes, chunk = 8 * row_bytes / blocks + 1;
     const uint8_t *base = (const uint8_t *)t->w->data, *end = base + (size_t)r1 * row_bytes;
-    int b, j;
+    int b0, b, nb, j;
     for (r = r0; r + 8 <= r1; r += 8) {
         const uint8_t *row[8];
         for (j = 0; j < 8; j++) row[j] = base + (size_t)(r + (uint32_t)j) * row_bytes;
-        for (b = 0; b < t->batch; b++) {
-            const int8_t *xq = t->xq + (size_t)b * cols;
-            const float *xs = t->xs + (size_t)b * blocks;
+        for (b0 = 0; b0 < t->batch; b0 += EL_BATCH_TILE) {
             const uint8_t *ahead = row[0] + EL_PREFETCH_GROUPS * 8 * row_bytes, *next = ahead;
-            size_t chunk = 8 * row_bytes / blocks + 1;
-            __m256 sum = _mm256_setzero_ps();
-            float out[8];
+            __m256 sum[EL_BATCH_TILE];
+            nb = t->batch - b0 < EL_BATCH_TILE ? t->batch - b0 : EL_BATCH_TILE;
+            for (b = 0; b < nb; b++) sum[b] = _mm256_setzero_ps();
             for (k = 0; k < blocks; k++) {
                 size_t at = (size_t)k * block_bytes;
-                __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(xq + (size_t)k * EL_QBLOCK));
-                __m256i sums = block_sums8(row, at, x, q4);
-                __m256 scale = _mm256_mul_ps(gather_scales(row, at), _mm256_set1_ps(xs[k]));
-                if (b == 0) prefetch_until(&next, ahead + (k + 1) * chunk, end);
-                sum = _mm256_add_ps(sum, _mm256_mul_ps(scale, _mm256_cvtepi32_ps(sums)));
+                __m256 weight_scales = gather_scales(row, at);
+                if (b0 == 0) prefetch_until(&next, ahead + (k + 1) * chunk, end);
+                for (b = 0; b < nb; b++) {
+                    const int8_t *xq = t->xq + (size_t)(b0 + b) * cols + (size_t)k * EL_QBLOCK;
+                    __m256i sums = block_sums8(row, at, _mm256_loadu_si256((const __m256i *)(const void *)xq), q4);
+                    __m256 scale = _mm256_mul_ps(weight_scales, _mm256_set1_ps(t->xs[(size_t)(b0 + b) * blocks + k]));
+                    sum[b] = _mm256_add_ps(sum[b], _mm256_mul_ps(scale, _mm256_cvtepi32_ps(sums)));
+                }
             }
-            _mm256_storeu_ps(out, sum);
-            for (j = 0; j < 8; j++) t->y[(size_t)b * t->w->rows + r + (uint32_t)j] = out[j];
+            for (b = 0; b < nb; b++) {
+                float out[8];
+                _mm256_storeu_ps(out, sum[b]);
+                for (j = 0; j < 8; j++) t->y[(size_t)(b0 + b) * t->w->rows + r + (uint32_t)j] = out[j];
+            }
         }
     }
     if (r < r1) {

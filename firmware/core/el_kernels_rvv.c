@@ -111,8 +111,8 @@ static float dot1_f32(const float *w, const float *x, int n, size_t vl8)
     return sum;
 }
 
-/* The four weight rows of a group: a group with fewer rows repeats its last one (the
- * repeated sums are computed and dropped), so the kernels always see four. */
+/* The four rows of a quantized weight group: a group with fewer rows repeats its last
+ * one (the repeated sums are computed and dropped), so the kernels always see four. */
 static void row_group(const uint8_t *w[4], const uint8_t *first, size_t row_bytes, uint32_t nr)
 {
     w[0] = first;
@@ -123,57 +123,71 @@ static void row_group(const uint8_t *w[4], const uint8_t *first, size_t row_byte
 
 #define EL_MULADD(acc, wv, xv) acc = __riscv_vfadd_vv_f32m2(acc, __riscv_vfmul_vv_f32m2(wv, xv, vl8), vl8)
 
-/* Four rows against one or two activation rows (out[4 * j + k] = w[k] . x[j]): each
- * 8-float chunk of a row is loaded once for both activations, each chunk of an
- * activation once for the four rows. */
-static void dot4_f32(float out[8], const float *const w[4], const float *x0, const float *x1, int nx, int n,
-                     size_t vl8)
+/* The n % 8 tail of a dot product, in order, after the lanes (as el_portable_dot). */
+static float dot_tail(float sum, const float *w, const float *x, int i, int n)
+{
+    for (; i < n; i++) sum += w[i] * x[i];
+    return sum;
+}
+
+/* Four rows against one activation row: each 8-float chunk of x is loaded once for the
+ * four rows. */
+static void dot4x1_f32(float out[4], const float *const w[4], const float *x, int n, size_t vl8)
 {
     vfloat32m2_t a0 = __riscv_vfmv_v_f_f32m2(0.0f, vl8), a1 = a0, a2 = a0, a3 = a0;
-    vfloat32m2_t c0 = a0, c1 = a0, c2 = a0, c3 = a0;
-    int i, j, k, whole = n - n % EL_LANES;
-    if (nx == 2) {
-        for (i = 0; i < whole; i += EL_LANES) {
-            vfloat32m2_t xv = __riscv_vle32_v_f32m2(x0 + i, vl8), yv = __riscv_vle32_v_f32m2(x1 + i, vl8);
-            vfloat32m2_t w0 = __riscv_vle32_v_f32m2(w[0] + i, vl8), w1 = __riscv_vle32_v_f32m2(w[1] + i, vl8);
-            vfloat32m2_t w2 = __riscv_vle32_v_f32m2(w[2] + i, vl8), w3 = __riscv_vle32_v_f32m2(w[3] + i, vl8);
-            EL_MULADD(a0, w0, xv);
-            EL_MULADD(a1, w1, xv);
-            EL_MULADD(a2, w2, xv);
-            EL_MULADD(a3, w3, xv);
-            EL_MULADD(c0, w0, yv);
-            EL_MULADD(c1, w1, yv);
-            EL_MULADD(c2, w2, yv);
-            EL_MULADD(c3, w3, yv);
-        }
-    } else {
-        for (i = 0; i < whole; i += EL_LANES) {
-            vfloat32m2_t xv = __riscv_vle32_v_f32m2(x0 + i, vl8);
-            EL_MULADD(a0, __riscv_vle32_v_f32m2(w[0] + i, vl8), xv);
-            EL_MULADD(a1, __riscv_vle32_v_f32m2(w[1] + i, vl8), xv);
-            EL_MULADD(a2, __riscv_vle32_v_f32m2(w[2] + i, vl8), xv);
-            EL_MULADD(a3, __riscv_vle32_v_f32m2(w[3] + i, vl8), xv);
-        }
+    int i, whole = n - n % EL_LANES;
+    for (i = 0; i < whole; i += EL_LANES) {
+        vfloat32m2_t xv = __riscv_vle32_v_f32m2(x + i, vl8);
+        EL_MULADD(a0, __riscv_vle32_v_f32m2(w[0] + i, vl8), xv);
+        EL_MULADD(a1, __riscv_vle32_v_f32m2(w[1] + i, vl8), xv);
+        EL_MULADD(a2, __riscv_vle32_v_f32m2(w[2] + i, vl8), xv);
+        EL_MULADD(a3, __riscv_vle32_v_f32m2(w[3] + i, vl8), xv);
     }
     out[0] = combine_lanes(a0, vl8);
     out[1] = combine_lanes(a1, vl8);
     out[2] = combine_lanes(a2, vl8);
     out[3] = combine_lanes(a3, vl8);
-    if (nx == 2) {
-        out[4] = combine_lanes(c0, vl8);
-        out[5] = combine_lanes(c1, vl8);
-        out[6] = combine_lanes(c2, vl8);
-        out[7] = combine_lanes(c3, vl8);
+    if (whole < n) {
+        out[0] = dot_tail(out[0], w[0], x, whole, n);
+        out[1] = dot_tail(out[1], w[1], x, whole, n);
+        out[2] = dot_tail(out[2], w[2], x, whole, n);
+        out[3] = dot_tail(out[3], w[3], x, whole, n);
     }
-    /* the n % 8 tail, in order, after the lanes (as el_portable_dot) */
-    for (j = 0; j < nx; j++) {
-        const float *x = j ? x1 : x0;
+}
+
+/* Four rows against two activation rows (out[4 * j + k] = w[k] . x[j]): each chunk of
+ * a weight row is loaded once for both. */
+static void dot4x2_f32(float out[8], const float *const w[4], const float *x0, const float *x1, int n, size_t vl8)
+{
+    vfloat32m2_t a0 = __riscv_vfmv_v_f_f32m2(0.0f, vl8), a1 = a0, a2 = a0, a3 = a0;
+    vfloat32m2_t c0 = a0, c1 = a0, c2 = a0, c3 = a0;
+    int i, k, whole = n - n % EL_LANES;
+    for (i = 0; i < whole; i += EL_LANES) {
+        vfloat32m2_t xv = __riscv_vle32_v_f32m2(x0 + i, vl8), yv = __riscv_vle32_v_f32m2(x1 + i, vl8);
+        vfloat32m2_t w0 = __riscv_vle32_v_f32m2(w[0] + i, vl8), w1 = __riscv_vle32_v_f32m2(w[1] + i, vl8);
+        vfloat32m2_t w2 = __riscv_vle32_v_f32m2(w[2] + i, vl8), w3 = __riscv_vle32_v_f32m2(w[3] + i, vl8);
+        EL_MULADD(a0, w0, xv);
+        EL_MULADD(a1, w1, xv);
+        EL_MULADD(a2, w2, xv);
+        EL_MULADD(a3, w3, xv);
+        EL_MULADD(c0, w0, yv);
+        EL_MULADD(c1, w1, yv);
+        EL_MULADD(c2, w2, yv);
+        EL_MULADD(c3, w3, yv);
+    }
+    out[0] = combine_lanes(a0, vl8);
+    out[1] = combine_lanes(a1, vl8);
+    out[2] = combine_lanes(a2, vl8);
+    out[3] = combine_lanes(a3, vl8);
+    out[4] = combine_lanes(c0, vl8);
+    out[5] = combine_lanes(c1, vl8);
+    out[6] = combine_lanes(c2, vl8);
+    out[7] = combine_lanes(c3, vl8);
+    if (whole < n)
         for (k = 0; k < 4; k++) {
-            float sum = out[4 * j + k];
-            for (i = whole; i < n; i++) sum += w[k][i] * x[i];
-            out[4 * j + k] = sum;
+            out[k] = dot_tail(out[k], w[k], x0, whole, n);
+            out[4 + k] = dot_tail(out[4 + k], w[k], x1, whole, n);
         }
-    }
 }
 
 void el_kernel_matmul_f32(const el_matmul_task *t, uint32_t r0, uint32_t r1)
@@ -189,14 +203,18 @@ void el_kernel_matmul_f32(const el_matmul_task *t, uint32_t r0, uint32_t r1)
      * two activation rows at a time */
     for (r = r0; r < r1; r += 4) {
         uint32_t nr = r1 - r < 4 ? r1 - r : 4;
-        const uint8_t *group[4];
         const float *w[4];
-        row_group(group, (const uint8_t *)t->w->data + (size_t)r * cols * 4, (size_t)cols * 4, nr);
-        for (k = 0; k < 4; k++) w[k] = (const float *)(const void *)group[k];
+        w[0] = (const float *)t->w->data + (size_t)r * cols;
+        w[1] = nr > 1 ? w[0] + cols : w[0];
+        w[2] = nr > 2 ? w[0] + 2 * (size_t)cols : w[1];
+        w[3] = nr > 3 ? w[0] + 3 * (size_t)cols : w[2];
         for (b = 0; b < t->batch; b += 2) {
             int nx = t->batch - b < 2 ? 1 : 2, j;
             float out[8];
-            dot4_f32(out, w, t->x + (size_t)b * cols, t->x + (size_t)(b + nx - 1) * cols, nx, (int)cols, vl8);
+            if (nx == 2)
+                dot4x2_f32(out, w, t->x + (size_t)b * cols, t->x + (size_t)(b + 1) * cols, (int)cols, vl8);
+            else
+                dot4x1_f32(out, w, t->x + (size_t)b * cols, (int)cols, vl8);
             for (j = 0; j < nx; j++)
                 for (k = 0; k < nr; k++) t->y[(size_t)(b + j) * rows + r + k] = out[4 * j + k];
         }

@@ -629,13 +629,16 @@ static bench_run bench_once(el_runtime *rt, const int32_t *prompt, int n_prompt,
 }
 
 /* Microseconds of one el_sample call with the request's sampling options, on real
- * logits (the prompt's last position): the median of repeated calls. */
+ * logits (those after the prompt's first tokens: few, so the bench's peak memory stays
+ * the generation's): the median of repeated calls. */
 static double bench_sampler(el_runtime *rt, const int32_t *prompt, int n_prompt, const el_request *r)
 {
-    enum { CALLS = 101 };
+    enum { CALLS = 101, POSITIONS = 4 };
     const el_config *c = el_runtime_config(rt);
     size_t vocab = (size_t)c->vocab_size, arena_bytes = vocab * 16 + 65536;
-    float *logits = (float *)xmalloc(sizeof(float) * vocab * (size_t)n_prompt), *work = (float *)xmalloc(sizeof(float) * vocab);
+    int positions = n_prompt < POSITIONS ? n_prompt : POSITIONS;
+    float *logits = (float *)xmalloc(sizeof(float) * vocab * (size_t)positions);
+    float *work = (float *)xmalloc(sizeof(float) * vocab);
     void *memory = xmalloc(arena_bytes);
     double times[CALLS], result;
     el_arena arena;
@@ -644,15 +647,15 @@ static double bench_sampler(el_runtime *rt, const int32_t *prompt, int n_prompt,
     el_rng rng;
     int i;
     memset(&err, 0, sizeof err);
-    if (el_runtime_logits(rt, prompt, n_prompt, logits, &err) != EL_OK) die("%s", err.message);
+    if (el_runtime_logits(rt, prompt, positions, logits, &err) != EL_OK) die("%s", err.message);
     el_arena_init(&arena, memory, arena_bytes);
     if (el_sampler_scratch_init(&scratch, c->vocab_size, &arena, &err) != EL_OK) die("%s", err.message);
     el_rng_seed(&rng, r->sampling.seed);
     for (i = 0; i < CALLS; i++) {
         double t0;
-        memcpy(work, logits + vocab * (size_t)(n_prompt - 1), sizeof(float) * vocab);
+        memcpy(work, logits + vocab * (size_t)(positions - 1), sizeof(float) * vocab);
         t0 = now_ms();
-        el_sample(&r->sampling, work, prompt, n_prompt, NULL, 0, &rng, &scratch);
+        el_sample(&r->sampling, work, prompt, positions, NULL, 0, &rng, &scratch);
         times[i] = (now_ms() - t0) * 1e3;
     }
     result = median(times, CALLS);
@@ -684,14 +687,26 @@ static void print_json_string(const char *s)
     putchar('"');
 }
 
+/* The most memory this program has had resident. Linux's VmHWM belongs to this
+ * program alone; getrusage's ru_maxrss also counts the parent that started it (a
+ * Python process of 200 MB makes every child look that big), so it is the fallback. */
 static long long max_rss_bytes(void)
 {
     struct rusage usage;
+    char line[128];
+    long long kib = -1;
+    FILE *status = fopen("/proc/self/status", "r");
+    if (status != NULL) {
+        while (fgets(line, sizeof line, status) != NULL)
+            if (strncmp(line, "VmHWM:", 6) == 0) kib = strtoll(line + 6, NULL, 10);
+        fclose(status);
+    }
+    if (kib >= 0) return kib * 1024;
     return getrusage(RUSAGE_SELF, &usage) == 0 ? (long long)usage.ru_maxrss * 1024 : -1;
 }
 
 static void print_bench(const options *o, const session *s, int n_prompt, double *v[4], double sample_us,
-                        const el_engine_stats *st)
+                        long long rss, const el_engine_stats *st)
 {
     int n = o->repetitions;
     printf("{\"model\": ");
@@ -702,7 +717,7 @@ static void print_bench(const options *o, const session *s, int n_prompt, double
     printf("\"prefill_tokens_per_s\": %.3f, \"decode_tokens_per_s\": %.3f, \"ttft_ms\": %.3f, \"tpot_ms\": %.3f, ",
            median(v[0], n), median(v[1], n), median(v[2], n), median(v[3], n));
     printf("\"sample_us\": %.3f, \"kernels\": \"%s\", \"threads\": %d, \"sequences\": %d, \"max_rss_bytes\": %lld, ",
-           sample_us, el_kernels_name(), o->threads, o->sequences, max_rss_bytes());
+           sample_us, el_kernels_name(), o->threads, o->sequences, rss);
     printf("\"tokens_generated\": %lld, \"arena_bytes_used\": %zu, \"arena_bytes_high_water\": %zu, "
            "\"arena_bytes_size\": %zu, ",
            st->tokens_generated, st->arena_used, st->arena_high_water, st->arena_size);
@@ -721,6 +736,7 @@ static int run_bench(const options *o)
     el_engine_stats st;
     int32_t *prompt;
     int n_prompt, i, context;
+    long long rss;
     double *v[4], load_ms;
     bench_run b;
     open_session(&s, o);
@@ -741,9 +757,10 @@ static int run_bench(const options *o)
         v[0][i] = b.prefill_tps, v[1][i] = b.decode_tps, v[2][i] = b.ttft_ms, v[3][i] = b.tpot_ms;
     }
     el_runtime_stats(s.rt, &st);
+    rss = max_rss_bytes(); /* the generation's peak, before the sampler's own measurement */
     s.load_ms = load_ms;
     open_runtime(&s, o); /* after the stats: the sampler's logits come from a fresh cache */
-    print_bench(o, &s, n_prompt, v, bench_sampler(s.rt, prompt, n_prompt, &r), &st);
+    print_bench(o, &s, n_prompt, v, bench_sampler(s.rt, prompt, n_prompt, &r), rss, &st);
     for (i = 0; i < 4; i++) free(v[i]);
     free(prompt);
     close_session(&s);
