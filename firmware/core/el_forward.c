@@ -50,6 +50,12 @@ el_status el_forward_init(el_forward_state *s, const el_config *c, int max_rows,
     return EL_OK;
 }
 
+/* Slots of the block that starts at position t, up to position last. */
+static int slots_from(const el_kv_cache *kv, int t, int last)
+{
+    return last - t + 1 < kv->block_size ? last - t + 1 : kv->block_size;
+}
+
 /* One row's attention for one head over its sequence's cached positions 0..pos. */
 static void attend_head(float *scores, const el_config *c, const el_kv_cache *kv, int layer, const el_batch_row *row,
                         int h, const float *q, float *out)
@@ -58,14 +64,15 @@ static void attend_head(float *scores, const el_config *c, const el_kv_cache *kv
     float scale = 1.0f / el_sqrtf((float)c->head_dim);
     const float *qh = q + h * c->head_dim;
     float *oh = out + h * c->head_dim;
-    for (t = 0; t <= row->pos; t++)
-        scores[t] = scale * el_kv_key_dot(kv, row->block_table[t / kv->block_size], t % kv->block_size, layer,
-                                          h / group, qh);
+    /* block by block: the positions of one block lie next to each other */
+    for (t = 0; t <= row->pos; t += kv->block_size)
+        el_kv_key_dots(kv, row->block_table[t / kv->block_size], slots_from(kv, t, row->pos), layer, h / group, qh,
+                       scale, scores + t);
     el_softmax(scores, row->pos + 1);
     for (i = 0; i < c->head_dim; i++) oh[i] = 0.0f;
-    for (t = 0; t <= row->pos; t++)
-        el_kv_value_add(kv, row->block_table[t / kv->block_size], t % kv->block_size, layer, h / group, scores[t],
-                        oh);
+    for (t = 0; t <= row->pos; t += kv->block_size)
+        el_kv_value_adds(kv, row->block_table[t / kv->block_size], slots_from(kv, t, row->pos), layer, h / group,
+                         scores + t, oh);
 }
 
 /* Attention as a task over (row, head) items, so the workers share a step's heads. */

@@ -59,6 +59,17 @@ static __m256i unpack_q4(const uint8_t *p)
     return _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8));
 }
 
+/* Ask for the weights from *next up to stop (not past end), a cache line at a time:
+ * streaming from DRAM, the loads of a later row group overlap this one's work. */
+static void prefetch_until(const uint8_t **next, const uint8_t *stop, const uint8_t *end)
+{
+    if (stop > end) stop = end;
+    for (; *next < stop; *next += 64) _mm_prefetch((const char *)*next, _MM_HINT_T0);
+}
+
+/* How far ahead the weights are prefetched, in row groups. */
+#define EL_PREFETCH_GROUPS 2
+
 /* ------------------------------------------------------------ F32 and F16 */
 
 static __m256 load8_f32(const void *row, size_t i) { return _mm256_loadu_ps((const float *)row + i); }
@@ -77,17 +88,19 @@ static float weight_at(const void *row, size_t i, int f16)
 static void matmul_float(const el_matmul_task *t, uint32_t r0, uint32_t r1, int f16)
 {
     uint32_t cols = t->w->cols, whole = cols - cols % 8, r, i;
-    size_t row_bytes = (size_t)cols * (f16 ? 2u : 4u);
-    const uint8_t *base = (const uint8_t *)t->w->data;
+    size_t row_bytes = (size_t)cols * (f16 ? 2u : 4u), chunk = 4 * row_bytes / (whole / 8 + 1) + 1;
+    const uint8_t *base = (const uint8_t *)t->w->data, *end = base + (size_t)r1 * row_bytes;
     int b, j;
     for (r = r0; r + 4 <= r1; r += 4) {
         const void *w[4];
+        const uint8_t *ahead = base + (size_t)(r + 4 * EL_PREFETCH_GROUPS) * row_bytes, *next = ahead;
         for (j = 0; j < 4; j++) w[j] = base + (size_t)(r + (uint32_t)j) * row_bytes;
         for (b = 0; b < t->batch; b++) {
             const float *x = t->x + (size_t)b * cols;
             __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
             float sums[4];
             for (i = 0; i < whole; i += 8) {
+                if (b == 0) prefetch_until(&next, ahead + (i / 8 + 1) * chunk, end);
                 __m256 xv = _mm256_loadu_ps(x + i);
                 acc0 = _mm256_add_ps(acc0, _mm256_mul_ps(f16 ? load8_f16(w[0], i) : load8_f32(w[0], i), xv));
                 acc1 = _mm256_add_ps(acc1, _mm256_mul_ps(f16 ? load8_f16(w[1], i) : load8_f32(w[1], i), xv));
@@ -133,17 +146,6 @@ static __m256i block_sums8(const uint8_t *const *row, size_t at, __m256i x, int 
     u1 = _mm256_hadd_epi32(t0, t1);
     return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u0, u1, 0x31));
 }
-
-/* Ask for the weights from *next up to stop (not past end), a cache line at a time:
- * streaming from DRAM, the loads of a later row group overlap this one's work. */
-static void prefetch_until(const uint8_t **next, const uint8_t *stop, const uint8_t *end)
-{
-    if (stop > end) stop = end;
-    for (; *next < stop; *next += 64) _mm_prefetch((const char *)*next, _MM_HINT_T0);
-}
-
-/* How far ahead the weights are prefetched, in row groups. */
-#define EL_PREFETCH_GROUPS 2
 
 /* Activation rows taken together over one group of eight weight rows: the group's
  * blocks and scales are read once for all of them (a prompt or a batch of sequences). */

@@ -121,20 +121,31 @@ static void row_group(const uint8_t *w[4], const uint8_t *first, size_t row_byte
     w[3] = nr > 3 ? first + 3 * row_bytes : w[2];
 }
 
+/* y[k] = s_k for k < nr (written out: a loop over an array becomes a call to memcpy). */
+static void store_rows(float *y, uint32_t nr, float s0, float s1, float s2, float s3)
+{
+    y[0] = s0;
+    if (nr > 1) y[1] = s1;
+    if (nr > 2) y[2] = s2;
+    if (nr > 3) y[3] = s3;
+}
+
 #define EL_MULADD(acc, wv, xv) acc = __riscv_vfadd_vv_f32m2(acc, __riscv_vfmul_vv_f32m2(wv, xv, vl8), vl8)
 
-/* The n % 8 tail of a dot product, in order, after the lanes (as el_portable_dot). */
-static float dot_tail(float sum, const float *w, const float *x, int i, int n)
+/* The n % 8 tail of a dot product, in order, after the lanes (as el_portable_dot).
+ * Not inlined: its setup would otherwise run for every row group, tail or not. */
+__attribute__((noinline)) static float dot_tail(float sum, const float *w, const float *x, int i, int n)
 {
     for (; i < n; i++) sum += w[i] * x[i];
     return sum;
 }
 
 /* Four rows against one activation row: each 8-float chunk of x is loaded once for the
- * four rows. */
-static void dot4x1_f32(float out[4], const float *const w[4], const float *x, int n, size_t vl8)
+ * four rows. y[k] = w[k] . x for k < nr. */
+static void dot4x1_f32(float *y, uint32_t nr, const float *const w[4], const float *x, int n, size_t vl8)
 {
     vfloat32m2_t a0 = __riscv_vfmv_v_f_f32m2(0.0f, vl8), a1 = a0, a2 = a0, a3 = a0;
+    float s0, s1, s2, s3;
     int i, whole = n - n % EL_LANES;
     for (i = 0; i < whole; i += EL_LANES) {
         vfloat32m2_t xv = __riscv_vle32_v_f32m2(x + i, vl8);
@@ -143,25 +154,28 @@ static void dot4x1_f32(float out[4], const float *const w[4], const float *x, in
         EL_MULADD(a2, __riscv_vle32_v_f32m2(w[2] + i, vl8), xv);
         EL_MULADD(a3, __riscv_vle32_v_f32m2(w[3] + i, vl8), xv);
     }
-    out[0] = combine_lanes(a0, vl8);
-    out[1] = combine_lanes(a1, vl8);
-    out[2] = combine_lanes(a2, vl8);
-    out[3] = combine_lanes(a3, vl8);
+    s0 = combine_lanes(a0, vl8);
+    s1 = combine_lanes(a1, vl8);
+    s2 = combine_lanes(a2, vl8);
+    s3 = combine_lanes(a3, vl8);
     if (whole < n) {
-        out[0] = dot_tail(out[0], w[0], x, whole, n);
-        out[1] = dot_tail(out[1], w[1], x, whole, n);
-        out[2] = dot_tail(out[2], w[2], x, whole, n);
-        out[3] = dot_tail(out[3], w[3], x, whole, n);
+        s0 = dot_tail(s0, w[0], x, whole, n);
+        s1 = dot_tail(s1, w[1], x, whole, n);
+        s2 = dot_tail(s2, w[2], x, whole, n);
+        s3 = dot_tail(s3, w[3], x, whole, n);
     }
+    store_rows(y, nr, s0, s1, s2, s3);
 }
 
-/* Four rows against two activation rows (out[4 * j + k] = w[k] . x[j]): each chunk of
- * a weight row is loaded once for both. */
-static void dot4x2_f32(float out[8], const float *const w[4], const float *x0, const float *x1, int n, size_t vl8)
+/* Four rows against two activation rows (y0 for x0, y1 for x1): each chunk of a weight
+ * row is loaded once for both. */
+static void dot4x2_f32(float *y0, float *y1, uint32_t nr, const float *const w[4], const float *x0, const float *x1,
+                       int n, size_t vl8)
 {
     vfloat32m2_t a0 = __riscv_vfmv_v_f_f32m2(0.0f, vl8), a1 = a0, a2 = a0, a3 = a0;
     vfloat32m2_t c0 = a0, c1 = a0, c2 = a0, c3 = a0;
-    int i, k, whole = n - n % EL_LANES;
+    float s0, s1, s2, s3, t0, t1, t2, t3;
+    int i, whole = n - n % EL_LANES;
     for (i = 0; i < whole; i += EL_LANES) {
         vfloat32m2_t xv = __riscv_vle32_v_f32m2(x0 + i, vl8), yv = __riscv_vle32_v_f32m2(x1 + i, vl8);
         vfloat32m2_t w0 = __riscv_vle32_v_f32m2(w[0] + i, vl8), w1 = __riscv_vle32_v_f32m2(w[1] + i, vl8);
@@ -175,24 +189,31 @@ static void dot4x2_f32(float out[8], const float *const w[4], const float *x0, c
         EL_MULADD(c2, w2, yv);
         EL_MULADD(c3, w3, yv);
     }
-    out[0] = combine_lanes(a0, vl8);
-    out[1] = combine_lanes(a1, vl8);
-    out[2] = combine_lanes(a2, vl8);
-    out[3] = combine_lanes(a3, vl8);
-    out[4] = combine_lanes(c0, vl8);
-    out[5] = combine_lanes(c1, vl8);
-    out[6] = combine_lanes(c2, vl8);
-    out[7] = combine_lanes(c3, vl8);
-    if (whole < n)
-        for (k = 0; k < 4; k++) {
-            out[k] = dot_tail(out[k], w[k], x0, whole, n);
-            out[4 + k] = dot_tail(out[4 + k], w[k], x1, whole, n);
-        }
+    s0 = combine_lanes(a0, vl8);
+    s1 = combine_lanes(a1, vl8);
+    s2 = combine_lanes(a2, vl8);
+    s3 = combine_lanes(a3, vl8);
+    t0 = combine_lanes(c0, vl8);
+    t1 = combine_lanes(c1, vl8);
+    t2 = combine_lanes(c2, vl8);
+    t3 = combine_lanes(c3, vl8);
+    if (whole < n) {
+        s0 = dot_tail(s0, w[0], x0, whole, n);
+        s1 = dot_tail(s1, w[1], x0, whole, n);
+        s2 = dot_tail(s2, w[2], x0, whole, n);
+        s3 = dot_tail(s3, w[3], x0, whole, n);
+        t0 = dot_tail(t0, w[0], x1, whole, n);
+        t1 = dot_tail(t1, w[1], x1, whole, n);
+        t2 = dot_tail(t2, w[2], x1, whole, n);
+        t3 = dot_tail(t3, w[3], x1, whole, n);
+    }
+    store_rows(y0, nr, s0, s1, s2, s3);
+    store_rows(y1, nr, t0, t1, t2, t3);
 }
 
 void el_kernel_matmul_f32(const el_matmul_task *t, uint32_t r0, uint32_t r1)
 {
-    uint32_t r, k, rows = t->w->rows, cols = t->w->cols;
+    uint32_t r, rows = t->w->rows, cols = t->w->cols;
     size_t vl8 = __riscv_vsetvl_e32m2(EL_LANES);
     int b;
     if (!vector_unit_fits()) {
@@ -208,16 +229,10 @@ void el_kernel_matmul_f32(const el_matmul_task *t, uint32_t r0, uint32_t r1)
         w[1] = nr > 1 ? w[0] + cols : w[0];
         w[2] = nr > 2 ? w[0] + 2 * (size_t)cols : w[1];
         w[3] = nr > 3 ? w[0] + 3 * (size_t)cols : w[2];
-        for (b = 0; b < t->batch; b += 2) {
-            int nx = t->batch - b < 2 ? 1 : 2, j;
-            float out[8];
-            if (nx == 2)
-                dot4x2_f32(out, w, t->x + (size_t)b * cols, t->x + (size_t)(b + 1) * cols, (int)cols, vl8);
-            else
-                dot4x1_f32(out, w, t->x + (size_t)b * cols, (int)cols, vl8);
-            for (j = 0; j < nx; j++)
-                for (k = 0; k < nr; k++) t->y[(size_t)(b + j) * rows + r + k] = out[4 * j + k];
-        }
+        for (b = 0; b + 2 <= t->batch; b += 2)
+            dot4x2_f32(t->y + (size_t)b * rows + r, t->y + (size_t)(b + 1) * rows + r, nr, w,
+                       t->x + (size_t)b * cols, t->x + (size_t)(b + 1) * cols, (int)cols, vl8);
+        if (b < t->batch) dot4x1_f32(t->y + (size_t)b * rows + r, nr, w, t->x + (size_t)b * cols, (int)cols, vl8);
     }
 }
 
@@ -403,7 +418,7 @@ static void matmul_quant(const el_matmul_task *t, uint32_t r0, uint32_t r1, size
                                                     t->xs + (size_t)(b + j) * nb + j0, isum[j][k], (int)n);
             }
             for (j = 0; j < nx; j++)
-                for (k = 0; k < nr; k++) t->y[(size_t)(b + j) * rows + r + k] = sum[j][k];
+                store_rows(t->y + (size_t)(b + j) * rows + r, nr, sum[j][0], sum[j][1], sum[j][2], sum[j][3]);
         }
     }
 }

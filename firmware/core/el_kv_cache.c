@@ -224,6 +224,43 @@ static size_t head_start(const el_kv_cache *kv, size_t at, int head)
     return at * slot_values(kv) + (size_t)head * (size_t)kv->head_dim;
 }
 
+/* Attention reads a block's slots in one loop: for a layer, a block's positions sit one
+ * after another (kv_dim values apart), so no block table is consulted per position. */
+void el_kv_key_dots(const el_kv_cache *kv, int block, int n_slots, int layer, int head, const float *q, float scale,
+                    float *scores)
+{
+    size_t at = block_offset(kv, block, layer, 0), stride = slot_values(kv);
+    int slot;
+    if (kv->dtype == EL_KV_F32) {
+        const float *key = (const float *)kv->keys + head_start(kv, at, head);
+        for (slot = 0; slot < n_slots; slot++, key += stride) scores[slot] = scale * el_dot(q, key, kv->head_dim);
+    } else {
+        /* int8: the scale is common to the head, so it multiplies the sum once */
+        const int8_t *key = (const int8_t *)kv->keys + head_start(kv, at, head);
+        const float *key_scale = kv->key_scales + at * (size_t)kv->n_kv_heads + (size_t)head;
+        for (slot = 0; slot < n_slots; slot++, key += stride, key_scale += kv->n_kv_heads)
+            scores[slot] = scale * (*key_scale * el_dot_int8(q, key, kv->head_dim));
+    }
+}
+
+void el_kv_value_adds(const el_kv_cache *kv, int block, int n_slots, int layer, int head, const float *weights,
+                      float *out)
+{
+    size_t at = block_offset(kv, block, layer, 0), stride = slot_values(kv);
+    int slot, i;
+    if (kv->dtype == EL_KV_F32) {
+        const float *value = (const float *)kv->values + head_start(kv, at, head);
+        for (slot = 0; slot < n_slots; slot++, value += stride) el_kernel_axpy(out, weights[slot], value, kv->head_dim);
+    } else {
+        const int8_t *value = (const int8_t *)kv->values + head_start(kv, at, head);
+        const float *value_scale = kv->value_scales + at * (size_t)kv->n_kv_heads + (size_t)head;
+        for (slot = 0; slot < n_slots; slot++, value += stride, value_scale += kv->n_kv_heads) {
+            float w = weights[slot] * *value_scale;
+            for (i = 0; i < kv->head_dim; i++) out[i] += w * (float)value[i];
+        }
+    }
+}
+
 float el_kv_key_dot(const el_kv_cache *kv, int block, int slot, int layer, int head, const float *q)
 {
     size_t at = block_offset(kv, block, layer, slot);

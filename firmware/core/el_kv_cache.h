@@ -62,5 +62,11 @@ void el_kv_store(el_kv_cache *kv, int block, int slot, int layer, const float *k
  * times that head's value. */
 float el_kv_key_dot(const el_kv_cache *kv, int block, int slot, int layer, int head, const float *q);
 void el_kv_value_add(const el_kv_cache *kv, int block, int slot, int layer, int head, float weight, float *out);
+/* The same over slots 0..n_slots-1 of one block: scores[s] = scale * (q . key of slot s),
+ * and out += weights[s] * value of slot s, in slot order (the bits of the one-slot calls). */
+void el_kv_key_dots(const el_kv_cache *kv, int block, int n_slots, int layer, int head, const float *q, float scale,
+                    float *scores);
+void el_kv_value_adds(const el_kv_cache *kv, int block, int n_slots, int layer, int head, const float *weights,
+                      float *out);
 
 #endif
