@@ -87,7 +87,7 @@ POINTER_BYTES = {
 # alignment slack of the KV pool's ~12 arrays (16-, 8-, 4- and 1-aligned), an upper bound
 KV_ALIGN_SLACK = 128
 # EL_SAMPLER_BUCKETS (el_sampler.h): the radix select's 64-bit bucket measures
-SAMPLER_BUCKETS = 256
+SAMPLER_BUCKETS = 260
 
 PARTS = {
     "model tables": "GGUF key and tensor tables, vocabulary pieces, scores, types, layer table",

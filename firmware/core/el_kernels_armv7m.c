@@ -55,10 +55,10 @@ static inline int32_t lanes_odd(uint32_t x)
 #endif
 }
 
-/* fp16 to float. Every fp16 value is exact in float, so the FPU's VCVTB gives the
- * portable fp16_to_f32's bits (FPSCR.AHP = 0, the IEEE format, as at reset; a
- * signalling NaN comes out quieted, which the product with the activation scale does to
- * it anyway). M-profile FPUs all have it; on A-profile __ARM_FP says so. */
+/* fp16 to float. Every fp16 value is exact in float, so the FPU's VCVTB (VCVTT: the top
+ * half) gives the portable fp16_to_f32's bits (FPSCR.AHP = 0, the IEEE format, as at
+ * reset; a signalling NaN comes out quieted, as any arithmetic on it would). M-profile
+ * FPUs all have it; on A-profile __ARM_FP says so. */
 #if defined(__GNUC__) && defined(__ARM_FP) && \
     ((__ARM_FP & 2) || (defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M'))
 static inline float half_to_float(uint32_t h)
@@ -67,6 +67,15 @@ static inline float half_to_float(uint32_t h)
     float r;
     v.u = h;
     __asm__("vcvtb.f32.f16 %0, %1" : "=t"(r) : "t"(v.f));
+    return r;
+}
+
+static inline float high_half_to_float(uint32_t h)
+{
+    union { uint32_t u; float f; } v;
+    float r;
+    v.u = h;
+    __asm__("vcvtt.f32.f16 %0, %1" : "=t"(r) : "t"(v.f));
     return r;
 }
 #else
@@ -84,6 +93,8 @@ static inline float half_to_float(uint32_t h)
     else v.u = sign | ((exponent + 112) << 23) | (mantissa << 13);
     return v.f;
 }
+
+static inline float high_half_to_float(uint32_t h) { return half_to_float(h >> 16); }
 #endif
 
 /* ------------------------------------------------------------ activations, unpacked */
@@ -357,6 +368,62 @@ void el_kernel_matmul_f32(const el_matmul_task *t, uint32_t r0, uint32_t r1)
             t->y[(size_t)b * rows + r] = el_kernel_dot(data + (size_t)r * cols, t->x + (size_t)b * cols, (int)cols);
 }
 
+/* ------------------------------------------------------------ F16 */
+
+/* Two rows of fp16 weights (any byte offset) against one vector: the F32 order on the
+ * converted weights, two of them per 32-bit load. */
+static void dot2_f16(const uint8_t *w0, const uint8_t *w1, const float *x, int n, float *y0, float *y1)
+{
+    float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f, a4 = 0.0f, a5 = 0.0f, a6 = 0.0f, a7 = 0.0f;
+    float b0 = 0.0f, b1 = 0.0f, b2 = 0.0f, b3 = 0.0f, b4 = 0.0f, b5 = 0.0f, b6 = 0.0f, b7 = 0.0f;
+    float s0, s1;
+    int i, whole = n - n % 8;
+    for (i = 0; i < whole; i += 8, w0 += 16, w1 += 16, x += 8) {
+        uint32_t p, q;
+        p = load_u32(w0), q = load_u32(w1);
+        a0 += half_to_float(p) * x[0];
+        b0 += half_to_float(q) * x[0];
+        a1 += high_half_to_float(p) * x[1];
+        b1 += high_half_to_float(q) * x[1];
+        p = load_u32(w0 + 4), q = load_u32(w1 + 4);
+        a2 += half_to_float(p) * x[2];
+        b2 += half_to_float(q) * x[2];
+        a3 += high_half_to_float(p) * x[3];
+        b3 += high_half_to_float(q) * x[3];
+        p = load_u32(w0 + 8), q = load_u32(w1 + 8);
+        a4 += half_to_float(p) * x[4];
+        b4 += half_to_float(q) * x[4];
+        a5 += high_half_to_float(p) * x[5];
+        b5 += high_half_to_float(q) * x[5];
+        p = load_u32(w0 + 12), q = load_u32(w1 + 12);
+        a6 += half_to_float(p) * x[6];
+        b6 += half_to_float(q) * x[6];
+        a7 += high_half_to_float(p) * x[7];
+        b7 += high_half_to_float(q) * x[7];
+    }
+    s0 = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));
+    s1 = ((b0 + b1) + (b2 + b3)) + ((b4 + b5) + (b6 + b7));
+    for (; i < n; i++, w0 += 2, w1 += 2, x++) {
+        s0 += half_to_float(load_u16(w0)) * x[0];
+        s1 += half_to_float(load_u16(w1)) * x[0];
+    }
+    *y0 = s0;
+    *y1 = s1;
+}
+
+void el_kernel_matmul_f16(const el_matmul_task *t, uint32_t r0, uint32_t r1)
+{
+    uint32_t r, cols = t->w->cols, rows = t->w->rows;
+    const uint8_t *data = (const uint8_t *)t->w->data;
+    int b;
+    for (r = r0; r < r1; r += 2) {
+        uint32_t r_next = r + 1 < r1 ? r + 1 : r; /* an odd last row twice, into the same y */
+        for (b = 0; b < t->batch; b++)
+            dot2_f16(data + (size_t)r * 2 * cols, data + (size_t)r_next * 2 * cols, t->x + (size_t)b * cols, (int)cols,
+                     &t->y[(size_t)b * rows + r], &t->y[(size_t)b * rows + r_next]);
+    }
+}
+
 /* ------------------------------------------------------------ quantize, axpy */
 
 #if defined(__GNUC__)
@@ -410,7 +477,6 @@ void el_kernel_axpy(float *y, float a, const float *x, int n)
 
 /* ------------------------------------------------------------ the rest: portable */
 
-void el_kernel_matmul_f16(const el_matmul_task *t, uint32_t r0, uint32_t r1) { el_portable_matmul_f16(t, r0, r1); }
 void el_kernel_swiglu(float *gate, const float *up, int n) { el_portable_swiglu(gate, up, n); }
 void el_kernel_exp_shifted(float *w, const float *x, float shift, int n) { el_portable_exp_shifted(w, x, shift, n); }
 

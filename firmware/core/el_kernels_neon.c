@@ -56,13 +56,37 @@
 #define EL_NEON_DOTPROD 0
 #endif
 
-#define EL_GROUP 4        /* rows per group */
+/* Rows per group: aarch64 has 32 vector registers, ARMv7 16. A group never straddles two
+ * workers' row tiles (EL_ROW_TILE is 16). */
+#if defined(__aarch64__)
+#define EL_GROUP 8
+#else
+#define EL_GROUP 4
+#endif
 #define EL_BATCH_CHUNK 32 /* activation rows whose checks are kept at once (ARMv7) */
 
 /* Smallest biased exponents that keep ARMv7 products away from subnormals (see above). */
 #define EL_MIN_EXP_X 67u   /* activations: 2^-60 */
 #define EL_MIN_EXP_W 84u   /* F32 weights: 2^-43 */
 #define EL_MIN_EXP_X16 48u /* activations against F16 weights (>= 2^-24): 2^-79 */
+
+/* The group loops below are written over arrays of registers indexed by row; fully
+ * unrolled, the arrays live in registers. always_inline gives each caller its own copy,
+ * specialized for its constant arguments (weight type). */
+#if defined(__GNUC__) || defined(__clang__)
+#define EL_INLINE static inline __attribute__((always_inline))
+#define EL_NOINLINE static __attribute__((noinline))
+#else
+#define EL_INLINE static inline
+#define EL_NOINLINE static
+#endif
+#if defined(__clang__)
+#define EL_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define EL_UNROLL _Pragma("GCC unroll 8")
+#else
+#define EL_UNROLL
+#endif
 
 /* ------------------------------------------------------------ helpers */
 
@@ -110,42 +134,23 @@ static uint32_t min_lane(uint32x4_t m)
 /* 2 * bits - 1 (wrapping): zero (either sign) becomes the largest value, a nonzero
  * magnitude keeps its order. The minimum over values is at least (e << 24) - 1 exactly
  * when each value is zero or at least 2^(e - 127) in magnitude. */
-static uint32x4_t magnitude_key(uint32x4_t bits) { return vmlaq_n_u32(vdupq_n_u32(0xffffffffu), bits, 2u); }
+static uint32x4_t magnitude_key(float32x4_t v)
+{
+    return vmlaq_n_u32(vdupq_n_u32(0xffffffffu), vreinterpretq_u32_f32(v), 2u);
+}
 
 static uint32_t key_floor(uint32_t min_exp) { return (min_exp << 24) - 1u; }
 
-/* Every x[i] zero or at least 2^(min_exp - 127) in magnitude (ARMv7 checks). */
+/* Every x[i] zero or at least 2^(min_exp - 127) in magnitude. */
 static int floats_clear_of_zero(const float *x, int n, uint32_t min_exp)
 {
     uint32x4_t m = vdupq_n_u32(0xffffffffu);
     int i;
-    for (i = 0; i + 4 <= n; i += 4) m = vminq_u32(m, magnitude_key(vreinterpretq_u32_f32(vld1q_f32(x + i))));
+    for (i = 0; i + 4 <= n; i += 4) m = vminq_u32(m, magnitude_key(vld1q_f32(x + i)));
     for (; i < n; i++) m = vminq_u32(m, vdupq_n_u32(2u * float_bits(x[i]) - 1u));
     return min_lane(m) >= key_floor(min_exp);
 }
 #endif
-
-/* ((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7)) of four rows' lanes (lo: 0-3, hi: 4-7); lane j
- * of the result is row j's. */
-static float32x4_t combine4(float32x4_t lo0, float32x4_t hi0, float32x4_t lo1, float32x4_t hi1,
-                            float32x4_t lo2, float32x4_t hi2, float32x4_t lo3, float32x4_t hi3)
-{
-#if defined(__aarch64__)
-    float32x4_t p0 = vpaddq_f32(lo0, hi0), p1 = vpaddq_f32(lo1, hi1); /* l0+l1, l2+l3, l4+l5, l6+l7 */
-    float32x4_t p2 = vpaddq_f32(lo2, hi2), p3 = vpaddq_f32(lo3, hi3);
-    return vpaddq_f32(vpaddq_f32(p0, p1), vpaddq_f32(p2, p3));
-#else
-    float32x2_t a0 = vpadd_f32(vpadd_f32(vget_low_f32(lo0), vget_high_f32(lo0)),
-                               vpadd_f32(vget_low_f32(hi0), vget_high_f32(hi0)));
-    float32x2_t a1 = vpadd_f32(vpadd_f32(vget_low_f32(lo1), vget_high_f32(lo1)),
-                               vpadd_f32(vget_low_f32(hi1), vget_high_f32(hi1)));
-    float32x2_t a2 = vpadd_f32(vpadd_f32(vget_low_f32(lo2), vget_high_f32(lo2)),
-                               vpadd_f32(vget_low_f32(hi2), vget_high_f32(hi2)));
-    float32x2_t a3 = vpadd_f32(vpadd_f32(vget_low_f32(lo3), vget_high_f32(lo3)),
-                               vpadd_f32(vget_low_f32(hi3), vget_high_f32(hi3)));
-    return vcombine_f32(vpadd_f32(a0, a1), vpadd_f32(a2, a3));
-#endif
-}
 
 /* Four fp16 values as floats, exactly as el_fp16_to_f32. */
 static float32x4_t fp16x4_to_f32(uint16x4_t h)
@@ -164,91 +169,42 @@ static float32x4_t fp16x4_to_f32(uint16x4_t h)
 #endif
 }
 
-static float32x4_t load4_f16(const uint8_t *p) { return fp16x4_to_f32(vreinterpret_u16_u8(vld1_u8(p))); }
-
-/* The fp16 scales at p0..p3 as four floats. */
-static float32x4_t scales4(const uint8_t *p0, const uint8_t *p1, const uint8_t *p2, const uint8_t *p3)
+/* The fp16 scales of the group's rows (at p[k]) as floats, four rows a register. */
+EL_INLINE void group_scales(const uint8_t *const *p, float32x4_t *d)
 {
-    uint16x4_t h = vdup_n_u16(read_u16(p0));
-    h = vset_lane_u16(read_u16(p1), h, 1);
-    h = vset_lane_u16(read_u16(p2), h, 2);
-    h = vset_lane_u16(read_u16(p3), h, 3);
-    return fp16x4_to_f32(h);
+    int g, k;
+    EL_UNROLL for (g = 0; g < EL_GROUP / 4; g++) {
+        uint16x4_t h = vdup_n_u16(read_u16(p[4 * g]));
+        EL_UNROLL for (k = 1; k < 4; k++) h = vset_lane_u16(read_u16(p[4 * g + k]), h, k);
+        d[g] = fp16x4_to_f32(h);
+    }
 }
 
-/* ------------------------------------------------------------ F32 and F16 */
+/* ------------------------------------------------------------ combining lanes */
 
-/* Four rows . x over n columns into out[0..3], the portable order. For F32 on ARMv7,
- * returns 0 when a nonzero weight is below 2^-43 in magnitude (the caller falls back). */
-static int dot4_f32(const float *w0, const float *w1, const float *w2, const float *w3, const float *x, int n,
-                    float *out)
+#if defined(__aarch64__)
+/* ((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7)) of four rows (lo: lanes 0-3, hi: 4-7); lane j of
+ * the result is row j's. */
+EL_INLINE float32x4_t combine4(const float32x4_t *lo, const float32x4_t *hi)
 {
-    float32x4_t lo0 = vdupq_n_f32(0.0f), hi0 = lo0, lo1 = lo0, hi1 = lo0, lo2 = lo0, hi2 = lo0, lo3 = lo0, hi3 = lo0;
-    int i, whole = n - n % 8, ok = 1;
-#if !EL_NEON_IEEE
-    uint32x4_t key = vdupq_n_u32(0xffffffffu);
-#define EL_WCHECK(v) key = vminq_u32(key, magnitude_key(vreinterpretq_u32_f32(v)))
+    float32x4_t p0 = vpaddq_f32(lo[0], hi[0]), p1 = vpaddq_f32(lo[1], hi[1]); /* l0+l1, l2+l3, l4+l5, l6+l7 */
+    float32x4_t p2 = vpaddq_f32(lo[2], hi[2]), p3 = vpaddq_f32(lo[3], hi[3]);
+    return vpaddq_f32(vpaddq_f32(p0, p1), vpaddq_f32(p2, p3));
+}
 #else
-#define EL_WCHECK(v) (void)0
-#endif
-    for (i = 0; i < whole; i += 8) {
-        float32x4_t xl = vld1q_f32(x + i), xh = vld1q_f32(x + i + 4), a, b;
-        a = vld1q_f32(w0 + i), b = vld1q_f32(w0 + i + 4);
-        lo0 = vaddq_f32(lo0, vmulq_f32(a, xl)), hi0 = vaddq_f32(hi0, vmulq_f32(b, xh));
-        EL_WCHECK(a); EL_WCHECK(b);
-        a = vld1q_f32(w1 + i), b = vld1q_f32(w1 + i + 4);
-        lo1 = vaddq_f32(lo1, vmulq_f32(a, xl)), hi1 = vaddq_f32(hi1, vmulq_f32(b, xh));
-        EL_WCHECK(a); EL_WCHECK(b);
-        a = vld1q_f32(w2 + i), b = vld1q_f32(w2 + i + 4);
-        lo2 = vaddq_f32(lo2, vmulq_f32(a, xl)), hi2 = vaddq_f32(hi2, vmulq_f32(b, xh));
-        EL_WCHECK(a); EL_WCHECK(b);
-        a = vld1q_f32(w3 + i), b = vld1q_f32(w3 + i + 4);
-        lo3 = vaddq_f32(lo3, vmulq_f32(a, xl)), hi3 = vaddq_f32(hi3, vmulq_f32(b, xh));
-        EL_WCHECK(a); EL_WCHECK(b);
-    }
-#undef EL_WCHECK
-#if !EL_NEON_IEEE
-    ok = min_lane(key) >= key_floor(EL_MIN_EXP_W);
-#endif
-    vst1q_f32(out, combine4(lo0, hi0, lo1, hi1, lo2, hi2, lo3, hi3));
-    for (i = whole; i < n; i++) {
-        out[0] += w0[i] * x[i];
-        out[1] += w1[i] * x[i];
-        out[2] += w2[i] * x[i];
-        out[3] += w3[i] * x[i];
-    }
-    return ok;
-}
-
-/* The same with fp16 weights (rows of 2n bytes). */
-static void dot4_f16(const uint8_t *w0, const uint8_t *w1, const uint8_t *w2, const uint8_t *w3, const float *x,
-                     int n, float *out)
+/* The same from two rows whose lanes are split even/odd (ev: l0, l2, l4, l6; od: l1, l3,
+ * l5, l7, as vld2 loads them): ev + od is (l0+l1, l2+l3, l4+l5, l6+l7). */
+EL_INLINE float32x2_t combine2_eo(float32x4_t ev0, float32x4_t od0, float32x4_t ev1, float32x4_t od1)
 {
-    float32x4_t lo0 = vdupq_n_f32(0.0f), hi0 = lo0, lo1 = lo0, hi1 = lo0, lo2 = lo0, hi2 = lo0, lo3 = lo0, hi3 = lo0;
-    int i, whole = n - n % 8;
-    for (i = 0; i < whole; i += 8) {
-        float32x4_t xl = vld1q_f32(x + i), xh = vld1q_f32(x + i + 4);
-        lo0 = vaddq_f32(lo0, vmulq_f32(load4_f16(w0 + 2 * i), xl));
-        hi0 = vaddq_f32(hi0, vmulq_f32(load4_f16(w0 + 2 * i + 8), xh));
-        lo1 = vaddq_f32(lo1, vmulq_f32(load4_f16(w1 + 2 * i), xl));
-        hi1 = vaddq_f32(hi1, vmulq_f32(load4_f16(w1 + 2 * i + 8), xh));
-        lo2 = vaddq_f32(lo2, vmulq_f32(load4_f16(w2 + 2 * i), xl));
-        hi2 = vaddq_f32(hi2, vmulq_f32(load4_f16(w2 + 2 * i + 8), xh));
-        lo3 = vaddq_f32(lo3, vmulq_f32(load4_f16(w3 + 2 * i), xl));
-        hi3 = vaddq_f32(hi3, vmulq_f32(load4_f16(w3 + 2 * i + 8), xh));
-    }
-    vst1q_f32(out, combine4(lo0, hi0, lo1, hi1, lo2, hi2, lo3, hi3));
-    for (i = whole; i < n; i++) {
-        float xi = x[i];
-        out[0] += el_fp16_to_f32(read_u16(w0 + 2 * i)) * xi;
-        out[1] += el_fp16_to_f32(read_u16(w1 + 2 * i)) * xi;
-        out[2] += el_fp16_to_f32(read_u16(w2 + 2 * i)) * xi;
-        out[3] += el_fp16_to_f32(read_u16(w3 + 2 * i)) * xi;
-    }
+    float32x4_t p0 = vaddq_f32(ev0, od0), p1 = vaddq_f32(ev1, od1);
+    return vpadd_f32(vpadd_f32(vget_low_f32(p0), vget_high_f32(p0)), vpadd_f32(vget_low_f32(p1), vget_high_f32(p1)));
 }
+#endif
+
+/* ------------------------------------------------------------ matmul: storing, falling back */
 
 /* y[b][r] for one row and activation row, by the portable code. */
-static void portable_one(const el_matmul_task *t, uint32_t r, int b)
+EL_NOINLINE void portable_one(const el_matmul_task *t, uint32_t r, int b)
 {
     el_matmul_task one = *t;
     uint32_t cols = t->w->cols, blocks = cols / EL_QBLOCK;
@@ -269,7 +225,7 @@ static void portable_one(const el_matmul_task *t, uint32_t r, int b)
  * which NaN comes out of two NaN operands depends on their order, and the compiler
  * orders commutative operands as it likes, in either code. On ARMv7 so is every result
  * whose checks failed (ok == 0). */
-static void store_group(const el_matmul_task *t, uint32_t r, uint32_t n_rows, int b, const float *out, int ok)
+EL_INLINE void store_group(const el_matmul_task *t, uint32_t r, uint32_t n_rows, int b, const float *out, int ok)
 {
     float *y = t->y + (size_t)b * t->w->rows + r;
     uint32_t k;
@@ -279,13 +235,100 @@ static void store_group(const el_matmul_task *t, uint32_t r, uint32_t n_rows, in
     }
 }
 
-/* Rows r0..r1 of an F32 or F16 matrix, four at a time (a short last group repeats its
- * last row and keeps only the rows it has). */
-static void matmul_float(const el_matmul_task *t, uint32_t r0, uint32_t r1, int f16)
+/* The group's row pointers: rows r.. (a short last group repeats its last row). */
+EL_INLINE uint32_t group_rows(const el_matmul_task *t, uint32_t r, uint32_t r1, size_t row_bytes, const uint8_t **w)
 {
-    uint32_t cols = t->w->cols, r, k;
+    uint32_t k, n_rows = r1 - r < EL_GROUP ? r1 - r : EL_GROUP;
+    EL_UNROLL for (k = 0; k < EL_GROUP; k++)
+        w[k] = (const uint8_t *)t->w->data + (size_t)(r + (k < n_rows ? k : n_rows - 1)) * row_bytes;
+    return n_rows;
+}
+
+/* ------------------------------------------------------------ F32 and F16 */
+
+static float weight_at(const uint8_t *row, int i, int f16)
+{
+    return f16 ? el_fp16_to_f32(read_u16(row + 2 * i)) : ((const float *)(const void *)row)[i];
+}
+
+/* out[k] = row k . x over n columns for the group's rows, the portable order. On ARMv7
+ * returns 0 when an F32 weight is nonzero and below 2^-43 in magnitude. */
+EL_INLINE int dot_group_float(const uint8_t *const *w, const float *x, int n, float *out, int f16)
+{
+    int i = 0, k, whole = n - n % 8, ok = 1;
+#if defined(__aarch64__)
+    float32x4_t lo[EL_GROUP], hi[EL_GROUP];
+    EL_UNROLL for (k = 0; k < EL_GROUP; k++) lo[k] = hi[k] = vdupq_n_f32(0.0f);
+    for (; i + 16 <= whole; i += 16) {
+        float32x4x4_t xv = vld1q_f32_x4(x + i);
+        EL_UNROLL for (k = 0; k < EL_GROUP; k++) {
+            float32x4x4_t v;
+            if (f16) {
+                uint8x16x2_t h = vld1q_u8_x2(w[k] + 2 * i);
+                v.val[0] = vcvt_f32_f16(vreinterpret_f16_u8(vget_low_u8(h.val[0])));
+                v.val[1] = vcvt_high_f32_f16(vreinterpretq_f16_u8(h.val[0]));
+                v.val[2] = vcvt_f32_f16(vreinterpret_f16_u8(vget_low_u8(h.val[1])));
+                v.val[3] = vcvt_high_f32_f16(vreinterpretq_f16_u8(h.val[1]));
+            } else {
+                v = vld1q_f32_x4((const float *)(const void *)w[k] + i);
+            }
+            lo[k] = vaddq_f32(lo[k], vmulq_f32(v.val[0], xv.val[0]));
+            hi[k] = vaddq_f32(hi[k], vmulq_f32(v.val[1], xv.val[1]));
+            lo[k] = vaddq_f32(lo[k], vmulq_f32(v.val[2], xv.val[2]));
+            hi[k] = vaddq_f32(hi[k], vmulq_f32(v.val[3], xv.val[3]));
+        }
+    }
+    if (i < whole) { /* eight more */
+        float32x4x2_t xv = vld1q_f32_x2(x + i);
+        EL_UNROLL for (k = 0; k < EL_GROUP; k++) {
+            float32x4x2_t v;
+            if (f16) {
+                uint8x16_t h = vld1q_u8(w[k] + 2 * i);
+                v.val[0] = vcvt_f32_f16(vreinterpret_f16_u8(vget_low_u8(h)));
+                v.val[1] = vcvt_high_f32_f16(vreinterpretq_f16_u8(h));
+            } else {
+                v = vld1q_f32_x2((const float *)(const void *)w[k] + i);
+            }
+            lo[k] = vaddq_f32(lo[k], vmulq_f32(v.val[0], xv.val[0]));
+            hi[k] = vaddq_f32(hi[k], vmulq_f32(v.val[1], xv.val[1]));
+        }
+        i += 8;
+    }
+    EL_UNROLL for (k = 0; k < EL_GROUP; k += 4) vst1q_f32(out + k, combine4(lo + k, hi + k));
+#else
+    float32x4_t ev[EL_GROUP], od[EL_GROUP];
+    uint32x4_t key = vdupq_n_u32(0xffffffffu);
+    EL_UNROLL for (k = 0; k < EL_GROUP; k++) ev[k] = od[k] = vdupq_n_f32(0.0f);
+    for (; i < whole; i += 8) {
+        float32x4x2_t xv = vld2q_f32(x + i); /* even and odd elements */
+        EL_UNROLL for (k = 0; k < EL_GROUP; k++) {
+            float32x4x2_t v;
+            if (f16) {
+                uint16x4x2_t h = vld2_u16((const uint16_t *)(const void *)(w[k] + 2 * i));
+                v.val[0] = fp16x4_to_f32(h.val[0]);
+                v.val[1] = fp16x4_to_f32(h.val[1]);
+            } else {
+                v = vld2q_f32((const float *)(const void *)w[k] + i);
+                key = vminq_u32(key, vminq_u32(magnitude_key(v.val[0]), magnitude_key(v.val[1])));
+            }
+            ev[k] = vaddq_f32(ev[k], vmulq_f32(v.val[0], xv.val[0]));
+            od[k] = vaddq_f32(od[k], vmulq_f32(v.val[1], xv.val[1]));
+        }
+    }
+    if (!f16) ok = min_lane(key) >= key_floor(EL_MIN_EXP_W);
+    EL_UNROLL for (k = 0; k < EL_GROUP; k += 2) vst1_f32(out + k, combine2_eo(ev[k], od[k], ev[k + 1], od[k + 1]));
+#endif
+    for (; i < n; i++) {
+        float xi = x[i];
+        EL_UNROLL for (k = 0; k < EL_GROUP; k++) out[k] += weight_at(w[k], i, f16) * xi;
+    }
+    return ok;
+}
+
+EL_INLINE void matmul_float(const el_matmul_task *t, uint32_t r0, uint32_t r1, int f16)
+{
+    uint32_t cols = t->w->cols, r;
     size_t row_bytes = (size_t)cols * (f16 ? 2u : 4u);
-    const uint8_t *base = (const uint8_t *)t->w->data;
     int b0, b, nb;
 #if !EL_NEON_IEEE
     unsigned char x_ok[EL_BATCH_CHUNK];
@@ -298,19 +341,11 @@ static void matmul_float(const el_matmul_task *t, uint32_t r0, uint32_t r1, int 
                                                           f16 ? EL_MIN_EXP_X16 : EL_MIN_EXP_X);
 #endif
         for (r = r0; r < r1; r += EL_GROUP) {
-            uint32_t n_rows = r1 - r < EL_GROUP ? r1 - r : EL_GROUP;
             const uint8_t *w[EL_GROUP];
-            for (k = 0; k < EL_GROUP; k++) w[k] = base + (size_t)(r + (k < n_rows ? k : n_rows - 1)) * row_bytes;
+            uint32_t n_rows = group_rows(t, r, r1, row_bytes, w);
             for (b = 0; b < nb; b++) {
-                const float *x = t->x + (size_t)(b0 + b) * cols;
                 float out[EL_GROUP];
-                int ok = 1;
-                if (f16)
-                    dot4_f16(w[0], w[1], w[2], w[3], x, (int)cols, out);
-                else
-                    ok = dot4_f32((const float *)(const void *)w[0], (const float *)(const void *)w[1],
-                                  (const float *)(const void *)w[2], (const float *)(const void *)w[3], x, (int)cols,
-                                  out);
+                int ok = dot_group_float(w, t->x + (size_t)(b0 + b) * cols, (int)cols, out, f16);
 #if !EL_NEON_IEEE
                 ok = ok && x_ok[b];
 #endif
@@ -325,28 +360,36 @@ void el_kernel_matmul_f16(const el_matmul_task *t, uint32_t r0, uint32_t r1) { m
 
 /* ------------------------------------------------------------ Q8_0 and Q4_0 */
 
-/* Row sums of four int32x4: lane j of the result is the sum of a_j's lanes (wrapping). */
-static int32x4_t reduce4(int32x4_t a0, int32x4_t a1, int32x4_t a2, int32x4_t a3)
+/* Row sums of four int32x4: lane j of the result is the sum of a[j]'s lanes (wrapping). */
+EL_INLINE int32x4_t reduce4(const int32x4_t *a)
 {
 #if defined(__aarch64__)
-    return vpaddq_s32(vpaddq_s32(a0, a1), vpaddq_s32(a2, a3));
+    return vpaddq_s32(vpaddq_s32(a[0], a[1]), vpaddq_s32(a[2], a[3]));
 #else
-    int32x2_t s0 = vpadd_s32(vget_low_s32(a0), vget_high_s32(a0)), s1 = vpadd_s32(vget_low_s32(a1), vget_high_s32(a1));
-    int32x2_t s2 = vpadd_s32(vget_low_s32(a2), vget_high_s32(a2)), s3 = vpadd_s32(vget_low_s32(a3), vget_high_s32(a3));
+    int32x2_t s0 = vpadd_s32(vget_low_s32(a[0]), vget_high_s32(a[0]));
+    int32x2_t s1 = vpadd_s32(vget_low_s32(a[1]), vget_high_s32(a[1]));
+    int32x2_t s2 = vpadd_s32(vget_low_s32(a[2]), vget_high_s32(a[2]));
+    int32x2_t s3 = vpadd_s32(vget_low_s32(a[3]), vget_high_s32(a[3]));
     return vcombine_s32(vpadd_s32(s0, s1), vpadd_s32(s2, s3));
 #endif
 }
 
 #if EL_NEON_DOTPROD
 /* acc + the 32 products of one block (w0 . x0 + w1 . x1, four lanes, exact). */
-static int32x4_t block_dot(int32x4_t acc, int8x16_t w0, int8x16_t w1, int8x16_t x0, int8x16_t x1)
+EL_INLINE int32x4_t block_dot(int32x4_t acc, int8x16_t w0, int8x16_t w1, int8x16_t x0, int8x16_t x1)
 {
     return vdotq_s32(vdotq_s32(acc, w0, x0), w1, x1);
+}
+
+/* The same for a Q4_0 block's nibbles n (0..15; lo: elements 0-15, hi: 16-31). */
+EL_INLINE int32x4_t nibble_dot(int32x4_t acc, int8x16_t lo, int8x16_t hi, int8x16_t x0, int8x16_t x1)
+{
+    return block_dot(acc, lo, hi, x0, x1);
 }
 #else
 /* acc + the 32 products of one block, four lanes. Each int16 lane holds two products:
  * |w| <= 128 and |x| <= 127 (the activations' quantizer), so at most 32512. */
-static int32x4_t block_dot(int32x4_t acc, int8x16_t w0, int8x16_t w1, int8x16_t x0, int8x16_t x1)
+EL_INLINE int32x4_t block_dot(int32x4_t acc, int8x16_t w0, int8x16_t w1, int8x16_t x0, int8x16_t x1)
 {
 #if defined(__aarch64__)
     int16x8_t p0 = vmlal_high_s8(vmull_s8(vget_low_s8(w0), vget_low_s8(x0)), w0, x0);
@@ -358,9 +401,9 @@ static int32x4_t block_dot(int32x4_t acc, int8x16_t w0, int8x16_t w1, int8x16_t 
     return vpadalq_s16(vpadalq_s16(acc, p0), p1);
 }
 
-/* acc + the 32 products of a Q4_0 block's nibbles n (0..15, low then high) and x:
- * four products per int16 lane, at most 4 * 15 * 127. */
-static int32x4_t nibble_dot(int32x4_t acc, int8x16_t lo, int8x16_t hi, int8x16_t x0, int8x16_t x1)
+/* acc + the 32 products of a Q4_0 block's nibbles n (0..15) and x: four products per
+ * int16 lane, at most 4 * 15 * 127. */
+EL_INLINE int32x4_t nibble_dot(int32x4_t acc, int8x16_t lo, int8x16_t hi, int8x16_t x0, int8x16_t x1)
 {
 #if defined(__aarch64__)
     int16x8_t p = vmlal_high_s8(vmull_s8(vget_low_s8(lo), vget_low_s8(x0)), lo, x0);
@@ -376,7 +419,7 @@ static int32x4_t nibble_dot(int32x4_t acc, int8x16_t lo, int8x16_t hi, int8x16_t
 #endif
 
 /* 8 * (the sum of a block's 32 activations), in every lane. */
-static int32x4_t block_sum8(int8x16_t x0, int8x16_t x1)
+EL_INLINE int32x4_t block_sum8(int8x16_t x0, int8x16_t x1)
 {
     int32x4_t s = vpaddlq_s16(vpadalq_s8(vpaddlq_s8(x0), x1));
 #if defined(__aarch64__)
@@ -388,59 +431,55 @@ static int32x4_t block_sum8(int8x16_t x0, int8x16_t x1)
 #endif
 }
 
-/* Four rows of a Q8_0 (q4 = 0) or Q4_0 (q4 = 1) matrix . one activation row: lane j of
- * the result is row j's sum over the blocks, the portable order. */
-static float32x4_t dot4_quant(const uint8_t *w0, const uint8_t *w1, const uint8_t *w2, const uint8_t *w3,
-                              const int8_t *xq, const float *xs, uint32_t blocks, int q4)
+/* The group's rows of a Q8_0 (q4 = 0) or Q4_0 (q4 = 1) matrix . one activation row:
+ * out[k] is row k's sum over the blocks, the portable order. */
+EL_INLINE void dot_group_quant(const uint8_t *const *w, const int8_t *xq, const float *xs, uint32_t blocks,
+                               float *out, int q4)
 {
     const size_t step = q4 ? 18u : 34u;
-    float32x4_t sum = vdupq_n_f32(0.0f);
-    int32x4_t a0 = vdupq_n_s32(0), a1 = a0, a2 = a0, a3 = a0, done = a0;
+    const uint8_t *p[EL_GROUP];
+    float32x4_t sum[EL_GROUP / 4];
+    int32x4_t acc[EL_GROUP], done[EL_GROUP / 4];
     uint32_t j;
-    /* a0..a3 run over all blocks (wrapping int32, exact modulo 2^32); a block's sums
-     * are the running sums minus those before it, exact as each fits int32 */
-    for (j = 0; j < blocks; j++, xq += EL_QBLOCK, w0 += step, w1 += step, w2 += step, w3 += step) {
+    int k, g;
+    EL_UNROLL for (k = 0; k < EL_GROUP; k++) p[k] = w[k], acc[k] = vdupq_n_s32(0);
+    EL_UNROLL for (g = 0; g < EL_GROUP / 4; g++) sum[g] = vdupq_n_f32(0.0f), done[g] = vdupq_n_s32(0);
+    /* acc[k] runs over all blocks (wrapping int32, exact modulo 2^32); a block's sums are
+     * the running sums minus those before it, exact as each fits int32 */
+    for (j = 0; j < blocks; j++, xq += EL_QBLOCK) {
         int8x16_t x0 = vld1q_s8(xq), x1 = vld1q_s8(xq + 16);
-        int32x4_t running, isum;
-        float32x4_t d = scales4(w0, w1, w2, w3);
+        float32x4_t d[EL_GROUP / 4];
+        int32x4_t x8 = vdupq_n_s32(0);
+        group_scales(p, d);
         if (q4) {
             const uint8x16_t low = vdupq_n_u8(0x0f);
-            uint8x16_t v0 = vld1q_u8(w0 + 2), v1 = vld1q_u8(w1 + 2), v2 = vld1q_u8(w2 + 2), v3 = vld1q_u8(w3 + 2);
-#if EL_NEON_DOTPROD
-#define EL_NIBBLES(a, v) a = block_dot(a, vreinterpretq_s8_u8(vandq_u8(v, low)), \
-                                       vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), x0, x1)
-#else
-#define EL_NIBBLES(a, v) a = nibble_dot(a, vreinterpretq_s8_u8(vandq_u8(v, low)), \
-                                        vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), x0, x1)
-#endif
-            EL_NIBBLES(a0, v0);
-            EL_NIBBLES(a1, v1);
-            EL_NIBBLES(a2, v2);
-            EL_NIBBLES(a3, v3);
-#undef EL_NIBBLES
-            running = reduce4(a0, a1, a2, a3);
-            /* sum of (n - 8) * x = sum of n * x - 8 * sum of x */
-            isum = vsubq_s32(vsubq_s32(running, done), block_sum8(x0, x1));
+            EL_UNROLL for (k = 0; k < EL_GROUP; k++) {
+                uint8x16_t v = vld1q_u8(p[k] + 2);
+                acc[k] = nibble_dot(acc[k], vreinterpretq_s8_u8(vandq_u8(v, low)), vreinterpretq_s8_u8(vshrq_n_u8(v, 4)),
+                                    x0, x1);
+            }
+            x8 = block_sum8(x0, x1); /* sum of (n - 8) * x = sum of n * x - 8 * sum of x */
         } else {
-            a0 = block_dot(a0, vld1q_s8((const int8_t *)(w0 + 2)), vld1q_s8((const int8_t *)(w0 + 18)), x0, x1);
-            a1 = block_dot(a1, vld1q_s8((const int8_t *)(w1 + 2)), vld1q_s8((const int8_t *)(w1 + 18)), x0, x1);
-            a2 = block_dot(a2, vld1q_s8((const int8_t *)(w2 + 2)), vld1q_s8((const int8_t *)(w2 + 18)), x0, x1);
-            a3 = block_dot(a3, vld1q_s8((const int8_t *)(w3 + 2)), vld1q_s8((const int8_t *)(w3 + 18)), x0, x1);
-            running = reduce4(a0, a1, a2, a3);
-            isum = vsubq_s32(running, done);
+            EL_UNROLL for (k = 0; k < EL_GROUP; k++)
+                acc[k] = block_dot(acc[k], vld1q_s8((const int8_t *)(p[k] + 2)), vld1q_s8((const int8_t *)(p[k] + 18)),
+                                   x0, x1);
         }
-        done = running;
-        /* sum += (weight scale * activation scale) * (float)isum, per lane */
-        sum = vaddq_f32(sum, vmulq_f32(vmulq_n_f32(d, xs[j]), vcvtq_f32_s32(isum)));
+        EL_UNROLL for (g = 0; g < EL_GROUP / 4; g++) {
+            int32x4_t running = reduce4(acc + 4 * g), isum = vsubq_s32(running, done[g]);
+            if (q4) isum = vsubq_s32(isum, x8);
+            done[g] = running;
+            /* sum += (weight scale * activation scale) * (float)isum, per lane */
+            sum[g] = vaddq_f32(sum[g], vmulq_f32(vmulq_n_f32(d[g], xs[j]), vcvtq_f32_s32(isum)));
+        }
+        EL_UNROLL for (k = 0; k < EL_GROUP; k++) p[k] += step;
     }
-    return sum;
+    EL_UNROLL for (g = 0; g < EL_GROUP / 4; g++) vst1q_f32(out + 4 * g, sum[g]);
 }
 
-static void matmul_quant(const el_matmul_task *t, uint32_t r0, uint32_t r1, int q4)
+EL_INLINE void matmul_quant(const el_matmul_task *t, uint32_t r0, uint32_t r1, int q4)
 {
-    uint32_t cols = t->w->cols, blocks = cols / EL_QBLOCK, r, k;
+    uint32_t cols = t->w->cols, blocks = cols / EL_QBLOCK, r;
     size_t row_bytes = (size_t)blocks * (q4 ? 18u : 34u);
-    const uint8_t *base = (const uint8_t *)t->w->data;
     int b0, b, nb;
 #if !EL_NEON_IEEE
     unsigned char x_ok[EL_BATCH_CHUNK];
@@ -453,14 +492,13 @@ static void matmul_quant(const el_matmul_task *t, uint32_t r0, uint32_t r1, int 
                                                           EL_MIN_EXP_X);
 #endif
         for (r = r0; r < r1; r += EL_GROUP) {
-            uint32_t n_rows = r1 - r < EL_GROUP ? r1 - r : EL_GROUP;
             const uint8_t *w[EL_GROUP];
-            for (k = 0; k < EL_GROUP; k++) w[k] = base + (size_t)(r + (k < n_rows ? k : n_rows - 1)) * row_bytes;
+            uint32_t n_rows = group_rows(t, r, r1, row_bytes, w);
             for (b = 0; b < nb; b++) {
                 float out[EL_GROUP];
                 int ok = 1;
-                vst1q_f32(out, dot4_quant(w[0], w[1], w[2], w[3], t->xq + (size_t)(b0 + b) * cols,
-                                          t->xs + (size_t)(b0 + b) * blocks, blocks, q4));
+                dot_group_quant(w, t->xq + (size_t)(b0 + b) * cols, t->xs + (size_t)(b0 + b) * blocks, blocks, out,
+                                q4);
 #if !EL_NEON_IEEE
                 ok = x_ok[b];
 #endif
@@ -520,7 +558,7 @@ void el_kernel_quantize_blocks(int8_t *q, float *scales, const float *x, int n_b
 float el_kernel_dot(const float *a, const float *b, int n)
 {
     float32x4_t lo = vdupq_n_f32(0.0f), hi = lo;
-    float out[4];
+    float sum;
     int i, whole = n - n % 8;
 #if !EL_NEON_IEEE
     uint32x4_t ka = vdupq_n_u32(0xffffffffu), kb = ka;
@@ -530,17 +568,28 @@ float el_kernel_dot(const float *a, const float *b, int n)
         lo = vaddq_f32(lo, vmulq_f32(al, bl));
         hi = vaddq_f32(hi, vmulq_f32(ah, bh));
 #if !EL_NEON_IEEE
-        ka = vminq_u32(vminq_u32(ka, magnitude_key(vreinterpretq_u32_f32(al))), magnitude_key(vreinterpretq_u32_f32(ah)));
-        kb = vminq_u32(vminq_u32(kb, magnitude_key(vreinterpretq_u32_f32(bl))), magnitude_key(vreinterpretq_u32_f32(bh)));
+        ka = vminq_u32(ka, vminq_u32(magnitude_key(al), magnitude_key(ah)));
+        kb = vminq_u32(kb, vminq_u32(magnitude_key(bl), magnitude_key(bh)));
 #endif
     }
-    vst1q_f32(out, combine4(lo, hi, lo, hi, lo, hi, lo, hi));
-    for (; i < n; i++) out[0] += a[i] * b[i];
+#if defined(__aarch64__)
+    {
+        float32x4_t p = vpaddq_f32(lo, hi); /* l0+l1, l2+l3, l4+l5, l6+l7 */
+        sum = vpadds_f32(vget_low_f32(vpaddq_f32(p, p)));
+    }
+#else
+    {
+        float32x2_t p = vpadd_f32(vpadd_f32(vget_low_f32(lo), vget_high_f32(lo)),
+                                  vpadd_f32(vget_low_f32(hi), vget_high_f32(hi)));
+        sum = vget_lane_f32(p, 0) + vget_lane_f32(p, 1);
+    }
+#endif
+    for (; i < n; i++) sum += a[i] * b[i];
 #if !EL_NEON_IEEE
     /* either side may hold the activations: both at least 2^-51 (products >= 2^-102) */
     if (min_lane(ka) < key_floor(76u) || min_lane(kb) < key_floor(76u)) return el_portable_dot(a, b, n);
 #endif
-    return out[0] == out[0] ? out[0] : el_portable_dot(a, b, n); /* a NaN: see store_group */
+    return sum == sum ? sum : el_portable_dot(a, b, n); /* a NaN: see store_group */
 }
 
 void el_kernel_axpy(float *y, float a, const float *x, int n)

@@ -270,15 +270,29 @@ static void float_weights(const el_sampling *params, float *logits, float *w, in
 
 #define EL_WEIGHT_ONE 1073741824.0f /* 2^30: w * 2^30 is exact in float, then truncated */
 
-/* The smallest positive float: w >= it is w > 0, false for NaN. */
-#define EL_TINIEST 1.4e-45f
-
-static uint32_t integer_weight(float w, float floor)
+static uint32_t bits_of(float f)
 {
-    /* a select between two computed values, and W <= 2^30 fits the int32 conversion
-     * every vector unit has: the compiler can take eight lanes at once */
-    float scaled = w * EL_WEIGHT_ONE, kept = w >= floor ? scaled : 0.0f;
-    return (uint32_t)(int32_t)kept;
+    union { float f; uint32_t u; } v;
+    v.f = f;
+    return v.u;
+}
+
+static float float_of(uint32_t u)
+{
+    union { float f; uint32_t u; } v;
+    v.u = u;
+    return v.f;
+}
+
+#define EL_BITS_OF_ONE 0x3f800000u
+
+/* W for one weight. Compared as bits (for floats in [0, 1] the order of the bits is the
+ * order of the values; NaN and negatives lie above 1.0's): no float compare, so the
+ * compiler takes eight lanes at once; W <= 2^30 fits the int32 conversion. */
+static uint32_t integer_weight(float w, uint32_t lowest_bits)
+{
+    uint32_t bits = bits_of(w), keep = 0u - (uint32_t)((bits >= lowest_bits) & (bits <= EL_BITS_OF_ONE));
+    return (uint32_t)(int32_t)(float_of(bits & keep) * EL_WEIGHT_ONE);
 }
 
 /* W = (uint32)(w * 2^30) for the kept w (w > 0, and w >= min_p); returns the sum and
@@ -286,7 +300,7 @@ static uint32_t integer_weight(float w, float floor)
 static uint64_t integer_weights(const el_sampling *params, const float *w, uint32_t *weights, int n, int *kept)
 {
     uint64_t total = 0;
-    float floor = params->min_p > 0.0f ? params->min_p : EL_TINIEST;
+    uint32_t floor = params->min_p > 0.0f ? bits_of(params->min_p) : 1u; /* w >= min_p, or w > 0 */
     int i, k, whole = n - n % 8, count = 0;
     for (i = 0; i < whole; i += 8) {
         for (k = 0; k < 8; k++) weights[i + k] = integer_weight(w[i + k], floor);
@@ -311,11 +325,54 @@ static uint64_t integer_weights(const el_sampling *params, const float *w, uint3
 typedef struct {
     uint32_t value;
     int ties;
-    uint64_t total; /* the kept tokens' weight (top_p's cut only) */
+    const int32_t *tied; /* every token with W == value, in index order */
+    int n_tied;
 } cut;
 
 /* Byte-wide digits of a weight, most significant first (W <= 2^30: 31 bits). */
 static const int digit_shift[4] = {24, 16, 8, 0};
+
+/* The tokens whose weight is not 0 and matches prefix under mask, in index order.
+ * Eight tokens are tested at once (lanes of a vector unit); only groups with a match
+ * are walked, appending without a branch. */
+static int collect(const uint32_t *weights, int n, uint32_t mask, uint32_t prefix, int32_t *list)
+{
+    int i, k, n_list = 0, whole = n - n % 8;
+    for (i = 0; i < whole; i += 8) {
+        unsigned match[8], any = 0;
+        for (k = 0; k < 8; k++) match[k] = (weights[i + k] != 0) & ((weights[i + k] & mask) == prefix);
+        for (k = 0; k < 8; k++) any |= match[k];
+        if (!any) continue;
+        for (k = 0; k < 8; k++) {
+            list[n_list] = i + k;
+            n_list += (int)match[k];
+        }
+    }
+    for (; i < n; i++) {
+        list[n_list] = i;
+        n_list += (weights[i] != 0) & ((weights[i] & mask) == prefix);
+    }
+    return n_list;
+}
+
+/* Round one of the radix select: the measure of each top digit (W >> 24, 0 to 64), in
+ * four copies that tokens take in turn, so a run of tokens in one bucket does not wait
+ * on its own previous addition; then the copies are added up into measure[0..64]. */
+#define EL_TOP_DIGITS 65
+
+static void top_digit_histogram(const uint32_t *weights, int n, int by_weight, uint64_t *measure)
+{
+    int i, k, b;
+    el_memset(measure, 0, EL_SAMPLER_BUCKETS * sizeof *measure);
+    for (i = 0; i + 4 <= n; i += 4)
+        for (k = 0; k < 4; k++)
+            measure[k * EL_TOP_DIGITS + (int)(weights[i + k] >> 24)] += by_weight ? weights[i + k] : weights[i + k] != 0;
+    for (; i < n; i++) measure[weights[i] >> 24] += by_weight ? weights[i] : weights[i] != 0;
+    for (b = 0; b < EL_TOP_DIGITS; b++) {
+        for (k = 1; k < 4; k++) measure[b] += measure[k * EL_TOP_DIGITS + b];
+    }
+    el_memset(measure + EL_TOP_DIGITS, 0, (EL_SAMPLER_BUCKETS - EL_TOP_DIGITS) * sizeof *measure);
+}
 
 /* The shortest prefix of the ranking whose measure reaches `need`: each token counts
  * 1 (by_weight = 0, top_k) or its weight (by_weight = 1, top_p). The caller knows the
@@ -331,14 +388,13 @@ static cut select_cut(const uint32_t *weights, int n, double need, int by_weight
     cut c;
     for (round = 0; round < 4; round++) {
         int shift = digit_shift[round];
-        el_memset(measure, 0, EL_SAMPLER_BUCKETS * sizeof *measure);
         if (round == 0) {
-            for (i = 0; i < n; i++)
-                if (weights[i] > 0) measure[weights[i] >> shift] += by_weight ? weights[i] : 1u;
+            top_digit_histogram(weights, n, by_weight, measure);
         } else {
+            el_memset(measure, 0, EL_SAMPLER_BUCKETS * sizeof *measure);
             for (i = 0; i < n_list; i++) measure[(weights[list[i]] >> shift) & 0xffu] += by_weight ? weights[list[i]] : 1u;
         }
-        for (b = EL_SAMPLER_BUCKETS - 1; b > 0; b--) {
+        for (b = 255; b > 0; b--) {
             if ((double)(before + measure[b]) >= need) break;
             before += measure[b];
         }
@@ -347,10 +403,7 @@ static cut select_cut(const uint32_t *weights, int n, double need, int by_weight
         high_mask |= 0xffu << shift;
         /* appended without a branch: which tokens match is unpredictable */
         if (round == 0) {
-            for (i = 0; i < n; i++) {
-                list[n_list] = i;
-                n_list += weights[i] > 0 && (weights[i] & high_mask) == prefix;
-            }
+            n_list = collect(weights, n, high_mask, prefix, list);
         } else {
             int kept = 0;
             for (i = 0; i < n_list; i++) {
@@ -363,58 +416,73 @@ static cut select_cut(const uint32_t *weights, int n, double need, int by_weight
     /* every candidate now has W == prefix: take them lowest index first */
     c.value = prefix;
     c.ties = 0;
-    c.total = before; /* the kept weight, when the measure is the weight */
+    c.tied = list;
+    c.n_tied = n_list;
     for (i = 0; i < n_list; i++) {
         c.ties++;
         before += by_weight ? prefix : 1u;
-        c.total += prefix;
         if ((double)before >= need) break;
     }
-    if (!by_weight) c.total = 0; /* not known: counted by apply_cut */
     return c;
 }
 
-/* Token i is kept by the cut: above its value, or one of the first `ties` (counted
- * down in *ties as they pass, in index order) that equal it. */
-static int above_cut(uint32_t weight, cut c, int *ties)
-{
-    int tie = weight == c.value;
-    int keep = weight > c.value || (tie && *ties > 0);
-    *ties -= tie;
-    return keep;
-}
-
-/* Zero the weights of the dropped ranks; returns the kept total and count. */
+/* Zero the weights of the dropped ranks: those below the cut's value (eight lanes at a
+ * time), then the ties past the first c.ties. Returns the kept total and count. */
 static uint64_t apply_cut(uint32_t *weights, int n, cut c, int *kept)
 {
     uint64_t total = 0;
-    int i, ties = c.ties;
-    *kept = 0;
-    for (i = 0; i < n; i++) {
-        if (!above_cut(weights[i], c, &ties)) weights[i] = 0;
-        total += weights[i];
-        *kept += weights[i] > 0;
+    int i, k, whole = n - n % 8, count = 0;
+    for (i = 0; i < whole; i += 8) {
+        for (k = 0; k < 8; k++) weights[i + k] = weights[i + k] >= c.value ? weights[i + k] : 0u;
+        for (k = 0; k < 8; k++) {
+            total += weights[i + k];
+            count += weights[i + k] != 0;
+        }
     }
+    for (; i < n; i++) {
+        weights[i] = weights[i] >= c.value ? weights[i] : 0u;
+        total += weights[i];
+        count += weights[i] != 0;
+    }
+    for (i = c.ties; i < c.n_tied; i++) {
+        weights[c.tied[i]] = 0;
+        total -= c.value;
+        count--;
+    }
+    *kept = count;
     return total;
 }
 
-/* min_p and top_k applied to the weights; top_p's cut returned (c.ties < 0: none, every
- * weight left is kept) so the draw can apply it on its way. Returns how many tokens top_k
- * left (0 only when no token has weight, e.g. all logits NaN) and sets the kept total. */
+/* min_p, top_k and top_p applied to the weights; returns how many tokens are kept (0
+ * only when no token has weight, e.g. all logits NaN) and sets their total. */
 static int filter(const el_sampling *params, const float *w, uint32_t *weights, int n, el_sampler_scratch *scratch,
-                  uint64_t *total, cut *top_p_cut)
+                  uint64_t *total)
 {
     int kept;
     *total = integer_weights(params, w, weights, n, &kept);
-    top_p_cut->value = 0;
-    top_p_cut->ties = -1;
     if (params->top_k > 0 && params->top_k < kept)
         *total = apply_cut(weights, n, select_cut(weights, n, (double)params->top_k, 0, scratch), &kept);
-    if (params->top_p < 1.0f && kept > 1) {
-        *top_p_cut = select_cut(weights, n, (double)params->top_p * (double)*total, 1, scratch);
-        *total = top_p_cut->total;
-    }
+    if (params->top_p < 1.0f && kept > 1)
+        *total = apply_cut(weights, n, select_cut(weights, n, (double)params->top_p * (double)*total, 1, scratch),
+                           &kept);
     return kept;
+}
+
+/* The first token, in index order, whose running sum of weights passes target: whole
+ * runs of 64 weights are summed at once (eight lanes) and skipped while they can be. */
+static int draw(const uint32_t *weights, int n, uint64_t target)
+{
+    uint64_t cum = 0;
+    int i = 0, k;
+    for (; i + 64 <= n; i += 64) {
+        uint64_t run = 0;
+        for (k = 0; k < 64; k++) run += weights[i + k];
+        if (cum + run > target) break;
+        cum += run;
+    }
+    for (; i < n; i++)
+        if ((cum += weights[i]) > target) return i;
+    return n - 1; /* not reached: target < total */
 }
 
 /* floor(total * r / 2^32), exact for any 64-bit total: two 32 x 32-bit products. */
@@ -438,23 +506,13 @@ static int is_greedy(const el_sampling *params) { return !(params->temperature >
 int el_sample(const el_sampling *params, float *logits, const int32_t *prompt, int n_prompt,
               const int32_t *output, int n_output, el_rng *rng, el_sampler_scratch *scratch)
 {
-    const uint32_t *weights = scratch->weights;
-    uint64_t total, target, cum = 0;
-    int i, ties, n = scratch->n_vocab;
-    cut c;
+    uint64_t total;
+    int n = scratch->n_vocab;
     penalize(params, logits, prompt, n_prompt, output, n_output, scratch);
     if (is_greedy(params)) return argmax(logits, n); /* the RNG is not touched */
     float_weights(params, logits, scratch->probs, n);
-    if (filter(params, scratch->probs, scratch->weights, n, scratch, &total, &c) == 0) return 0;
-    target = scale_by(total, el_rng_next(rng));
-    if (c.ties < 0) {
-        for (i = 0; i < n; i++)
-            if ((cum += weights[i]) > target) return i;
-    } else {
-        for (i = 0, ties = c.ties; i < n; i++)
-            if (above_cut(weights[i], c, &ties) && (cum += weights[i]) > target) return i;
-    }
-    return n - 1; /* not reached: target < total */
+    if (filter(params, scratch->probs, scratch->weights, n, scratch, &total) == 0) return 0;
+    return draw(scratch->weights, n, scale_by(total, el_rng_next(rng)));
 }
 
 int el_sampler_distribution(const el_sampling *params, float *logits, const int32_t *prompt, int n_prompt,
@@ -462,7 +520,6 @@ int el_sampler_distribution(const el_sampling *params, float *logits, const int3
 {
     uint64_t total;
     int kept, i, n = scratch->n_vocab;
-    cut c;
     penalize(params, logits, prompt, n_prompt, output, n_output, scratch);
     if (is_greedy(params)) {
         el_memset(scratch->probs, 0, (size_t)n * sizeof(float));
@@ -470,8 +527,7 @@ int el_sampler_distribution(const el_sampling *params, float *logits, const int3
         return 1;
     }
     float_weights(params, logits, scratch->probs, n);
-    kept = filter(params, scratch->probs, scratch->weights, n, scratch, &total, &c);
-    if (c.ties >= 0) total = apply_cut(scratch->weights, n, c, &kept);
+    kept = filter(params, scratch->probs, scratch->weights, n, scratch, &total);
     for (i = 0; i < n; i++) scratch->probs[i] = kept > 0 ? (float)((double)scratch->weights[i] / (double)total) : 0.0f;
     return kept;
 }

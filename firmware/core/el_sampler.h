@@ -39,8 +39,9 @@ uint32_t el_rng_next(el_rng *rng);
 float el_rng_uniform(el_rng *rng);
 
 /* The cut of top_k and top_p is found by a radix select on the integer weights, a
- * byte at a time (the top byte of a weight up to 2^30 holds 7 bits). */
-#define EL_SAMPLER_BUCKETS 256
+ * byte at a time: 256 buckets, and the first round's 65 (a weight is at most 2^30) in
+ * four copies. */
+#define EL_SAMPLER_BUCKETS 260
 
 /* Scratch the sampler needs for a vocabulary of n: allocate once per engine. */
 typedef struct {
