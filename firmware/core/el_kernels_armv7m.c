@@ -6,22 +6,27 @@
  * a 32-bit sum in one instruction. The pairs come in a different order than the
  * portable loop's, but a block's sum of 32 int8 products is an exact integer either
  * way; the float part (sum += (weight scale * activation scale) * (float)block_sum,
- * block by block) is the portable one. With one activation row (decoding) two weight
- * rows share each unpacked activation word; with more (a prompt), each unpacked weight
- * block serves every activation row before the next block is read.
+ * block by block) is the portable one. With one activation row (decoding) the row is
+ * unpacked into lanes once per matmul and two weight rows go through it together; with
+ * more (a prompt), each unpacked weight block serves every activation row before the
+ * next block is read.
  *
  * Q4_0 nibbles are masked straight into 16-bit lanes (AND with a shifted operand); the
  * "- 8" comes out of the block sum as 8 * (sum of the block's activations), computed
- * once for both rows.
+ * once per matmul.
  *
- * F32: the FPU is scalar, so the gain is in keeping the eight lanes in registers and
- * sharing each activation load between two rows; same lane order, a separate multiply
- * and add (-ffp-contract=off), the portable pairwise combine and sequential tail.
+ * F32 and F16: the FPU is scalar, so the gain is in keeping the eight lanes in
+ * registers and sharing each activation load between two rows; same lane order, a
+ * separate multiply and add (-ffp-contract=off), the portable pairwise combine and
+ * sequential tail. fp16 weights go through the FPU's own conversion, two per load.
  *
  * Weights may sit at any byte offset (34- and 18-byte blocks, a model anywhere in
  * flash): words are read byte by byte in C, which GCC turns into one LDR (unaligned LDR
  * is allowed on ARMv7-M and ARMv7-A; LDRD and LDM are not, and GCC does not pair
  * byte-assembled loads into them).
+ *
+ * Inline assembly, GCC and Clang only, for three single instructions ACLE lacks:
+ * SXTB16 with its rotation, VCVTB and VCVTT (fp16 to float); plain C otherwise.
  */
 #include "el_kernel_ops.h"
 
@@ -105,7 +110,7 @@ static inline float high_half_to_float(uint32_t h) { return half_to_float(h >> 1
  * (Q4_0) offset sit beside them, all under one pointer. A row longer than a part is
  * done part by part, its running sum kept in y between parts (a float stored and
  * reloaded is the same float). */
-#define EL_PART_BLOCKS 16
+#define EL_PART_BLOCKS 8 /* 8 x 72 bytes of stack */
 
 typedef struct {
     int32_t lane[16];
