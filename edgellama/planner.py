@@ -136,7 +136,7 @@ def struct_sizes(pointer_bytes: int) -> dict:
     el_engine_options = _struct(I, I, U64, I, I, I, I, I)
     el_tokenizer = _struct(el_vocab, _array(I, 256), P, I, I, I, I, I)
     el_kv_cache = _struct(*[I] * 7, P, P, P, P, P, P, P, I, I, I, P, P, P, P, P, I, U64, U64, U64, I)
-    el_forward_state = _struct(I, I, I, I, *[P] * 10, _struct(P, P), P, _struct(P, P, I))
+    el_forward_state = _struct(I, I, I, I, *[P] * 11, _struct(P, P), P, _struct(P, P, I))
     el_sampler_scratch = _struct(I, P, P, P, P)
     el_scheduler = _struct(P, I, P, I, I, U64, I, U64)
     el_engine = _struct(P, el_engine_options, el_tokenizer, el_kv_cache, el_forward_state, el_sampler_scratch,
@@ -206,7 +206,8 @@ def kv_block_bytes_formula(cfg: dict, block_size: int, kv_dtype: str) -> int:
 def forward_bytes_formula(cfg: dict, max_rows: int, max_logits: int, max_context: int, threads: int = 1) -> int:
     """el_forward_bytes written out (see kv_block_bytes_formula)."""
     widest = max(cfg["dim"], cfg["hidden_dim"])
-    floats = (max_rows * (4 * cfg["dim"] + 2 * cfg["kv_dim"] + 2 * cfg["hidden_dim"]) + max_context * max(threads, 1)
+    floats = (max_rows * (4 * cfg["dim"] + 2 * cfg["kv_dim"] + 2 * cfg["hidden_dim"] + cfg["head_dim"])
+              + max_context * max(threads, 1)
               + cfg["head_dim"] // 2 + max_logits * cfg["vocab_size"] + max_rows * widest // 32)
     return floats * 4 + max_rows * widest + 16 * 16
 

@@ -6,7 +6,8 @@ qemu-riscv64-rvv is built in F32, Q8_0 and Q4_0 with its toolchain file (clang-1
 `qemu-riscv64 -cpu rv64,v=true,vlen=128`, and also at VLEN 256 (the BPI-F3's X60 cores)
 and 512: the kernels take every vector length from vsetvl, so the greedy text equals
 the host program's at each. The program reports the "rvv" kernels, and a CPU without
-the V extension refuses it (SIGILL): the vector code is really what ran. Guest
+the V extension refuses it (SIGILL): the vector code is really what ran. A sampled
+generation (temperature, top-p, seed) equals the host's as well. Guest
 instructions per generated token are printed and held under half of the scalar
 qemu-riscv64 build's (README, "Same tokens everywhere").
 """
@@ -110,6 +111,18 @@ def test_rvv_build_runs_and_matches_host(builds, host_text, quant):
         assert run.returncode == 0 and run.stdout == stdout, (vlen, run.stderr)
 
 
+def test_rvv_sampled_generation_matches_host(builds):
+    """Temperature and top-p: the sampler's exp kernel (el_expf on vectors) and the
+    draw give the host's tokens for the same seed."""
+    out = builds("q8_0").out_dir
+    args = ["generate", PROMPT, "--temperature", "0.8", "--top-p", "0.9", "--seed", "3", "--max-tokens", "40"]
+    host = subprocess.run([str(runtime_build.host_program()), str(out / "model.gguf"), *args], capture_output=True,
+                          text=True, timeout=60, check=True).stdout
+    returncode, stdout, stderr = emulator.run(BOARD, out, args, timeout=120)
+    assert returncode == 0, stderr
+    assert stdout == host and len(stdout) > len(PROMPT) + 20
+
+
 def test_rvv_kernels_are_what_runs(builds):
     out = builds("q8_0").out_dir
     args = ["bench", "--prompt-tokens", "4", "--gen-tokens", "2", "--repetitions", "1"]
@@ -127,8 +140,9 @@ def test_rvv_instructions_per_token(builds):
     for quant in QUANTS:
         r = emulator.instructions_per_token(BOARD, builds(quant).out_dir, PROMPT, n_tokens=33)
         rows.append((quant, r["instructions_per_token"]))
-    print("\n".join(["", "| board | quant | guest instructions per token | scalar qemu-riscv64 |", "|---|---|---:|---:|",
-                     *(f"| {BOARD} | {q} | {n:,.0f} | {SCALAR[q]:,} |" for q, n in rows)]))
+    table = ["", "| board | quant | guest instructions per token | scalar qemu-riscv64 |", "|---|---|---:|---:|"]
+    table += [f"| {BOARD} | {q} | {n:,.0f} | {SCALAR[q]:,} |" for q, n in rows]
+    print("\n".join(table))
     for quant, n in rows:
         if quant in ("f32", "q8_0"):
             assert n <= SCALAR[quant] / 2, (quant, n)

@@ -9,7 +9,8 @@ static int max_int(int a, int b) { return a > b ? a : b; }
 size_t el_forward_bytes(const el_config *c, int max_rows, int max_logits, int max_context, int n_workers)
 {
     size_t rows = (size_t)max_rows, widest = (size_t)max_int(c->dim, c->hidden_dim);
-    size_t floats = rows * (4 * (size_t)c->dim + 2 * (size_t)c->kv_dim + 2 * (size_t)c->hidden_dim)
+    size_t per_row = 4 * (size_t)c->dim + 2 * (size_t)c->kv_dim + 2 * (size_t)c->hidden_dim + (size_t)c->head_dim;
+    size_t floats = rows * per_row
                     + (size_t)max_context * (size_t)max_int(n_workers, 1) + (size_t)c->head_dim / 2
                     + (size_t)max_logits * (size_t)c->vocab_size + rows * widest / 32;
     return floats * sizeof(float) + rows * widest + 16 * 16;
@@ -37,11 +38,12 @@ el_status el_forward_init(el_forward_state *s, const el_config *c, int max_rows,
     s->hb2 = (float *)el_arena_alloc(arena, rows * (size_t)c->hidden_dim * sizeof(float), 16);
     s->scores = (float *)el_arena_alloc(arena, (size_t)max_context * (size_t)s->n_workers * sizeof(float), 16);
     s->rope_freqs = (float *)el_arena_alloc(arena, (size_t)(c->head_dim / 2) * sizeof(float), 16);
+    s->rope_angles = (float *)el_arena_alloc(arena, rows * (size_t)c->head_dim * sizeof(float), 16);
     s->quantized.values = (int8_t *)el_arena_alloc(arena, rows * widest, 16);
     s->quantized.scales = (float *)el_arena_alloc(arena, rows * widest / 32 * sizeof(float) + sizeof(float), 16);
     s->logits = (float *)el_arena_alloc(arena, (size_t)max_logits * (size_t)c->vocab_size * sizeof(float), 16);
     if (s->x == NULL || s->xb == NULL || s->q == NULL || s->attention == NULL || s->k == NULL || s->v == NULL ||
-        s->hb == NULL || s->hb2 == NULL || s->scores == NULL || s->rope_freqs == NULL ||
+        s->hb == NULL || s->hb2 == NULL || s->scores == NULL || s->rope_freqs == NULL || s->rope_angles == NULL ||
         s->quantized.values == NULL || s->quantized.scales == NULL || s->logits == NULL)
         return el_fail(err, EL_ERR_NO_MEMORY, "forward pass: the arena is too small for the activations", "", "");
     /* freq_i = theta^(-2i/head_dim), computed in double once so every target agrees */
@@ -109,8 +111,9 @@ static void attention_block(el_forward_state *s, const el_model *m, el_kv_cache 
     el_matmul(s->v, &w->attn_v, s->xb, n, &s->quantized, &s->parallel);
     for (r = 0; r < n; r++) {
         const el_batch_row *row = &rows[r];
-        el_rope(s->q + r * c->dim, c->n_heads, c->head_dim, row->pos, s->rope_freqs);
-        el_rope(s->k + r * c->kv_dim, c->n_kv_heads, c->head_dim, row->pos, s->rope_freqs);
+        const float *angles = s->rope_angles + (size_t)r * (size_t)c->head_dim;
+        el_rope(s->q + r * c->dim, c->n_heads, c->head_dim, angles);
+        el_rope(s->k + r * c->kv_dim, c->n_kv_heads, c->head_dim, angles);
         el_kv_store(kv, row->block_table[row->pos / kv->block_size], row->pos % kv->block_size, layer,
                     s->k + r * c->kv_dim, s->v + r * c->kv_dim);
     }
@@ -142,7 +145,10 @@ int el_forward(el_forward_state *s, const el_model *m, el_kv_cache *kv, const el
 {
     const el_config *c = &m->config;
     int r, layer, n_logits = 0;
-    for (r = 0; r < n; r++) el_matrix_row(s->x + r * c->dim, &m->token_embd, (uint32_t)rows[r].token);
+    for (r = 0; r < n; r++) {
+        el_matrix_row(s->x + r * c->dim, &m->token_embd, (uint32_t)rows[r].token);
+        el_rope_angles(s->rope_angles + (size_t)r * (size_t)c->head_dim, c->head_dim, rows[r].pos, s->rope_freqs);
+    }
     for (layer = 0; layer < c->n_layers; layer++) {
         attention_block(s, m, kv, layer, rows, n);
         feed_forward_block(s, m, layer, n);

@@ -24,6 +24,7 @@ typedef struct {
     float *x, *xb, *q, *k, *v, *attention, *hb, *hb2;  /* max_rows rows each */
     float *scores;                                     /* attention weights: max_context per worker */
     float *rope_freqs;                                 /* head_dim / 2 */
+    float *rope_angles;                                /* max_rows rows of head_dim: cos, sin pairs */
     el_qactivations quantized;
     float *logits;                                     /* max_logits * vocab */
     el_parallel parallel;                              /* how matmuls and attention use threads */

@@ -75,7 +75,8 @@ void el_matrix_row(float *out, const el_matrix *w, uint32_t row)
         for (i = 0; i < w->cols; i++) out[i] = el_fp16_to_f32(read_u16(p + 2 * i));
     } else if (w->type == EL_TYPE_Q8_0) {
         for (b = 0; b < w->cols / EL_QBLOCK; b++, p += 34)
-            for (i = 0; i < EL_QBLOCK; i++) out[b * EL_QBLOCK + i] = el_fp16_to_f32(read_u16(p)) * (float)(int8_t)p[2 + i];
+            for (i = 0; i < EL_QBLOCK; i++)
+                out[b * EL_QBLOCK + i] = el_fp16_to_f32(read_u16(p)) * (float)(int8_t)p[2 + i];
     } else {
         for (b = 0; b < w->cols / EL_QBLOCK; b++, p += 18) {
             float d = el_fp16_to_f32(read_u16(p));
@@ -98,12 +99,17 @@ void el_rmsnorm(float *out, const float *x, const float *weight, int n, float ep
     for (i = 0; i < n; i++) out[i] = x[i] * scale * weight[i];
 }
 
-void el_rope(float *x, int n_heads, int head_dim, int pos, const float *freqs)
+void el_rope_angles(float *cos_sin, int head_dim, int pos, const float *freqs)
+{
+    int i;
+    for (i = 0; i < head_dim / 2; i++) el_sincosf((float)pos * freqs[i], &cos_sin[2 * i + 1], &cos_sin[2 * i]);
+}
+
+void el_rope(float *x, int n_heads, int head_dim, const float *cos_sin)
 {
     int h, i;
     for (i = 0; i < head_dim / 2; i++) {
-        float s, c;
-        el_sincosf((float)pos * freqs[i], &s, &c);
+        float c = cos_sin[2 * i], s = cos_sin[2 * i + 1];
         for (h = 0; h < n_heads; h++) {
             float *pair = x + h * head_dim + 2 * i;
             float a = pair[0], b = pair[1];

@@ -36,8 +36,12 @@ float el_dot_int8(const float *a, const int8_t *b, int n);
 void el_matrix_row(float *out, const el_matrix *w, uint32_t row);
 
 void el_rmsnorm(float *out, const float *x, const float *weight, int n, float eps);
-/* Rotate adjacent pairs (x[2i], x[2i+1]) of each head by pos * freq[i]. */
-void el_rope(float *x, int n_heads, int head_dim, int pos, const float *freqs);
+/* The rotation of position pos: cos and sin of pos * freqs[i] for i < head_dim / 2
+ * (sincos costs far more than the rotation: computed once per row, used by every
+ * layer's q and k). */
+void el_rope_angles(float *cos_sin, int head_dim, int pos, const float *freqs);
+/* Rotate adjacent pairs (x[2i], x[2i+1]) of each head by the angles (cos, sin pairs). */
+void el_rope(float *x, int n_heads, int head_dim, const float *cos_sin);
 void el_softmax(float *x, int n);
 /* gate[i] = silu(gate[i]) * up[i] */
 void el_swiglu(float *gate, const float *up, int n);

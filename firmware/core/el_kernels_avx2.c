@@ -236,7 +236,8 @@ float el_kernel_dot(const float *a, const float *b, int n)
     __m256 acc = _mm256_setzero_ps();
     float sum;
     int i, whole = n - n % 8;
-    for (i = 0; i < whole; i += 8) acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
+    for (i = 0; i < whole; i += 8)
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
     sum = combine1(acc);
     for (; i < n; i++) sum += a[i] * b[i];
     return sum;
@@ -263,7 +264,8 @@ static __m256 expf8(__m256 x)
     __m256 nf = _mm256_cvtepi32_ps(n), r, p, factor;
     __m256i low = _mm256_cmpgt_epi32(_mm256_set1_epi32(-126), n), high = _mm256_cmpgt_epi32(n, _mm256_set1_epi32(127));
     __m256i e;
-    r = _mm256_sub_ps(_mm256_sub_ps(x, _mm256_mul_ps(nf, _mm256_set1_ps(ln2_hi))), _mm256_mul_ps(nf, _mm256_set1_ps(ln2_lo)));
+    r = _mm256_sub_ps(_mm256_sub_ps(x, _mm256_mul_ps(nf, _mm256_set1_ps(ln2_hi))),
+                      _mm256_mul_ps(nf, _mm256_set1_ps(ln2_lo)));
     p = _mm256_add_ps(_mm256_set1_ps(1.0f / 720), _mm256_mul_ps(r, _mm256_set1_ps(1.0f / 5040)));
     p = _mm256_add_ps(_mm256_set1_ps(1.0f / 120), _mm256_mul_ps(r, p));
     p = _mm256_add_ps(_mm256_set1_ps(1.0f / 24), _mm256_mul_ps(r, p));
@@ -277,7 +279,8 @@ static __m256 expf8(__m256 x)
     factor = _mm256_blendv_ps(_mm256_set1_ps(1.0f), _mm256_set1_ps(7.888609052210118e-31f) /* 2^-100 */,
                               _mm256_castsi256_ps(low));
     factor = _mm256_blendv_ps(factor, _mm256_set1_ps(2.0f), _mm256_castsi256_ps(high));
-    p = _mm256_mul_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(127)), 23))), factor);
+    e = _mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(127)), 23); /* 2^e as float bits */
+    p = _mm256_mul_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), factor);
     /* el_expf's early returns: inf above 88.72283, 0 below -103.97208, NaN as it came */
     p = _mm256_blendv_ps(p, _mm256_set1_ps(__builtin_inff()), _mm256_cmp_ps(x, _mm256_set1_ps(88.72283f), _CMP_GT_OQ));
     p = _mm256_blendv_ps(p, zero, _mm256_cmp_ps(x, _mm256_set1_ps(-103.97208f), _CMP_LT_OQ));

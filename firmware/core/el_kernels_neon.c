@@ -169,17 +169,6 @@ static float32x4_t fp16x4_to_f32(uint16x4_t h)
 #endif
 }
 
-/* The fp16 scales of the group's rows (at p[k]) as floats, four rows a register. */
-EL_INLINE void group_scales(const uint8_t *const *p, float32x4_t *d)
-{
-    int g, k;
-    EL_UNROLL for (g = 0; g < EL_GROUP / 4; g++) {
-        uint16x4_t h = vdup_n_u16(read_u16(p[4 * g]));
-        EL_UNROLL for (k = 1; k < 4; k++) h = vset_lane_u16(read_u16(p[4 * g + k]), h, k);
-        d[g] = fp16x4_to_f32(h);
-    }
-}
-
 /* ------------------------------------------------------------ combining lanes */
 
 #if defined(__aarch64__)
@@ -229,6 +218,21 @@ EL_INLINE void store_group(const el_matmul_task *t, uint32_t r, uint32_t n_rows,
 {
     float *y = t->y + (size_t)b * t->w->rows + r;
     uint32_t k;
+    if (ok && n_rows == EL_GROUP) {
+        uint32x4_t number = vdupq_n_u32(0xffffffffu);
+        EL_UNROLL for (k = 0; k < EL_GROUP; k += 4) {
+            float32x4_t v = vld1q_f32(out + k);
+            number = vandq_u32(number, vceqq_f32(v, v));
+        }
+#if defined(__aarch64__)
+        if (vminvq_u32(number) != 0) {
+#else
+        if (!any_set(vmvnq_u32(number))) {
+#endif
+            EL_UNROLL for (k = 0; k < EL_GROUP; k += 4) vst1q_f32(y + k, vld1q_f32(out + k));
+            return;
+        }
+    }
     for (k = 0; k < n_rows; k++) {
         if (ok && out[k] == out[k]) y[k] = out[k];
         else portable_one(t, r + k, b);
@@ -251,79 +255,103 @@ static float weight_at(const uint8_t *row, int i, int f16)
     return f16 ? el_fp16_to_f32(read_u16(row + 2 * i)) : ((const float *)(const void *)row)[i];
 }
 
-/* out[k] = row k . x over n columns for the group's rows, the portable order. On ARMv7
- * returns 0 when an F32 weight is nonzero and below 2^-43 in magnitude. */
-EL_INLINE int dot_group_float(const uint8_t *const *w, const float *x, int n, float *out, int f16)
+/* out[k] = row k . x over n columns for the group's rows, the portable order. */
+EL_INLINE void dot_group_float(const uint8_t *const *w, const float *x, int n, float *out, int f16)
 {
-    int i = 0, k, whole = n - n % 8, ok = 1;
+    const uint8_t *p[EL_GROUP];
+    const float *xp = x;
+    int i = 0, k, whole = n - n % 8;
+    EL_UNROLL for (k = 0; k < EL_GROUP; k++) p[k] = w[k];
 #if defined(__aarch64__)
-    float32x4_t lo[EL_GROUP], hi[EL_GROUP];
-    EL_UNROLL for (k = 0; k < EL_GROUP; k++) lo[k] = hi[k] = vdupq_n_f32(0.0f);
-    for (; i + 16 <= whole; i += 16) {
-        float32x4x4_t xv = vld1q_f32_x4(x + i);
-        EL_UNROLL for (k = 0; k < EL_GROUP; k++) {
-            float32x4x4_t v;
-            if (f16) {
-                uint8x16x2_t h = vld1q_u8_x2(w[k] + 2 * i);
-                v.val[0] = vcvt_f32_f16(vreinterpret_f16_u8(vget_low_u8(h.val[0])));
-                v.val[1] = vcvt_high_f32_f16(vreinterpretq_f16_u8(h.val[0]));
-                v.val[2] = vcvt_f32_f16(vreinterpret_f16_u8(vget_low_u8(h.val[1])));
-                v.val[3] = vcvt_high_f32_f16(vreinterpretq_f16_u8(h.val[1]));
-            } else {
-                v = vld1q_f32_x4((const float *)(const void *)w[k] + i);
+    {
+        float32x4_t lo[EL_GROUP], hi[EL_GROUP];
+        EL_UNROLL for (k = 0; k < EL_GROUP; k++) lo[k] = hi[k] = vdupq_n_f32(0.0f);
+        for (; i + 16 <= whole; i += 16, xp += 16) {
+            float32x4x4_t xv = vld1q_f32_x4(xp);
+            EL_UNROLL for (k = 0; k < EL_GROUP; k++) {
+                float32x4x4_t v;
+                if (f16) {
+                    uint8x16x2_t h = vld1q_u8_x2(p[k]);
+                    v.val[0] = vcvt_f32_f16(vreinterpret_f16_u8(vget_low_u8(h.val[0])));
+                    v.val[1] = vcvt_high_f32_f16(vreinterpretq_f16_u8(h.val[0]));
+                    v.val[2] = vcvt_f32_f16(vreinterpret_f16_u8(vget_low_u8(h.val[1])));
+                    v.val[3] = vcvt_high_f32_f16(vreinterpretq_f16_u8(h.val[1]));
+                    p[k] += 32;
+                } else {
+                    v = vld1q_f32_x4((const float *)(const void *)p[k]);
+                    p[k] += 64;
+                }
+                lo[k] = vaddq_f32(lo[k], vmulq_f32(v.val[0], xv.val[0]));
+                hi[k] = vaddq_f32(hi[k], vmulq_f32(v.val[1], xv.val[1]));
+                lo[k] = vaddq_f32(lo[k], vmulq_f32(v.val[2], xv.val[2]));
+                hi[k] = vaddq_f32(hi[k], vmulq_f32(v.val[3], xv.val[3]));
             }
-            lo[k] = vaddq_f32(lo[k], vmulq_f32(v.val[0], xv.val[0]));
-            hi[k] = vaddq_f32(hi[k], vmulq_f32(v.val[1], xv.val[1]));
-            lo[k] = vaddq_f32(lo[k], vmulq_f32(v.val[2], xv.val[2]));
-            hi[k] = vaddq_f32(hi[k], vmulq_f32(v.val[3], xv.val[3]));
         }
-    }
-    if (i < whole) { /* eight more */
-        float32x4x2_t xv = vld1q_f32_x2(x + i);
-        EL_UNROLL for (k = 0; k < EL_GROUP; k++) {
-            float32x4x2_t v;
-            if (f16) {
-                uint8x16_t h = vld1q_u8(w[k] + 2 * i);
-                v.val[0] = vcvt_f32_f16(vreinterpret_f16_u8(vget_low_u8(h)));
-                v.val[1] = vcvt_high_f32_f16(vreinterpretq_f16_u8(h));
-            } else {
-                v = vld1q_f32_x2((const float *)(const void *)w[k] + i);
+        if (i < whole) { /* eight more */
+            float32x4x2_t xv = vld1q_f32_x2(xp);
+            EL_UNROLL for (k = 0; k < EL_GROUP; k++) {
+                float32x4x2_t v;
+                if (f16) {
+                    uint8x16_t h = vld1q_u8(p[k]);
+                    v.val[0] = vcvt_f32_f16(vreinterpret_f16_u8(vget_low_u8(h)));
+                    v.val[1] = vcvt_high_f32_f16(vreinterpretq_f16_u8(h));
+                } else {
+                    v = vld1q_f32_x2((const float *)(const void *)p[k]);
+                }
+                lo[k] = vaddq_f32(lo[k], vmulq_f32(v.val[0], xv.val[0]));
+                hi[k] = vaddq_f32(hi[k], vmulq_f32(v.val[1], xv.val[1]));
             }
-            lo[k] = vaddq_f32(lo[k], vmulq_f32(v.val[0], xv.val[0]));
-            hi[k] = vaddq_f32(hi[k], vmulq_f32(v.val[1], xv.val[1]));
+            i += 8;
         }
-        i += 8;
+        EL_UNROLL for (k = 0; k < EL_GROUP; k += 4) vst1q_f32(out + k, combine4(lo + k, hi + k));
     }
-    EL_UNROLL for (k = 0; k < EL_GROUP; k += 4) vst1q_f32(out + k, combine4(lo + k, hi + k));
 #else
-    float32x4_t ev[EL_GROUP], od[EL_GROUP];
-    uint32x4_t key = vdupq_n_u32(0xffffffffu);
-    EL_UNROLL for (k = 0; k < EL_GROUP; k++) ev[k] = od[k] = vdupq_n_f32(0.0f);
-    for (; i < whole; i += 8) {
-        float32x4x2_t xv = vld2q_f32(x + i); /* even and odd elements */
-        EL_UNROLL for (k = 0; k < EL_GROUP; k++) {
-            float32x4x2_t v;
-            if (f16) {
-                uint16x4x2_t h = vld2_u16((const uint16_t *)(const void *)(w[k] + 2 * i));
-                v.val[0] = fp16x4_to_f32(h.val[0]);
-                v.val[1] = fp16x4_to_f32(h.val[1]);
-            } else {
-                v = vld2q_f32((const float *)(const void *)w[k] + i);
-                key = vminq_u32(key, vminq_u32(magnitude_key(v.val[0]), magnitude_key(v.val[1])));
+    {
+        float32x4_t ev[EL_GROUP], od[EL_GROUP];
+        EL_UNROLL for (k = 0; k < EL_GROUP; k++) ev[k] = od[k] = vdupq_n_f32(0.0f);
+        for (; i < whole; i += 8, xp += 8) {
+            float32x4x2_t xv = vld2q_f32(xp); /* even and odd elements */
+            EL_UNROLL for (k = 0; k < EL_GROUP; k++) {
+                float32x4x2_t v;
+                if (f16) {
+                    uint16x4x2_t h = vld2_u16((const uint16_t *)(const void *)p[k]);
+                    v.val[0] = fp16x4_to_f32(h.val[0]);
+                    v.val[1] = fp16x4_to_f32(h.val[1]);
+                    p[k] += 16;
+                } else {
+                    v = vld2q_f32((const float *)(const void *)p[k]);
+                    p[k] += 32;
+                }
+                ev[k] = vaddq_f32(ev[k], vmulq_f32(v.val[0], xv.val[0]));
+                od[k] = vaddq_f32(od[k], vmulq_f32(v.val[1], xv.val[1]));
             }
-            ev[k] = vaddq_f32(ev[k], vmulq_f32(v.val[0], xv.val[0]));
-            od[k] = vaddq_f32(od[k], vmulq_f32(v.val[1], xv.val[1]));
         }
+        EL_UNROLL for (k = 0; k < EL_GROUP; k += 2) vst1_f32(out + k, combine2_eo(ev[k], od[k], ev[k + 1], od[k + 1]));
     }
-    if (!f16) ok = min_lane(key) >= key_floor(EL_MIN_EXP_W);
-    EL_UNROLL for (k = 0; k < EL_GROUP; k += 2) vst1_f32(out + k, combine2_eo(ev[k], od[k], ev[k + 1], od[k + 1]));
 #endif
     for (; i < n; i++) {
         float xi = x[i];
         EL_UNROLL for (k = 0; k < EL_GROUP; k++) out[k] += weight_at(w[k], i, f16) * xi;
     }
-    return ok;
 }
+
+#if !EL_NEON_IEEE
+/* ARMv7: every weight of the group's F32 rows zero or at least 2^-43 in magnitude (the
+ * weights' side of the products' bound), checked once for the whole batch. */
+static int f32_rows_clear_of_zero(const uint8_t *const *w, int n)
+{
+    uint32x4_t m = vdupq_n_u32(0xffffffffu);
+    int i = 0, k, whole = n - n % 8;
+    for (k = 0; k < EL_GROUP; k++) {
+        const float *p = (const float *)(const void *)w[k];
+        for (i = 0; i < whole; i += 8) {
+            float32x4x2_t v = vld2q_f32(p + i);
+            m = vminq_u32(m, vminq_u32(magnitude_key(v.val[0]), magnitude_key(v.val[1])));
+        }
+    }
+    return min_lane(m) >= key_floor(EL_MIN_EXP_W); /* the tail runs on VFP */
+}
+#endif
 
 EL_INLINE void matmul_float(const el_matmul_task *t, uint32_t r0, uint32_t r1, int f16)
 {
@@ -343,12 +371,21 @@ EL_INLINE void matmul_float(const el_matmul_task *t, uint32_t r0, uint32_t r1, i
         for (r = r0; r < r1; r += EL_GROUP) {
             const uint8_t *w[EL_GROUP];
             uint32_t n_rows = group_rows(t, r, r1, row_bytes, w);
+            int w_ok = 1;
+#if !EL_NEON_IEEE
+            if (!f16) w_ok = f32_rows_clear_of_zero(w, (int)cols);
+#endif
             for (b = 0; b < nb; b++) {
                 float out[EL_GROUP];
-                int ok = dot_group_float(w, t->x + (size_t)(b0 + b) * cols, (int)cols, out, f16);
+                int ok = w_ok;
 #if !EL_NEON_IEEE
                 ok = ok && x_ok[b];
+                if (!ok) { /* the portable code for these rows */
+                    store_group(t, r, n_rows, b0 + b, out, 0);
+                    continue;
+                }
 #endif
+                dot_group_float(w, t->x + (size_t)(b0 + b) * cols, (int)cols, out, f16);
                 store_group(t, r, n_rows, b0 + b, out, ok);
             }
         }
@@ -431,10 +468,33 @@ EL_INLINE int32x4_t block_sum8(int8x16_t x0, int8x16_t x1)
 #endif
 }
 
-/* The group's rows of a Q8_0 (q4 = 0) or Q4_0 (q4 = 1) matrix . one activation row:
- * out[k] is row k's sum over the blocks, the portable order. */
-EL_INLINE void dot_group_quant(const uint8_t *const *w, const int8_t *xq, const float *xs, uint32_t blocks,
-                               float *out, int q4)
+/* Blocks whose weight scales a group converts at once, for every activation row. */
+#define EL_SCALE_CHUNK 64
+
+/* d[j * EL_GROUP + k] = the fp16 scale of block j of row k, for n_blocks blocks from p[k]. */
+static void group_scales(const uint8_t *const *w, size_t step, uint32_t n_blocks, float *d)
+{
+    const uint8_t *p[EL_GROUP];
+    uint32_t j;
+    int g, k;
+    EL_UNROLL for (k = 0; k < EL_GROUP; k++) p[k] = w[k];
+    for (j = 0; j < n_blocks; j++, d += EL_GROUP) {
+        EL_UNROLL for (g = 0; g < EL_GROUP; g += 4) {
+            uint16x4_t h = vdup_n_u16(read_u16(p[g]));
+            h = vset_lane_u16(read_u16(p[g + 1]), h, 1);
+            h = vset_lane_u16(read_u16(p[g + 2]), h, 2);
+            h = vset_lane_u16(read_u16(p[g + 3]), h, 3);
+            vst1q_f32(d + g, fp16x4_to_f32(h));
+        }
+        EL_UNROLL for (k = 0; k < EL_GROUP; k++) p[k] += step;
+    }
+}
+
+/* The group's rows (their blocks from w[k], scales d) of a Q8_0 (q4 = 0) or Q4_0
+ * (q4 = 1) matrix . one activation row over n_blocks blocks: out[k] += row k's block
+ * terms, the portable order. */
+EL_INLINE void dot_group_quant(const uint8_t *const *w, const float *d, const int8_t *xq, const float *xs,
+                               uint32_t n_blocks, float *out, int q4)
 {
     const size_t step = q4 ? 18u : 34u;
     const uint8_t *p[EL_GROUP];
@@ -442,45 +502,54 @@ EL_INLINE void dot_group_quant(const uint8_t *const *w, const int8_t *xq, const 
     int32x4_t acc[EL_GROUP], done[EL_GROUP / 4];
     uint32_t j;
     int k, g;
-    EL_UNROLL for (k = 0; k < EL_GROUP; k++) p[k] = w[k], acc[k] = vdupq_n_s32(0);
-    EL_UNROLL for (g = 0; g < EL_GROUP / 4; g++) sum[g] = vdupq_n_f32(0.0f), done[g] = vdupq_n_s32(0);
-    /* acc[k] runs over all blocks (wrapping int32, exact modulo 2^32); a block's sums are
+    EL_UNROLL for (k = 0; k < EL_GROUP; k++) p[k] = w[k] + 2, acc[k] = vdupq_n_s32(0);
+    EL_UNROLL for (g = 0; g < EL_GROUP / 4; g++) sum[g] = vld1q_f32(out + 4 * g), done[g] = vdupq_n_s32(0);
+    /* acc[k] runs over the blocks (wrapping int32, exact modulo 2^32); a block's sums are
      * the running sums minus those before it, exact as each fits int32 */
-    for (j = 0; j < blocks; j++, xq += EL_QBLOCK) {
+    for (j = 0; j < n_blocks; j++, xq += EL_QBLOCK, d += EL_GROUP) {
         int8x16_t x0 = vld1q_s8(xq), x1 = vld1q_s8(xq + 16);
-        float32x4_t d[EL_GROUP / 4];
         int32x4_t x8 = vdupq_n_s32(0);
-        group_scales(p, d);
+        float s = xs[j];
         if (q4) {
             const uint8x16_t low = vdupq_n_u8(0x0f);
             EL_UNROLL for (k = 0; k < EL_GROUP; k++) {
-                uint8x16_t v = vld1q_u8(p[k] + 2);
+                uint8x16_t v = vld1q_u8(p[k]);
+                p[k] += step;
                 acc[k] = nibble_dot(acc[k], vreinterpretq_s8_u8(vandq_u8(v, low)), vreinterpretq_s8_u8(vshrq_n_u8(v, 4)),
                                     x0, x1);
             }
             x8 = block_sum8(x0, x1); /* sum of (n - 8) * x = sum of n * x - 8 * sum of x */
         } else {
-            EL_UNROLL for (k = 0; k < EL_GROUP; k++)
-                acc[k] = block_dot(acc[k], vld1q_s8((const int8_t *)(p[k] + 2)), vld1q_s8((const int8_t *)(p[k] + 18)),
-                                   x0, x1);
+            EL_UNROLL for (k = 0; k < EL_GROUP; k++) {
+#if defined(__aarch64__)
+                int8x16x2_t v = vld1q_s8_x2((const int8_t *)p[k]);
+#else
+                int8x16x2_t v;
+                v.val[0] = vld1q_s8((const int8_t *)p[k]);
+                v.val[1] = vld1q_s8((const int8_t *)p[k] + 16);
+#endif
+                p[k] += step;
+                acc[k] = block_dot(acc[k], v.val[0], v.val[1], x0, x1);
+            }
         }
         EL_UNROLL for (g = 0; g < EL_GROUP / 4; g++) {
             int32x4_t running = reduce4(acc + 4 * g), isum = vsubq_s32(running, done[g]);
             if (q4) isum = vsubq_s32(isum, x8);
             done[g] = running;
             /* sum += (weight scale * activation scale) * (float)isum, per lane */
-            sum[g] = vaddq_f32(sum[g], vmulq_f32(vmulq_n_f32(d[g], xs[j]), vcvtq_f32_s32(isum)));
+            sum[g] = vaddq_f32(sum[g], vmulq_f32(vmulq_n_f32(vld1q_f32(d + 4 * g), s), vcvtq_f32_s32(isum)));
         }
-        EL_UNROLL for (k = 0; k < EL_GROUP; k++) p[k] += step;
     }
     EL_UNROLL for (g = 0; g < EL_GROUP / 4; g++) vst1q_f32(out + 4 * g, sum[g]);
 }
 
 EL_INLINE void matmul_quant(const el_matmul_task *t, uint32_t r0, uint32_t r1, int q4)
 {
-    uint32_t cols = t->w->cols, blocks = cols / EL_QBLOCK, r;
-    size_t row_bytes = (size_t)blocks * (q4 ? 18u : 34u);
-    int b0, b, nb;
+    const size_t step = q4 ? 18u : 34u;
+    uint32_t cols = t->w->cols, blocks = cols / EL_QBLOCK, r, c0, nc;
+    size_t row_bytes = (size_t)blocks * step;
+    int b0, b, nb, k;
+    float d[EL_SCALE_CHUNK * EL_GROUP], sums[EL_BATCH_CHUNK][EL_GROUP];
 #if !EL_NEON_IEEE
     unsigned char x_ok[EL_BATCH_CHUNK];
 #endif
@@ -492,17 +561,29 @@ EL_INLINE void matmul_quant(const el_matmul_task *t, uint32_t r0, uint32_t r1, i
                                                           EL_MIN_EXP_X);
 #endif
         for (r = r0; r < r1; r += EL_GROUP) {
-            const uint8_t *w[EL_GROUP];
+            const uint8_t *w[EL_GROUP], *wc[EL_GROUP];
             uint32_t n_rows = group_rows(t, r, r1, row_bytes, w);
+            for (b = 0; b < nb; b++)
+                EL_UNROLL for (k = 0; k < EL_GROUP; k++) sums[b][k] = 0.0f;
+            /* blocks in chunks: the chunk's scales converted once, then every activation row */
+            for (c0 = 0; c0 < blocks; c0 += nc) {
+                nc = blocks - c0 < EL_SCALE_CHUNK ? blocks - c0 : EL_SCALE_CHUNK;
+                EL_UNROLL for (k = 0; k < EL_GROUP; k++) wc[k] = w[k] + (size_t)c0 * step;
+                group_scales(wc, step, nc, d);
+                for (b = 0; b < nb; b++) {
+#if !EL_NEON_IEEE
+                    if (!x_ok[b]) continue;
+#endif
+                    dot_group_quant(wc, d, t->xq + (size_t)(b0 + b) * cols + (size_t)c0 * EL_QBLOCK,
+                                    t->xs + (size_t)(b0 + b) * blocks + c0, nc, sums[b], q4);
+                }
+            }
             for (b = 0; b < nb; b++) {
-                float out[EL_GROUP];
                 int ok = 1;
-                dot_group_quant(w, t->xq + (size_t)(b0 + b) * cols, t->xs + (size_t)(b0 + b) * blocks, blocks, out,
-                                q4);
 #if !EL_NEON_IEEE
                 ok = x_ok[b];
 #endif
-                store_group(t, r, n_rows, b0 + b, out, ok);
+                store_group(t, r, n_rows, b0 + b, sums[b], ok);
             }
         }
     }

@@ -9,13 +9,16 @@
  *   F32/F16 dot    one 8-element accumulator (vl = 8) per row: element k is the
  *                  portable lane k; multiply, then add (never fused); the lanes are
  *                  combined pairwise with slides, ((0+1)+(2+3))+((4+5)+(6+7)), and the
- *                  n % 8 tail is added in order in scalar code. Four rows at a time
- *                  share each load of the activations.
+ *                  n % 8 tail is added in order in scalar code. F32: four rows by one
+ *                  or two activation rows at a time (each load of a weight chunk serves
+ *                  both activations, each activation chunk the four rows); F16: one
+ *                  row by up to four activation rows (each chunk converted once).
  *   Q8_0/Q4_0      per 32-value block an exact int32 sum: int8 products widened to
- *                  int16 (vwmul), summed to int32 (vwredsum). The block terms
- *                  (fp16 scale * activation scale) * (float)sum are then formed as
- *                  vectors over the blocks of the row and added in block order with
- *                  the ordered reduction vfredosum (sequential by definition).
+ *                  int16 (vwmul), summed to int32 (vwredsum); four rows by up to four
+ *                  activation rows, each weight block loaded (and unpacked) once. The
+ *                  block terms (fp16 scale * activation scale) * (float)sum are then
+ *                  formed as vectors over the blocks of a row and added in block order
+ *                  with the ordered reduction vfredosum (sequential by definition).
  *   quantize       max |x| by vfredmax (exact in any order), v = x * inverse,
  *                  q = truncate(v + copysign(0.5, v)) as el_quantize_int8.
  *   exp, swiglu    el_expf (el_math.c) step by step on vectors, the same operations
@@ -458,7 +461,8 @@ void el_kernel_quantize_blocks(int8_t *q, float *scales, const float *x, int n_b
     for (b = 0; b < n_blocks; b++) {
         vfloat32m8_t v = __riscv_vle32_v_f32m8(x + (size_t)b * EL_QBLOCK, vl);
         /* max |x| with 0 to start: NaNs are skipped, as the portable comparisons skip them */
-        float amax = __riscv_vfmv_f_s_f32m1_f32(__riscv_vfredmax_vs_f32m8_f32m1(__riscv_vfabs_v_f32m8(v, vl), zero, vl));
+        float amax =
+            __riscv_vfmv_f_s_f32m1_f32(__riscv_vfredmax_vs_f32m8_f32m1(__riscv_vfabs_v_f32m8(v, vl), zero, vl));
         float inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
         vint32m8_t n;
         scales[b] = amax / 127.0f;
@@ -478,10 +482,10 @@ void el_kernel_axpy(float *y, float a, const float *x, int n)
 {
     size_t i = 0, vl;
     while (i < (size_t)(n > 0 ? n : 0)) {
+        vfloat32m8_t ax;
         vl = __riscv_vsetvl_e32m8((size_t)n - i);
-        __riscv_vse32_v_f32m8(y + i, __riscv_vfadd_vv_f32m8(__riscv_vle32_v_f32m8(y + i, vl),
-                                                            __riscv_vfmul_vf_f32m8(__riscv_vle32_v_f32m8(x + i, vl), a, vl),
-                                                            vl), vl);
+        ax = __riscv_vfmul_vf_f32m8(__riscv_vle32_v_f32m8(x + i, vl), a, vl);
+        __riscv_vse32_v_f32m8(y + i, __riscv_vfadd_vv_f32m8(__riscv_vle32_v_f32m8(y + i, vl), ax, vl), vl);
         i += vl;
     }
 }
@@ -554,8 +558,10 @@ void el_kernel_exp_shifted(float *w, const float *x, float shift, int n)
         return;
     }
     while (i < (size_t)(n > 0 ? n : 0)) {
+        vfloat32m4_t d;
         vl = __riscv_vsetvl_e32m4((size_t)n - i);
-        __riscv_vse32_v_f32m4(w + i, exp_v(__riscv_vfsub_vf_f32m4(__riscv_vle32_v_f32m4(x + i, vl), shift, vl), vl), vl);
+        d = __riscv_vfsub_vf_f32m4(__riscv_vle32_v_f32m4(x + i, vl), shift, vl);
+        __riscv_vse32_v_f32m4(w + i, exp_v(d, vl), vl);
         i += vl;
     }
 }

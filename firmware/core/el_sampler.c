@@ -366,7 +366,8 @@ static void top_digit_histogram(const uint32_t *weights, int n, int by_weight, u
     el_memset(measure, 0, EL_SAMPLER_BUCKETS * sizeof *measure);
     for (i = 0; i + 4 <= n; i += 4)
         for (k = 0; k < 4; k++)
-            measure[k * EL_TOP_DIGITS + (int)(weights[i + k] >> 24)] += by_weight ? weights[i + k] : weights[i + k] != 0;
+            measure[k * EL_TOP_DIGITS + (int)(weights[i + k] >> 24)] +=
+                by_weight ? weights[i + k] : weights[i + k] != 0;
     for (; i < n; i++) measure[weights[i] >> 24] += by_weight ? weights[i] : weights[i] != 0;
     for (b = 0; b < EL_TOP_DIGITS; b++) {
         for (k = 1; k < 4; k++) measure[b] += measure[k * EL_TOP_DIGITS + b];
@@ -392,7 +393,8 @@ static cut select_cut(const uint32_t *weights, int n, double need, int by_weight
             top_digit_histogram(weights, n, by_weight, measure);
         } else {
             el_memset(measure, 0, EL_SAMPLER_BUCKETS * sizeof *measure);
-            for (i = 0; i < n_list; i++) measure[(weights[list[i]] >> shift) & 0xffu] += by_weight ? weights[list[i]] : 1u;
+            for (i = 0; i < n_list; i++)
+                measure[(weights[list[i]] >> shift) & 0xffu] += by_weight ? weights[list[i]] : 1u;
         }
         for (b = 255; b > 0; b--) {
             if ((double)(before + measure[b]) >= need) break;

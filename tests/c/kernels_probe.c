@@ -152,7 +152,8 @@ static void check_quantize(int n_blocks)
 static void check_vectors(int n)
 {
     float *a = (float *)malloc(sizeof(float) * (size_t)(n + 1)), *b = (float *)malloc(sizeof(float) * (size_t)(n + 1));
-    float *y1 = (float *)malloc(sizeof(float) * (size_t)(n + 1)), *y2 = (float *)malloc(sizeof(float) * (size_t)(n + 1));
+    float *y1 = (float *)malloc(sizeof(float) * (size_t)(n + 1));
+    float *y2 = (float *)malloc(sizeof(float) * (size_t)(n + 1));
     float d1, d2, alpha = next_float(1.0f), shift;
     int i;
     for (i = 0; i < n; i++) a[i] = next_float(1.0f), b[i] = next_float(1.0f);
@@ -194,7 +195,10 @@ int main(void)
                 for (b = 0; b < sizeof batches / sizeof *batches; b++)
                     check_matmul(types[t], row_counts[r], col_counts[c], batches[b]);
     /* F32 and F16 rows of any length: the eight-lane order with a tail (stories260K's 172) */
-    for (n = 1; n <= 40; n++) check_matmul(EL_TYPE_F32, 9, (uint32_t)n, 2), check_matmul(EL_TYPE_F16, 9, (uint32_t)n, 2);
+    for (n = 1; n <= 40; n++) {
+        check_matmul(EL_TYPE_F32, 9, (uint32_t)n, 2);
+        check_matmul(EL_TYPE_F16, 9, (uint32_t)n, 2);
+    }
     check_matmul(EL_TYPE_F32, 11, 172, 3);
     check_matmul(EL_TYPE_F16, 11, 172, 3);
     for (n = 1; n <= 40; n++) check_quantize(n);
