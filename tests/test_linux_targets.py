@@ -125,6 +125,27 @@ def test_build_runs_and_matches_host(builds, host_text, board_name, quant):
     assert len(streamed) > 5 and "".join(streamed) == stdout
 
 
+# the kernels each board's CPU flags pick (el_kernel_ops.h)
+KERNELS = {"qemu-aarch64": "neon", "qemu-armhf": "neon", "qemu-riscv64": "portable"}
+
+
+@pytest.mark.parametrize("quant", QUANTS)
+@pytest.mark.parametrize("board_name", BOARDS)
+def test_logits_equal_the_hosts_bit_for_bit(builds, board_name, quant):
+    """Not only the same greedy tokens: the same logits at every position, with the board's
+    vector kernels against the host's, as an FNV-1a digest of all their bytes."""
+    out = builds(board_name, quant).out_dir
+    assert json.loads((out / "manifest.json").read_text())["kernels"] == KERNELS[board_name]
+    args = ["logits", "--prompt-tokens", "24"]
+    returncode, stdout, stderr = emulator.run(board_name, out, args, timeout=120)
+    assert returncode == 0, stderr
+    host = subprocess.run([str(runtime_build.host_program()), str(out / "model.gguf"), *args], capture_output=True,
+                          text=True, timeout=60, check=True)
+    board_logits, host_logits = json.loads(stdout), json.loads(host.stdout)
+    assert board_logits["kernels"] == KERNELS[board_name] and board_logits["positions"] == 24
+    assert board_logits["logits_fnv1a64"] == host_logits["logits_fnv1a64"]
+
+
 def test_same_model_bytes_on_every_board(builds):
     for quant in QUANTS:
         digests = {builds(b, quant).manifest["artifacts"][1]["sha256"] for b in BOARDS}

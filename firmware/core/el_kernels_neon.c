@@ -56,14 +56,18 @@
 #define EL_NEON_DOTPROD 0
 #endif
 
-/* Rows per group: aarch64 has 32 vector registers, ARMv7 16. A group never straddles two
- * workers' row tiles (EL_ROW_TILE is 16). */
+/* Rows per group (float, quantized): aarch64 has 32 vector registers, ARMv7 16, too few
+ * for eight rows of float lanes. A group never straddles two workers' row tiles
+ * (EL_ROW_TILE is 16). */
+#define EL_GROUP_Q 8
 #if defined(__aarch64__)
-#define EL_GROUP 8
+#define EL_GROUP_F 8
 #else
-#define EL_GROUP 4
+#define EL_GROUP_F 4
 #endif
+#define EL_GROUP_MAX 8
 #define EL_BATCH_CHUNK 32 /* activation rows whose checks are kept at once (ARMv7) */
+#define EL_SCALE_CHUNK 64 /* blocks whose weight scales a group converts at once */
 
 /* Smallest biased exponents that keep ARMv7 products away from subnormals (see above). */
 #define EL_MIN_EXP_X 67u   /* activations: 2^-60 */
@@ -210,17 +214,18 @@ EL_NOINLINE void portable_one(const el_matmul_task *t, uint32_t r, int b)
     }
 }
 
-/* Stores a group's results (n_rows of them). A NaN is recomputed by the portable code:
- * which NaN comes out of two NaN operands depends on their order, and the compiler
- * orders commutative operands as it likes, in either code. On ARMv7 so is every result
- * whose checks failed (ok == 0). */
-EL_INLINE void store_group(const el_matmul_task *t, uint32_t r, uint32_t n_rows, int b, const float *out, int ok)
+/* Stores a group's results (n_rows of the group's G). A NaN is recomputed by the
+ * portable code: which NaN comes out of two NaN operands depends on their order, and the
+ * compiler orders commutative operands as it likes, in either code. On ARMv7 so is every
+ * result whose checks failed (ok == 0). */
+EL_INLINE void store_group(const el_matmul_task *t, uint32_t r, uint32_t n_rows, int b, const float *out, int ok,
+                           uint32_t G)
 {
     float *y = t->y + (size_t)b * t->w->rows + r;
     uint32_t k;
-    if (ok && n_rows == EL_GROUP) {
+    if (ok && n_rows == G) {
         uint32x4_t number = vdupq_n_u32(0xffffffffu);
-        EL_UNROLL for (k = 0; k < EL_GROUP; k += 4) {
+        EL_UNROLL for (k = 0; k < G; k += 4) {
             float32x4_t v = vld1q_f32(out + k);
             number = vandq_u32(number, vceqq_f32(v, v));
         }
@@ -229,7 +234,7 @@ EL_INLINE void store_group(const el_matmul_task *t, uint32_t r, uint32_t n_rows,
 #else
         if (!any_set(vmvnq_u32(number))) {
 #endif
-            EL_UNROLL for (k = 0; k < EL_GROUP; k += 4) vst1q_f32(y + k, vld1q_f32(out + k));
+            EL_UNROLL for (k = 0; k < G; k += 4) vst1q_f32(y + k, vld1q_f32(out + k));
             return;
         }
     }
@@ -240,15 +245,18 @@ EL_INLINE void store_group(const el_matmul_task *t, uint32_t r, uint32_t n_rows,
 }
 
 /* The group's row pointers: rows r.. (a short last group repeats its last row). */
-EL_INLINE uint32_t group_rows(const el_matmul_task *t, uint32_t r, uint32_t r1, size_t row_bytes, const uint8_t **w)
+EL_INLINE uint32_t group_rows(const el_matmul_task *t, uint32_t r, uint32_t r1, size_t row_bytes, const uint8_t **w,
+                              uint32_t G)
 {
-    uint32_t k, n_rows = r1 - r < EL_GROUP ? r1 - r : EL_GROUP;
-    EL_UNROLL for (k = 0; k < EL_GROUP; k++)
+    uint32_t k, n_rows = r1 - r < G ? r1 - r : G;
+    EL_UNROLL for (k = 0; k < G; k++)
         w[k] = (const uint8_t *)t->w->data + (size_t)(r + (k < n_rows ? k : n_rows - 1)) * row_bytes;
     return n_rows;
 }
 
 /* ------------------------------------------------------------ F32 and F16 */
+
+#define G EL_GROUP_F
 
 static float weight_at(const uint8_t *row, int i, int f16)
 {
@@ -258,17 +266,17 @@ static float weight_at(const uint8_t *row, int i, int f16)
 /* out[k] = row k . x over n columns for the group's rows, the portable order. */
 EL_INLINE void dot_group_float(const uint8_t *const *w, const float *x, int n, float *out, int f16)
 {
-    const uint8_t *p[EL_GROUP];
+    const uint8_t *p[G];
     const float *xp = x;
     int i = 0, k, whole = n - n % 8;
-    EL_UNROLL for (k = 0; k < EL_GROUP; k++) p[k] = w[k];
+    EL_UNROLL for (k = 0; k < G; k++) p[k] = w[k];
 #if defined(__aarch64__)
     {
-        float32x4_t lo[EL_GROUP], hi[EL_GROUP];
-        EL_UNROLL for (k = 0; k < EL_GROUP; k++) lo[k] = hi[k] = vdupq_n_f32(0.0f);
+        float32x4_t lo[G], hi[G];
+        EL_UNROLL for (k = 0; k < G; k++) lo[k] = hi[k] = vdupq_n_f32(0.0f);
         for (; i + 16 <= whole; i += 16, xp += 16) {
             float32x4x4_t xv = vld1q_f32_x4(xp);
-            EL_UNROLL for (k = 0; k < EL_GROUP; k++) {
+            EL_UNROLL for (k = 0; k < G; k++) {
                 float32x4x4_t v;
                 if (f16) {
                     uint8x16x2_t h = vld1q_u8_x2(p[k]);
@@ -289,7 +297,7 @@ EL_INLINE void dot_group_float(const uint8_t *const *w, const float *x, int n, f
         }
         if (i < whole) { /* eight more */
             float32x4x2_t xv = vld1q_f32_x2(xp);
-            EL_UNROLL for (k = 0; k < EL_GROUP; k++) {
+            EL_UNROLL for (k = 0; k < G; k++) {
                 float32x4x2_t v;
                 if (f16) {
                     uint8x16_t h = vld1q_u8(p[k]);
@@ -303,15 +311,15 @@ EL_INLINE void dot_group_float(const uint8_t *const *w, const float *x, int n, f
             }
             i += 8;
         }
-        EL_UNROLL for (k = 0; k < EL_GROUP; k += 4) vst1q_f32(out + k, combine4(lo + k, hi + k));
+        EL_UNROLL for (k = 0; k < G; k += 4) vst1q_f32(out + k, combine4(lo + k, hi + k));
     }
 #else
     {
-        float32x4_t ev[EL_GROUP], od[EL_GROUP];
-        EL_UNROLL for (k = 0; k < EL_GROUP; k++) ev[k] = od[k] = vdupq_n_f32(0.0f);
+        float32x4_t ev[G], od[G];
+        EL_UNROLL for (k = 0; k < G; k++) ev[k] = od[k] = vdupq_n_f32(0.0f);
         for (; i < whole; i += 8, xp += 8) {
             float32x4x2_t xv = vld2q_f32(xp); /* even and odd elements */
-            EL_UNROLL for (k = 0; k < EL_GROUP; k++) {
+            EL_UNROLL for (k = 0; k < G; k++) {
                 float32x4x2_t v;
                 if (f16) {
                     uint16x4x2_t h = vld2_u16((const uint16_t *)(const void *)p[k]);
@@ -326,12 +334,12 @@ EL_INLINE void dot_group_float(const uint8_t *const *w, const float *x, int n, f
                 od[k] = vaddq_f32(od[k], vmulq_f32(v.val[1], xv.val[1]));
             }
         }
-        EL_UNROLL for (k = 0; k < EL_GROUP; k += 2) vst1_f32(out + k, combine2_eo(ev[k], od[k], ev[k + 1], od[k + 1]));
+        EL_UNROLL for (k = 0; k < G; k += 2) vst1_f32(out + k, combine2_eo(ev[k], od[k], ev[k + 1], od[k + 1]));
     }
 #endif
     for (; i < n; i++) {
         float xi = x[i];
-        EL_UNROLL for (k = 0; k < EL_GROUP; k++) out[k] += weight_at(w[k], i, f16) * xi;
+        EL_UNROLL for (k = 0; k < G; k++) out[k] += weight_at(w[k], i, f16) * xi;
     }
 }
 
@@ -340,16 +348,18 @@ EL_INLINE void dot_group_float(const uint8_t *const *w, const float *x, int n, f
  * weights' side of the products' bound), checked once for the whole batch. */
 static int f32_rows_clear_of_zero(const uint8_t *const *w, int n)
 {
-    uint32x4_t m = vdupq_n_u32(0xffffffffu);
+    const uint32x4_t one = vdupq_n_u32(1u);
+    uint32x4_t m0 = vdupq_n_u32(0xffffffffu), m1 = m0;
     int i = 0, k, whole = n - n % 8;
-    for (k = 0; k < EL_GROUP; k++) {
+    for (k = 0; k < G; k++) {
         const float *p = (const float *)(const void *)w[k];
-        for (i = 0; i < whole; i += 8) {
-            float32x4x2_t v = vld2q_f32(p + i);
-            m = vminq_u32(m, vminq_u32(magnitude_key(v.val[0]), magnitude_key(v.val[1])));
+        for (i = 0; i < whole; i += 8, p += 8) {
+            uint32x4x2_t v = vld2q_u32((const uint32_t *)(const void *)p);
+            m0 = vminq_u32(m0, vsubq_u32(vshlq_n_u32(v.val[0], 1), one)); /* magnitude_key */
+            m1 = vminq_u32(m1, vsubq_u32(vshlq_n_u32(v.val[1], 1), one));
         }
     }
-    return min_lane(m) >= key_floor(EL_MIN_EXP_W); /* the tail runs on VFP */
+    return min_lane(vminq_u32(m0, m1)) >= key_floor(EL_MIN_EXP_W); /* the tail runs on VFP */
 }
 #endif
 
@@ -368,34 +378,38 @@ EL_INLINE void matmul_float(const el_matmul_task *t, uint32_t r0, uint32_t r1, i
             x_ok[b] = (unsigned char)floats_clear_of_zero(t->x + (size_t)(b0 + b) * cols, (int)cols,
                                                           f16 ? EL_MIN_EXP_X16 : EL_MIN_EXP_X);
 #endif
-        for (r = r0; r < r1; r += EL_GROUP) {
-            const uint8_t *w[EL_GROUP];
-            uint32_t n_rows = group_rows(t, r, r1, row_bytes, w);
+        for (r = r0; r < r1; r += G) {
+            const uint8_t *w[G];
+            uint32_t n_rows = group_rows(t, r, r1, row_bytes, w, G);
             int w_ok = 1;
 #if !EL_NEON_IEEE
             if (!f16) w_ok = f32_rows_clear_of_zero(w, (int)cols);
 #endif
             for (b = 0; b < nb; b++) {
-                float out[EL_GROUP];
+                float out[G];
                 int ok = w_ok;
 #if !EL_NEON_IEEE
                 ok = ok && x_ok[b];
                 if (!ok) { /* the portable code for these rows */
-                    store_group(t, r, n_rows, b0 + b, out, 0);
+                    store_group(t, r, n_rows, b0 + b, out, 0, G);
                     continue;
                 }
 #endif
                 dot_group_float(w, t->x + (size_t)(b0 + b) * cols, (int)cols, out, f16);
-                store_group(t, r, n_rows, b0 + b, out, ok);
+                store_group(t, r, n_rows, b0 + b, out, ok, G);
             }
         }
     }
 }
 
+#undef G
+
 void el_kernel_matmul_f32(const el_matmul_task *t, uint32_t r0, uint32_t r1) { matmul_float(t, r0, r1, 0); }
 void el_kernel_matmul_f16(const el_matmul_task *t, uint32_t r0, uint32_t r1) { matmul_float(t, r0, r1, 1); }
 
 /* ------------------------------------------------------------ Q8_0 and Q4_0 */
+
+#define G EL_GROUP_Q
 
 /* Row sums of four int32x4: lane j of the result is the sum of a[j]'s lanes (wrapping). */
 EL_INLINE int32x4_t reduce4(const int32x4_t *a)
@@ -411,8 +425,12 @@ EL_INLINE int32x4_t reduce4(const int32x4_t *a)
 #endif
 }
 
+/* A block's products summed into four int32 lanes, exactly. With the dot-product
+ * extension they add to acc, a running sum over the blocks (wrapping int32, exact
+ * modulo 2^32: a block's sums are the running sums minus those before it, and each fits
+ * int32); without, each block starts from zero. */
 #if EL_NEON_DOTPROD
-/* acc + the 32 products of one block (w0 . x0 + w1 . x1, four lanes, exact). */
+#define EL_RUNNING 1
 EL_INLINE int32x4_t block_dot(int32x4_t acc, int8x16_t w0, int8x16_t w1, int8x16_t x0, int8x16_t x1)
 {
     return vdotq_s32(vdotq_s32(acc, w0, x0), w1, x1);
@@ -424,8 +442,9 @@ EL_INLINE int32x4_t nibble_dot(int32x4_t acc, int8x16_t lo, int8x16_t hi, int8x1
     return block_dot(acc, lo, hi, x0, x1);
 }
 #else
-/* acc + the 32 products of one block, four lanes. Each int16 lane holds two products:
- * |w| <= 128 and |x| <= 127 (the activations' quantizer), so at most 32512. */
+#define EL_RUNNING 0
+/* Each int16 lane holds two products: |w| <= 128 and |x| <= 127 (the activations'
+ * quantizer), so at most 32512. */
 EL_INLINE int32x4_t block_dot(int32x4_t acc, int8x16_t w0, int8x16_t w1, int8x16_t x0, int8x16_t x1)
 {
 #if defined(__aarch64__)
@@ -435,11 +454,11 @@ EL_INLINE int32x4_t block_dot(int32x4_t acc, int8x16_t w0, int8x16_t w1, int8x16
     int16x8_t p0 = vmlal_s8(vmull_s8(vget_low_s8(w0), vget_low_s8(x0)), vget_high_s8(w0), vget_high_s8(x0));
     int16x8_t p1 = vmlal_s8(vmull_s8(vget_low_s8(w1), vget_low_s8(x1)), vget_high_s8(w1), vget_high_s8(x1));
 #endif
-    return vpadalq_s16(vpadalq_s16(acc, p0), p1);
+    (void)acc;
+    return vpadalq_s16(vpaddlq_s16(p0), p1);
 }
 
-/* acc + the 32 products of a Q4_0 block's nibbles n (0..15) and x: four products per
- * int16 lane, at most 4 * 15 * 127. */
+/* Q4_0's nibbles n (0..15) and x: four products per int16 lane, at most 4 * 15 * 127. */
 EL_INLINE int32x4_t nibble_dot(int32x4_t acc, int8x16_t lo, int8x16_t hi, int8x16_t x0, int8x16_t x1)
 {
 #if defined(__aarch64__)
@@ -451,7 +470,8 @@ EL_INLINE int32x4_t nibble_dot(int32x4_t acc, int8x16_t lo, int8x16_t hi, int8x1
     p = vmlal_s8(p, vget_low_s8(hi), vget_low_s8(x1));
     p = vmlal_s8(p, vget_high_s8(hi), vget_high_s8(x1));
 #endif
-    return vpadalq_s16(acc, p);
+    (void)acc;
+    return vpaddlq_s16(p);
 }
 #endif
 
@@ -468,79 +488,89 @@ EL_INLINE int32x4_t block_sum8(int8x16_t x0, int8x16_t x1)
 #endif
 }
 
-/* Blocks whose weight scales a group converts at once, for every activation row. */
-#define EL_SCALE_CHUNK 64
-
-/* d[j * EL_GROUP + k] = the fp16 scale of block j of row k, for n_blocks blocks from p[k]. */
+/* d[j * G + k] = the fp16 scale of block j of row k (rows at w[k]), for n_blocks blocks. */
 static void group_scales(const uint8_t *const *w, size_t step, uint32_t n_blocks, float *d)
 {
-    const uint8_t *p[EL_GROUP];
+    const uint8_t *p[G];
     uint32_t j;
     int g, k;
-    EL_UNROLL for (k = 0; k < EL_GROUP; k++) p[k] = w[k];
-    for (j = 0; j < n_blocks; j++, d += EL_GROUP) {
-        EL_UNROLL for (g = 0; g < EL_GROUP; g += 4) {
-            uint16x4_t h = vdup_n_u16(read_u16(p[g]));
-            h = vset_lane_u16(read_u16(p[g + 1]), h, 1);
-            h = vset_lane_u16(read_u16(p[g + 2]), h, 2);
-            h = vset_lane_u16(read_u16(p[g + 3]), h, 3);
+    EL_UNROLL for (k = 0; k < G; k++) p[k] = w[k];
+    for (j = 0; j < n_blocks; j++, d += G) {
+        EL_UNROLL for (g = 0; g < G; g += 4) {
+            /* the scales are 2-byte aligned: blocks of 34 or 18 bytes, aligned tensor data */
+            uint16x4_t h = vld1_dup_u16((const uint16_t *)(const void *)p[g]);
+            h = vld1_lane_u16((const uint16_t *)(const void *)p[g + 1], h, 1);
+            h = vld1_lane_u16((const uint16_t *)(const void *)p[g + 2], h, 2);
+            h = vld1_lane_u16((const uint16_t *)(const void *)p[g + 3], h, 3);
             vst1q_f32(d + g, fp16x4_to_f32(h));
         }
-        EL_UNROLL for (k = 0; k < EL_GROUP; k++) p[k] += step;
+        EL_UNROLL for (k = 0; k < G; k++) p[k] += step;
     }
 }
 
-/* The group's rows (their blocks from w[k], scales d) of a Q8_0 (q4 = 0) or Q4_0
- * (q4 = 1) matrix . one activation row over n_blocks blocks: out[k] += row k's block
- * terms, the portable order. */
+/* out[k] += row k's block terms for the group's rows (blocks from w[k], scales d) of a
+ * Q8_0 (q4 = 0) or Q4_0 (q4 = 1) matrix and one activation row, n_blocks blocks, the
+ * portable order: per block sum += (weight scale * activation scale) * (float)isum. */
 EL_INLINE void dot_group_quant(const uint8_t *const *w, const float *d, const int8_t *xq, const float *xs,
                                uint32_t n_blocks, float *out, int q4)
 {
     const size_t step = q4 ? 18u : 34u;
-    const uint8_t *p[EL_GROUP];
-    float32x4_t sum[EL_GROUP / 4];
-    int32x4_t acc[EL_GROUP], done[EL_GROUP / 4];
+    const uint8_t *p[G];
+    float32x4_t sum[G / 4];
+    int32x4_t acc[G];
+#if EL_RUNNING
+    int32x4_t done[G / 4];
+#endif
     uint32_t j;
     int k, g;
-    EL_UNROLL for (k = 0; k < EL_GROUP; k++) p[k] = w[k] + 2, acc[k] = vdupq_n_s32(0);
-    EL_UNROLL for (g = 0; g < EL_GROUP / 4; g++) sum[g] = vld1q_f32(out + 4 * g), done[g] = vdupq_n_s32(0);
-    /* acc[k] runs over the blocks (wrapping int32, exact modulo 2^32); a block's sums are
-     * the running sums minus those before it, exact as each fits int32 */
-    for (j = 0; j < n_blocks; j++, xq += EL_QBLOCK, d += EL_GROUP) {
-        int8x16_t x0 = vld1q_s8(xq), x1 = vld1q_s8(xq + 16);
-        int32x4_t x8 = vdupq_n_s32(0);
-        float s = xs[j];
-        if (q4) {
-            const uint8x16_t low = vdupq_n_u8(0x0f);
-            EL_UNROLL for (k = 0; k < EL_GROUP; k++) {
-                uint8x16_t v = vld1q_u8(p[k]);
-                p[k] += step;
-                acc[k] = nibble_dot(acc[k], vreinterpretq_s8_u8(vandq_u8(v, low)), vreinterpretq_s8_u8(vshrq_n_u8(v, 4)),
-                                    x0, x1);
-            }
-            x8 = block_sum8(x0, x1); /* sum of (n - 8) * x = sum of n * x - 8 * sum of x */
-        } else {
-            EL_UNROLL for (k = 0; k < EL_GROUP; k++) {
-#if defined(__aarch64__)
-                int8x16x2_t v = vld1q_s8_x2((const int8_t *)p[k]);
-#else
-                int8x16x2_t v;
-                v.val[0] = vld1q_s8((const int8_t *)p[k]);
-                v.val[1] = vld1q_s8((const int8_t *)p[k] + 16);
+    EL_UNROLL for (k = 0; k < G; k++) p[k] = w[k] + 2, acc[k] = vdupq_n_s32(0);
+    EL_UNROLL for (g = 0; g < G / 4; g++) {
+        sum[g] = vld1q_f32(out + 4 * g);
+#if EL_RUNNING
+        done[g] = vdupq_n_s32(0);
 #endif
-                p[k] += step;
-                acc[k] = block_dot(acc[k], v.val[0], v.val[1], x0, x1);
+    }
+    for (j = 0; j < n_blocks; j++, xq += EL_QBLOCK, d += G) {
+        int8x16_t x0 = vld1q_s8(xq), x1 = vld1q_s8(xq + 16);
+        float s = xs[j];
+        EL_UNROLL for (g = 0; g < G / 4; g++) {
+            int32x4_t isum;
+            if (q4) {
+                const uint8x16_t low = vdupq_n_u8(0x0f);
+                EL_UNROLL for (k = 4 * g; k < 4 * g + 4; k++) {
+                    uint8x16_t v = vld1q_u8(p[k]);
+                    p[k] += step;
+                    acc[k] = nibble_dot(acc[k], vreinterpretq_s8_u8(vandq_u8(v, low)),
+                                        vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), x0, x1);
+                }
+            } else {
+                EL_UNROLL for (k = 4 * g; k < 4 * g + 4; k++) {
+#if defined(__aarch64__)
+                    int8x16x2_t v = vld1q_s8_x2((const int8_t *)p[k]);
+#else
+                    int8x16x2_t v;
+                    v.val[0] = vld1q_s8((const int8_t *)p[k]);
+                    v.val[1] = vld1q_s8((const int8_t *)p[k] + 16);
+#endif
+                    p[k] += step;
+                    acc[k] = block_dot(acc[k], v.val[0], v.val[1], x0, x1);
+                }
             }
-        }
-        EL_UNROLL for (g = 0; g < EL_GROUP / 4; g++) {
-            int32x4_t running = reduce4(acc + 4 * g), isum = vsubq_s32(running, done[g]);
-            if (q4) isum = vsubq_s32(isum, x8);
-            done[g] = running;
+            isum = reduce4(acc + 4 * g);
+#if EL_RUNNING
+            {
+                int32x4_t running = isum;
+                isum = vsubq_s32(running, done[g]);
+                done[g] = running;
+            }
+#endif
+            /* sum of (n - 8) * x = sum of n * x - 8 * sum of x */
+            if (q4) isum = vsubq_s32(isum, block_sum8(x0, x1));
             /* sum += (weight scale * activation scale) * (float)isum, per lane */
             sum[g] = vaddq_f32(sum[g], vmulq_f32(vmulq_n_f32(vld1q_f32(d + 4 * g), s), vcvtq_f32_s32(isum)));
         }
     }
-    EL_UNROLL for (g = 0; g < EL_GROUP / 4; g++) vst1q_f32(out + 4 * g, sum[g]);
+    EL_UNROLL for (g = 0; g < G / 4; g++) vst1q_f32(out + 4 * g, sum[g]);
 }
 
 EL_INLINE void matmul_quant(const el_matmul_task *t, uint32_t r0, uint32_t r1, int q4)
@@ -549,7 +579,7 @@ EL_INLINE void matmul_quant(const el_matmul_task *t, uint32_t r0, uint32_t r1, i
     uint32_t cols = t->w->cols, blocks = cols / EL_QBLOCK, r, c0, nc;
     size_t row_bytes = (size_t)blocks * step;
     int b0, b, nb, k;
-    float d[EL_SCALE_CHUNK * EL_GROUP], sums[EL_BATCH_CHUNK][EL_GROUP];
+    float d[EL_SCALE_CHUNK * G];
 #if !EL_NEON_IEEE
     unsigned char x_ok[EL_BATCH_CHUNK];
 #endif
@@ -560,34 +590,43 @@ EL_INLINE void matmul_quant(const el_matmul_task *t, uint32_t r0, uint32_t r1, i
             x_ok[b] = (unsigned char)floats_clear_of_zero(t->xs + (size_t)(b0 + b) * blocks, (int)blocks,
                                                           EL_MIN_EXP_X);
 #endif
-        for (r = r0; r < r1; r += EL_GROUP) {
-            const uint8_t *w[EL_GROUP], *wc[EL_GROUP];
-            uint32_t n_rows = group_rows(t, r, r1, row_bytes, w);
-            for (b = 0; b < nb; b++)
-                EL_UNROLL for (k = 0; k < EL_GROUP; k++) sums[b][k] = 0.0f;
-            /* blocks in chunks: the chunk's scales converted once, then every activation row */
-            for (c0 = 0; c0 < blocks; c0 += nc) {
-                nc = blocks - c0 < EL_SCALE_CHUNK ? blocks - c0 : EL_SCALE_CHUNK;
-                EL_UNROLL for (k = 0; k < EL_GROUP; k++) wc[k] = w[k] + (size_t)c0 * step;
-                group_scales(wc, step, nc, d);
-                for (b = 0; b < nb; b++) {
-#if !EL_NEON_IEEE
-                    if (!x_ok[b]) continue;
-#endif
-                    dot_group_quant(wc, d, t->xq + (size_t)(b0 + b) * cols + (size_t)c0 * EL_QBLOCK,
-                                    t->xs + (size_t)(b0 + b) * blocks + c0, nc, sums[b], q4);
-                }
-            }
+        for (r = r0; r < r1; r += G) {
+            const uint8_t *w[G];
+            uint32_t n_rows = group_rows(t, r, r1, row_bytes, w, G);
+            /* the scales converted once for the whole batch (up to EL_SCALE_CHUNK blocks;
+             * longer rows convert them chunk by chunk for each activation row) */
+            if (blocks <= EL_SCALE_CHUNK) group_scales(w, step, blocks, d);
             for (b = 0; b < nb; b++) {
+                const int8_t *xq = t->xq + (size_t)(b0 + b) * cols;
+                const float *xs = t->xs + (size_t)(b0 + b) * blocks;
+                float out[G];
                 int ok = 1;
 #if !EL_NEON_IEEE
                 ok = x_ok[b];
+                if (!ok) {
+                    store_group(t, r, n_rows, b0 + b, out, 0, G);
+                    continue;
+                }
 #endif
-                store_group(t, r, n_rows, b0 + b, sums[b], ok);
+                EL_UNROLL for (k = 0; k < G; k++) out[k] = 0.0f;
+                if (blocks <= EL_SCALE_CHUNK) {
+                    dot_group_quant(w, d, xq, xs, blocks, out, q4);
+                } else {
+                    for (c0 = 0; c0 < blocks; c0 += nc) {
+                        const uint8_t *wc[G];
+                        nc = blocks - c0 < EL_SCALE_CHUNK ? blocks - c0 : EL_SCALE_CHUNK;
+                        EL_UNROLL for (k = 0; k < G; k++) wc[k] = w[k] + (size_t)c0 * step;
+                        group_scales(wc, step, nc, d);
+                        dot_group_quant(wc, d, xq + (size_t)c0 * EL_QBLOCK, xs + c0, nc, out, q4);
+                    }
+                }
+                store_group(t, r, n_rows, b0 + b, out, ok, G);
             }
         }
     }
 }
+
+#undef G
 
 void el_kernel_matmul_q8_0(const el_matmul_task *t, uint32_t r0, uint32_t r1) { matmul_quant(t, r0, r1, 0); }
 void el_kernel_matmul_q4_0(const el_matmul_task *t, uint32_t r0, uint32_t r1) { matmul_quant(t, r0, r1, 1); }
