@@ -53,10 +53,11 @@ class FlashResult:
 
 # ------------------------------------------------------------------ checks
 
-def required_features(board: Board) -> list:
-    """CPU features (/proc/cpuinfo words) a build for the board needs."""
+def required_features(board: Board, kernels: str | None = None) -> list:
+    """CPU features (/proc/cpuinfo words) a build for the board needs; `kernels` is the
+    build's (manifest.json): the dot-product kernels need asimddp."""
     if board.arch == "aarch64":
-        return ["asimd"]
+        return ["asimd", "asimddp"] if kernels == "neon-dotprod" else ["asimd"]
     if board.arch == "armhf":
         fpu = " ".join(f for f in board.cflags if f.startswith("-mfpu="))
         need = []
@@ -81,8 +82,10 @@ def _riscv_has(isa: str, want: str) -> bool:
     return all(c in letters for c in want[4:].replace("g", "imafd"))
 
 
-def check_remote(client, board: Board) -> str:
-    """Refuse a remote that cannot run the board's build; a line saying what was found."""
+def check_remote(client, board: Board, kernels: str | None = None) -> str:
+    """Refuse a remote that cannot run the board's build (whose kernels, from its
+    manifest, may need a CPU extension: the dot product, RISC-V's V); a line saying what
+    was found."""
     machine = client.check(["uname", "-m"]).strip()
     if board.emulated:
         emulator = board.reach.emulator
@@ -103,12 +106,14 @@ def check_remote(client, board: Board) -> str:
     missing = []
     if board.arch == "riscv64":
         isas = re.findall(r"^isa\s*:\s*(\S+)", cpuinfo, re.MULTILINE)
-        if not isas or not all(_riscv_has(i, "rv64gc") for i in isas):
-            missing = [f"rv64gc (isa: {isas[0] if isas else 'not reported'})"]
+        want = "rv64gcv" if kernels == "rvv" else "rv64gc"
+        if not isas or not all(_riscv_has(i, want) for i in isas):
+            missing = [f"{want} (isa: {isas[0] if isas else 'not reported'})"]
     else:
         lines = re.findall(r"^Features\s*:\s*(.*)$", cpuinfo, re.MULTILINE)
         have = set(lines[0].split()) if lines else set()
-        missing = [f for f in required_features(board) if f not in have and not (f == "vfp" and "vfpv3" in have)]
+        missing = [f for f in required_features(board, kernels)
+                   if f not in have and not (f == "vfp" and "vfpv3" in have)]
     if missing:
         raise EdgeLlamaError(f"{client.target} ({machine}) lacks CPU features the {board.name} build needs: "
                              f"{', '.join(missing)}; refusing to flash")
@@ -208,7 +213,7 @@ def flash_linux(board: Board, build_dir, host: str, identity=None, known_hosts=N
     model_sha = next(a["sha256"] for a in artifacts if a["path"] == "model.gguf")
 
     with _connect(host, identity, known_hosts, trust_host_key, timeout) as client:
-        found = check_remote(client, board)
+        found = check_remote(client, board, manifest.get("kernels"))
         echo(f"{client.target}: {found}")
         base = remote_base(client, remote_dir)
         releases = posixpath.join(base, "releases")

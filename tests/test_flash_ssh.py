@@ -256,22 +256,26 @@ class FakeClient:
         return 0, self.cpuinfo, ""
 
 
-@pytest.mark.parametrize("board,machine,cpuinfo,ok", [
-    ("rpi4", "aarch64", "Features\t: fp asimd evtstrm crc32\n", True),
-    ("rpi4", "aarch64", "Features\t: fp evtstrm\n", False),
-    ("beaglebone-black", "armv7l", "Features\t: half thumb fastmult vfp edsp neon vfpv3 tls\n", True),
-    ("beaglebone-black", "armv7l", "Features\t: half thumb fastmult vfp edsp vfpv3 tls\n", False),
-    ("beaglebone-black", "aarch64", "Features\t: fp asimd\n", False),
-    ("visionfive2", "riscv64", "isa\t\t: rv64imafdc_zicntr_zicsr\n", True),
-    ("visionfive2", "riscv64", "isa\t\t: rv64imac\n", False),
+@pytest.mark.parametrize("board,machine,cpuinfo,ok,kernels", [
+    ("rpi4", "aarch64", "Features\t: fp asimd evtstrm crc32\n", True, "neon"),
+    ("rpi5", "aarch64", "Features\t: fp asimd evtstrm crc32 asimddp\n", True, "neon-dotprod"),
+    ("rpi5", "aarch64", "Features\t: fp asimd evtstrm crc32\n", False, "neon-dotprod"),
+    ("bpi-f3", "riscv64", "isa\t\t: rv64imafdcv_zicsr\n", True, "rvv"),
+    ("bpi-f3", "riscv64", "isa\t\t: rv64imafdc_zicsr\n", False, "rvv"),
+    ("rpi4", "aarch64", "Features\t: fp evtstrm\n", False, "neon"),
+    ("beaglebone-black", "armv7l", "Features\t: half thumb fastmult vfp edsp neon vfpv3 tls\n", True, "neon"),
+    ("beaglebone-black", "armv7l", "Features\t: half thumb fastmult vfp edsp vfpv3 tls\n", False, "neon"),
+    ("beaglebone-black", "aarch64", "Features\t: fp asimd\n", False, "neon"),
+    ("visionfive2", "riscv64", "isa\t\t: rv64imafdc_zicntr_zicsr\n", True, "portable"),
+    ("visionfive2", "riscv64", "isa\t\t: rv64imac\n", False, "portable"),
 ])
-def test_cpu_features_are_checked(board, machine, cpuinfo, ok):
+def test_cpu_features_are_checked(board, machine, cpuinfo, ok, kernels):
     fake = FakeClient(machine, cpuinfo)
     if ok:
-        assert flash.check_remote(fake, get_board(board)) == machine
+        assert flash.check_remote(fake, get_board(board), kernels) == machine
     else:
         with pytest.raises(EdgeLlamaError, match="refusing to flash"):
-            flash.check_remote(fake, get_board(board))
+            flash.check_remote(fake, get_board(board), kernels)
 
 
 def test_emulated_bare_metal_board_has_nothing_to_flash():
