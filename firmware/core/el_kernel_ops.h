@@ -73,6 +73,11 @@ void el_kernel_quantize_blocks(int8_t *q, float *scales, const float *x, int n_b
 float el_kernel_dot(const float *a, const float *b, int n);
 /* y[i] += a * x[i] (attention's weighted values). */
 void el_kernel_axpy(float *y, float a, const float *x, int n);
+/* Attention over the positions of one cache block, which lie `stride` floats apart:
+ * out[j] = scale * (q . keys[j * stride ...]) for j < n_keys, each dot in the eight-lane
+ * order; and out[i] += weights[j] * values[j * stride + i] for j = 0, 1, ... in order. */
+void el_kernel_key_dots(float *out, const float *q, const float *keys, size_t stride, int n_keys, int n, float scale);
+void el_kernel_value_sum(float *out, const float *weights, const float *values, size_t stride, int n_values, int n);
 /* gate[i] = gate[i] / (1 + el_expf(-gate[i])) * up[i] */
 void el_kernel_swiglu(float *gate, const float *up, int n);
 /* w[i] = el_expf(x[i] - shift) (the sampler's weights; shift is finite) */
@@ -87,6 +92,10 @@ void el_portable_matmul_q4_0(const el_matmul_task *t, uint32_t r0, uint32_t r1);
 void el_portable_quantize_blocks(int8_t *q, float *scales, const float *x, int n_blocks);
 float el_portable_dot(const float *a, const float *b, int n);
 void el_portable_axpy(float *y, float a, const float *x, int n);
+void el_portable_key_dots(float *out, const float *q, const float *keys, size_t stride, int n_keys, int n,
+                          float scale);
+void el_portable_value_sum(float *out, const float *weights, const float *values, size_t stride, int n_values,
+                           int n);
 void el_portable_swiglu(float *gate, const float *up, int n);
 void el_portable_exp_shifted(float *w, const float *x, float shift, int n);
 

@@ -252,6 +252,44 @@ void el_kernel_axpy(float *y, float a, const float *x, int n)
     for (; i < n; i++) y[i] += a * x[i];
 }
 
+/* Four keys at a time: their eight-lane sums run side by side, combined in one go. */
+void el_kernel_key_dots(float *out, const float *q, const float *keys, size_t stride, int n_keys, int n, float scale)
+{
+    int j = 0, i, k, whole = n - n % 8;
+    for (; j + 4 <= n_keys; j += 4) {
+        const float *key[4];
+        __m256 acc[4];
+        float sums[4];
+        for (k = 0; k < 4; k++) key[k] = keys + (size_t)(j + k) * stride, acc[k] = _mm256_setzero_ps();
+        for (i = 0; i < whole; i += 8) {
+            __m256 qv = _mm256_loadu_ps(q + i);
+            for (k = 0; k < 4; k++) acc[k] = _mm256_add_ps(acc[k], _mm256_mul_ps(qv, _mm256_loadu_ps(key[k] + i)));
+        }
+        _mm_storeu_ps(sums, combine4(acc[0], acc[1], acc[2], acc[3]));
+        for (k = 0; k < 4; k++) {
+            for (i = whole; i < n; i++) sums[k] += q[i] * key[k][i];
+            out[j + k] = scale * sums[k];
+        }
+    }
+    for (; j < n_keys; j++) out[j] = scale * el_kernel_dot(q, keys + (size_t)j * stride, n);
+}
+
+/* Eight outputs stay in a register while every value adds its share, in order. */
+void el_kernel_value_sum(float *out, const float *weights, const float *values, size_t stride, int n_values, int n)
+{
+    int i = 0, j, whole = n - n % 8;
+    for (; i < whole; i += 8) {
+        __m256 acc = _mm256_loadu_ps(out + i);
+        for (j = 0; j < n_values; j++) {
+            __m256 v = _mm256_loadu_ps(values + (size_t)j * stride + i);
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(weights[j]), v));
+        }
+        _mm256_storeu_ps(out + i, acc);
+    }
+    for (; i < n; i++)
+        for (j = 0; j < n_values; j++) out[i] += weights[j] * values[(size_t)j * stride + i];
+}
+
 /* ------------------------------------------------------------ exp */
 
 /* el_expf (el_math.c) on eight lanes: the same operations in the same order. */

@@ -103,6 +103,13 @@ static float bits_float(uint32_t u)
     return v.f;
 }
 
+static uint32_t bits_of(float f)
+{
+    union { uint32_t u; float f; } v;
+    v.f = f;
+    return v.u;
+}
+
 static uint32_t max_lane(uint32x4_t m)
 {
 #if defined(__aarch64__)
@@ -113,15 +120,26 @@ static uint32_t max_lane(uint32x4_t m)
 #endif
 }
 
+/* Lanes holding a NaN. (On ARMv7 GCC does float vector comparisons lane by lane on VFP,
+ * NEON's not being IEEE; the integer forms below stay vector.) */
+EL_INLINE uint32x4_t nan_lanes(float32x4_t v)
+{
+#if defined(__aarch64__)
+    return vmvnq_u32(vceqq_f32(v, v));
+#else
+    return vcgtq_u32(vandq_u32(vreinterpretq_u32_f32(v), vdupq_n_u32(0x7fffffffu)), vdupq_n_u32(0x7f800000u));
+#endif
+}
+
+/* 0.5 with v's sign: the portable (v >= 0 ? 0.5f : -0.5f) but for v = -0 (and NaN),
+ * where both roundings give 0: (int)(-0 - 0.5f) = (int)(-0 + 0.5f). */
+EL_INLINE float32x4_t half_with_sign(float32x4_t v)
+{
+    return vbslq_f32(vdupq_n_u32(0x80000000u), v, vdupq_n_f32(0.5f));
+}
+
 #if !EL_NEON_IEEE
 /* ---- ARMv7 only: the checks that keep NEON's flush-to-zero out of the results */
-
-static uint32_t float_bits(float f)
-{
-    union { uint32_t u; float f; } v;
-    v.f = f;
-    return v.u;
-}
 
 static int any_set(uint32x4_t m)
 {
@@ -151,7 +169,7 @@ static int floats_clear_of_zero(const float *x, int n, uint32_t min_exp)
     uint32x4_t m = vdupq_n_u32(0xffffffffu);
     int i;
     for (i = 0; i + 4 <= n; i += 4) m = vminq_u32(m, magnitude_key(vld1q_f32(x + i)));
-    for (; i < n; i++) m = vminq_u32(m, vdupq_n_u32(2u * float_bits(x[i]) - 1u));
+    for (; i < n; i++) m = vminq_u32(m, vdupq_n_u32(2u * bits_of(x[i]) - 1u));
     return min_lane(m) >= key_floor(min_exp);
 }
 #endif
@@ -224,16 +242,9 @@ EL_INLINE void store_group(const el_matmul_task *t, uint32_t r, uint32_t n_rows,
     float *y = t->y + (size_t)b * t->w->rows + r;
     uint32_t k;
     if (ok && n_rows == G) {
-        uint32x4_t number = vdupq_n_u32(0xffffffffu);
-        EL_UNROLL for (k = 0; k < G; k += 4) {
-            float32x4_t v = vld1q_f32(out + k);
-            number = vandq_u32(number, vceqq_f32(v, v));
-        }
-#if defined(__aarch64__)
-        if (vminvq_u32(number) != 0) {
-#else
-        if (!any_set(vmvnq_u32(number))) {
-#endif
+        uint32x4_t nan = vdupq_n_u32(0);
+        EL_UNROLL for (k = 0; k < G; k += 4) nan = vorrq_u32(nan, nan_lanes(vld1q_f32(out + k)));
+        if (max_lane(nan) == 0) {
             EL_UNROLL for (k = 0; k < G; k += 4) vst1q_f32(y + k, vld1q_f32(out + k));
             return;
         }
@@ -635,8 +646,7 @@ void el_kernel_matmul_q4_0(const el_matmul_task *t, uint32_t r0, uint32_t r1) { 
 
 static int32x4_t round_half_away(float32x4_t v)
 {
-    uint32x4_t nonneg = vcgeq_f32(v, vdupq_n_f32(0.0f));
-    return vcvtq_s32_f32(vaddq_f32(v, vbslq_f32(nonneg, vdupq_n_f32(0.5f), vdupq_n_f32(-0.5f))));
+    return vcvtq_s32_f32(vaddq_f32(v, half_with_sign(v)));
 }
 
 static int8x8_t narrow8(int32x4_t a, int32x4_t b) { return vmovn_s16(vcombine_s16(vmovn_s32(a), vmovn_s32(b))); }
@@ -720,7 +730,7 @@ void el_kernel_axpy(float *y, float a, const float *x, int n)
     for (i = 0; i + 8 <= n; i += 8) {
         float32x4_t lo = vaddq_f32(vld1q_f32(y + i), vmulq_f32(av, vld1q_f32(x + i)));
         float32x4_t hi = vaddq_f32(vld1q_f32(y + i + 4), vmulq_f32(av, vld1q_f32(x + i + 4)));
-        if (vminvq_u32(vandq_u32(vceqq_f32(lo, lo), vceqq_f32(hi, hi))) == 0) {
+        if (max_lane(vorrq_u32(nan_lanes(lo), nan_lanes(hi))) != 0) {
             el_portable_axpy(y + i, a, x + i, 8); /* a NaN: see store_group */
             continue;
         }
@@ -740,10 +750,10 @@ void el_kernel_axpy(float *y, float a, const float *x, int n)
 static float32x4_t expf4(float32x4_t x, uint32x4_t *hard)
 {
     const float ln2_hi = 0.693145751953125f, ln2_lo = 1.428606765330187e-06f;
-    uint32x4_t nonneg = vcgeq_f32(x, vdupq_n_f32(0.0f)), low, high, under;
+    uint32x4_t low, high, under, bits = vreinterpretq_u32_f32(x);
     float32x4_t t, nf, r, p, s1, s2, result;
     int32x4_t n, n1;
-    t = vaddq_f32(vmulq_n_f32(x, 1.44269504f), vbslq_f32(nonneg, vdupq_n_f32(0.5f), vdupq_n_f32(-0.5f)));
+    t = vaddq_f32(vmulq_n_f32(x, 1.44269504f), half_with_sign(x));
     n = vcvtq_s32_f32(t);
     nf = vcvtq_f32_s32(n);
     r = vsubq_f32(vsubq_f32(x, vmulq_n_f32(nf, ln2_hi)), vmulq_n_f32(nf, ln2_lo));
@@ -762,10 +772,13 @@ static float32x4_t expf4(float32x4_t x, uint32x4_t *hard)
     s1 = vreinterpretq_f32_u32(vshlq_n_u32(vreinterpretq_u32_s32(vaddq_s32(n1, vdupq_n_s32(127))), 23));
     s2 = vbslq_f32(low, vdupq_n_f32(0x1p-100f), vbslq_f32(high, vdupq_n_f32(2.0f), vdupq_n_f32(1.0f)));
     result = vmulq_f32(vmulq_f32(p, s1), s2);
-    result = vbslq_f32(vcgtq_f32(x, vdupq_n_f32(88.72283f)), vreinterpretq_f32_u32(vdupq_n_u32(0x7f800000u)), result);
-    under = vcltq_f32(x, vdupq_n_f32(-103.97208f));
+    /* x > 88.72283f: inf; x < -103.97208f: 0, compared as integers (floats of one sign
+     * order as their bits; NaN lanes, caught by either, are replaced last) */
+    result = vbslq_f32(vcgtq_s32(vreinterpretq_s32_u32(bits), vdupq_n_s32((int32_t)bits_of(88.72283f))),
+                       vreinterpretq_f32_u32(vdupq_n_u32(0x7f800000u)), result);
+    under = vcgtq_u32(bits, vdupq_n_u32(bits_of(-103.97208f)));
     result = vbslq_f32(under, vdupq_n_f32(0.0f), result);
-    result = vbslq_f32(vceqq_f32(x, x), result, x); /* NaN: x itself */
+    result = vbslq_f32(nan_lanes(x), x, result); /* NaN: x itself */
 #if EL_NEON_IEEE
     (void)hard;
 #else
@@ -785,7 +798,7 @@ void el_kernel_swiglu(float *gate, const float *up, int n)
 #if EL_NEON_IEEE
         float32x4_t out = vmulq_f32(vdivq_f32(g, vaddq_f32(vdupq_n_f32(1.0f), e)), vld1q_f32(up + i));
         (void)k;
-        if (vminvq_u32(vceqq_f32(out, out)) == 0) el_portable_swiglu(gate + i, up + i, 4); /* a NaN: see store_group */
+        if (vmaxvq_u32(nan_lanes(out)) != 0) el_portable_swiglu(gate + i, up + i, 4); /* a NaN: see store_group */
         else vst1q_f32(gate + i, out);
 #else
         float ev[4], out[4];
@@ -816,7 +829,7 @@ void el_kernel_exp_shifted(float *w, const float *x, float shift, int n)
         float32x4_t e = expf4(v, &hard);
 #if !EL_NEON_IEEE
         /* a NaN input: NEON's default NaN is not VFP's propagated one */
-        hard = vorrq_u32(hard, vmvnq_u32(vceqq_f32(v, v)));
+        hard = vorrq_u32(hard, nan_lanes(v));
         if (any_set(hard)) {
             for (k = 0; k < 4; k++) w[i + k] = el_expf(x[i + k] - shift);
             continue;
@@ -826,6 +839,19 @@ void el_kernel_exp_shifted(float *w, const float *x, float shift, int n)
         vst1q_f32(w + i, e);
     }
     el_portable_exp_shifted(w + i, x + i, shift, n - i);
+}
+
+/* attention over a cache block: the portable loops over this file's dot and axpy */
+void el_kernel_key_dots(float *out, const float *q, const float *keys, size_t stride, int n_keys, int n, float scale)
+{
+    int j;
+    for (j = 0; j < n_keys; j++) out[j] = scale * el_kernel_dot(q, keys + (size_t)j * stride, n);
+}
+
+void el_kernel_value_sum(float *out, const float *weights, const float *values, size_t stride, int n_values, int n)
+{
+    int j;
+    for (j = 0; j < n_values; j++) el_kernel_axpy(out, weights[j], values + (size_t)j * stride, n);
 }
 
 #else

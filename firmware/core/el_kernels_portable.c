@@ -176,6 +176,19 @@ void el_portable_axpy(float *y, float a, const float *x, int n)
     for (i = 0; i < n; i++) y[i] += a * x[i];
 }
 
+void el_portable_key_dots(float *out, const float *q, const float *keys, size_t stride, int n_keys, int n,
+                          float scale)
+{
+    int j;
+    for (j = 0; j < n_keys; j++) out[j] = scale * el_portable_dot(q, keys + (size_t)j * stride, n);
+}
+
+void el_portable_value_sum(float *out, const float *weights, const float *values, size_t stride, int n_values, int n)
+{
+    int j;
+    for (j = 0; j < n_values; j++) el_portable_axpy(out, weights[j], values + (size_t)j * stride, n);
+}
+
 void el_portable_swiglu(float *gate, const float *up, int n)
 {
     int i;
@@ -201,6 +214,14 @@ void el_kernel_quantize_blocks(int8_t *q, float *scales, const float *x, int n_b
 }
 float el_kernel_dot(const float *a, const float *b, int n) { return el_portable_dot(a, b, n); }
 void el_kernel_axpy(float *y, float a, const float *x, int n) { el_portable_axpy(y, a, x, n); }
+void el_kernel_key_dots(float *out, const float *q, const float *keys, size_t stride, int n_keys, int n, float scale)
+{
+    el_portable_key_dots(out, q, keys, stride, n_keys, n, scale);
+}
+void el_kernel_value_sum(float *out, const float *weights, const float *values, size_t stride, int n_values, int n)
+{
+    el_portable_value_sum(out, weights, values, stride, n_values, n);
+}
 void el_kernel_swiglu(float *gate, const float *up, int n) { el_portable_swiglu(gate, up, n); }
 void el_kernel_exp_shifted(float *w, const float *x, float shift, int n) { el_portable_exp_shifted(w, x, shift, n); }
 #endif

@@ -232,8 +232,8 @@ void el_kv_key_dots(const el_kv_cache *kv, int block, int n_slots, int layer, in
     size_t at = block_offset(kv, block, layer, 0), stride = slot_values(kv);
     int slot;
     if (kv->dtype == EL_KV_F32) {
-        const float *key = (const float *)kv->keys + head_start(kv, at, head);
-        for (slot = 0; slot < n_slots; slot++, key += stride) scores[slot] = scale * el_dot(q, key, kv->head_dim);
+        el_kernel_key_dots(scores, q, (const float *)kv->keys + head_start(kv, at, head), stride, n_slots,
+                           kv->head_dim, scale);
     } else {
         /* int8: the scale is common to the head, so it multiplies the sum once */
         const int8_t *key = (const int8_t *)kv->keys + head_start(kv, at, head);
@@ -249,8 +249,8 @@ void el_kv_value_adds(const el_kv_cache *kv, int block, int n_slots, int layer, 
     size_t at = block_offset(kv, block, layer, 0), stride = slot_values(kv);
     int slot, i;
     if (kv->dtype == EL_KV_F32) {
-        const float *value = (const float *)kv->values + head_start(kv, at, head);
-        for (slot = 0; slot < n_slots; slot++, value += stride) el_kernel_axpy(out, weights[slot], value, kv->head_dim);
+        el_kernel_value_sum(out, weights, (const float *)kv->values + head_start(kv, at, head), stride, n_slots,
+                            kv->head_dim);
     } else {
         const int8_t *value = (const int8_t *)kv->values + head_start(kv, at, head);
         const float *value_scale = kv->value_scales + at * (size_t)kv->n_kv_heads + (size_t)head;

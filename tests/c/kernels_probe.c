@@ -149,6 +149,29 @@ static void check_quantize(int n_blocks)
     free(x), free(q1), free(q2);
 }
 
+/* Keys and values of a cache block: n_keys rows `stride` floats apart (stride >= n). */
+static void check_attention(int n)
+{
+    int n_keys = 1 + (int)(next_u32() % 17), stride = n + (int)(next_u32() % 3) * 8, i;
+    size_t total = (size_t)n_keys * (size_t)stride + 1;
+    float *q = (float *)malloc(sizeof(float) * (size_t)(n + 1)), *rows = (float *)malloc(sizeof(float) * total);
+    float *w = (float *)malloc(sizeof(float) * (size_t)n_keys);
+    float *o1 = (float *)malloc(sizeof(float) * (size_t)(n + 17));
+    float *o2 = (float *)malloc(sizeof(float) * (size_t)(n + 17));
+    float scale = next_float(1.0f);
+    for (i = 0; i < n; i++) q[i] = next_float(1.0f);
+    for (i = 0; i < (int)total; i++) rows[i] = next_float(1.0f);
+    for (i = 0; i < n_keys; i++) w[i] = next_float(1.0f);
+    el_kernel_key_dots(o1, q, rows, (size_t)stride, n_keys, n, scale);
+    el_portable_key_dots(o2, q, rows, (size_t)stride, n_keys, n, scale);
+    compare("key_dots", n, n_keys, o1, o2, sizeof(float) * (size_t)n_keys);
+    for (i = 0; i < n; i++) o1[i] = o2[i] = next_float(1.0f);
+    el_kernel_value_sum(o1, w, rows, (size_t)stride, n_keys, n);
+    el_portable_value_sum(o2, w, rows, (size_t)stride, n_keys, n);
+    compare("value_sum", n, n_keys, o1, o2, sizeof(float) * (size_t)n);
+    free(q), free(rows), free(w), free(o1), free(o2);
+}
+
 static void check_vectors(int n)
 {
     float *a = (float *)malloc(sizeof(float) * (size_t)(n + 1)), *b = (float *)malloc(sizeof(float) * (size_t)(n + 1));
@@ -172,6 +195,7 @@ static void check_vectors(int n)
     el_kernel_swiglu(y1, b, n);
     el_portable_swiglu(y2, b, n);
     compare("swiglu", n, 0, y1, y2, sizeof(float) * (size_t)n);
+    check_attention(n);
     for (i = 0; i < n; i++) a[i] = next_float(120.0f);
     shift = next_float(20.0f);
     el_kernel_exp_shifted(y1, a, shift, n);
