@@ -1,4 +1,6 @@
+import hashlib
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,25 @@ def sshd_server(tmp_path_factory):
         pytest.skip(why)
     with sshd.SSHD(tmp_path_factory.mktemp("sshd")) as server:
         yield server
+
+
+# The greedy generation every emulated target must reproduce from the host program.
+PROMPT = "once upon a time"
+GREEDY = ["--temperature", "0", "--max-tokens", "48"]
+
+
+@pytest.fixture(scope="module")
+def host_text():
+    """The host program's greedy text for a model file (the reference every target must equal)."""
+    from edgellama.runtime import build as runtime_build
+    program = runtime_build.host_program()
+    cache = {}
+
+    def get(model_path):
+        key = hashlib.sha256(model_path.read_bytes()).hexdigest()
+        if key not in cache:
+            result = subprocess.run([str(program), str(model_path), "generate", PROMPT, *GREEDY],
+                                    capture_output=True, text=True, timeout=60, check=True)
+            cache[key] = result.stdout
+        return cache[key]
+    return get

@@ -18,7 +18,7 @@ import subprocess
 
 import pytest
 from click.testing import CliRunner
-from conftest import require_board
+from conftest import GREEDY, PROMPT, require_board
 
 from edgellama import builder, emulator
 from edgellama.boards import get_board
@@ -30,8 +30,6 @@ from edgellama.toolchains import get_toolchain
 
 BOARDS = ["qemu-aarch64", "qemu-armhf", "qemu-riscv64"]
 QUANTS = ["f32", "q8_0"]
-PROMPT = "once upon a time"
-GREEDY = ["--temperature", "0", "--max-tokens", "48"]
 # e_machine, ELF class (1 = 32-bit, 2 = 64-bit), e_flags bits that must be set
 ELF_EXPECTED = {
     "qemu-aarch64": (183, 2, 0),
@@ -51,22 +49,6 @@ def builds(tmp_path_factory):
             require_board(board)
             cache[board, quant] = builder.build(board, quant=quant, out_dir=root / f"{board}-{quant}")
         return cache[board, quant]
-    return get
-
-
-@pytest.fixture(scope="module")
-def host_text():
-    """The host program's greedy text for a model file (the reference every target must equal)."""
-    program = runtime_build.host_program()
-    cache = {}
-
-    def get(model_path):
-        key = hashlib.sha256(model_path.read_bytes()).hexdigest()
-        if key not in cache:
-            result = subprocess.run([str(program), str(model_path), "generate", PROMPT, *GREEDY],
-                                    capture_output=True, text=True, timeout=60, check=True)
-            cache[key] = result.stdout
-        return cache[key]
     return get
 
 

@@ -18,7 +18,7 @@ import signal
 import subprocess
 
 import pytest
-from conftest import require_board
+from conftest import GREEDY, PROMPT, require_board
 
 from edgellama import builder, emulator
 from edgellama.boards import get_board
@@ -28,8 +28,6 @@ from edgellama.toolchains import get_toolchain
 
 BOARD = "qemu-riscv64-rvv"
 QUANTS = ["f32", "q8_0", "q4_0"]
-PROMPT = "once upon a time"
-GREEDY = ["--temperature", "0", "--max-tokens", "48"]
 # scalar qemu-riscv64 (RV64GC) guest instructions per token, from the README's table
 SCALAR = {"f32": 11_043_059, "q8_0": 8_757_356, "q4_0": 8_404_105}
 
@@ -44,20 +42,6 @@ def builds(tmp_path_factory):
             require_board(BOARD)
             cache[quant] = builder.build(BOARD, quant=quant, out_dir=root / quant)
         return cache[quant]
-    return get
-
-
-@pytest.fixture(scope="module")
-def host_text():
-    program = runtime_build.host_program()
-    cache = {}
-
-    def get(model_path):
-        key = hashlib.sha256(model_path.read_bytes()).hexdigest()
-        if key not in cache:
-            cache[key] = subprocess.run([str(program), str(model_path), "generate", PROMPT, *GREEDY],
-                                        capture_output=True, text=True, timeout=60, check=True).stdout
-        return cache[key]
     return get
 
 

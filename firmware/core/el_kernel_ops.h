@@ -83,6 +83,11 @@ void el_kernel_swiglu(float *gate, const float *up, int n);
 /* w[i] = el_expf(x[i] - shift) (the sampler's weights; shift is finite) */
 void el_kernel_exp_shifted(float *w, const float *x, float shift, int n);
 
+/* For a target without its own attention kernels: loops over its el_kernel_dot and
+ * el_kernel_axpy (el_kernels.c). */
+void el_key_dots_by_dot(float *out, const float *q, const float *keys, size_t stride, int n_keys, int n, float scale);
+void el_value_sum_by_axpy(float *out, const float *weights, const float *values, size_t stride, int n_values, int n);
+
 /* ---- the portable implementations, always there (targets fall back to them) ---- */
 
 void el_portable_matmul_f32(const el_matmul_task *t, uint32_t r0, uint32_t r1);

@@ -60,6 +60,18 @@ float el_dot_int8(const float *a, const int8_t *b, int n)
     return sum;
 }
 
+void el_key_dots_by_dot(float *out, const float *q, const float *keys, size_t stride, int n_keys, int n, float scale)
+{
+    int j;
+    for (j = 0; j < n_keys; j++) out[j] = scale * el_kernel_dot(q, keys + (size_t)j * stride, n);
+}
+
+void el_value_sum_by_axpy(float *out, const float *weights, const float *values, size_t stride, int n_values, int n)
+{
+    int j;
+    for (j = 0; j < n_values; j++) el_kernel_axpy(out, weights[j], values + (size_t)j * stride, n);
+}
+
 /* ------------------------------------------------------------ the embedding row */
 
 static uint16_t read_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }

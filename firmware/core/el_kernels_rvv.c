@@ -566,17 +566,15 @@ void el_kernel_exp_shifted(float *w, const float *x, float shift, int n)
     }
 }
 
-/* attention over a cache block: the portable loops over this file's dot and axpy */
+/* attention over a cache block: loops over this file's dot and axpy */
 void el_kernel_key_dots(float *out, const float *q, const float *keys, size_t stride, int n_keys, int n, float scale)
 {
-    int j;
-    for (j = 0; j < n_keys; j++) out[j] = scale * el_kernel_dot(q, keys + (size_t)j * stride, n);
+    el_key_dots_by_dot(out, q, keys, stride, n_keys, n, scale);
 }
 
 void el_kernel_value_sum(float *out, const float *weights, const float *values, size_t stride, int n_values, int n)
 {
-    int j;
-    for (j = 0; j < n_values; j++) el_kernel_axpy(out, weights[j], values + (size_t)j * stride, n);
+    el_value_sum_by_axpy(out, weights, values, stride, n_values, n);
 }
 
 #else
