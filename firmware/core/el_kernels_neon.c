@@ -2,28 +2,38 @@
  * extension, and 32-bit ARMv7 with NEON), bit for bit the portable ones.
  *
  * How each keeps the portable order:
- * - F32/F16 dot: two float32x4 accumulators are the eight lanes (0-3 and 4-7); multiply,
- *   then add (never fused: no vfmaq, no vmlaq_f32); the lanes are combined
- *   ((0+1)+(2+3))+((4+5)+(6+7)) by pairwise adds; the tail is added one element at a
- *   time. Four rows run side by side and share each load of x.
+ * - F32/F16 dot: two float32x4 accumulators are the eight lanes (0-3 and 4-7; on ARMv7,
+ *   which loads with vld2, the even and the odd ones); multiply, then add (never fused:
+ *   no vfmaq, no vmlaq_f32); the lanes are combined ((0+1)+(2+3))+((4+5)+(6+7)) by
+ *   pairwise adds; the tail is added one element at a time. Eight rows (ARMv7: four)
+ *   run side by side and share each load of x.
  * - Q8_0/Q4_0: a block's 32 int8 products are summed exactly in integers (vdotq_s32
  *   with the dot-product extension; else vmull_s8 + vmlal_s8, a pair of products fits
- *   int16, then vpadalq_s16); four rows' block sums are reduced into one register, lane
- *   j holding row j, and sum += (weight scale * activation scale) * block_sum runs per
- *   lane in block order.
+ *   int16, then vpaddlq/vpadalq_s16); four rows' block sums are reduced into one
+ *   register, lane j holding row j, and sum += (weight scale * activation scale) *
+ *   block_sum runs per lane in block order. Eight rows a group; their fp16 scales are
+ *   converted once for the whole batch.
+ * - quantize: max |x| as the integer maximum of the magnitudes' bits, the scale and its
+ *   inverse by scalar division, v + copysign(0.5, v) truncated (the same integer as the
+ *   portable rounding, -0 included).
  * - exp: el_expf's steps as vector operations, its branches as selects.
- * Rows are taken in groups of four; the group's weights stay in cache while every
- * activation row of the batch passes over them, so a prompt reads each weight once.
+ * Rows are taken in groups; the group's weights stay in cache while every activation row
+ * of the batch passes over them, so a prompt reads each weight once.
+ *
+ * NaNs: which NaN comes out of two NaN operands depends on their order, and compilers
+ * order commutative operands as they like (in the portable code too), so a result that
+ * is a NaN is recomputed by the portable code.
  *
  * ARMv7 (32-bit) NEON is not IEEE: it flushes subnormal inputs and results to zero and
  * returns the default NaN. The portable code runs on VFP, which is IEEE. So on ARMv7 a
  * float kernel takes the vector path only where no subnormal can occur and falls back to
  * the portable code (for that row, activation row or four values) otherwise:
- * - dots: every nonzero weight and activation is checked to be at least 2^-43 and 2^-60
- *   in magnitude (F16 weights are at least 2^-24). Then every nonzero product is at
- *   least 2^-103, a multiple of 2^-126, and so is every partial sum: each is zero or
- *   normal, and flushing never happens. A NaN result (where payloads could differ) is
- *   recomputed by the portable code.
+ * - matmul F32/F16: every nonzero weight and activation is checked to be at least 2^-43
+ *   and 2^-60 in magnitude (F16 weights are at least 2^-24, activations then need
+ *   2^-79). Then every nonzero product is at least 2^-103, a multiple of 2^-126, and so
+ *   is every partial sum: each is zero or normal, and flushing never happens. Weights
+ *   are checked once per group for the whole batch, on their top bytes first.
+ * - dot: every product must be at least 2^-102 (which excludes flushed inputs too).
  * - Q8_0/Q4_0: activation scales are checked the same way (weight scales from fp16 are
  *   at least 2^-24, block sums are integers).
  * - quantize: blocks with 0 < max|x| < 2^-100 (or NaN) go to el_quantize_int8; otherwise
@@ -31,7 +41,9 @@
  * - exp: four values with a lane whose result is below 2^-125 go to el_expf (the vector
  *   steps before the final scaling never meet a subnormal that could change a bit);
  *   divisions (no vector divide) and swiglu's last steps run on VFP.
- * - axpy runs on VFP (the portable code).
+ * - axpy runs on VFP (the portable code): checking y, x and a*x costs what it saves.
+ * - float comparisons are done on the bits as integers: GCC compiles NEON float
+ *   comparisons lane by lane on VFP there.
  * fp16 conversion on ARMv7 is integer bit manipulation (exact, subnormals included);
  * on aarch64 vcvt_f32_f16 is exact.
  */
@@ -65,7 +77,6 @@
 #else
 #define EL_GROUP_F 4
 #endif
-#define EL_GROUP_MAX 8
 #define EL_BATCH_CHUNK 32 /* activation rows whose checks are kept at once (ARMv7) */
 #define EL_SCALE_CHUNK 64 /* blocks whose weight scales a group converts at once */
 
@@ -232,20 +243,19 @@ EL_NOINLINE void portable_one(const el_matmul_task *t, uint32_t r, int b)
     }
 }
 
-/* Stores a group's results (n_rows of the group's G). A NaN is recomputed by the
- * portable code: which NaN comes out of two NaN operands depends on their order, and the
- * compiler orders commutative operands as it likes, in either code. On ARMv7 so is every
- * result whose checks failed (ok == 0). */
+/* Stores a group's results (n_rows of its `group`). A NaN is recomputed by the portable
+ * code (see the top of the file); on ARMv7 so is every result whose checks failed
+ * (ok == 0). */
 EL_INLINE void store_group(const el_matmul_task *t, uint32_t r, uint32_t n_rows, int b, const float *out, int ok,
-                           uint32_t G)
+                           uint32_t group)
 {
     float *y = t->y + (size_t)b * t->w->rows + r;
     uint32_t k;
-    if (ok && n_rows == G) {
+    if (ok && n_rows == group) {
         uint32x4_t nan = vdupq_n_u32(0);
-        EL_UNROLL for (k = 0; k < G; k += 4) nan = vorrq_u32(nan, nan_lanes(vld1q_f32(out + k)));
+        EL_UNROLL for (k = 0; k < group; k += 4) nan = vorrq_u32(nan, nan_lanes(vld1q_f32(out + k)));
         if (max_lane(nan) == 0) {
-            EL_UNROLL for (k = 0; k < G; k += 4) vst1q_f32(y + k, vld1q_f32(out + k));
+            EL_UNROLL for (k = 0; k < group; k += 4) vst1q_f32(y + k, vld1q_f32(out + k));
             return;
         }
     }
@@ -257,10 +267,10 @@ EL_INLINE void store_group(const el_matmul_task *t, uint32_t r, uint32_t n_rows,
 
 /* The group's row pointers: rows r.. (a short last group repeats its last row). */
 EL_INLINE uint32_t group_rows(const el_matmul_task *t, uint32_t r, uint32_t r1, size_t row_bytes, const uint8_t **w,
-                              uint32_t G)
+                              uint32_t group)
 {
-    uint32_t k, n_rows = r1 - r < G ? r1 - r : G;
-    EL_UNROLL for (k = 0; k < G; k++)
+    uint32_t k, n_rows = r1 - r < group ? r1 - r : group;
+    EL_UNROLL for (k = 0; k < group; k++)
         w[k] = (const uint8_t *)t->w->data + (size_t)(r + (k < n_rows ? k : n_rows - 1)) * row_bytes;
     return n_rows;
 }
@@ -356,21 +366,28 @@ EL_INLINE void dot_group_float(const uint8_t *const *w, const float *x, int n, f
 
 #if !EL_NEON_IEEE
 /* ARMv7: every weight of the group's F32 rows zero or at least 2^-43 in magnitude (the
- * weights' side of the products' bound), checked once for the whole batch. */
+ * weights' side of the products' bound), checked once for the whole batch. First on the
+ * top bytes alone (sign and exponent but its last bit: 16 weights a vld4), which passes
+ * a row whose weights all have exponents of at least 84; a row with a zero (or a small
+ * weight) is then checked exactly. The tail runs on VFP. */
 static int f32_rows_clear_of_zero(const uint8_t *const *w, int n)
 {
-    const uint32x4_t one = vdupq_n_u32(1u);
-    uint32x4_t m0 = vdupq_n_u32(0xffffffffu), m1 = m0;
-    int i = 0, k, whole = n - n % 8;
+    int k, whole = n - n % 8;
     for (k = 0; k < G; k++) {
-        const float *p = (const float *)(const void *)w[k];
-        for (i = 0; i < whole; i += 8, p += 8) {
-            uint32x4x2_t v = vld2q_u32((const uint32_t *)(const void *)p);
-            m0 = vminq_u32(m0, vsubq_u32(vshlq_n_u32(v.val[0], 1), one)); /* magnitude_key */
-            m1 = vminq_u32(m1, vsubq_u32(vshlq_n_u32(v.val[1], 1), one));
-        }
+        const uint8_t *p = w[k], *end = p + 4 * (size_t)whole;
+        uint8x16_t m = vdupq_n_u8(0xff);
+        uint8x8_t t;
+        for (; p + 64 <= end; p += 64) m = vminq_u8(m, vshlq_n_u8(vld4q_u8(p).val[3], 1));
+        t = vpmin_u8(vget_low_u8(m), vget_high_u8(m));
+        t = vpmin_u8(t, t);
+        t = vpmin_u8(t, t);
+        t = vpmin_u8(t, t);
+        if ((p < end && !floats_clear_of_zero((const float *)(const void *)p, (int)(end - p) / 4, EL_MIN_EXP_W)) ||
+            (vget_lane_u8(t, 0) < EL_MIN_EXP_W &&
+             !floats_clear_of_zero((const float *)(const void *)w[k], whole, EL_MIN_EXP_W)))
+            return 0;
     }
-    return min_lane(vminq_u32(m0, m1)) >= key_floor(EL_MIN_EXP_W); /* the tail runs on VFP */
+    return 1;
 }
 #endif
 
@@ -499,12 +516,29 @@ EL_INLINE int32x4_t block_sum8(int8x16_t x0, int8x16_t x1)
 #endif
 }
 
+#if !defined(__aarch64__)
+static int8x16x2_t vld1q_s8_pair(const int8_t *p)
+{
+    int8x16x2_t v;
+    v.val[0] = vld1q_s8(p);
+    v.val[1] = vld1q_s8(p + 16);
+    return v;
+}
+#endif
+
 /* d[j * G + k] = the fp16 scale of block j of row k (rows at w[k]), for n_blocks blocks. */
 static void group_scales(const uint8_t *const *w, size_t step, uint32_t n_blocks, float *d)
 {
     const uint8_t *p[G];
     uint32_t j;
     int g, k;
+#if !EL_NEON_IEEE
+    /* ARMv7: normal halves only ((exponent + 112, mantissa) in place, the sign), the
+     * smallest and largest exponent kept; a zero, subnormal, inf or NaN scale (rare) and
+     * the chunk is converted again in full */
+    uint32x4_t lowest = vdupq_n_u32(0xffffffffu), highest = vdupq_n_u32(0);
+    float *d0 = d;
+#endif
     EL_UNROLL for (k = 0; k < G; k++) p[k] = w[k];
     for (j = 0; j < n_blocks; j++, d += G) {
         EL_UNROLL for (g = 0; g < G; g += 4) {
@@ -513,10 +547,35 @@ static void group_scales(const uint8_t *const *w, size_t step, uint32_t n_blocks
             h = vld1_lane_u16((const uint16_t *)(const void *)p[g + 1], h, 1);
             h = vld1_lane_u16((const uint16_t *)(const void *)p[g + 2], h, 2);
             h = vld1_lane_u16((const uint16_t *)(const void *)p[g + 3], h, 3);
+#if EL_NEON_IEEE
             vst1q_f32(d + g, fp16x4_to_f32(h));
+#else
+            {
+                uint32x4_t em = vandq_u32(vshll_n_u16(h, 13), vdupq_n_u32(0x0fffe000u));
+                lowest = vminq_u32(lowest, em);
+                highest = vmaxq_u32(highest, em);
+                vst1q_f32(d + g, vreinterpretq_f32_u32(vbslq_u32(vdupq_n_u32(0x80000000u), vshll_n_u16(h, 16),
+                                                                 vaddq_u32(em, vdupq_n_u32(112u << 23)))));
+            }
+#endif
         }
         EL_UNROLL for (k = 0; k < G; k++) p[k] += step;
     }
+#if !EL_NEON_IEEE
+    if (min_lane(lowest) < (1u << 23) || max_lane(highest) >= (31u << 23)) { /* exponent 0 or 31 */
+        EL_UNROLL for (k = 0; k < G; k++) p[k] = w[k];
+        for (d = d0, j = 0; j < n_blocks; j++, d += G) {
+            EL_UNROLL for (g = 0; g < G; g += 4) {
+                uint16x4_t h = vdup_n_u16(read_u16(p[g]));
+                h = vset_lane_u16(read_u16(p[g + 1]), h, 1);
+                h = vset_lane_u16(read_u16(p[g + 2]), h, 2);
+                h = vset_lane_u16(read_u16(p[g + 3]), h, 3);
+                vst1q_f32(d + g, fp16x4_to_f32(h));
+            }
+            EL_UNROLL for (k = 0; k < G; k++) p[k] += step;
+        }
+    }
+#endif
 }
 
 /* out[k] += row k's block terms for the group's rows (blocks from w[k], scales d) of a
@@ -542,8 +601,16 @@ EL_INLINE void dot_group_quant(const uint8_t *const *w, const float *d, const in
 #endif
     }
     for (j = 0; j < n_blocks; j++, xq += EL_QBLOCK, d += G) {
+#if defined(__aarch64__)
         int8x16_t x0 = vld1q_s8(xq), x1 = vld1q_s8(xq + 16);
-        float s = xs[j];
+        float32x4_t s = vdupq_n_f32(xs[j]);
+#else
+        /* Q8_0 on ARMv7 takes a block's bytes even/odd (one vld2 for 32 bytes), the same
+         * for weights and activations: the same products, summed in another order, exactly */
+        int8x16x2_t xv = q4 ? vld1q_s8_pair(xq) : vld2q_s8(xq);
+        int8x16_t x0 = xv.val[0], x1 = xv.val[1];
+        float32x4_t s = vld1q_dup_f32(xs + j);
+#endif
         EL_UNROLL for (g = 0; g < G / 4; g++) {
             int32x4_t isum;
             if (q4) {
@@ -559,9 +626,7 @@ EL_INLINE void dot_group_quant(const uint8_t *const *w, const float *d, const in
 #if defined(__aarch64__)
                     int8x16x2_t v = vld1q_s8_x2((const int8_t *)p[k]);
 #else
-                    int8x16x2_t v;
-                    v.val[0] = vld1q_s8((const int8_t *)p[k]);
-                    v.val[1] = vld1q_s8((const int8_t *)p[k] + 16);
+                    int8x16x2_t v = vld2q_s8((const int8_t *)p[k]);
 #endif
                     p[k] += step;
                     acc[k] = block_dot(acc[k], v.val[0], v.val[1], x0, x1);
@@ -578,7 +643,7 @@ EL_INLINE void dot_group_quant(const uint8_t *const *w, const float *d, const in
             /* sum of (n - 8) * x = sum of n * x - 8 * sum of x */
             if (q4) isum = vsubq_s32(isum, block_sum8(x0, x1));
             /* sum += (weight scale * activation scale) * (float)isum, per lane */
-            sum[g] = vaddq_f32(sum[g], vmulq_f32(vmulq_n_f32(vld1q_f32(d + 4 * g), s), vcvtq_f32_s32(isum)));
+            sum[g] = vaddq_f32(sum[g], vmulq_f32(vmulq_f32(vld1q_f32(d + 4 * g), s), vcvtq_f32_s32(isum)));
         }
     }
     EL_UNROLL for (g = 0; g < G / 4; g++) vst1q_f32(out + 4 * g, sum[g]);
@@ -687,39 +752,37 @@ void el_kernel_quantize_blocks(int8_t *q, float *scales, const float *x, int n_b
 
 float el_kernel_dot(const float *a, const float *b, int n)
 {
-    float32x4_t lo = vdupq_n_f32(0.0f), hi = lo;
     float sum;
     int i, whole = n - n % 8;
-#if !EL_NEON_IEEE
-    uint32x4_t ka = vdupq_n_u32(0xffffffffu), kb = ka;
-#endif
-    for (i = 0; i < whole; i += 8) {
-        float32x4_t al = vld1q_f32(a + i), ah = vld1q_f32(a + i + 4), bl = vld1q_f32(b + i), bh = vld1q_f32(b + i + 4);
-        lo = vaddq_f32(lo, vmulq_f32(al, bl));
-        hi = vaddq_f32(hi, vmulq_f32(ah, bh));
-#if !EL_NEON_IEEE
-        ka = vminq_u32(ka, vminq_u32(magnitude_key(al), magnitude_key(ah)));
-        kb = vminq_u32(kb, vminq_u32(magnitude_key(bl), magnitude_key(bh)));
-#endif
-    }
 #if defined(__aarch64__)
-    {
-        float32x4_t p = vpaddq_f32(lo, hi); /* l0+l1, l2+l3, l4+l5, l6+l7 */
-        sum = vpadds_f32(vget_low_f32(vpaddq_f32(p, p)));
+    float32x4_t lo = vdupq_n_f32(0.0f), hi = lo, p;
+    for (i = 0; i < whole; i += 8) {
+        lo = vaddq_f32(lo, vmulq_f32(vld1q_f32(a + i), vld1q_f32(b + i)));
+        hi = vaddq_f32(hi, vmulq_f32(vld1q_f32(a + i + 4), vld1q_f32(b + i + 4)));
     }
+    p = vpaddq_f32(lo, hi); /* l0+l1, l2+l3, l4+l5, l6+l7 */
+    sum = vpadds_f32(vget_low_f32(vpaddq_f32(p, p)));
 #else
-    {
-        float32x2_t p = vpadd_f32(vpadd_f32(vget_low_f32(lo), vget_high_f32(lo)),
-                                  vpadd_f32(vget_low_f32(hi), vget_high_f32(hi)));
-        sum = vget_lane_f32(p, 0) + vget_lane_f32(p, 1);
+    float32x4_t ev = vdupq_n_f32(0.0f), od = ev, p;
+    float32x2_t q;
+    uint32x4_t m = vdupq_n_u32(0xffffffffu);
+    for (i = 0; i < whole; i += 8) {
+        float32x4x2_t av = vld2q_f32(a + i), bv = vld2q_f32(b + i); /* even and odd elements */
+        float32x4_t p0 = vmulq_f32(av.val[0], bv.val[0]), p1 = vmulq_f32(av.val[1], bv.val[1]);
+        ev = vaddq_f32(ev, p0);
+        od = vaddq_f32(od, p1);
+        m = vminq_u32(m, vminq_u32(vshlq_n_u32(vreinterpretq_u32_f32(p0), 1), vshlq_n_u32(vreinterpretq_u32_f32(p1), 1)));
     }
+    /* ARMv7: every product at least 2^-102 in magnitude (so no input was zero or
+     * subnormal, and each partial sum is a multiple of 2^-125: no flushing), else the
+     * portable code */
+    if (whole > 0 && min_lane(m) < (25u << 24)) return el_portable_dot(a, b, n);
+    p = vaddq_f32(ev, od); /* l0+l1, l2+l3, l4+l5, l6+l7 */
+    q = vpadd_f32(vget_low_f32(p), vget_high_f32(p));
+    sum = vget_lane_f32(q, 0) + vget_lane_f32(q, 1);
 #endif
     for (; i < n; i++) sum += a[i] * b[i];
-#if !EL_NEON_IEEE
-    /* either side may hold the activations: both at least 2^-51 (products >= 2^-102) */
-    if (min_lane(ka) < key_floor(76u) || min_lane(kb) < key_floor(76u)) return el_portable_dot(a, b, n);
-#endif
-    return sum == sum ? sum : el_portable_dot(a, b, n); /* a NaN: see store_group */
+    return sum == sum ? sum : el_portable_dot(a, b, n); /* a NaN: see the top of the file */
 }
 
 void el_kernel_axpy(float *y, float a, const float *x, int n)
@@ -730,14 +793,12 @@ void el_kernel_axpy(float *y, float a, const float *x, int n)
     for (i = 0; i + 8 <= n; i += 8) {
         float32x4_t lo = vaddq_f32(vld1q_f32(y + i), vmulq_f32(av, vld1q_f32(x + i)));
         float32x4_t hi = vaddq_f32(vld1q_f32(y + i + 4), vmulq_f32(av, vld1q_f32(x + i + 4)));
-        if (max_lane(vorrq_u32(nan_lanes(lo), nan_lanes(hi))) != 0) {
-            el_portable_axpy(y + i, a, x + i, 8); /* a NaN: see store_group */
-            continue;
-        }
+        if (max_lane(vorrq_u32(nan_lanes(lo), nan_lanes(hi))) != 0) break; /* a NaN: see the top of the file */
         vst1q_f32(y + i, lo);
         vst1q_f32(y + i + 4, hi);
     }
-    el_portable_axpy(y + i, a, x + i, n - i);
+    /* the rest (and the eight with a NaN) by the portable code */
+    if (i < n) el_portable_axpy(y + i, a, x + i, n - i);
 #else
     el_portable_axpy(y, a, x, n);
 #endif
@@ -747,7 +808,7 @@ void el_kernel_axpy(float *y, float a, const float *x, int n)
 
 /* el_expf on four lanes, its steps in its order. On ARMv7, *hard gets the lanes whose
  * result would pass through the subnormal range (n <= -126, x in range). */
-static float32x4_t expf4(float32x4_t x, uint32x4_t *hard)
+EL_INLINE float32x4_t expf4(float32x4_t x, uint32x4_t *hard)
 {
     const float ln2_hi = 0.693145751953125f, ln2_lo = 1.428606765330187e-06f;
     uint32x4_t low, high, under, bits = vreinterpretq_u32_f32(x);
@@ -798,8 +859,8 @@ void el_kernel_swiglu(float *gate, const float *up, int n)
 #if EL_NEON_IEEE
         float32x4_t out = vmulq_f32(vdivq_f32(g, vaddq_f32(vdupq_n_f32(1.0f), e)), vld1q_f32(up + i));
         (void)k;
-        if (vmaxvq_u32(nan_lanes(out)) != 0) el_portable_swiglu(gate + i, up + i, 4); /* a NaN: see store_group */
-        else vst1q_f32(gate + i, out);
+        if (vmaxvq_u32(nan_lanes(out)) != 0) break; /* a NaN: see the top of the file; the rest below */
+        vst1q_f32(gate + i, out);
 #else
         float ev[4], out[4];
         int nan = 0;
@@ -812,11 +873,11 @@ void el_kernel_swiglu(float *gate, const float *up, int n)
             out[k] = gate[i + k] / (1.0f + ev[k]) * up[i + k];
             nan |= out[k] != out[k];
         }
-        if (nan) el_portable_swiglu(gate + i, up + i, 4); /* a NaN: see store_group */
+        if (nan) el_portable_swiglu(gate + i, up + i, 4); /* a NaN: see the top of the file */
         else for (k = 0; k < 4; k++) gate[i + k] = out[k];
 #endif
     }
-    el_portable_swiglu(gate + i, up + i, n - i);
+    if (i < n) el_portable_swiglu(gate + i, up + i, n - i);
 }
 
 void el_kernel_exp_shifted(float *w, const float *x, float shift, int n)
@@ -838,20 +899,18 @@ void el_kernel_exp_shifted(float *w, const float *x, float shift, int n)
         (void)k;
         vst1q_f32(w + i, e);
     }
-    el_portable_exp_shifted(w + i, x + i, shift, n - i);
+    if (i < n) el_portable_exp_shifted(w + i, x + i, shift, n - i);
 }
 
-/* attention over a cache block: the portable loops over this file's dot and axpy */
+/* attention over a cache block: loops over this file's dot and axpy */
 void el_kernel_key_dots(float *out, const float *q, const float *keys, size_t stride, int n_keys, int n, float scale)
 {
-    int j;
-    for (j = 0; j < n_keys; j++) out[j] = scale * el_kernel_dot(q, keys + (size_t)j * stride, n);
+    el_key_dots_by_dot(out, q, keys, stride, n_keys, n, scale);
 }
 
 void el_kernel_value_sum(float *out, const float *weights, const float *values, size_t stride, int n_values, int n)
 {
-    int j;
-    for (j = 0; j < n_values; j++) el_kernel_axpy(out, weights[j], values + (size_t)j * stride, n);
+    el_value_sum_by_axpy(out, weights, values, stride, n_values, n);
 }
 
 #else
