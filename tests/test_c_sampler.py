@@ -141,10 +141,10 @@ class Reference:
     def greedy(p):
         return not F32(p["temperature"]) >= F32(1e-5)
 
-    def filtered(self, p, x):
-        """Integer weights after min_p, top_k, top_p; the kept tokens in rank order; the total."""
-        x = x / F32(p["temperature"])
-        w = self.exp(x - x.max())
+    @staticmethod
+    def min_p_top_k(p, weights_f32):
+        """Integer weights after min_p and top_k; the kept tokens in rank order."""
+        w = weights_f32
         keep = w > 0
         if F32(p["min_p"]) > 0:
             keep &= w >= F32(p["min_p"])
@@ -154,16 +154,31 @@ class Reference:
         if 0 < p["top_k"] < len(order):
             weights[order[p["top_k"]:]] = 0
             order = order[:p["top_k"]]
-        total = int(weights.sum())
-        if F32(p["top_p"]) < 1 and len(order) > 1:
-            need = float(F32(p["top_p"])) * float(total)  # a double product, as in C
-            before = np.cumsum(weights[order])[:-1]  # exact integer sums of the ranks before
-            keep_n = 1 + int(np.sum(before.astype(np.float64) < need))
-            if keep_n < len(order):
-                weights[order[keep_n:]] = 0
-                order = order[:keep_n]
-                total = int(weights.sum())
-        return x, weights, order, total
+        return weights, order
+
+    @staticmethod
+    def top_p_applies(p, order):
+        return F32(p["top_p"]) < 1 and len(order) > 1
+
+    @staticmethod
+    def top_p_need(p, weights):
+        return float(F32(p["top_p"])) * float(int(weights.sum()))  # a double product, as in C
+
+    def top_p_cut(self, p, weights, order):
+        before = np.cumsum(weights[order])[:-1]  # exact integer sums of the ranks before
+        keep_n = 1 + int(np.sum(before.astype(np.float64) < self.top_p_need(p, weights)))
+        if keep_n < len(order):
+            weights[order[keep_n:]] = 0
+            order = order[:keep_n]
+        return weights, order
+
+    def filtered(self, p, x):
+        """Integer weights after min_p, top_k, top_p; the kept tokens in rank order; the total."""
+        x = x / F32(p["temperature"])
+        weights, order = self.min_p_top_k(p, self.exp(x - x.max()))
+        if self.top_p_applies(p, order):
+            weights, order = self.top_p_cut(p, weights, order)
+        return x, weights, order, int(weights.sum())
 
     def distribution(self, p, logits, prompt=(), output=()):
         x = self.penalize(p, logits, prompt, output)
@@ -175,15 +190,29 @@ class Reference:
         probs = (weights / total).astype(F32) if total else np.zeros_like(x)
         return x, probs, len(order)
 
+    @staticmethod
+    def draw(weights, rng):
+        target = (int(weights.sum()) * rng.next()) >> 32
+        return int(np.nonzero(np.cumsum(weights) > target)[0][0])  # index order
+
     def sample(self, p, logits, prompt, output, rng):
         x = self.penalize(p, logits, prompt, output)
         if self.greedy(p):
             return int(np.argmax(x))
-        x, weights, order, total = self.filtered(p, x)
-        if total == 0:
+        x = x / F32(p["temperature"])
+        weights, order = self.min_p_top_k(p, self.exp(x - x.max()))
+        if int(weights.sum()) == 0:
             return 0
-        target = (total * rng.next()) >> 32
-        return int(np.nonzero(np.cumsum(weights) > target)[0][0])  # index order
+        if self.top_p_applies(p, order):
+            need = self.top_p_need(p, weights)
+            for _ in range(4):  # draws from everything, kept when inside the nucleus
+                token = self.draw(weights, rng)
+                w = weights[token]
+                before = int(weights[weights > w].sum()) + int(w) * int(np.sum(weights[:token] == w))
+                if float(before) < need:
+                    return token
+            weights, order = self.top_p_cut(p, weights, order)
+        return self.draw(weights, rng)
 
     def generate(self, p, table, prompt, steps):
         rng, output = PCG32(p["seed"]), []
@@ -421,6 +450,7 @@ GENERATIONS = [
     dict(top_k=20),
     dict(top_k=5, top_p=0.7),
     dict(top_p=0.5),
+    dict(top_p=0.05, temperature=1.5),  # a small nucleus in a flat distribution: most draws miss it
     dict(min_p=0.1),
     dict(min_p=0.05, top_k=30, top_p=0.9, temperature=0.9),
     dict(repetition_penalty=1.3, temperature=0.8),
