@@ -1,12 +1,16 @@
 """`edgellama bench --suite`: the speed and memory goals, measured on this machine.
 
 Each case runs the host's edgellama-run in a process of its own (`bench` mode: a 64-token
-prompt, then 128 generated tokens, medians over the repetitions) on a model it makes
+prompt, then 128 generated tokens, the median of three in the process) on a model it makes
 itself: random weights in the shape of llama2.c's stories15M (the `15m` preset with a
 synthetic 32,000-entry vocabulary) and stories260K, and the embedded default model. Speed
 does not depend on what the weights learned, so nothing is downloaded.
 
-Where a figure has a bound, the suite measures it in the same run: one thread's read
+The cases run in rounds, each case once a round, and each figure is the median over the
+rounds: two figures a goal compares (two threads against one, eight sequences against
+one, a sampling call against a decode step) are taken side by side, so a machine whose
+speed drifts moves both. Where a figure has a bound, the suite measures it in the same
+rounds: one thread's read
 bandwidth from DRAM (a buffer far larger than the caches) and from the last-level cache,
 divided by the bytes a decode step reads (every weight once). The table gives each
 figure, its goal, its bound, the ratio and whether the goal is met; the JSON keeps the
@@ -17,6 +21,7 @@ is kept in $EDGELLAMA_HOME/bench-suite.json.
 import json
 import os
 import platform
+import statistics
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
@@ -31,6 +36,7 @@ from .runtime import build as runtime_build
 from .synthetic import write_synthetic
 
 PROMPT_TOKENS, GEN_TOKENS = 64, 128
+MiB = 1 << 20
 SAMPLED = ["--temperature", "1", "--top-p", "0.9"]
 GREEDY = ["--temperature", "0"]
 
@@ -115,6 +121,12 @@ def weight_bytes(path: Path) -> int:
 
 # ---------------------------------------------------------------- the suite
 
+def _medians(results: list) -> dict:
+    """Field by field, the median of several bench JSONs (text fields from the first)."""
+    return {k: statistics.median(r[k] for r in results) if isinstance(v, (int, float)) else v
+            for k, v in results[0].items()}
+
+
 def _goal(figure, at_least, text=None) -> tuple:
     return (text or f"≥ {at_least:,.0f}"), figure >= at_least
 
@@ -126,26 +138,33 @@ def run_suite(repetitions: int = 3, threads: int = 2, progress=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="edgellama-suite-") as tmp:
         say("making the models")
         models = make_models(Path(tmp))
-        say("measuring bandwidth")
-        dram = bandwidth_gb_s(512, 3)
-        cache = bandwidth_gb_s(8, 20)
         one = ["--threads", "1"]
-
-        def bench(model, *flags):
-            say(f"{model} {' '.join(flags)}")
-            return run_bench(models[model], *flags, repetitions=repetitions)
-
-        q8 = bench("15m-q8_0", *one, *GREEDY)
-        q4 = bench("15m-q4_0", *one, *GREEDY)
-        f32 = bench("15m-f32", *one, *GREEDY)
-        q8_threads = bench("15m-q8_0", "--threads", str(threads), *GREEDY)
-        q8_seqs = bench("15m-q8_0", *one, *GREEDY, "--sequences", "8")
-        q8_sampled = bench("15m-q8_0", *one, *SAMPLED)
-        s260 = bench("260k-f32", *one, *GREEDY)
-        d_f32 = bench("default-f32", *one, *GREEDY)
-        d_q8 = bench("default-q8_0", *one, *GREEDY)
-        rss_15m = bench("15m-q8_0", *one, *GREEDY, "--gen-tokens", str(256 - PROMPT_TOKENS), "--max-model-len", "256")
-        rss_default = bench("default-q8_0", *one, *GREEDY, "--gen-tokens", str(256 - PROMPT_TOKENS))
+        runs = {
+            "q8": ("15m-q8_0", *one, *GREEDY),
+            "q4": ("15m-q4_0", *one, *GREEDY),
+            "f32": ("15m-f32", *one, *GREEDY),
+            "q8_threads": ("15m-q8_0", "--threads", str(threads), *GREEDY),
+            "q8_seqs": ("15m-q8_0", *one, *GREEDY, "--sequences", "8"),
+            "q8_sampled": ("15m-q8_0", *one, *SAMPLED),
+            "s260": ("260k-f32", *one, *GREEDY),
+            "d_f32": ("default-f32", *one, *GREEDY),
+            "d_q8": ("default-q8_0", *one, *GREEDY),
+            "rss_15m": ("15m-q8_0", *one, *GREEDY, "--gen-tokens", str(256 - PROMPT_TOKENS), "--max-model-len", "256"),
+            "rss_default": ("default-f32", *one, *GREEDY, "--gen-tokens", str(256 - PROMPT_TOKENS)),
+        }
+        # Rounds: every case once per round, the bandwidth too, so the figures a ratio
+        # compares were taken side by side however the machine's speed drifts; medians.
+        taken = {key: [] for key in runs}
+        dram_runs, cache_runs = [], []
+        for round_no in range(repetitions):
+            say(f"round {round_no + 1} of {repetitions}")
+            dram_runs.append(bandwidth_gb_s(512, 2))
+            cache_runs.append(bandwidth_gb_s(8, 10))
+            for key, (model, *flags) in runs.items():
+                taken[key].append(run_bench(models[model], *flags, repetitions=3))
+        dram, cache = statistics.median(dram_runs), statistics.median(cache_runs)
+        q8, q4, f32, q8_threads, q8_seqs, q8_sampled, s260, d_f32, d_q8, rss_15m, rss_default = (
+            _medians(taken[key]) for key in runs)
 
         def decode_bound(model, gb_s):
             return gb_s * 1e9 / weight_bytes(models[model])
@@ -179,10 +198,10 @@ def run_suite(repetitions: int = 3, threads: int = 2, progress=None) -> dict:
                           "≤ 5% of a step", share <= 0.05, note=f"{100 * share:.1f}% of a {step_us:,.0f} µs step"))
         cases.append(Case("greedy (argmax), 32,000 tokens", q8["sample_us"], "µs a token",
                           note=f"{100 * q8['sample_us'] / step_us:.1f}% of a step"))
-        cases.append(Case("peak RSS, 15M shape Q8_0, 256 tokens", rss_15m["max_rss_bytes"] / 1e6, "MB",
-                          "≤ 23", rss_15m["max_rss_bytes"] / 1e6 <= 23.0))
-        cases.append(Case("peak RSS, default model Q8_0, 256 tokens", rss_default["max_rss_bytes"] / 1e6, "MB",
-                          "≤ 5.6", rss_default["max_rss_bytes"] / 1e6 <= 5.6))
+        cases.append(Case("peak RSS, 15M shape Q8_0, 256 tokens", rss_15m["max_rss_bytes"] / MiB, "MiB",
+                          "≤ 23", rss_15m["max_rss_bytes"] / MiB <= 23.0))
+        cases.append(Case("peak RSS, default model, 256 tokens", rss_default["max_rss_bytes"] / MiB, "MiB",
+                          "≤ 5.6", rss_default["max_rss_bytes"] / MiB <= 5.6))
     info = machine()
     info["kernels"] = q8["kernels"]
     return {"machine": info, "bandwidth_gb_s": {"dram": dram, "cache": cache}, "repetitions": repetitions,
@@ -221,7 +240,7 @@ def format_table(result: dict, last: dict | None = None) -> str:
     caches = ", ".join(f"{k} {v}" for k, v in m["caches"].items())
     lines = [f"machine: {m['cpu']} ({m['arch']}), {m['cores']} cores; {caches}; kernels {m['kernels']}",
              f"bandwidth, one thread: DRAM {bw['dram']:.1f} GB/s, cache {bw['cache']:.1f} GB/s "
-             f"(medians of {result['repetitions']} repetitions below)", ""]
+             f"(medians of {result['repetitions']} rounds below)", ""]
     before = {c["name"]: c["figure"] for c in (last or {}).get("cases", [])}
     header = ["case", "figure", "unit", "goal", "met", "bound", "ratio", "vs last", "note"]
     rows = []
