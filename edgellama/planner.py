@@ -207,7 +207,7 @@ def forward_bytes_formula(cfg: dict, max_rows: int, max_logits: int, max_context
     """el_forward_bytes written out (see kv_block_bytes_formula)."""
     widest = max(cfg["dim"], cfg["hidden_dim"])
     floats = (max_rows * (4 * cfg["dim"] + 2 * cfg["kv_dim"] + 2 * cfg["hidden_dim"] + cfg["head_dim"])
-              + max_context * max(threads, 1)
+              + max_context * max(threads, 1) * (cfg["n_heads"] // cfg["n_kv_heads"])
               + cfg["head_dim"] // 2 + max_logits * cfg["vocab_size"] + max_rows * widest // 32)
     return floats * 4 + max_rows * widest + 16 * 16
 
@@ -572,8 +572,9 @@ def plan(board, model_path=None, ctx=None, quant=None, max_seqs=None, kv_dtype="
     part_notes = dict(PARTS)
     part_notes["KV pool"] = (f"{n_blocks} blocks x {block_bytes:,} bytes ({block_size} tokens x "
                              f"{info.config['n_layers']} layers, {kv_dtype}, bookkeeping included)")
+    group = info.config["n_heads"] // info.config["n_kv_heads"]
     part_notes["activations"] = (f"forward pass: {max_batch_tokens} rows, {max_seqs} logits row(s), "
-                                 f"{ctx} attention scores x {threads} thread(s)")
+                                 f"{ctx} attention scores x {group} head(s) of a kv group x {threads} thread(s)")
     part_notes["sequences"] = (f"{max_seqs} x (struct, {ctx} tokens, {-(-ctx // block_size)}-entry block table, "
                                f"{ctx * (info.max_piece_len + 4) + 8:,} bytes of text)")
     part_notes["prompt scratch"] = f"tokenizing a prompt or chat turn of {prompt_for(ctx):,} bytes"

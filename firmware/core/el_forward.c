@@ -11,7 +11,8 @@ size_t el_forward_bytes(const el_config *c, int max_rows, int max_logits, int ma
     size_t rows = (size_t)max_rows, widest = (size_t)max_int(c->dim, c->hidden_dim);
     size_t per_row = 4 * (size_t)c->dim + 2 * (size_t)c->kv_dim + 2 * (size_t)c->hidden_dim + (size_t)c->head_dim;
     size_t floats = rows * per_row
-                    + (size_t)max_context * (size_t)max_int(n_workers, 1) + (size_t)c->head_dim / 2
+                    + (size_t)max_context * (size_t)max_int(n_workers, 1) * (size_t)(c->n_heads / c->n_kv_heads)
+                    + (size_t)c->head_dim / 2
                     + (size_t)max_logits * (size_t)c->vocab_size + rows * widest / 32;
     return floats * sizeof(float) + rows * widest + 16 * 16;
 }
@@ -36,7 +37,8 @@ el_status el_forward_init(el_forward_state *s, const el_config *c, int max_rows,
     s->v = (float *)el_arena_alloc(arena, rows * (size_t)c->kv_dim * sizeof(float), 16);
     s->hb = (float *)el_arena_alloc(arena, rows * (size_t)c->hidden_dim * sizeof(float), 16);
     s->hb2 = (float *)el_arena_alloc(arena, rows * (size_t)c->hidden_dim * sizeof(float), 16);
-    s->scores = (float *)el_arena_alloc(arena, (size_t)max_context * (size_t)s->n_workers * sizeof(float), 16);
+    s->scores = (float *)el_arena_alloc(arena, (size_t)max_context * (size_t)s->n_workers *
+                                                   (size_t)(c->n_heads / c->n_kv_heads) * sizeof(float), 16);
     s->rope_freqs = (float *)el_arena_alloc(arena, (size_t)(c->head_dim / 2) * sizeof(float), 16);
     s->rope_angles = (float *)el_arena_alloc(arena, rows * (size_t)c->head_dim * sizeof(float), 16);
     s->quantized.values = (int8_t *)el_arena_alloc(arena, rows * widest, 16);
@@ -58,26 +60,31 @@ static int slots_from(const el_kv_cache *kv, int t, int last)
     return last - t + 1 < kv->block_size ? last - t + 1 : kv->block_size;
 }
 
-/* One row's attention for one head over its sequence's cached positions 0..pos. */
-static void attend_head(float *scores, const el_config *c, const el_kv_cache *kv, int layer, const el_batch_row *row,
-                        int h, const float *q, float *out)
+/* One row's attention for the query heads that share kv head `kv_head` (grouped-query
+ * attention), over its sequence's cached positions 0..pos. Block by block, and within a
+ * block every head of the group in turn, so a block's keys and values are read from
+ * memory once for the group; each head's sums are the one-head loop's, in its order.
+ * scores holds max_context floats per head of the group. */
+static void attend_group(float *scores, int max_context, const el_config *c, const el_kv_cache *kv, int layer,
+                         const el_batch_row *row, int kv_head, const float *q, float *out)
 {
-    int group = c->n_heads / c->n_kv_heads, t, i;
+    int group = c->n_heads / c->n_kv_heads, t, g, i;
     float scale = 1.0f / el_sqrtf((float)c->head_dim);
-    const float *qh = q + h * c->head_dim;
-    float *oh = out + h * c->head_dim;
-    /* block by block: the positions of one block lie next to each other */
+    const float *qh = q + kv_head * group * c->head_dim;
+    float *oh = out + kv_head * group * c->head_dim;
     for (t = 0; t <= row->pos; t += kv->block_size)
-        el_kv_key_dots(kv, row->block_table[t / kv->block_size], slots_from(kv, t, row->pos), layer, h / group, qh,
-                       scale, scores + t);
-    el_softmax(scores, row->pos + 1);
-    for (i = 0; i < c->head_dim; i++) oh[i] = 0.0f;
+        for (g = 0; g < group; g++)
+            el_kv_key_dots(kv, row->block_table[t / kv->block_size], slots_from(kv, t, row->pos), layer, kv_head,
+                           qh + g * c->head_dim, scale, scores + (size_t)g * (size_t)max_context + t);
+    for (g = 0; g < group; g++) el_softmax(scores + (size_t)g * (size_t)max_context, row->pos + 1);
+    for (i = 0; i < group * c->head_dim; i++) oh[i] = 0.0f;
     for (t = 0; t <= row->pos; t += kv->block_size)
-        el_kv_value_adds(kv, row->block_table[t / kv->block_size], slots_from(kv, t, row->pos), layer, h / group,
-                         scores + t, oh);
+        for (g = 0; g < group; g++)
+            el_kv_value_adds(kv, row->block_table[t / kv->block_size], slots_from(kv, t, row->pos), layer, kv_head,
+                             scores + (size_t)g * (size_t)max_context + t, oh + g * c->head_dim);
 }
 
-/* Attention as a task over (row, head) items, so the workers share a step's heads. */
+/* Attention as a task over (row, kv head) items, so the workers share a step's heads. */
 typedef struct {
     el_forward_state *s;
     const el_config *c;
@@ -90,11 +97,12 @@ static void attend_items(void *ctx, int begin, int end, int worker)
 {
     const attention_task *a = (const attention_task *)ctx;
     const el_config *c = a->c;
-    float *scores = a->s->scores + (size_t)worker * (size_t)a->s->max_context;
-    int item;
+    int group = c->n_heads / c->n_kv_heads, item;
+    float *scores = a->s->scores + (size_t)worker * (size_t)group * (size_t)a->s->max_context;
     for (item = begin; item < end; item++) {
-        int r = item / c->n_heads, h = item % c->n_heads;
-        attend_head(scores, c, a->kv, a->layer, &a->rows[r], h, a->s->q + r * c->dim, a->s->attention + r * c->dim);
+        int r = item / c->n_kv_heads, kv_head = item % c->n_kv_heads;
+        attend_group(scores, a->s->max_context, c, a->kv, a->layer, &a->rows[r], kv_head, a->s->q + r * c->dim,
+                     a->s->attention + r * c->dim);
     }
 }
 
@@ -123,7 +131,7 @@ static void attention_block(el_forward_state *s, const el_model *m, el_kv_cache 
     task.kv = kv;
     task.layer = layer;
     task.rows = rows;
-    el_parallel_for(&s->parallel, attend_items, &task, n * c->n_heads);
+    el_parallel_for(&s->parallel, attend_items, &task, n * c->n_kv_heads);
     el_matmul(s->xb, &w->attn_output, s->attention, n, &s->quantized, &s->parallel);
     for (i = 0; i < n * c->dim; i++) s->x[i] += s->xb[i];
 }

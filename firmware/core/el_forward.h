@@ -22,7 +22,8 @@ typedef struct {
 typedef struct {
     int max_rows, max_logits, max_context, n_workers;
     float *x, *xb, *q, *k, *v, *attention, *hb, *hb2;  /* max_rows rows each */
-    float *scores;                                     /* attention weights: max_context per worker */
+    float *scores;                                     /* attention weights: max_context per query head of a
+                                                          kv group (n_heads / n_kv_heads), per worker */
     float *rope_freqs;                                 /* head_dim / 2 */
     float *rope_angles;                                /* max_rows rows of head_dim: cos, sin pairs */
     el_qactivations quantized;
