@@ -84,20 +84,8 @@ static inline float high_half_to_float(uint32_t h)
     return r;
 }
 #else
-/* The portable fp16_to_f32, exactly. */
-static inline float half_to_float(uint32_t h)
-{
-    union { uint32_t u; float f; } v;
-    uint32_t sign = (h & 0x8000u) << 16, exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
-    if (exponent == 0) {
-        v.f = (float)mantissa * (1.0f / 16777216.0f);
-        v.u |= sign;
-        return v.f;
-    }
-    if (exponent == 31) v.u = sign | 0x7f800000u | (mantissa << 13);
-    else v.u = sign | ((exponent + 112) << 23) | (mantissa << 13);
-    return v.f;
-}
+/* Without the FPU's conversion: the portable one. */
+static inline float half_to_float(uint32_t h) { return el_fp16_to_f32((uint16_t)h); }
 
 static inline float high_half_to_float(uint32_t h) { return half_to_float(h >> 16); }
 #endif
