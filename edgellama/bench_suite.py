@@ -82,17 +82,20 @@ def machine() -> dict:
 
 # ---------------------------------------------------------------- measuring
 
-def bandwidth_gb_s(mib: int, repeats: int) -> float:
-    program = runtime_build.build_program([runtime_build.firmware_dir() / "tools" / "bandwidth.c"], "bandwidth")
+def bandwidth_program() -> Path:
+    return runtime_build.build_program([runtime_build.firmware_dir() / "tools" / "bandwidth.c"], "bandwidth")
+
+
+def bandwidth_gb_s(program: Path, mib: int, repeats: int) -> float:
     out = subprocess.run([str(program), str(mib), str(repeats)], capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise EdgeLlamaError(f"bench suite: measuring bandwidth failed: {out.stderr.strip()}")
     return json.loads(out.stdout)["gb_per_s"]
 
 
-def run_bench(model: Path, *flags, repetitions: int) -> dict:
-    """One edgellama-run bench process; its JSON."""
-    argv = [str(runtime_build.host_program()), str(model), "bench", "--prompt-tokens", str(PROMPT_TOKENS),
+def run_bench(program: Path, model: Path, *flags, repetitions: int) -> dict:
+    """One `program bench` process (the host's edgellama-run); its JSON."""
+    argv = [str(program), str(model), "bench", "--prompt-tokens", str(PROMPT_TOKENS),
             "--gen-tokens", str(GEN_TOKENS), "--repetitions", str(repetitions), *flags]
     out = subprocess.run(argv, capture_output=True, text=True, check=False)
     if out.returncode != 0:
@@ -154,14 +157,15 @@ def run_suite(repetitions: int = 3, threads: int = 2, progress=None) -> dict:
         }
         # Rounds: every case once per round, the bandwidth too, so the figures a ratio
         # compares were taken side by side however the machine's speed drifts; medians.
+        program, reader = runtime_build.host_program(), bandwidth_program()
         taken = {key: [] for key in runs}
         dram_runs, cache_runs = [], []
         for round_no in range(repetitions):
             say(f"round {round_no + 1} of {repetitions}")
-            dram_runs.append(bandwidth_gb_s(512, 2))
-            cache_runs.append(bandwidth_gb_s(8, 10))
+            dram_runs.append(bandwidth_gb_s(reader, 512, 2))
+            cache_runs.append(bandwidth_gb_s(reader, 8, 10))
             for key, (model, *flags) in runs.items():
-                taken[key].append(run_bench(models[model], *flags, repetitions=3))
+                taken[key].append(run_bench(program, models[model], *flags, repetitions=3))
         dram, cache = statistics.median(dram_runs), statistics.median(cache_runs)
         q8, q4, f32, q8_threads, q8_seqs, q8_sampled, s260, d_f32, d_q8, rss_15m, rss_default = (
             _medians(taken[key]) for key in runs)

@@ -114,9 +114,11 @@ static void attention_block(el_forward_state *s, const el_model *m, el_kv_cache 
     attention_task task;
     int r, i;
     for (r = 0; r < n; r++) el_rmsnorm(s->xb + r * c->dim, s->x + r * c->dim, w->attn_norm, c->dim, c->norm_eps);
-    el_matmul(s->q, &w->attn_q, s->xb, n, &s->quantized, &s->parallel);
-    el_matmul(s->k, &w->attn_k, s->xb, n, &s->quantized, &s->parallel);
-    el_matmul(s->v, &w->attn_v, s->xb, n, &s->quantized, &s->parallel);
+    {
+        float *const outputs[3] = {s->q, s->k, s->v};
+        const el_matrix *const weights[3] = {&w->attn_q, &w->attn_k, &w->attn_v};
+        el_matmuls(outputs, weights, 3, s->xb, n, &s->quantized, &s->parallel);
+    }
     for (r = 0; r < n; r++) {
         const el_batch_row *row = &rows[r];
         const float *angles = s->rope_angles + (size_t)r * (size_t)c->head_dim;
@@ -142,8 +144,11 @@ static void feed_forward_block(el_forward_state *s, const el_model *m, int layer
     const el_layer_weights *w = &m->layers[layer];
     int r, i;
     for (r = 0; r < n; r++) el_rmsnorm(s->xb + r * c->dim, s->x + r * c->dim, w->ffn_norm, c->dim, c->norm_eps);
-    el_matmul(s->hb, &w->ffn_gate, s->xb, n, &s->quantized, &s->parallel);
-    el_matmul(s->hb2, &w->ffn_up, s->xb, n, &s->quantized, &s->parallel);
+    {
+        float *const outputs[2] = {s->hb, s->hb2};
+        const el_matrix *const weights[2] = {&w->ffn_gate, &w->ffn_up};
+        el_matmuls(outputs, weights, 2, s->xb, n, &s->quantized, &s->parallel);
+    }
     el_swiglu(s->hb, s->hb2, n * c->hidden_dim);
     el_matmul(s->xb, &w->ffn_down, s->hb, n, &s->quantized, &s->parallel);
     for (i = 0; i < n * c->dim; i++) s->x[i] += s->xb[i];

@@ -14,12 +14,16 @@ const char *el_kernels_name(void) { return EL_KERNELS_NAME; }
  * other workers would cost more than it saves. */
 #define EL_PARALLEL_MIN_WORK 32768L
 
-static void matmul_tiles(void *ctx, int begin, int end, int worker)
+/* Up to EL_MAX_MATMULS matmuls of one input as one task: tiles of the first matrix, then
+ * of the next, so a worker's range may span two matrices. */
+typedef struct {
+    el_matmul_task task[EL_MAX_MATMULS];
+    int first_tile[EL_MAX_MATMULS + 1];
+    int n;
+} matmul_group;
+
+static void run_rows(const el_matmul_task *t, uint32_t r0, uint32_t r1)
 {
-    const el_matmul_task *t = (const el_matmul_task *)ctx;
-    uint32_t r0 = (uint32_t)begin * EL_ROW_TILE, r1 = (uint32_t)end * EL_ROW_TILE;
-    (void)worker;
-    if (r1 > t->w->rows) r1 = t->w->rows;
     switch (t->w->type) {
     case EL_TYPE_F32: el_kernel_matmul_f32(t, r0, r1); break;
     case EL_TYPE_F16: el_kernel_matmul_f16(t, r0, r1); break;
@@ -28,26 +32,55 @@ static void matmul_tiles(void *ctx, int begin, int end, int worker)
     }
 }
 
+static void matmul_tiles(void *ctx, int begin, int end, int worker)
+{
+    const matmul_group *g = (const matmul_group *)ctx;
+    int m;
+    (void)worker;
+    for (m = 0; m < g->n; m++) {
+        const el_matmul_task *t = &g->task[m];
+        int from = begin > g->first_tile[m] ? begin : g->first_tile[m];
+        int to = end < g->first_tile[m + 1] ? end : g->first_tile[m + 1];
+        uint32_t r0 = (uint32_t)(from - g->first_tile[m]) * EL_ROW_TILE;
+        uint32_t r1 = (uint32_t)(to - g->first_tile[m]) * EL_ROW_TILE;
+        if (from >= to) continue;
+        run_rows(t, r0, r1 < t->w->rows ? r1 : t->w->rows);
+    }
+}
+
+static int is_quantized(const el_matrix *w) { return w->type == EL_TYPE_Q8_0 || w->type == EL_TYPE_Q4_0; }
+
+void el_matmuls(float *const *ys, const el_matrix *const *ws, int n, const float *x, int batch, el_qactivations *q,
+                const el_parallel *parallel)
+{
+    matmul_group g;
+    long work = 0;
+    int m, quantize = 0;
+    g.n = n;
+    g.first_tile[0] = 0;
+    for (m = 0; m < n; m++) {
+        el_matmul_task *t = &g.task[m];
+        t->y = ys[m];
+        t->w = ws[m];
+        t->x = x;
+        t->xq = q->values;
+        t->xs = q->scales;
+        t->batch = batch;
+        g.first_tile[m + 1] = g.first_tile[m] + (int)((ws[m]->rows + EL_ROW_TILE - 1) / EL_ROW_TILE);
+        work += (long)ws[m]->rows * (long)ws[m]->cols * batch;
+        quantize |= is_quantized(ws[m]);
+    }
+    if (quantize) el_kernel_quantize_blocks(q->values, q->scales, x, batch * (int)(ws[0]->cols / EL_QBLOCK));
+    el_parallel_for(work < EL_PARALLEL_MIN_WORK ? NULL : parallel, matmul_tiles, &g, g.first_tile[n]);
+}
+
 void el_matmul(float *y, const el_matrix *w, const float *x, int batch, el_qactivations *q,
                const el_parallel *parallel)
 {
-    el_matmul_task t;
-    int tiles = (int)((w->rows + EL_ROW_TILE - 1) / EL_ROW_TILE);
-    t.y = y;
-    t.w = w;
-    t.x = x;
-    t.xq = q->values;
-    t.xs = q->scales;
-    t.batch = batch;
-    if (w->type == EL_TYPE_Q8_0 || w->type == EL_TYPE_Q4_0)
-        el_kernel_quantize_blocks(q->values, q->scales, x, batch * (int)(w->cols / EL_QBLOCK));
-    if ((long)w->rows * (long)w->cols * batch < EL_PARALLEL_MIN_WORK) parallel = NULL;
-    el_parallel_for(parallel, matmul_tiles, &t, tiles);
+    el_matmuls(&y, &w, 1, x, batch, q, parallel);
 }
 
 /* ------------------------------------------------------------ dot products */
-
-float el_dot(const float *a, const float *b, int n) { return el_kernel_dot(a, b, n); }
 
 float el_dot_int8(const float *a, const int8_t *b, int n)
 {

@@ -26,10 +26,15 @@ const char *el_kernels_name(void);
 void el_matmul(float *y, const el_matrix *w, const float *x, int batch, el_qactivations *q,
                const el_parallel *parallel);
 
-/* a . b in the runtime's one summation order (eight running sums, combined pairwise):
- * the same bits on every target, and fast where a vector unit takes the lanes. */
-float el_dot(const float *a, const float *b, int n);
-/* The same with int8 b (an int8 KV cache's keys, before their scale). */
+/* The same for n <= EL_MAX_MATMULS matrices of one row length that read the same x (q, k
+ * and v; gate and up): x is quantized once, and all their rows are one task for the
+ * workers, one hand-off instead of n. */
+#define EL_MAX_MATMULS 3
+void el_matmuls(float *const *ys, const el_matrix *const *ws, int n, const float *x, int batch, el_qactivations *q,
+                const el_parallel *parallel);
+
+/* a . b in the runtime's one summation order (el_kernel_dot's) with int8 b (an int8 KV
+ * cache's keys, before their scale). */
 float el_dot_int8(const float *a, const int8_t *b, int n);
 
 /* One row of a matrix as floats (the embedding lookup). */

@@ -107,20 +107,6 @@
 
 static uint16_t read_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 
-static float bits_float(uint32_t u)
-{
-    union { uint32_t u; float f; } v;
-    v.u = u;
-    return v.f;
-}
-
-static uint32_t bits_of(float f)
-{
-    union { uint32_t u; float f; } v;
-    v.f = f;
-    return v.u;
-}
-
 static uint32_t max_lane(uint32x4_t m)
 {
 #if defined(__aarch64__)
@@ -180,7 +166,7 @@ static int floats_clear_of_zero(const float *x, int n, uint32_t min_exp)
     uint32x4_t m = vdupq_n_u32(0xffffffffu);
     int i;
     for (i = 0; i + 4 <= n; i += 4) m = vminq_u32(m, magnitude_key(vld1q_f32(x + i)));
-    for (; i < n; i++) m = vminq_u32(m, vdupq_n_u32(2u * bits_of(x[i]) - 1u));
+    for (; i < n; i++) m = vminq_u32(m, vdupq_n_u32(2u * el_float_bits(x[i]) - 1u));
     return min_lane(m) >= key_floor(min_exp);
 }
 #endif
@@ -735,7 +721,7 @@ void el_kernel_quantize_blocks(int8_t *q, float *scales, const float *x, int n_b
             el_quantize_int8(q, &scales[blk], x, EL_QBLOCK);
             continue;
         }
-        amax = bits_float(amax_bits);
+        amax = el_bits_float(amax_bits);
         scales[blk] = amax / 127.0f;
         inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
         for (k = 0; k < 8; k += 4) {
@@ -835,9 +821,9 @@ EL_INLINE float32x4_t expf4(float32x4_t x, uint32x4_t *hard)
     result = vmulq_f32(vmulq_f32(p, s1), s2);
     /* x > 88.72283f: inf; x < -103.97208f: 0, compared as integers (floats of one sign
      * order as their bits; NaN lanes, caught by either, are replaced last) */
-    result = vbslq_f32(vcgtq_s32(vreinterpretq_s32_u32(bits), vdupq_n_s32((int32_t)bits_of(88.72283f))),
+    result = vbslq_f32(vcgtq_s32(vreinterpretq_s32_u32(bits), vdupq_n_s32((int32_t)el_float_bits(88.72283f))),
                        vreinterpretq_f32_u32(vdupq_n_u32(0x7f800000u)), result);
-    under = vcgtq_u32(bits, vdupq_n_u32(bits_of(-103.97208f)));
+    under = vcgtq_u32(bits, vdupq_n_u32(el_float_bits(-103.97208f)));
     result = vbslq_f32(under, vdupq_n_f32(0.0f), result);
     result = vbslq_f32(nan_lanes(x), x, result); /* NaN: x itself */
 #if EL_NEON_IEEE

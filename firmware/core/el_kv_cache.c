@@ -261,24 +261,3 @@ void el_kv_value_adds(const el_kv_cache *kv, int block, int n_slots, int layer, 
     }
 }
 
-float el_kv_key_dot(const el_kv_cache *kv, int block, int slot, int layer, int head, const float *q)
-{
-    size_t at = block_offset(kv, block, layer, slot);
-    if (kv->dtype == EL_KV_F32) return el_dot(q, (const float *)kv->keys + head_start(kv, at, head), kv->head_dim);
-    /* int8: the scale is common to the head, so it multiplies the sum once */
-    return kv->key_scales[at * (size_t)kv->n_kv_heads + (size_t)head] *
-           el_dot_int8(q, (const int8_t *)kv->keys + head_start(kv, at, head), kv->head_dim);
-}
-
-void el_kv_value_add(const el_kv_cache *kv, int block, int slot, int layer, int head, float weight, float *out)
-{
-    size_t at = block_offset(kv, block, layer, slot);
-    if (kv->dtype == EL_KV_F32) {
-        el_kernel_axpy(out, weight, (const float *)kv->values + head_start(kv, at, head), kv->head_dim);
-    } else {
-        const int8_t *v = (const int8_t *)kv->values + head_start(kv, at, head);
-        int i;
-        float w = weight * kv->value_scales[at * (size_t)kv->n_kv_heads + (size_t)head];
-        for (i = 0; i < kv->head_dim; i++) out[i] += w * (float)v[i];
-    }
-}

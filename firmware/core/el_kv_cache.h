@@ -57,13 +57,9 @@ void el_kv_register(el_kv_cache *kv, int block, uint64_t hash, const int32_t *to
 
 /* Write one position's keys and values (kv_dim floats each) for a layer. */
 void el_kv_store(el_kv_cache *kv, int block, int slot, int layer, const float *key, const float *value);
-/* Attention reads the cache in place, without copying a position out first: the dot
- * product of q (head_dim floats) with one head's key at a position, and out += weight
- * times that head's value. */
-float el_kv_key_dot(const el_kv_cache *kv, int block, int slot, int layer, int head, const float *q);
-void el_kv_value_add(const el_kv_cache *kv, int block, int slot, int layer, int head, float weight, float *out);
-/* The same over slots 0..n_slots-1 of one block: scores[s] = scale * (q . key of slot s),
- * and out += weights[s] * value of slot s, in slot order (the bits of the one-slot calls). */
+/* Attention reads the cache in place, a block at a time, without copying positions out:
+ * over slots 0..n_slots-1 of one block and one kv head, scores[s] = scale * (q . key of
+ * slot s) (q: head_dim floats), and out += weights[s] * value of slot s, in slot order. */
 void el_kv_key_dots(const el_kv_cache *kv, int block, int n_slots, int layer, int head, const float *q, float scale,
                     float *scores);
 void el_kv_value_adds(const el_kv_cache *kv, int block, int n_slots, int layer, int head, const float *weights,

@@ -3,20 +3,6 @@
 
 #include <stdint.h>
 
-static float bits_to_float(uint32_t bits)
-{
-    union { uint32_t u; float f; } v;
-    v.u = bits;
-    return v.f;
-}
-
-static uint32_t float_to_bits(float f)
-{
-    union { uint32_t u; float f; } v;
-    v.f = f;
-    return v.u;
-}
-
 static double bits_to_double(uint64_t bits)
 {
     union { uint64_t u; double d; } v;
@@ -32,7 +18,7 @@ static uint64_t double_to_bits(double d)
 }
 
 /* 2**n for -126 <= n <= 127. */
-static float pow2i(int n) { return bits_to_float((uint32_t)(n + 127) << 23); }
+static float pow2i(int n) { return el_bits_float((uint32_t)(n + 127) << 23); }
 
 float el_expf(float x)
 {
@@ -42,7 +28,7 @@ float el_expf(float x)
     float r, p;
     int n;
     if (x != x) return x;
-    if (x > 88.72283f) return bits_to_float(0x7f800000u);
+    if (x > 88.72283f) return el_bits_float(0x7f800000u);
     if (x < -103.97208f) return 0.0f;
     n = (int)(x * 1.44269504f + (x >= 0.0f ? 0.5f : -0.5f));
     r = (x - (float)n * ln2_hi) - (float)n * ln2_lo;
@@ -57,13 +43,13 @@ float el_logf(float x)
 {
     double m, s, s2;
     int e;
-    uint32_t bits = float_to_bits(x);
-    if (x != x || x < 0.0f) return bits_to_float(0x7fc00000u);
-    if (x == 0.0f) return bits_to_float(0xff800000u);
+    uint32_t bits = el_float_bits(x);
+    if (x != x || x < 0.0f) return el_bits_float(0x7fc00000u);
+    if (x == 0.0f) return el_bits_float(0xff800000u);
     if (bits >= 0x7f800000u) return x;
     if (bits < 0x00800000u) return el_logf(x * 16777216.0f) - 16.635532333438686f; /* subnormal: x * 2**24 */
     e = (int)(bits >> 23) - 127;
-    m = (double)bits_to_float((bits & 0x007fffffu) | 0x3f800000u); /* in [1, 2) */
+    m = (double)el_bits_float((bits & 0x007fffffu) | 0x3f800000u); /* in [1, 2) */
     if (m > 1.4142135623730951) {
         m *= 0.5;
         e += 1;
@@ -81,8 +67,8 @@ float el_sqrtf(float x)
      * precision, and rounding to float then gives the correctly rounded root. */
     double d = x, y;
     int i, exponent;
-    if (x != x || x < 0.0f) return bits_to_float(0x7fc00000u);
-    if (x == 0.0f || float_to_bits(x) >= 0x7f800000u) return x;
+    if (x != x || x < 0.0f) return el_bits_float(0x7fc00000u);
+    if (x == 0.0f || el_float_bits(x) >= 0x7f800000u) return x;
     exponent = (int)((double_to_bits(d) >> 52) & 0x7ff) - 1023; /* floats are never subnormal doubles */
     y = bits_to_double((uint64_t)(exponent / 2 + 1023) << 52);   /* within a factor 2 of the root */
     for (i = 0; i < 6; i++) y = 0.5 * (y + d / y);

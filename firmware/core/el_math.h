@@ -8,6 +8,24 @@
 #ifndef EL_MATH_H
 #define EL_MATH_H
 
+#include <stdint.h>
+
+/* A float's bits and back, through a union (C99 allows it). Inline, so a compiler that
+ * vectorizes a loop sees through them. */
+static inline uint32_t el_float_bits(float f)
+{
+    union { uint32_t u; float f; } v;
+    v.f = f;
+    return v.u;
+}
+
+static inline float el_bits_float(uint32_t u)
+{
+    union { uint32_t u; float f; } v;
+    v.u = u;
+    return v.f;
+}
+
 float el_expf(float x);
 float el_logf(float x);
 float el_sqrtf(float x);

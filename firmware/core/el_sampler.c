@@ -230,18 +230,11 @@ static void apply_penalties(const el_sampling *params, float *logits, const int3
 /* The largest logit, lowest index on ties; NaN never wins. 0 when all are NaN.
  * Eight running maxima first (a vector unit takes them as lanes; x > m ? x : m skips
  * NaN like a max instruction), then the first index holding the largest. */
-static float minus_infinity(void)
-{
-    union { uint32_t u; float f; } v;
-    v.u = 0xff800000u;
-    return v.f;
-}
-
 static int argmax(const float *x, int n)
 {
     float lane[8], top;
     int i, k, whole = n - n % 8, found = 0;
-    for (k = 0; k < 8; k++) lane[k] = minus_infinity();
+    for (k = 0; k < 8; k++) lane[k] = el_bits_float(0xff800000u); /* -inf */
     for (i = 0; i < whole; i += 8)
         for (k = 0; k < 8; k++) lane[k] = x[i + k] > lane[k] ? x[i + k] : lane[k];
     top = lane[0];
@@ -281,20 +274,6 @@ static void float_weights(const el_sampling *params, float *logits, float *w, in
 
 #define EL_WEIGHT_ONE 1073741824.0f /* 2^30: w * 2^30 is exact in float, then truncated */
 
-static uint32_t bits_of(float f)
-{
-    union { float f; uint32_t u; } v;
-    v.f = f;
-    return v.u;
-}
-
-static float float_of(uint32_t u)
-{
-    union { float f; uint32_t u; } v;
-    v.u = u;
-    return v.f;
-}
-
 #define EL_BITS_OF_ONE 0x3f800000u
 
 /* W for one weight. Compared as bits (for floats in [0, 1] the order of the bits is the
@@ -302,8 +281,8 @@ static float float_of(uint32_t u)
  * compiler takes eight lanes at once; W <= 2^30 fits the int32 conversion. */
 static uint32_t integer_weight(float w, uint32_t lowest_bits)
 {
-    uint32_t bits = bits_of(w), keep = 0u - (uint32_t)((bits >= lowest_bits) & (bits <= EL_BITS_OF_ONE));
-    return (uint32_t)(int32_t)(float_of(bits & keep) * EL_WEIGHT_ONE);
+    uint32_t bits = el_float_bits(w), keep = 0u - (uint32_t)((bits >= lowest_bits) & (bits <= EL_BITS_OF_ONE));
+    return (uint32_t)(int32_t)(el_bits_float(bits & keep) * EL_WEIGHT_ONE);
 }
 
 /* W = (uint32)(w * 2^30) for the kept w (w > 0, and w >= min_p); returns the sum and
@@ -311,7 +290,7 @@ static uint32_t integer_weight(float w, uint32_t lowest_bits)
 static uint64_t integer_weights(const el_sampling *params, const float *w, uint32_t *weights, int n, int *kept)
 {
     uint64_t total = 0;
-    uint32_t floor = params->min_p > 0.0f ? bits_of(params->min_p) : 1u; /* w >= min_p, or w > 0 */
+    uint32_t floor = params->min_p > 0.0f ? el_float_bits(params->min_p) : 1u; /* w >= min_p, or w > 0 */
     int i, k, whole = n - n % 8, count = 0;
     for (i = 0; i < whole; i += 8) {
         for (k = 0; k < 8; k++) weights[i + k] = integer_weight(w[i + k], floor);

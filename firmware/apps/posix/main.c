@@ -592,7 +592,17 @@ typedef struct {
 /* `sequences` copies of the prompt at once (the first gets the request's seed, the
  * others the next seeds), until each has generated max_tokens. Prefill runs until
  * every sequence has its first token; decode figures are aggregate over sequences. */
-static double median(double *values, int n);
+static int compare_doubles(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *values, int n)
+{
+    qsort(values, (size_t)n, sizeof(double), compare_doubles);
+    return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2.0;
+}
 
 static bench_run bench_once(el_runtime *rt, const int32_t *prompt, int n_prompt, const el_request *r, int sequences)
 {
@@ -661,18 +671,6 @@ static double bench_sampler(el_runtime *rt, const int32_t *prompt, int n_prompt,
     result = median(times, CALLS);
     free(logits), free(work), free(memory);
     return result;
-}
-
-static int compare_doubles(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *values, int n)
-{
-    qsort(values, (size_t)n, sizeof(double), compare_doubles);
-    return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2.0;
 }
 
 static void print_json_string(const char *s)
