@@ -252,38 +252,71 @@ void el_kernel_axpy(float *y, float a, const float *x, int n)
     for (; i < n; i++) y[i] += a * x[i];
 }
 
-/* Four keys at a time: their eight-lane sums run side by side, combined in one go. */
+/* ((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7)) for eight accumulators at once: lane j of the
+ * result is accumulator j's combined sum. */
+static __m256 combine8(__m256 a, __m256 b, __m256 c, __m256 d, __m256 e, __m256 f, __m256 g, __m256 h)
+{
+    __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    __m256 efgh = _mm256_hadd_ps(_mm256_hadd_ps(e, f), _mm256_hadd_ps(g, h));
+    return _mm256_add_ps(_mm256_permute2f128_ps(abcd, efgh, 0x20), _mm256_permute2f128_ps(abcd, efgh, 0x31));
+}
+
+static __m256 key_product(__m256 qv, const float *keys, size_t stride, int k, int i)
+{
+    return _mm256_mul_ps(qv, _mm256_loadu_ps(keys + (size_t)k * stride + (size_t)i));
+}
+
+/* Eight keys at a time, their eight-lane sums in eight registers, combined in one go.
+ * Heads whose size is not a multiple of eight go key by key (a tail per key). */
 void el_kernel_key_dots(float *out, const float *q, const float *keys, size_t stride, int n_keys, int n, float scale)
 {
-    int j = 0, i, k, whole = n - n % 8;
-    for (; j + 4 <= n_keys; j += 4) {
-        const float *key[4];
-        __m256 acc[4];
-        float sums[4];
-        for (k = 0; k < 4; k++) key[k] = keys + (size_t)(j + k) * stride, acc[k] = _mm256_setzero_ps();
-        for (i = 0; i < whole; i += 8) {
-            __m256 qv = _mm256_loadu_ps(q + i);
-            for (k = 0; k < 4; k++) acc[k] = _mm256_add_ps(acc[k], _mm256_mul_ps(qv, _mm256_loadu_ps(key[k] + i)));
+    int j = 0, i;
+    if (n % 8 == 0)
+        for (; j + 8 <= n_keys; j += 8) {
+            const float *key = keys + (size_t)j * stride;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+            for (i = 0; i < n; i += 8) {
+                __m256 qv = _mm256_loadu_ps(q + i);
+                a0 = _mm256_add_ps(a0, key_product(qv, key, stride, 0, i));
+                a1 = _mm256_add_ps(a1, key_product(qv, key, stride, 1, i));
+                a2 = _mm256_add_ps(a2, key_product(qv, key, stride, 2, i));
+                a3 = _mm256_add_ps(a3, key_product(qv, key, stride, 3, i));
+                a4 = _mm256_add_ps(a4, key_product(qv, key, stride, 4, i));
+                a5 = _mm256_add_ps(a5, key_product(qv, key, stride, 5, i));
+                a6 = _mm256_add_ps(a6, key_product(qv, key, stride, 6, i));
+                a7 = _mm256_add_ps(a7, key_product(qv, key, stride, 7, i));
+            }
+            _mm256_storeu_ps(out + j, _mm256_mul_ps(_mm256_set1_ps(scale), combine8(a0, a1, a2, a3, a4, a5, a6, a7)));
         }
-        _mm_storeu_ps(sums, combine4(acc[0], acc[1], acc[2], acc[3]));
-        for (k = 0; k < 4; k++) {
-            for (i = whole; i < n; i++) sums[k] += q[i] * key[k][i];
-            out[j + k] = scale * sums[k];
-        }
-    }
     for (; j < n_keys; j++) out[j] = scale * el_kernel_dot(q, keys + (size_t)j * stride, n);
 }
 
-/* Eight outputs stay in a register while every value adds its share, in order. */
+/* Up to four registers of outputs stay put while every value adds its share, in value
+ * order; four registers are four independent chains of adds, so they overlap. */
 void el_kernel_value_sum(float *out, const float *weights, const float *values, size_t stride, int n_values, int n)
 {
     int i = 0, j, whole = n - n % 8;
+    for (; i + 32 <= whole; i += 32) {
+        __m256 a0 = _mm256_loadu_ps(out + i), a1 = _mm256_loadu_ps(out + i + 8);
+        __m256 a2 = _mm256_loadu_ps(out + i + 16), a3 = _mm256_loadu_ps(out + i + 24);
+        for (j = 0; j < n_values; j++) {
+            const float *v = values + (size_t)j * stride + i;
+            __m256 w = _mm256_set1_ps(weights[j]);
+            a0 = _mm256_add_ps(a0, _mm256_mul_ps(w, _mm256_loadu_ps(v)));
+            a1 = _mm256_add_ps(a1, _mm256_mul_ps(w, _mm256_loadu_ps(v + 8)));
+            a2 = _mm256_add_ps(a2, _mm256_mul_ps(w, _mm256_loadu_ps(v + 16)));
+            a3 = _mm256_add_ps(a3, _mm256_mul_ps(w, _mm256_loadu_ps(v + 24)));
+        }
+        _mm256_storeu_ps(out + i, a0);
+        _mm256_storeu_ps(out + i + 8, a1);
+        _mm256_storeu_ps(out + i + 16, a2);
+        _mm256_storeu_ps(out + i + 24, a3);
+    }
     for (; i < whole; i += 8) {
         __m256 acc = _mm256_loadu_ps(out + i);
-        for (j = 0; j < n_values; j++) {
-            __m256 v = _mm256_loadu_ps(values + (size_t)j * stride + i);
-            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(weights[j]), v));
-        }
+        for (j = 0; j < n_values; j++)
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(weights[j]),
+                                                   _mm256_loadu_ps(values + (size_t)j * stride + i)));
         _mm256_storeu_ps(out + i, acc);
     }
     for (; i < n; i++)
