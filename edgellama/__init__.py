@@ -2,8 +2,8 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .outputs import CompletionOutput, RequestOutput
-from .sampling_params import SamplingParams
+from edgellama.runtime.outputs import CompletionOutput, RequestOutput
+from edgellama.runtime.sampling_params import SamplingParams
 
 try:
     __version__ = version("edgellama")
@@ -16,6 +16,6 @@ __all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput"]
 def __getattr__(name):
     # LLM builds the C runtime on first use; importing edgellama alone should not.
     if name == "LLM":
-        from .llm import LLM
+        from edgellama.runtime.llm import LLM
         return LLM
     raise AttributeError(name)

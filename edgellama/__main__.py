@@ -1,3 +1,3 @@
-from .cli import main
+from edgellama.cli import main
 
 main()

@@ -15,9 +15,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from edgellama import builder, emulator
-from edgellama.boards import all_boards
-from edgellama.loading import resolve
+from edgellama.boards import builder, emulator
+from edgellama.boards.catalog import all_boards
+from edgellama.model.loading import resolve
 
 
 def main():

@@ -8,8 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgellama.evaluate import evaluate_model
-from edgellama.gguf_file import read_gguf, write_gguf
+from edgellama.model.evaluate import evaluate_model
+from edgellama.model.gguf_file import read_gguf, write_gguf
 from edgellama.resources import DEFAULT_MODEL
 
 BARS = {"q8_0": 0.001, "q4_0": 0.02}

@@ -29,14 +29,14 @@ def small_corpus(shared_data) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory, small_corpus) -> Path:
-    from edgellama.tokenizer import train_tokenizer
+    from edgellama.model.tokenizer import train_tokenizer
     path = tmp_path_factory.mktemp("tok") / "tok384.model"
     train_tokenizer(small_corpus, 384, path)
     return path
 
 
 def tiny_config(data, tokenizer, out, **kw):
-    from edgellama.train_config import TrainConfig
+    from edgellama.model.train_config import TrainConfig
     base = dict(data=str(data), tokenizer=str(tokenizer) if tokenizer else None, out=str(out), preset="tiny", batch_size=8,
                 max_iters=20, warmup_iters=5, eval_interval=10, eval_windows=20, learning_rate=3e-3)
     base.update(kw)
@@ -45,7 +45,7 @@ def tiny_config(data, tokenizer, out, **kw):
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, small_corpus, tiny_tokenizer) -> Path:
-    from edgellama.train import train
+    from edgellama.model.train import train
     out = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     train(tiny_config(small_corpus, tiny_tokenizer, out, max_iters=60, eval_interval=30))
     return out
@@ -66,8 +66,8 @@ def require_board(name):
     (scripts/test.sh installs them, so CI runs these tests)."""
     import shutil
 
-    from edgellama.boards import get_board
-    from edgellama.toolchains import get_toolchain
+    from edgellama.boards.catalog import get_board
+    from edgellama.boards.toolchains import get_toolchain
     board = get_board(name)
     toolchain = get_toolchain(board.toolchain)
     if not toolchain.installed():

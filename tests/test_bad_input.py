@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
 
-from edgellama import quant
-from edgellama.gguf_file import write_gguf
-from edgellama.llama2c import read_llama2c
-from edgellama.tokenizer import load_vocab
+from edgellama.model import quant
+from edgellama.model.gguf_file import write_gguf
+from edgellama.model.llama2c import read_llama2c
+from edgellama.model.tokenizer import load_vocab
 
 
 def run_cli(*args):
@@ -116,7 +116,7 @@ def test_bad_sampling_value():
 
 def test_model_file_with_wrong_shape_is_refused(tmp_path, good_gguf):
     from edgellama.errors import EdgeLlamaError
-    from edgellama.gguf_file import read_gguf
+    from edgellama.model.gguf_file import read_gguf
     model = read_gguf(good_gguf).model
     model.tensors["blk.0.attn_k.weight"] = np.zeros((3, 3), np.float32)
     with pytest.raises(EdgeLlamaError, match="blk.0.attn_k.weight has shape"):

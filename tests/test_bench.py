@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgellama import bench, history
+from edgellama.devices import bench, history
 from edgellama.cli import main
-from edgellama.device import LocalDevice
+from edgellama.devices.device import LocalDevice
 from edgellama.errors import EdgeLlamaError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

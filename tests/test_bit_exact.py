@@ -16,7 +16,7 @@ import pytest
 
 from edgellama.runtime import build as runtime_build
 from edgellama.runtime.capi import Runtime
-from edgellama.synthetic import write_synthetic
+from edgellama.model.synthetic import write_synthetic
 
 PROMPT_TOKENS = 40
 

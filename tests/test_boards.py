@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from edgellama.boards import all_boards, get_board, load_board, parse_size
+from edgellama.boards.catalog import all_boards, get_board, load_board, parse_size
 from edgellama.errors import EdgeLlamaError
-from edgellama.toolchains import Toolchain, all_toolchains, get_toolchain
+from edgellama.boards.toolchains import Toolchain, all_toolchains, get_toolchain
 
 SHIPPED = {"rpi5", "rpi4", "rpi3", "rpi-zero2w", "beaglebone-black", "visionfive2", "bpi-f3", "qemu-aarch64",
            "qemu-armhf", "qemu-riscv64", "qemu-riscv64-rvv", "mps2-an386", "qemu-virt-rv64", "esp32-s3", "rpi-pico2"}
@@ -89,7 +89,7 @@ def test_cli_lists_toolchains():
 
 
 def test_install_for_a_board_names_what_it_needs():
-    from edgellama.toolchains import missing_system_packages
+    from edgellama.boards.toolchains import missing_system_packages
     assert missing_system_packages([get_board("qemu-aarch64")]) == []  # the test setup installed them
     r = run("toolchains", "install", "--board", "qemu-aarch64")
     assert r.returncode == 0 and "everything is installed" in r.stdout

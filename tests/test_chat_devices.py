@@ -16,7 +16,7 @@ ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 # interrupt: this runs the real CLI with the first reply slowed to one token per 20 ms.
 SLOW_CHAT = """
 import sys, time
-from edgellama import device
+from edgellama.devices import device
 from edgellama.cli import main
 generate, calls = device.LocalDevice.generate, []
 def slow(self, prompt, params, chat=False):
@@ -125,9 +125,9 @@ def interrupt_reply(p, out):
 
 @pytest.fixture
 def board_device():
-    protocol_device = pytest.importorskip("edgellama.protocol_device")
+    protocol_device = pytest.importorskip("edgellama.devices.protocol_device")
     if not hasattr(protocol_device, "open_protocol_device"):
-        pytest.skip("edgellama.protocol_device has no open_protocol_device yet")
+        pytest.skip("edgellama.devices.protocol_device has no open_protocol_device yet")
 
 
 def test_chat_over_an_emulated_board(board_device, tmp_path):

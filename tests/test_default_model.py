@@ -5,10 +5,10 @@ import sys
 
 import pytest
 
-from edgellama.evaluate import evaluate_model
-from edgellama.gguf_file import read_gguf, write_gguf
-from edgellama.loading import load_model
-from edgellama.presets import PRESETS
+from edgellama.model.evaluate import evaluate_model
+from edgellama.model.gguf_file import read_gguf, write_gguf
+from edgellama.model.loading import load_model
+from edgellama.model.presets import PRESETS
 from edgellama.resources import DEFAULT_MODEL
 
 MIB = 1 << 20

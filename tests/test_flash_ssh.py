@@ -16,12 +16,13 @@ import pytest
 from click.testing import CliRunner
 from conftest import require_board
 
-from edgellama import builder, flash
-from edgellama.boards import get_board
+from edgellama.boards import builder
+from edgellama.devices import flash
+from edgellama.boards.catalog import get_board
 from edgellama.cli import main
 from edgellama.errors import EdgeLlamaError
 from edgellama.runtime import build as runtime_build
-from edgellama.transports import ssh
+from edgellama.devices.transports import ssh
 
 BOARD = "qemu-aarch64"
 PROMPT = "once upon a time"
@@ -289,7 +290,7 @@ def test_platformio_upload_error_is_one_line(tmp_path):
 
 
 def test_platformio_upload_runs_pio_and_reports_one_line(tmp_path, monkeypatch):
-    from edgellama.targets import platformio
+    from edgellama.boards.targets import platformio
     project = tmp_path / "build" / "src"
     project.mkdir(parents=True)
     (project / "platformio.ini").write_text("[env:x]\n")

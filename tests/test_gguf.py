@@ -7,12 +7,12 @@ import pytest
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader
 
-from edgellama import quant
-from edgellama.checkpoint import llama_from_checkpoint
-from edgellama.gguf_file import read_gguf, write_gguf
-from edgellama.llama2c import read_llama2c
-from edgellama.modelinfo import describe, describe_dict
-from edgellama.tokenizer import load_vocab
+from edgellama.model import quant
+from edgellama.model.checkpoint import llama_from_checkpoint
+from edgellama.model.gguf_file import read_gguf, write_gguf
+from edgellama.model.llama2c import read_llama2c
+from edgellama.model.modelinfo import describe, describe_dict
+from edgellama.model.tokenizer import load_vocab
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from edgellama.errors import EdgeLlamaError
-from edgellama.gguf_file import read_gguf
-from edgellama.hf import import_hf
+from edgellama.model.gguf_file import read_gguf
+from edgellama.model.hf import import_hf
 
 SMALL = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5)
@@ -62,7 +62,7 @@ def hf_models(tmp_path_factory, shared_data):
 def test_logits_match_transformers(hf_models, case):
     import torch
 
-    from edgellama.model import Transformer
+    from edgellama.model.reference import Transformer
 
     folder, ref = hf_models[case]
     if case == "sharded":

@@ -20,13 +20,13 @@ import pytest
 from click.testing import CliRunner
 from conftest import GREEDY, PROMPT, require_board
 
-from edgellama import builder, emulator
-from edgellama.boards import get_board
+from edgellama.boards import builder, emulator
+from edgellama.boards.catalog import get_board
 from edgellama.cli import main
 from edgellama.errors import EdgeLlamaError
 from edgellama.runtime import build as runtime_build
-from edgellama.targets import BuildContext, linux
-from edgellama.toolchains import get_toolchain
+from edgellama.boards.targets import BuildContext, linux
+from edgellama.boards.toolchains import get_toolchain
 
 BOARDS = ["qemu-aarch64", "qemu-armhf", "qemu-riscv64"]
 QUANTS = ["f32", "q8_0"]
@@ -222,10 +222,10 @@ def test_missing_toolchain_names_the_install_command(tmp_path, monkeypatch):
     (tools / "gcc-missing.toml").write_text(
         'name = "gcc-missing"\ndescription = "not installed"\nkind = "gnu-linux"\ncc = "no-such-gcc-4242"\n'
         'apt = ["gcc-no-such-package"]\n')
-    import edgellama.boards
-    import edgellama.toolchains
-    monkeypatch.setattr(edgellama.boards, "boards_dir", lambda: boards)
-    monkeypatch.setattr(edgellama.toolchains, "toolchains_dir", lambda: tools)
+    import edgellama.boards.catalog
+    import edgellama.boards.toolchains
+    monkeypatch.setattr(edgellama.boards.catalog, "boards_dir", lambda: boards)
+    monkeypatch.setattr(edgellama.boards.toolchains, "toolchains_dir", lambda: tools)
     out = tmp_path / "out"
     line = one_line_error(["build", "--board", "fake-arm", "-o", str(out)])
     assert "no-such-gcc-4242 is not installed" in line
@@ -234,15 +234,15 @@ def test_missing_toolchain_names_the_install_command(tmp_path, monkeypatch):
 
 
 def test_model_too_big_gives_the_plans_numbers(tmp_path, monkeypatch):
-    pytest.importorskip("edgellama.planner")
+    pytest.importorskip("edgellama.boards.planner")
     boards = tmp_path / "boards"
     boards.mkdir()
     (boards / "small-arm.toml").write_text(
         'name = "small-arm"\ndescription = "too little RAM"\narch = "aarch64"\ncpu = "cortex-a53"\n'
         'cflags = ["-mcpu=cortex-a53"]\nos = "linux"\ntoolchain = "gcc-aarch64-linux-gnu"\nram = "129MiB"\n'
         '[reach]\nkind = "emulator"\nemulator = "qemu-aarch64"\ncpu = "cortex-a53"\n[runtime]\narena = "512KiB"\n')
-    import edgellama.boards
-    monkeypatch.setattr(edgellama.boards, "boards_dir", lambda: boards)
+    import edgellama.boards.catalog
+    monkeypatch.setattr(edgellama.boards.catalog, "boards_dir", lambda: boards)
     out = tmp_path / "out"
     line = one_line_error(["build", "--board", "small-arm", "--quant", "f32", "-o", str(out)])
     assert "does not fit small-arm" in line and any(ch.isdigit() for ch in line)

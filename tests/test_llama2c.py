@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 
 from edgellama.errors import EdgeLlamaError
-from edgellama.gguf_file import read_gguf
-from edgellama.llama import LlamaModel
-from edgellama.llama2c import read_llama2c, write_llama2c_v0
-from edgellama.tokenizer import load_vocab, processor_for
+from edgellama.model.gguf_file import read_gguf
+from edgellama.model.llama import LlamaModel
+from edgellama.model.llama2c import read_llama2c, write_llama2c_v0
+from edgellama.model.tokenizer import load_vocab, processor_for
 
 torch = pytest.importorskip("torch")
-from edgellama.model import Transformer  # noqa: E402
+from edgellama.model.reference import Transformer  # noqa: E402
 
 MAGIC = 0x616B3432
 PROMPT = "Once upon a time"

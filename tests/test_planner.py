@@ -10,17 +10,17 @@ import sys
 import numpy as np
 import pytest
 
-from edgellama import planner
-from edgellama.boards import get_board
+from edgellama.boards import planner
+from edgellama.boards.catalog import get_board
 from edgellama.errors import EdgeLlamaError
-from edgellama.gguf_file import write_gguf
-from edgellama.llama import LlamaConfig, LlamaModel, Vocab
-from edgellama.llama2c import read_llama2c
-from edgellama.loading import load_model
+from edgellama.model.gguf_file import write_gguf
+from edgellama.model.llama import LlamaConfig, LlamaModel, Vocab
+from edgellama.model.llama2c import read_llama2c
+from edgellama.model.loading import load_model
 from edgellama.resources import DEFAULT_MODEL
 from edgellama.runtime.build import firmware_dir, host_compiler
 from edgellama.runtime.capi import Runtime, make_request
-from edgellama.tokenizer import load_vocab
+from edgellama.model.tokenizer import load_vocab
 
 HOST_BOARD = "rpi4"  # a 64-bit Linux board: the host's pointer width, and room to spare
 PROMPT = "once upon a time, there was a little dog named max. he liked to run — “fast”, said tom."

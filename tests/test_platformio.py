@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from edgellama import builder
+from edgellama.boards import builder
 from edgellama.errors import EdgeLlamaError
-from edgellama.targets import platformio as pio_target
+from edgellama.boards.targets import platformio as pio_target
 
 REPO = Path(__file__).resolve().parent.parent
 # ctx per board: the Pico 2's 400 KiB arena holds 144 tokens of the default model's
@@ -88,7 +88,7 @@ def test_weights_in_flash_and_arena_placed(projects, name):
 
 @pytest.mark.parametrize("name", list(CTX))
 def test_plan_fits(projects, name):
-    planner = pytest.importorskip("edgellama.planner")
+    planner = pytest.importorskip("edgellama.boards.planner")
     board = projects[name].context.board
     plan = planner.plan(board, None, CTX[name], "q8_0")
     assert plan.fits, plan.reasons

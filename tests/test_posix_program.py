@@ -39,9 +39,9 @@ def run(program, *args, stdin=None, timeout=60):
 
 def write_model(path, shared_data, vocab_changes=None, chat_template=None):
     """stories260K as GGUF, optionally with tokens replaced and a chat template added."""
-    import edgellama.gguf_file as gf
-    from edgellama.llama2c import read_llama2c
-    from edgellama.tokenizer import load_vocab
+    import edgellama.model.gguf_file as gf
+    from edgellama.model.llama2c import read_llama2c
+    from edgellama.model.tokenizer import load_vocab
 
     vocab = load_vocab(shared_data / "tok512.model")
     for token_id, piece in (vocab_changes or {}).items():

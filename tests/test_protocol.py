@@ -15,11 +15,11 @@ import time
 import pytest
 
 from conftest import require_board
-from edgellama import protocol as P
+from edgellama.devices import protocol as P
 from edgellama.errors import EdgeLlamaError
-from edgellama.protocol_device import ProcessStream, ProtocolDevice, SerialStream, find_usb_port
+from edgellama.devices.protocol_device import ProcessStream, ProtocolDevice, SerialStream, find_usb_port
 from edgellama.runtime import build as runtime_build
-from edgellama.sampling_params import SamplingParams
+from edgellama.runtime.sampling_params import SamplingParams
 
 PROMPT = "once upon a time"
 
@@ -144,13 +144,13 @@ def test_c_parser_decodes_python_frames(clib):
 
 @pytest.fixture(scope="module")
 def model_path():
-    from edgellama.loading import resolve
+    from edgellama.model.loading import resolve
     return str(resolve(None))
 
 
 @pytest.fixture(scope="module")
 def host_llm(model_path):
-    from edgellama.llm import LLM
+    from edgellama.runtime.llm import LLM
     return LLM(model_path)
 
 
@@ -305,7 +305,7 @@ def test_dropped_link_is_an_error_not_a_hang(how):
 def test_port_auto(monkeypatch):
     from serial.tools import list_ports
 
-    from edgellama.boards import get_board
+    from edgellama.boards.catalog import get_board
 
     class Port:
         def __init__(self, device, vid, pid):
@@ -323,7 +323,7 @@ def test_port_auto(monkeypatch):
     assert find_usb_port(pico) == "/dev/ttyACM0"
     with pytest.raises(EdgeLlamaError, match="names no USB"):
         find_usb_port(get_board("mps2-an386"))
-    from edgellama.protocol_device import open_protocol_device
+    from edgellama.devices.protocol_device import open_protocol_device
     with pytest.raises(EdgeLlamaError, match="needs --board"):
         open_protocol_device(port="auto")
 
@@ -332,7 +332,7 @@ def test_port_auto(monkeypatch):
 
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory):
-    from edgellama import builder
+    from edgellama.boards import builder
     root, cache = tmp_path_factory.mktemp("protocol-builds"), {}
 
     def get(board):
@@ -345,14 +345,14 @@ def builds(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def q8_llm(builds):
-    from edgellama.llm import LLM
+    from edgellama.runtime.llm import LLM
     require_board("mps2-an386")
     return LLM(str(builds("mps2-an386") / "model.gguf"))
 
 
 @pytest.mark.parametrize("board", ["qemu-aarch64", "mps2-an386", "qemu-virt-rv64"])
 def test_protocol_device_on_emulated_board(board, builds, q8_llm):
-    from edgellama.protocol_device import open_protocol_device
+    from edgellama.devices.protocol_device import open_protocol_device
     out_dir = builds(board)
     with open_protocol_device(board=board, output=out_dir, timeout=60) as dev:
         info = dev.info()
@@ -389,7 +389,7 @@ def test_baremetal_text_mode_link_drop_and_reconnect(builds, q8_llm):
     again after its client closes) finds the device waiting."""
     import serial
 
-    from edgellama.protocol_device import open_protocol_device
+    from edgellama.devices.protocol_device import open_protocol_device
     out_dir = builds("mps2-an386")
     dev = open_protocol_device(board="mps2-an386", output=out_dir, timeout=30)
     try:
@@ -500,8 +500,8 @@ def test_posix_serve_on_a_serial_device(model_path, host_llm):
 def test_protocol_device_over_ssh(sshd_server, builds, q8_llm, tmp_path):
     """--host: the flashed release's `edgellama-run MODEL serve` over SSH (a real sshd on
     127.0.0.1 from tests/sshd.py; the program runs there under qemu-user)."""
-    from edgellama import flash
-    from edgellama.protocol_device import open_protocol_device
+    from edgellama.devices import flash
+    from edgellama.devices.protocol_device import open_protocol_device
     remote = str(tmp_path / "remote" / "edgellama")
     ssh = {"identity": sshd_server.client_key, "known_hosts": sshd_server.known_hosts, "remote_dir": remote}
     with pytest.raises(EdgeLlamaError, match="edgellama flash --host"):

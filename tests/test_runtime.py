@@ -15,17 +15,17 @@ import textwrap
 import numpy as np
 import pytest
 
-from edgellama import data
+from edgellama.model import data
 from edgellama.errors import EdgeLlamaError
-from edgellama.gguf_file import read_gguf, write_gguf
-from edgellama.llama import LlamaModel
-from edgellama.llama2c import read_llama2c
+from edgellama.model.gguf_file import read_gguf, write_gguf
+from edgellama.model.llama import LlamaModel
+from edgellama.model.llama2c import read_llama2c
 from edgellama.resources import DEFAULT_MODEL
 from edgellama.runtime import capi
-from edgellama.tokenizer import load_vocab, sentencepiece_proto
+from edgellama.model.tokenizer import load_vocab, sentencepiece_proto
 
 torch = pytest.importorskip("torch")
-from edgellama.model import Transformer  # noqa: E402
+from edgellama.model.reference import Transformer  # noqa: E402
 
 GREEDY = {"temperature": 0.0}
 BOS, EOS = 1, 2
@@ -105,7 +105,7 @@ def default(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def tiny_gguf(tiny_checkpoint, tmp_path_factory):
-    from edgellama.checkpoint import llama_from_checkpoint
+    from edgellama.model.checkpoint import llama_from_checkpoint
     path = tmp_path_factory.mktemp("tiny") / "tiny-f32.gguf"
     write_gguf(llama_from_checkpoint(tiny_checkpoint), path, "f32")
     return path

@@ -20,11 +20,11 @@ import subprocess
 import pytest
 from conftest import GREEDY, PROMPT, require_board
 
-from edgellama import builder, emulator
-from edgellama.boards import get_board
+from edgellama.boards import builder, emulator
+from edgellama.boards.catalog import get_board
 from edgellama.runtime import build as runtime_build
-from edgellama.targets import linux
-from edgellama.toolchains import get_toolchain
+from edgellama.boards.targets import linux
+from edgellama.boards.toolchains import get_toolchain
 
 BOARD = "qemu-riscv64-rvv"
 QUANTS = ["f32", "q8_0", "q4_0"]

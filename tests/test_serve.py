@@ -9,8 +9,8 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from edgellama import serve
-from edgellama.device import Device, LocalDevice, open_device
+from edgellama.devices import serve
+from edgellama.devices.device import Device, LocalDevice, open_device
 
 
 def start(device, **options):
@@ -237,9 +237,9 @@ def test_the_serve_command():
 
 
 def test_serve_an_emulated_board(tmp_path):
-    protocol_device = pytest.importorskip("edgellama.protocol_device")
+    protocol_device = pytest.importorskip("edgellama.devices.protocol_device")
     if not hasattr(protocol_device, "open_protocol_device"):
-        pytest.skip("edgellama.protocol_device has no open_protocol_device yet")
+        pytest.skip("edgellama.devices.protocol_device has no open_protocol_device yet")
     device = open_device(board="qemu-aarch64", output=str(tmp_path / "build"))
     server = start(device)
     try:

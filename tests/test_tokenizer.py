@@ -6,8 +6,8 @@ import sys
 
 import sentencepiece as spm
 
-from edgellama.llama import TOKEN_BYTE
-from edgellama.tokenizer import load_vocab, processor_for, train_tokenizer
+from edgellama.model.llama import TOKEN_BYTE
+from edgellama.model.tokenizer import load_vocab, processor_for, train_tokenizer
 
 
 def test_trained_tokenizer_is_bpe_with_byte_fallback(tiny_tokenizer):

@@ -9,13 +9,13 @@ import sys
 import pytest
 import torch
 
-import edgellama.train as train_mod
+import edgellama.model.train as train_mod
 from conftest import tiny_config
-from edgellama import data
-from edgellama.checkpoint import load_checkpoint
+from edgellama.model import data
+from edgellama.model.checkpoint import load_checkpoint
 from edgellama.errors import EdgeLlamaError
-from edgellama.presets import PRESETS
-from edgellama.train import lr_at, train
+from edgellama.model.presets import PRESETS
+from edgellama.model.train import lr_at, train
 
 
 def test_training_lowers_validation_loss(tiny_checkpoint):
@@ -111,8 +111,8 @@ def test_ddp_two_processes_stay_in_sync(tmp_path, small_corpus, tiny_tokenizer):
 
 
 def _model_from(ckpt):
-    from edgellama.llama import LlamaConfig
-    from edgellama.model import Transformer
+    from edgellama.model.llama import LlamaConfig
+    from edgellama.model.reference import Transformer
     model = Transformer(LlamaConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])
     return model

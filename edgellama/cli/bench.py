@@ -2,14 +2,14 @@ import sys
 
 import click
 
-from ..errors import EdgeLlamaError
-from .devices import device_options
+from edgellama.errors import EdgeLlamaError
+from edgellama.cli.devices import device_options
 
 
 def _open(board, host, port, local, model, threads=None):
-    from ..device import open_device
+    from edgellama.devices.device import open_device
     if board:
-        from ..boards import get_board
+        from edgellama.boards.catalog import get_board
         get_board(board)  # an unknown board is one line, before anything starts
     try:
         return open_device(board=board, host=host, port=port, local=local, model=model, threads=threads)
@@ -27,7 +27,7 @@ def _open(board, host, port, local, model, threads=None):
 @click.option("--warmup", type=int, default=1, show_default=True, help="Warm-up runs, not measured.")
 @click.option("--output", "output", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @click.option("--no-history", is_flag=True, help="Do not record this run in the bench history.")
-@click.option("--suite", is_flag=True, help="The speed and memory goals on this machine (edgellama.bench_suite): "
+@click.option("--suite", is_flag=True, help="The speed and memory goals on this machine (edgellama.runtime.bench_suite): "
               "its own models, one process per case, a table with bounds, JSON with --output json.")
 @click.pass_context
 def command(ctx, board, host, port, local, model, threads, prompt_tokens, gen_tokens, repetitions, warmup, output,
@@ -41,7 +41,7 @@ def command(ctx, board, host, port, local, model, threads, prompt_tokens, gen_to
     if suite:
         _suite(repetitions, threads, output)
         return
-    from .. import bench, history
+    from edgellama.devices import bench, history
     for name, value, least in (("-p", prompt_tokens, 1), ("-n", gen_tokens, 1), ("-r", repetitions, 1),
                                ("--warmup", warmup, 0)):
         if value < least:
@@ -67,7 +67,7 @@ def command(ctx, board, host, port, local, model, threads, prompt_tokens, gen_to
 @click.option("--png", type=click.Path(dir_okay=False), help="Also plot tokens/s over time into this PNG.")
 def report(board, model, quant, png):
     """Compare recorded bench runs across boards, models and quant types over time."""
-    from .. import history
+    from edgellama.devices import history
     rows = history.query(board=board, model=model, quant=quant)
     click.echo(history.report_table(rows))
     if png:
@@ -80,7 +80,7 @@ def _suite(repetitions: int, threads: int | None, output: str):
     import json
     import os
 
-    from .. import bench_suite
+    from edgellama.runtime import bench_suite
     if output == "csv":
         raise EdgeLlamaError("--suite: --output must be table or json")
     if repetitions < 1:

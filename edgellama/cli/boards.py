@@ -1,7 +1,7 @@
 import click
 
-from ..boards import all_boards, get_board
-from ..toolchains import get_toolchain
+from edgellama.boards.catalog import all_boards, get_board
+from edgellama.boards.toolchains import get_toolchain
 
 
 def _size(n: int) -> str:

@@ -1,7 +1,7 @@
 import click
 
-from ..builder import build
-from ..quant import QUANT_NAMES
+from edgellama.boards.builder import build
+from edgellama.model.quant import QUANT_NAMES
 
 
 def describe(result, verb: str) -> str:

@@ -4,9 +4,9 @@ import signal
 
 import click
 
-from ..errors import EdgeLlamaError
-from .devices import device_options
-from .sampling import sampling_options, sampling_params
+from edgellama.errors import EdgeLlamaError
+from edgellama.cli.devices import device_options
+from edgellama.cli.sampling import sampling_options, sampling_params
 
 
 class _Interrupts:
@@ -58,7 +58,7 @@ def command(board, host, port, local, model, threads, system, chat_template, ign
 
     Replies print as they arrive. The conversation stays on the device between turns;
     Ctrl-C stops the current reply, not the chat (a second Ctrl-C stops waiting for it)."""
-    from ..device import LocalDevice, open_device
+    from edgellama.devices.device import LocalDevice, open_device
     params = dataclasses.replace(sampling_params(options), ignore_eos=ignore_eos)
     device = open_device(board=board, host=host, port=port, local=local, model=model, threads=threads)
     with device:

@@ -2,8 +2,8 @@ import json
 
 import click
 
-from ..loading import load_model
-from .needs import needs_torch
+from edgellama.model.loading import load_model
+from edgellama.cli.needs import needs_torch
 
 
 @click.command("eval")
@@ -15,7 +15,7 @@ from .needs import needs_torch
 @click.option("--json", "as_json", is_flag=True)
 def command(model, data, seq_len, val_fraction, max_windows, as_json):
     """Validation loss and perplexity of MODEL (default: the embedded model) on CORPUS."""
-    evaluate_model = needs_torch("eval", "evaluate", "evaluate_model")
+    evaluate_model = needs_torch("eval", "model.evaluate", "evaluate_model")
     r = evaluate_model(load_model(model), data, seq_len, val_fraction, max_windows)
     if as_json:
         click.echo(json.dumps(r.__dict__))

@@ -1,9 +1,9 @@
 import click
 
-from ..gguf_file import write_gguf
-from ..llama2c import write_llama2c_v0
-from ..loading import load_model
-from ..quant import QUANT_NAMES
+from edgellama.model.gguf_file import write_gguf
+from edgellama.model.llama2c import write_llama2c_v0
+from edgellama.model.loading import load_model
+from edgellama.model.quant import QUANT_NAMES
 
 
 @click.command("export")

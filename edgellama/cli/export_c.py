@@ -1,7 +1,7 @@
 import click
 
-from ..builder import export_c
-from .build import build_options
+from edgellama.boards.builder import export_c
+from edgellama.cli.build import build_options
 
 
 @click.command("export-c")

@@ -1,6 +1,6 @@
 import click
 
-from .. import flash as flash_lib
+from edgellama.devices import flash as flash_lib
 
 
 @click.command("flash")

@@ -3,10 +3,10 @@ from pathlib import Path
 
 import click
 
-from ..gguf_file import write_gguf
-from ..llama2c import MAGIC, read_llama2c
-from ..quant import QUANT_NAMES
-from ..tokenizer import load_vocab
+from edgellama.model.gguf_file import write_gguf
+from edgellama.model.llama2c import MAGIC, read_llama2c
+from edgellama.model.quant import QUANT_NAMES
+from edgellama.model.tokenizer import load_vocab
 
 
 @click.group("import")
@@ -43,5 +43,5 @@ def llama2c_cmd(model_bin, tokenizer, output, quant):
 @click.option("--quant", type=click.Choice(list(QUANT_NAMES)), default="f32", show_default=True)
 def hf_cmd(directory, output, quant):
     """Import a Hugging Face LlamaForCausalLM folder (config.json, safetensors, tokenizer.model)."""
-    from ..hf import import_hf
+    from edgellama.model.hf import import_hf
     _write(import_hf(directory), output, quant)

@@ -2,7 +2,7 @@ import json
 
 import click
 
-from ..modelinfo import describe, describe_dict
+from edgellama.model.modelinfo import describe, describe_dict
 
 
 @click.command("inspect")

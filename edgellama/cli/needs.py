@@ -1,6 +1,6 @@
 import importlib
 
-from ..errors import EdgeLlamaError
+from edgellama.errors import EdgeLlamaError
 
 
 def needs_torch(verb: str, module: str, name: str):

@@ -1,7 +1,7 @@
 import click
 
-from ..planner import KV_DTYPES, format_plan, plan, plan_json
-from ..quant import QUANT_NAMES
+from edgellama.boards.planner import KV_DTYPES, format_plan, plan, plan_json
+from edgellama.model.quant import QUANT_NAMES
 
 
 @click.command("plan")

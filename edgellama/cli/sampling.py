@@ -2,8 +2,8 @@
 
 import click
 
-from ..errors import EdgeLlamaError
-from ..sampling_params import SamplingParams
+from edgellama.errors import EdgeLlamaError
+from edgellama.runtime.sampling_params import SamplingParams
 
 FLAGS = [
     ("--temperature", "temperature", float, 0.8, "0 is greedy."),

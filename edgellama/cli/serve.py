@@ -1,7 +1,7 @@
 import click
 
-from ..errors import EdgeLlamaError
-from .devices import device_options
+from edgellama.errors import EdgeLlamaError
+from edgellama.cli.devices import device_options
 
 
 def parse_listen(value: str) -> tuple:
@@ -26,8 +26,8 @@ def command(board, host, port, local, model, threads, listen, served_model_name,
     POST /v1/completions and /v1/chat/completions (streamed as server-sent events or
     not), GET /v1/models, GET /health. vLLM's extra sampling fields (top_k, min_p,
     repetition_penalty, ...) are accepted. A device runs one request at a time."""
-    from .. import serve
-    from ..device import LocalDevice, open_device
+    from edgellama.devices import serve
+    from edgellama.devices.device import LocalDevice, open_device
     addr, listen_port = parse_listen(listen)
     device = open_device(board=board, host=host, port=port, local=local, model=model, threads=threads)
     try:

@@ -1,6 +1,6 @@
 import click
 
-from ..tokenizer import train_tokenizer
+from edgellama.model.tokenizer import train_tokenizer
 
 
 @click.group("tokenizer")

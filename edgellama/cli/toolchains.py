@@ -1,7 +1,7 @@
 import click
 
-from ..boards import get_board
-from ..toolchains import all_toolchains, get_toolchain, install, install_apt, missing_system_packages
+from edgellama.boards.catalog import get_board
+from edgellama.boards.toolchains import all_toolchains, get_toolchain, install, install_apt, missing_system_packages
 
 
 @click.group("toolchains", invoke_without_command=True)

@@ -1,9 +1,9 @@
 import click
 
-from ..llama import LlamaConfig
-from ..presets import PRESETS
-from ..train_config import TrainConfig
-from .needs import needs_torch
+from edgellama.model.llama import LlamaConfig
+from edgellama.model.presets import PRESETS
+from edgellama.model.train_config import TrainConfig
+from edgellama.cli.needs import needs_torch
 
 DEFAULTS = TrainConfig(data="")
 MODEL_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "max_seq_len")
@@ -44,7 +44,7 @@ def command(**options):
     for k in MODEL_FIELDS:
         options.pop(k, None)
     assert set(overrides) <= set(LlamaConfig.__dataclass_fields__)
-    train = needs_torch("train", "train", "train")
+    train = needs_torch("train", "model.train", "train")
     result = train(TrainConfig(model_overrides=overrides, **options))
     if result["digest"] and result["val_loss"] is not None:
         click.echo(f"wrote {result['out']}: {result['params']:,} parameters, {result['iters']} steps, "

@@ -14,10 +14,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ..data import cache_root
-from ..errors import EdgeLlamaError
-from ..fileio import atomic_path
-from ..resources import share_dir
+from edgellama.model.data import cache_root
+from edgellama.errors import EdgeLlamaError
+from edgellama.fileio import atomic_path
+from edgellama.resources import share_dir
 
 C_FLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-ffp-contract=off", "-fno-fast-math"]
 PORTABLE_FLAGS = ["-DEL_PORTABLE_KERNELS"]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EdgeLlamaError
-from .build import build_shared_library, runtime_library_sources
+from edgellama.errors import EdgeLlamaError
+from edgellama.runtime.build import build_shared_library, runtime_library_sources
 
 MAX_STOP_STRINGS, MAX_STOP_LEN, MAX_STOP_TOKENS = 4, 32, 8
 KV_DTYPES = {"f32": 0, "int8": 1}

@@ -1,0 +1,213 @@
+"""Build a board's program: model, plan check, source tree, compile, manifest.
+
+    build("qemu-aarch64")                       -> build/qemu-aarch64/
+        edgellama-run  model.gguf  manifest.json  src/ (Makefile, main.c, core/)
+    export_c("rpi4", out_dir="rpi4-src")        -> the same without compiling
+
+`export_c` and `build` share every step up to the emitted source tree, so what a user
+builds from `export-c` is exactly what `build` compiles. The output is atomic: it is
+made in a temporary directory beside out_dir and renamed into place, so a failed build
+leaves an older build directory as it was.
+"""
+
+import contextlib
+import datetime
+import importlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgellama.boards import targets
+from edgellama.boards.catalog import Board, get_board
+from edgellama.errors import EdgeLlamaError
+from edgellama.fileio import sha256_file
+from edgellama.model.gguf_file import GGUF_MAGIC, write_gguf
+from edgellama.model.loading import load_model, resolve
+from edgellama.model.quant import QUANT_NAMES
+from edgellama.runtime.build import firmware_dir
+from edgellama.boards.targets import BuildContext
+from edgellama.boards.toolchains import get_toolchain
+
+MODEL_FILE = "model.gguf"
+MANIFEST = "manifest.json"
+DEFAULT_QUANT = "q8_0"
+
+
+@dataclass
+class BuildResult:
+    context: BuildContext            # out_dir and model_path point at the final directory
+    artifacts: list                  # the program or image, then the model (absolute paths)
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def out_dir(self) -> Path:
+        return self.context.out_dir
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.context.out_dir / MANIFEST
+
+
+def runtime_version() -> str:
+    header = (firmware_dir() / "core" / "el_runtime.h").read_text(encoding="utf-8")
+    m = re.search(r'#define\s+EL_RUNTIME_VERSION\s+"([^"]*)"', header)
+    return m.group(1) if m else "unknown"
+
+
+def default_out_dir(board_name: str) -> Path:
+    return Path("build") / board_name
+
+
+def runtime_options(board: Board, ctx: int | None) -> dict:
+    """The engine options without a planner (the planner's Plan.engine_options() otherwise)."""
+    return {"block_size": board.kv_block_size, "arena_bytes": board.arena, "max_model_len": ctx or 0,
+            "kv_dtype": "f32"}
+
+
+def check_plan(board: Board, model_path: Path, ctx: int | None, quant: str | None):
+    """The plan (edgellama/planner.py) for the model as it will be exported; a model that
+    does not fit is refused here, with the plan's numbers, before anything is written."""
+    if importlib.util.find_spec(f"{__package__}.planner") is None:
+        return None
+    planner = importlib.import_module(f"{__package__}.planner")
+    plan = planner.plan(board, model_path, ctx, quant)
+    planner.require_fits(plan)
+    return plan
+
+
+def write_model(source: Path, dest: Path, quant: str | None):
+    """The model in the output directory: quantized to `quant`, or copied as it is when None."""
+    if quant is None:
+        with open(source, "rb") as f:
+            is_gguf = f.read(4) == GGUF_MAGIC
+        if is_gguf:
+            shutil.copyfile(source, dest)
+            return
+        quant = "f32"  # a training checkpoint becomes an F32 GGUF
+    write_gguf(load_model(source), dest, quant)
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: Path):
+    """Yield a temporary directory beside out_dir; on success it replaces out_dir."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not (out_dir.is_dir() and (not any(out_dir.iterdir()) or (out_dir / MANIFEST).is_file())):
+        raise EdgeLlamaError(f"{out_dir}: exists and is not an edgellama build directory (no {MANIFEST}); "
+                             "choose another -o or remove it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the result should be an ordinary directory
+    try:
+        yield tmp
+        old = None
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+            os.replace(out_dir, old / "d")
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:
+            if old is not None:
+                os.replace(old / "d", out_dir)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _make(board_name: str, model, quant: str | None, out_dir, ctx: int | None, compile_it: bool) -> BuildResult:
+    board = get_board(board_name)
+    target = targets.for_board(board)
+    toolchain = get_toolchain(board.toolchain)
+    if compile_it and toolchain.kind != "platformio":  # the PlatformIO target finds and reports pio itself
+        toolchain.require()
+    if quant is not None and quant not in QUANT_NAMES:
+        raise EdgeLlamaError(f"--quant: unknown type {quant!r}; use one of {', '.join(QUANT_NAMES)}")
+    source = resolve(model)
+    if not source.is_file():
+        raise EdgeLlamaError(f"{source}: no such model file")
+    plan = check_plan(board, source, ctx, quant)
+    out_dir = Path(out_dir) if out_dir else default_out_dir(board.name)
+    with atomic_dir(out_dir) as tmp:
+        options = plan.engine_options() if plan is not None else runtime_options(board, ctx)
+        context = BuildContext(board, toolchain, tmp / MODEL_FILE, quant, tmp, options)
+        write_model(source, context.model_path, quant)
+        sources = target.emit(context)
+        artifacts = target.compile(context) if compile_it else []
+        artifacts = [*artifacts, context.model_path]
+        manifest = {
+            "kind": "build" if compile_it else "source",
+            "board": board.name,
+            "description": board.description,
+            "arch": board.arch,
+            "cpu": board.cpu,
+            "os": board.os,
+            "toolchain": {"name": toolchain.name, "cc": toolchain.cc,
+                          "version": toolchain.version() if toolchain.installed() else ""},
+            **context.manifest,
+            "runtime_version": runtime_version(),
+            "runtime_options": context.options,
+            "quant": quant,
+            "model": {"source": str(source), "file": MODEL_FILE},
+            "plan": _plan_summary(plan),
+            "artifacts": [{"path": a.relative_to(tmp).as_posix(), "sha256": sha256_file(a), "bytes": a.stat().st_size}
+                          for a in artifacts],
+            "sources": sorted(s.relative_to(tmp).as_posix() for s in sources),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    context.out_dir = out_dir
+    context.model_path = out_dir / MODEL_FILE
+    return BuildResult(context, [out_dir / a.relative_to(tmp) for a in artifacts], manifest)
+
+
+def _plan_summary(plan):
+    if plan is None:
+        return None
+    if hasattr(plan, "to_dict"):
+        return plan.to_dict()
+    try:
+        import dataclasses
+        return json.loads(json.dumps(dataclasses.asdict(plan), default=str))
+    except TypeError:
+        return str(plan)
+
+
+def build(board_name: str, model=None, quant: str | None = DEFAULT_QUANT, out_dir=None, ctx: int | None = None
+          ) -> BuildResult:
+    """Model (quantized to `quant`; None keeps it as given), plan check, sources, program, manifest."""
+    return _make(board_name, model, quant, out_dir, ctx, True)
+
+
+def export_c(board_name: str, model=None, quant: str | None = DEFAULT_QUANT, out_dir=None, ctx: int | None = None
+             ) -> BuildResult:
+    """The standalone source tree (sources, Makefile, model) that `build` would compile."""
+    return _make(board_name, model, quant, out_dir, ctx, False)
+
+
+def load_build(out_dir, board_name: str | None = None) -> BuildContext:
+    """The BuildContext of a finished build directory (from its manifest)."""
+    out_dir = Path(out_dir)
+    path = out_dir / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EdgeLlamaError(f"{out_dir}: no build here (no {MANIFEST})") from None
+    except (OSError, ValueError) as e:
+        raise EdgeLlamaError(f"{path}: cannot read ({e})") from None
+    if manifest.get("kind") != "build":
+        raise EdgeLlamaError(f"{out_dir}: holds exported sources, not a build; run `edgellama build` first")
+    if board_name is not None and manifest.get("board") != board_name:
+        raise EdgeLlamaError(f"{out_dir}: is a build for {manifest.get('board')}, not {board_name}")
+    board = get_board(manifest["board"])
+    return BuildContext(board, get_toolchain(board.toolchain), out_dir / manifest["model"]["file"],
+                        manifest.get("quant"), out_dir, manifest.get("runtime_options") or {},
+                        {k: manifest[k] for k in ("flags",) if k in manifest})

@@ -1,0 +1,154 @@
+"""The board catalog: one TOML file per board in boards/, checked against a schema.
+
+Adding a board is adding a file. Sizes may be written as integers (bytes) or as
+strings with a unit ("512KiB", "4MiB", "16GB").
+"""
+
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgellama.errors import EdgeLlamaError
+from edgellama.resources import share_dir
+
+OS_KINDS = ("linux", "baremetal", "platformio")
+REACH_KINDS = ("ssh", "serial", "emulator")
+UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+
+
+@dataclass
+class Reach:
+    kind: str                        # ssh, serial or emulator
+    emulator: str = ""               # emulator program: qemu-aarch64, qemu-system-arm, ...
+    machine: str = ""                # qemu-system machine
+    cpu: str = ""                    # emulated CPU
+    apt: list = field(default_factory=list)   # Debian packages that provide the emulator
+    baud: int = 115200
+    usb: list = field(default_factory=list)   # "VID:PID" strings for auto-detection
+
+
+@dataclass
+class Board:
+    name: str
+    description: str
+    arch: str
+    cpu: str
+    cflags: list
+    os: str
+    toolchain: str
+    ram: int
+    reach: Reach
+    storage: int = 0
+    flash: int = 0
+    psram: int = 0
+    clock_mhz: int = 0
+    threads: int = 1
+    kv_block_size: int = 16
+    arena: int = 0
+    platformio: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def emulated(self) -> bool:
+        return self.reach.kind == "emulator"
+
+
+def parse_size(value, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+)\s*([KMG]i?B|B)?\s*", value)
+        if m:
+            return int(m.group(1)) * UNITS[m.group(2) or ""]
+    raise EdgeLlamaError(f"{where}: expected a size such as 4096, \"512KiB\" or \"4MiB\", got {value!r}")
+
+
+def _get(table: dict, key: str, kind, where: str, default=None, required=True):
+    if key not in table:
+        if required:
+            raise EdgeLlamaError(f"{where}: missing field {key!r}")
+        return default
+    value = table[key]
+    if kind is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise EdgeLlamaError(f"{where}: field {key!r} must be a list of strings")
+    elif kind is int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise EdgeLlamaError(f"{where}: field {key!r} must be a non-negative integer")
+    elif not isinstance(value, kind):
+        raise EdgeLlamaError(f"{where}: field {key!r} must be a {kind.__name__}")
+    return value
+
+
+def load_board(path) -> Board:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise EdgeLlamaError(f"{path}: cannot read ({e})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise EdgeLlamaError(f"{path}: not valid TOML ({e})") from None
+    where = str(path)
+    known = {"name", "description", "arch", "cpu", "cflags", "os", "toolchain", "ram", "storage", "flash", "psram",
+             "clock_mhz", "reach", "runtime", "platformio"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise EdgeLlamaError(f"{where}: unknown field {unknown[0]!r}")
+    os_kind = _get(data, "os", str, where)
+    if os_kind not in OS_KINDS:
+        raise EdgeLlamaError(f"{where}: field 'os' must be one of {', '.join(OS_KINDS)}, got {os_kind!r}")
+    reach_table = _get(data, "reach", dict, where)
+    reach_where = f"{where} [reach]"
+    kind = _get(reach_table, "kind", str, reach_where)
+    if kind not in REACH_KINDS:
+        raise EdgeLlamaError(f"{reach_where}: field 'kind' must be one of {', '.join(REACH_KINDS)}, got {kind!r}")
+    reach = Reach(kind, _get(reach_table, "emulator", str, reach_where, "", kind == "emulator"),
+                  _get(reach_table, "machine", str, reach_where, "", False),
+                  _get(reach_table, "cpu", str, reach_where, "", False),
+                  _get(reach_table, "apt", list, reach_where, [], False),
+                  _get(reach_table, "baud", int, reach_where, 115200, False),
+                  _get(reach_table, "usb", list, reach_where, [], False))
+    for vid_pid in reach.usb:
+        if not re.fullmatch(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{4}", vid_pid):
+            raise EdgeLlamaError(f"{reach_where}: usb entry {vid_pid!r} is not VID:PID in hex")
+    runtime = _get(data, "runtime", dict, where, {}, False)
+    run_where = f"{where} [runtime]"
+    board = Board(
+        name=_get(data, "name", str, where), description=_get(data, "description", str, where),
+        arch=_get(data, "arch", str, where), cpu=_get(data, "cpu", str, where),
+        cflags=_get(data, "cflags", list, where), os=os_kind, toolchain=_get(data, "toolchain", str, where),
+        ram=parse_size(_get(data, "ram", (int, str), where), f"{where}: field 'ram'"), reach=reach,
+        storage=parse_size(data.get("storage", 0), f"{where}: field 'storage'"),
+        flash=parse_size(data.get("flash", 0), f"{where}: field 'flash'"),
+        psram=parse_size(data.get("psram", 0), f"{where}: field 'psram'"),
+        clock_mhz=_get(data, "clock_mhz", int, where, 0, False),
+        threads=_get(runtime, "threads", int, run_where, 1, False),
+        kv_block_size=_get(runtime, "kv_block_size", int, run_where, 16, False),
+        arena=parse_size(runtime.get("arena", 0), f"{run_where}: field 'arena'"),
+        platformio=_get(data, "platformio", dict, where, {}, os_kind == "platformio"),
+        path=path)
+    if board.name != path.stem:
+        raise EdgeLlamaError(f"{where}: field 'name' is {board.name!r} but the file is named {path.stem}.toml")
+    if board.kv_block_size < 1:
+        raise EdgeLlamaError(f"{run_where}: field 'kv_block_size' must be at least 1")
+    return board
+
+
+def boards_dir() -> Path:
+    return share_dir("boards")
+
+
+def all_boards() -> list:
+    return [load_board(p) for p in sorted(boards_dir().glob("*.toml"))]
+
+
+def get_board(name: str) -> Board:
+    path = boards_dir() / f"{name}.toml"
+    if not path.is_file():
+        names = [p.stem for p in sorted(boards_dir().glob("*.toml"))]
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"known boards: {', '.join(names)}"
+        raise EdgeLlamaError(f"--board: unknown board {name!r}; {hint}")
+    return load_board(path)

@@ -1,0 +1,307 @@
+"""The bare-metal target: one firmware image (runtime, main loop, board port, model)
+for a microcontroller or an emulated machine, talking over the board's UART.
+
+The output directory:
+
+    OUT/firmware.elf  OUT/firmware.bin  OUT/model.gguf  OUT/manifest.json
+    OUT/src/Makefile  OUT/src/config.mk
+    OUT/src/core/     the runtime (firmware/core)
+    OUT/src/app/      the main loop, the framed protocol, the port interface, memcpy & co,
+                      the model's .incbin
+    OUT/src/port/     the board's startup code, UART driver, linker script, port.mk
+
+`compile` runs the emitted Makefile (what a user runs with `make` in OUT/src). The model
+is linked in byte for byte with `.incbin` (app/el_model_blob.S), 32-byte aligned, in
+flash where the board has it (else PSRAM, or RAM on boards without flash); the arena is
+a static buffer in its own section, placed in RAM when it fits there beside the stack
+and data, else in PSRAM. Where they go is decided by the planner's arithmetic
+(edgellama/planner.py) and written into config.mk; the linker checks it.
+
+The program speaks a line protocol over the UART (firmware/apps/baremetal/main.c): a
+hello line at boot, then one prompt per line, optionally prefixed "key=value ... |",
+answered with the streamed completion and a "[stats] ..." line; "/exit" ends it. Input
+that starts with the byte 0xFE is the framed protocol instead (firmware/PROTOCOL.md),
+which edgellama.devices.protocol_device speaks.
+
+Running under QEMU: `run_command(ctx, ["generate", PROMPT, flags...])` gives a command
+that runs one request and exits by itself: the request line and "/exit" are written to
+a file under OUT/run/, and the UART is a QEMU `pipe` chardev whose input is that file
+and whose output (a symlink to /dev/stdout) is the emulator's standard output. With no
+arguments (or "chat") the UART is on stdio, for a person or a program driving it
+(`serial_command`). Everything the device prints comes back: the hello line, the
+completion, the stats line and "[bye]"; `parse_reply` splits it.
+"""
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgellama.errors import EdgeLlamaError
+from edgellama.runtime import build as runtime_build
+from edgellama.boards.targets import BuildContext, copy_core, copy_sources, kernels_for, run_checked
+
+IMAGE = "firmware"
+APP_FILES = ("main.c", "el_port.h", "el_freestanding.c", "el_model_blob.S")
+COMMON_FILES = ("el_protocol.c", "el_protocol.h")  # the framed protocol (firmware/PROTOCOL.md)
+FREESTANDING_FLAGS = ["-ffreestanding", "-fno-tree-loop-distribute-patterns", "-ffunction-sections",
+                      "-fdata-sections"]
+LDFLAGS = ["-nostdlib", "-nostartfiles", "-Wl,--gc-sections"]
+LDLIBS = ["-lgcc"]
+DEFAULT_MAX_TOKENS = 128
+LINE_MAX = 511              # bytes of one request line (EL_LINE_MAX - 1 in main.c)
+MCU_MAX_SEQS = 1
+MCU_MAX_BATCH_TOKENS = 8    # the planner's default for MCUs (rows per forward pass)
+# Emulator flags each port needs beyond the machine and CPU of the board's [reach]:
+# AN386 exits through semihosting (or an AIRCR reset, which -no-reboot turns into an
+# exit); riscv virt runs the image in machine mode with no firmware.
+EMULATOR_FLAGS = {
+    "mps2-an386": ["-semihosting-config", "enable=on,target=native"],
+    "qemu-virt-rv64": ["-bios", "none"],
+}
+# Memory regions of each port's linker script, for the placement in config.mk.
+REGIONS = {
+    "mps2-an386": {"flash": "FLASH", "ram": "RAM", "psram": "PSRAM"},
+    "qemu-virt-rv64": {"flash": "RAM", "ram": "RAM", "psram": "RAM"},
+}
+# "generate" flags of edgellama-run and the line protocol's keys they become
+FLAG_KEYS = {
+    "--temperature": "temperature", "--top-p": "top_p", "--top-k": "top_k", "--min-p": "min_p",
+    "--repetition-penalty": "repetition_penalty", "--frequency-penalty": "frequency_penalty",
+    "--presence-penalty": "presence_penalty", "--seed": "seed", "--max-tokens": "max_tokens",
+    "--min-tokens": "min_tokens",
+}
+
+
+def port_dir(board) -> Path:
+    path = runtime_build.firmware_dir() / "ports" / board.name
+    if not path.is_dir():
+        ports = sorted(p.name for p in (runtime_build.firmware_dir() / "ports").iterdir() if p.is_dir())
+        raise EdgeLlamaError(f"board {board.name}: no bare-metal port yet (firmware/ports/ has {', '.join(ports)})")
+    return path
+
+
+def cflags(ctx: BuildContext) -> list:
+    """The runtime's flags (C99, -O2, no FMA contraction), freestanding, and the board's CPU flags."""
+    flags = list(runtime_build.C_FLAGS)
+    if "-O2" not in flags:
+        flags.append("-O2")
+    return [*flags, *FREESTANDING_FLAGS, *ctx.board.cflags]
+
+
+def _placement(ctx: BuildContext, arena_bytes: int) -> tuple:
+    """(weights region, arena region, arena bytes) in the port's linker-script names,
+    from the planner's placement when the planner is there."""
+    regions = REGIONS.get(ctx.board.name, {"flash": "FLASH", "ram": "RAM", "psram": "PSRAM"})
+    try:
+        from edgellama.boards import planner
+        place = planner._placement(ctx.board, Path(ctx.model_path).stat().st_size)
+    except (ImportError, AttributeError):
+        place = None
+    if place is None:
+        weights = "flash" if ctx.board.flash else "ram"
+        arena_region = "ram" if arena_bytes <= ctx.board.ram - 512 * 1024 else "psram"
+    else:
+        weights = place["weights_location"] or ("flash" if ctx.board.flash else "ram")
+        arena_region = (place["arena_location"] or "RAM").lower()
+        if not arena_bytes:
+            arena_bytes = place["arena_budget"]
+    return regions[weights], regions.get(arena_region, "RAM"), arena_bytes
+
+
+def config_text(ctx: BuildContext) -> str:
+    board, options = ctx.board, ctx.options or {}
+    kv_dtype = options.get("kv_dtype") or "f32"
+    if kv_dtype not in ("f32", "int8"):
+        raise EdgeLlamaError(f"kv_dtype must be f32 or int8, got {kv_dtype!r}")
+    arena = int(options.get("arena_bytes") or board.arena or 0)
+    weights_region, arena_region, arena = _placement(ctx, arena)
+    if arena <= 0:
+        raise EdgeLlamaError(f"board {board.name}: no arena size (set [runtime] arena in its TOML file)")
+    model = os.path.relpath(ctx.model_path, ctx.src_dir)
+    pairs = [
+        ("BOARD", board.name),
+        ("CC", ctx.toolchain.cc),
+        ("BOARD_CFLAGS", " ".join(board.cflags)),
+        ("MODEL", model),
+        ("OUT", ".."),
+        ("WEIGHTS_REGION", weights_region),
+        ("ARENA_REGION", arena_region),
+        ("ARENA_BYTES", str(arena)),
+        ("BLOCK_SIZE", str(int(options.get("block_size") or board.kv_block_size or 16))),
+        ("MAX_MODEL_LEN", str(int(options.get("max_model_len") or 0))),
+        ("MAX_BATCH_TOKENS", str(MCU_MAX_BATCH_TOKENS)),
+        ("KV_DTYPE", "1" if kv_dtype == "int8" else "0"),
+        ("MAX_TOKENS", str(DEFAULT_MAX_TOKENS)),
+    ]
+    lines = [f"# {board.name}: {board.description}",
+             "# Written by edgellama (build / export-c); the Makefile reads it. Any of these can be",
+             "# overridden on make's command line, e.g. `make ARENA_BYTES=2097152`.",
+             "# MAX_MODEL_LEN 0 = the model's context; KV_DTYPE 0 = f32, 1 = int8;",
+             "# MAX_TOKENS = a request's default max_tokens; OUT = where firmware.elf/.bin go."]
+    lines += [f"{key} = {value}" for key, value in pairs]
+    return "\n".join(lines) + "\n"
+
+
+def emit(ctx: BuildContext) -> list:
+    src = ctx.src_dir
+    port = port_dir(ctx.board)
+    apps = runtime_build.firmware_dir() / "apps" / "baremetal"
+    files = copy_core(src / "core")
+    files += copy_sources([apps / name for name in APP_FILES], src / "app")
+    common = runtime_build.firmware_dir() / "apps" / "common"
+    files += copy_sources([common / name for name in COMMON_FILES], src / "app")
+    files += copy_sources(sorted(p for p in port.iterdir() if p.is_file()), src / "port")
+    files += copy_sources([apps / "Makefile"], src)
+    config = src / "config.mk"
+    config.write_text(config_text(ctx), encoding="utf-8")
+    files.append(config)
+    ctx.manifest["flags"] = {"cflags": cflags(ctx), "ldflags": [*LDFLAGS, f"-T{port.name}/link.ld"],
+                             "ldlibs": LDLIBS}
+    ctx.manifest["program"] = f"{IMAGE}.elf"
+    ctx.manifest["kernels"] = kernels_for(ctx.toolchain.cc, cflags(ctx))
+    ctx.manifest["memory"] = dict(re.findall(r"^(WEIGHTS_REGION|ARENA_REGION|ARENA_BYTES) = (\S+)$",
+                                             config.read_text(encoding="utf-8"), re.MULTILINE))
+    return files
+
+
+def compile(ctx: BuildContext) -> list:
+    jobs = str(max(1, os.cpu_count() or 1))
+    run_checked(["make", "-C", ctx.src_dir, f"-j{jobs}"],
+                f"compiling the {ctx.board.name} firmware with {ctx.toolchain.cc}")
+    artifacts = [ctx.out_dir / f"{IMAGE}.elf", ctx.out_dir / f"{IMAGE}.bin"]
+    for artifact in artifacts:
+        if not artifact.is_file():
+            raise EdgeLlamaError(f"compiling for {ctx.board.name}: make succeeded but {artifact} is missing")
+    return artifacts
+
+
+# ---------------------------------------------------------------- running under QEMU
+
+def emulator_command(ctx: BuildContext) -> list:
+    """QEMU with the image, no display, no monitor; the caller adds the UART's -serial."""
+    board, reach = ctx.board, ctx.board.reach
+    if reach.kind != "emulator":
+        raise EdgeLlamaError(f"board {board.name} is reached by {reach.kind}, not an emulator: write "
+                             f"{ctx.out_dir / (IMAGE + '.bin')} to its flash (`edgellama flash` comes later)")
+    command = [reach.emulator]
+    if reach.machine:
+        command += ["-M", reach.machine]
+    if reach.cpu:
+        command += ["-cpu", reach.cpu]
+    command += [*EMULATOR_FLAGS.get(board.name, []), "-display", "none", "-monitor", "none", "-no-reboot",
+                "-kernel", str((ctx.out_dir / f"{IMAGE}.elf").resolve())]
+    return command
+
+
+def serial_command(ctx: BuildContext) -> list:
+    """QEMU with the UART on its standard input and output: write request lines to its
+    stdin, read the device's output from its stdout; "/exit" ends it with status 0."""
+    return [*emulator_command(ctx), "-serial", "stdio"]
+
+
+def request_line(args: list) -> str:
+    """`generate PROMPT [flags]` as one request line: "key=value ... | PROMPT"."""
+    args = [str(a) for a in args]
+    if not args or args[0] != "generate":
+        raise EdgeLlamaError("bare-metal boards run `generate PROMPT [flags]` (or, with no arguments, "
+                             "the serial console)")
+    prompt, options = None, {"temperature": "0", "max_tokens": str(DEFAULT_MAX_TOKENS)}
+    i = 1
+    while i < len(args):
+        arg = args[i]
+        flag, eq, value = arg.partition("=")
+        if arg == "--ignore-eos":
+            options["ignore_eos"] = "1"
+        elif arg == "--":
+            prompt = " ".join(args[i + 1:]) if prompt is None else prompt
+            break
+        elif flag in FLAG_KEYS:
+            if not eq:
+                if i + 1 >= len(args):
+                    raise EdgeLlamaError(f"{flag} needs a value")
+                value = args[i + 1]
+                i += 1
+            if not re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", value):
+                raise EdgeLlamaError(f"{flag} needs a number, got {value!r}")
+            options[FLAG_KEYS[flag]] = value
+        elif arg.startswith("--") and len(arg) > 2:
+            raise EdgeLlamaError(f"{flag}: not available on bare-metal boards (their line protocol takes "
+                                 f"{', '.join(sorted(FLAG_KEYS))} and --ignore-eos)")
+        elif prompt is None:
+            prompt = arg
+        else:
+            raise EdgeLlamaError(f"unexpected argument {arg!r}")
+        i += 1
+    if not prompt:
+        raise EdgeLlamaError("generate needs a prompt")
+    if "\n" in prompt or "\r" in prompt:
+        raise EdgeLlamaError("a prompt for a bare-metal board is one line (no newlines)")
+    line = " ".join(f"{k}={v}" for k, v in options.items()) + " | " + prompt
+    if len(line.encode("utf-8")) > LINE_MAX:
+        raise EdgeLlamaError(f"the request line is {len(line.encode('utf-8'))} bytes; the device takes at most "
+                             f"{LINE_MAX}")
+    return line
+
+
+def _request_files(ctx: BuildContext, text: str) -> Path:
+    """OUT/run/<hash>.in holding `text`, and OUT/run/<hash>.out linked to /dev/stdout:
+    the two ends of QEMU's `pipe` chardev. Named by content, so runs never clash."""
+    folder = ctx.out_dir / "run"
+    folder.mkdir(parents=True, exist_ok=True)
+    base = folder / hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    source = base.with_suffix(".in")
+    if not source.is_file() or source.read_bytes() != text.encode("utf-8"):
+        tmp = folder / f".{base.name}.{os.getpid()}.tmp"
+        tmp.write_bytes(text.encode("utf-8"))
+        os.replace(tmp, source)
+    out = base.with_suffix(".out")
+    if not out.is_symlink():
+        try:
+            out.symlink_to("/dev/stdout")
+        except FileExistsError:
+            pass
+    return base
+
+
+def run_command(ctx: BuildContext, args: list) -> list:
+    """The emulator command: with `generate PROMPT [flags]`, one that sends that request
+    and "/exit" and ends by itself (status 0); with no arguments or "chat", the UART on
+    stdio (serial_command)."""
+    args = [str(a) for a in args]
+    if not args or args == ["chat"]:
+        return serial_command(ctx)
+    line = request_line(args)
+    base = _request_files(ctx, line + "\n/exit\n")
+    return [*emulator_command(ctx), "-chardev", f"pipe,id=uart0,path={base}", "-serial", "chardev:uart0"]
+
+
+@dataclass
+class Reply:
+    hello: str          # the boot line ("" when the output has none)
+    text: str           # the completion
+    stats: dict         # the [stats] line's key=value pairs
+    errors: list        # "[error] ..." lines
+
+
+def parse_stats(line: str) -> dict:
+    return dict(item.split("=", 1) for item in line.split()[1:] if "=" in item)
+
+
+def parse_reply(output: str) -> Reply:
+    """Split what the device printed for one request (after its hello line, when present):
+    the completion is everything up to the newline before "[stats]"."""
+    hello = ""
+    if output.startswith("edgellama "):
+        hello, _, output = output.partition("\n")
+    errors = [line for line in output.splitlines() if line.startswith("[error] ")]
+    at = output.find("\n[stats] ")
+    if at < 0:
+        if output.startswith("[stats] "):
+            at = -1
+        else:
+            return Reply(hello, "", {}, errors)
+    text = output[:at] if at >= 0 else ""
+    stats_line = output[at + 1:].split("\n", 1)[0]
+    return Reply(hello, text, parse_stats(stats_line), errors)

@@ -1,0 +1,371 @@
+"""The PlatformIO target: a PlatformIO project for boards with an Arduino core
+(esp32-s3, rpi-pico2), built by PlatformIO itself.
+
+`emit` writes the project into OUT/src (the project directory):
+
+    OUT/src/platformio.ini          one environment named after the board
+    OUT/src/data/model.gguf         the weights, assembled into flash by ...
+    OUT/src/src/el_model_flash.S    ... .incbin, 32-byte aligned, in a .rodata section
+    OUT/src/src/el_*.c, el_*.h      the runtime core (firmware/core)
+    OUT/src/src/el_app_main.inc     the bare-metal main loop (firmware/apps/baremetal/main.c)
+    OUT/src/src/el_app_arduino.c    that loop as an Arduino app (firmware/ports/arduino)
+    OUT/src/src/el_port_arduino.cpp el_port.h over Arduino's Serial, the arena, setup()/loop()
+    OUT/src/src/el_port.h
+
+Placement. The weights go into flash on both boards, read in place: an .incbin in a
+.rodata section lands in flash under every Arduino core's own linker script (XIP flash
+on the RP2350, flash-mapped DROM on the ESP32-S3), and `.balign 32` keeps GGUF's tensor
+alignment, which the runtime needs (F32 tensors are read as float arrays). espressif32's
+documented `board_build.embed_files` was not used: for the Arduino framework it runs
+objcopy on the raw file (builder/frameworks/_embed_files.py), which gives the data no
+alignment and names the symbols after the file's path rather than the ones the main
+loop reads. The arena goes where the planner puts it: in SRAM (a static buffer) when it
+fits there, else in PSRAM, allocated at boot with ps_malloc (BOARD_HAS_PSRAM; on the
+ESP32-S3 N16R8 the octal PSRAM also needs board_build.arduino.memory_type = qio_opi).
+
+`compile` runs `pio run -d OUT/src`. PlatformIO fetches its platform, framework and
+compiler from its own registry on first use; where it cannot (no network), the error
+says so in PlatformIO's own words (pio's HTTPClientError often has none, so the error
+adds whether the registry's name resolves) and how to build the same project elsewhere:
+`edgellama export-c` writes it, `pio run -d DIR/src` builds it.
+
+Options from the board's [platformio] table besides platform, board and framework are
+written into the environment as they are (and override the defaults below), so a
+board file can carry any PlatformIO option, e.g. "board_build.core" = "earlephilhower".
+"""
+
+import concurrent.futures
+import importlib.util
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from edgellama.errors import EdgeLlamaError
+from edgellama.runtime import build as runtime_build
+from edgellama.boards.targets import BuildContext, compiler_message, copy_core, copy_sources
+
+DATA_DIR = "data"
+MODEL_FILE = "model.gguf"
+APP_INCLUDE = "el_app_main.inc"
+PORT_FILES = ("el_app_arduino.c", "el_port_arduino.cpp", "el_model_flash.S")
+# flags for the project's own sources only (build_src_flags): the runtime's float
+# rules (no FMA contraction: both boards' FPUs have fused multiply-add) and -O2
+SRC_CFLAGS = ["-O2", "-ffp-contract=off", "-fno-fast-math"]
+RAM_RESERVE = 96 * 1024        # SRAM for the stack, the core and its heap (as the planner counts)
+MCU_MAX_BATCH_TOKENS = 8        # the planner's rows per forward step on MCUs
+PIO_TIMEOUT = 3600              # a first build downloads a compiler and a framework
+REGISTRY_HOST = "api.registry.platformio.org"
+
+
+# ---------------------------------------------------------------- the project
+
+def project_dir(ctx: BuildContext) -> Path:
+    return ctx.src_dir
+
+
+def env_name(ctx: BuildContext) -> str:
+    return ctx.board.name
+
+
+def platform_name(platform: str) -> str:
+    """espressif32 for "espressif32", "platformio/espressif32@6.9.0" or a URL to a fork."""
+    name = platform.strip().split("@")[0].rstrip("/").rsplit("/", 1)[-1]
+    name = re.sub(r"\.(git|zip|tar\.gz)$", "", name)
+    return re.sub(r"^platform-", "", name).lower()
+
+
+def is_espressif32(ctx: BuildContext) -> bool:
+    return platform_name(ctx.board.platformio.get("platform", "")) == "espressif32"
+
+
+def arena_bytes(ctx: BuildContext) -> int:
+    board = ctx.board
+    arena = (ctx.options or {}).get("arena_bytes") or board.arena
+    if not arena:  # as the planner does without [runtime] arena: the larger of free SRAM and PSRAM
+        arena = max(board.ram - RAM_RESERVE, board.psram)
+    return int(arena)
+
+
+def arena_in_psram(ctx: BuildContext) -> bool:
+    """PSRAM when the arena does not fit SRAM beside the program (the planner's rule)."""
+    board = ctx.board
+    arena = arena_bytes(ctx)
+    if arena <= board.ram - RAM_RESERVE:
+        return False
+    if arena <= board.psram:
+        return True
+    raise EdgeLlamaError(f"board {board.name}: an arena of {arena:,} bytes fits neither its SRAM "
+                         f"({board.ram:,} bytes less {RAM_RESERVE // 1024} KiB) nor its PSRAM ({board.psram:,} bytes)")
+
+
+def _define(name: str, value) -> str:
+    if isinstance(value, str):
+        return f'-D{name}=\\"{value}\\"'  # PlatformIO's documented form for a string macro
+    return f"-D{name}={value}"
+
+
+def src_flags(ctx: BuildContext) -> list:
+    """build_src_flags: the runtime's float rules, the weights' directory, the main loop's settings."""
+    options = ctx.options or {}
+    kv = options.get("kv_dtype") or "f32"
+    if kv not in ("f32", "int8"):
+        raise EdgeLlamaError(f"kv_dtype must be f32 or int8, got {kv!r}")
+    return [
+        *SRC_CFLAGS,
+        f"-I$PROJECT_DIR/{DATA_DIR}",  # where .incbin finds the model
+        _define("EL_BOARD_NAME", ctx.board.name),
+        _define("EL_ARENA_BYTES", arena_bytes(ctx)),
+        _define("EL_ARENA_PSRAM", int(arena_in_psram(ctx))),
+        _define("EL_BLOCK_SIZE", int(options.get("block_size") or ctx.board.kv_block_size)),
+        _define("EL_MAX_MODEL_LEN", int(options.get("max_model_len") or 0)),
+        _define("EL_KV_DTYPE", int(kv == "int8")),
+        _define("EL_MAX_BATCH_TOKENS", int(options.get("max_batch_tokens") or MCU_MAX_BATCH_TOKENS)),
+        _define("EL_BAUD", ctx.board.reach.baud),
+    ]
+
+
+def board_flags(ctx: BuildContext) -> list:
+    """build_flags (seen by the Arduino core too): PSRAM and the USB serial port."""
+    flags = []
+    if is_espressif32(ctx):
+        if ctx.board.psram:
+            flags.append("-DBOARD_HAS_PSRAM")  # the core initialises PSRAM and ps_malloc works
+        if any(usb.lower().startswith("303a:") for usb in ctx.board.reach.usb):
+            # reached through the chip's own USB (Espressif's VID): Serial is USB CDC
+            flags += ["-DARDUINO_USB_MODE=1", "-DARDUINO_USB_CDC_ON_BOOT=1"]
+    return flags
+
+
+def _esp_flash_name(n: int) -> str:
+    return f"{n >> 20}MB"
+
+
+def board_options(ctx: BuildContext) -> list:
+    """(option, value) pairs beyond platform/board/framework: the platform's defaults for
+    the board's flash and PSRAM, then the board file's own options (which win)."""
+    board = ctx.board
+    options = {}
+    if is_espressif32(ctx):
+        if board.flash:
+            options["board_upload.flash_size"] = _esp_flash_name(board.flash)
+            # an app partition that holds the weights: 6.25 MB on 16 MB, 3.2 MB on 8 MB, 3 MB on 4 MB
+            # (the platform takes the firmware's size limit from this table)
+            if board.flash >= 16 << 20:
+                options["board_build.partitions"] = "default_16MB.csv"
+            elif board.flash >= 8 << 20:
+                options["board_build.partitions"] = "default_8MB.csv"
+            else:
+                options["board_build.partitions"] = "huge_app.csv"
+        if board.psram:
+            # the SDK build for the module's memories: quad flash with octal PSRAM (the
+            # 8 MiB modules, N16R8/N8R8) or quad PSRAM (the 2 MiB ones)
+            options["board_build.arduino.memory_type"] = "qio_opi" if board.psram >= 8 << 20 else "qio_qspi"
+            options["board_build.flash_mode"] = "qio"
+    for key, value in board.platformio.items():
+        if key in ("platform", "board", "framework"):
+            continue
+        if isinstance(value, list):
+            value = "\n".join(str(v) for v in value)
+        elif isinstance(value, bool):
+            value = "yes" if value else "no"
+        options[key] = str(value)
+    return list(options.items())
+
+
+def _ini_value(value: str) -> str:
+    lines = str(value).splitlines() or [""]
+    if len(lines) == 1:
+        return lines[0]
+    return "\n" + "\n".join(f"    {line}" for line in lines)
+
+
+def platformio_ini_text(ctx: BuildContext) -> str:
+    board = ctx.board
+    pio = board.platformio
+    for key in ("platform", "board", "framework"):
+        if not isinstance(pio.get(key), str) or not pio.get(key):
+            raise EdgeLlamaError(f"board {board.name}: [platformio] needs a {key!r} string")
+    if pio["framework"] != "arduino":
+        raise EdgeLlamaError(f"board {board.name}: the PlatformIO target builds the Arduino framework only, "
+                             f"not {pio['framework']!r}")
+    env = env_name(ctx)
+    psram = arena_in_psram(ctx)
+    lines = [
+        f"; edgellama for {board.name}: {board.description}",
+        "; Generated by edgellama; `edgellama build` runs `pio run` on this project.",
+        ";",
+        ";   pio run                  build (PlatformIO fetches the platform and compiler on first use)",
+        ";   pio run -t upload        build and flash the board",
+        ";   pio device monitor       talk to it: type a prompt line, get the completion and a [stats] line",
+        ";",
+        f"; Weights: {DATA_DIR}/{MODEL_FILE} in flash, assembled by src/el_model_flash.S (.incbin, 32-byte",
+        "; aligned). The assembler does not track that file: after replacing it, run `pio run -t clean`.",
+        f"; Arena: {arena_bytes(ctx):,} bytes in " + ("PSRAM (ps_malloc at boot)." if psram else "SRAM (a static buffer)."),
+        "",
+        "[platformio]",
+        f"default_envs = {env}",
+        "",
+        f"[env:{env}]",
+        f"platform = {pio['platform']}",
+        f"board = {pio['board']}",
+        f"framework = {pio['framework']}",
+        f"monitor_speed = {board.reach.baud}",
+    ]
+    lines += [f"{key} = {_ini_value(value)}" for key, value in board_options(ctx)]
+    flags = board_flags(ctx)
+    if flags:
+        lines.append("build_flags =" + "".join(f"\n    {f}" for f in flags))
+    lines.append("build_src_flags =" + "".join(f"\n    {f}" for f in src_flags(ctx)))
+    return "\n".join(lines) + "\n"
+
+
+def validate_ini(path) -> list:
+    """Check platformio.ini with PlatformIO's own parser (offline); returns its warnings.
+    Raises EdgeLlamaError on an error; returns None when PlatformIO is not installed."""
+    if importlib.util.find_spec("platformio") is None:
+        return None
+    from platformio.exception import PlatformioException
+    from platformio.project.config import ProjectConfig
+    try:
+        config = ProjectConfig(str(path), expand_interpolations=True)
+        config.validate(silent=True)
+        config.as_tuple()  # reads every option as its declared type
+    except (PlatformioException, ValueError) as e:
+        raise EdgeLlamaError(f"{path}: PlatformIO rejects it: {type(e).__name__}: {e}") from None
+    return list(config.warnings)
+
+
+def emit(ctx: BuildContext) -> list:
+    project = project_dir(ctx)
+    src = project / "src"
+    firmware = runtime_build.firmware_dir()
+    files = copy_core(src)
+    app = firmware / "apps" / "baremetal"
+    files += copy_sources([app / "el_port.h"], src)
+    files += copy_sources([firmware / "apps" / "common" / n for n in ("el_protocol.c", "el_protocol.h")], src)
+    shutil.copyfile(app / "main.c", src / APP_INCLUDE)
+    files.append(src / APP_INCLUDE)
+    files += copy_sources([firmware / "ports" / "arduino" / name for name in PORT_FILES], src)
+    (project / DATA_DIR).mkdir(parents=True, exist_ok=True)
+    model = project / DATA_DIR / MODEL_FILE
+    shutil.copyfile(ctx.model_path, model)
+    files.append(model)
+    ini = project / "platformio.ini"
+    ini.write_text(platformio_ini_text(ctx), encoding="utf-8")
+    files.append(ini)
+    warnings = validate_ini(ini)
+    if warnings:
+        raise EdgeLlamaError(f"{ini}: PlatformIO warns: {'; '.join(warnings)}")
+    ctx.manifest["flags"] = {"cflags": src_flags(ctx), "ldflags": [], "build_flags": board_flags(ctx)}
+    ctx.manifest["platformio"] = {
+        "project": project.relative_to(ctx.out_dir).as_posix(), "env": env_name(ctx),
+        "platform": ctx.board.platformio["platform"], "board": ctx.board.platformio["board"],
+        "framework": ctx.board.platformio["framework"],
+        "weights": f"flash (.incbin of {DATA_DIR}/{MODEL_FILE}, src/el_model_flash.S)",
+        "arena": {"bytes": arena_bytes(ctx), "in": "PSRAM" if arena_in_psram(ctx) else "SRAM"},
+    }
+    return files
+
+
+# ---------------------------------------------------------------- building
+
+def pio_command() -> list | None:
+    """How to run PlatformIO here: `pio` on PATH, else this Python's platformio module."""
+    exe = shutil.which("pio") or shutil.which("platformio")
+    if exe:
+        return [exe]
+    if importlib.util.find_spec("platformio") is not None:
+        return [sys.executable, "-m", "platformio"]
+    return None
+
+
+def _resolve_error(host: str, timeout: float = 5.0) -> str | None:
+    """Why `host` does not resolve here, or None when it does."""
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        pool.submit(socket.getaddrinfo, host, 443).result(timeout=timeout)
+        return None
+    except concurrent.futures.TimeoutError:
+        return f"no DNS answer in {timeout:.0f} s"
+    except OSError as e:
+        return str(e)
+    finally:
+        pool.shutdown(wait=False)
+
+
+FETCH_RE = re.compile(r"^(Platform|Tool|Library|Package) Manager: Installing (\S+)", re.MULTILINE)
+ERROR_RE = re.compile(r"^(?:(\w+(?:Error|Exception)):\s*(.*)|(fatal: .*)|(Error: .*))$", re.MULTILINE)
+
+
+def fetch_failure(output: str) -> str | None:
+    """When pio failed while installing a package (rather than compiling): what it was
+    fetching and the error it printed, in PlatformIO's own words; else None."""
+    installing = FETCH_RE.findall(output)
+    if not installing or re.search(r"^Compiling ", output, re.MULTILINE):
+        return None
+    what = installing[-1][1]
+    errors = [m.group(0).strip() for m in ERROR_RE.finditer(output)]
+    said = "; ".join(dict.fromkeys(errors[-2:])) or "no error message"
+    reason = f"{what}: pio said `{said}`"
+    if "HTTPClientError" in said or "InternetConnectionError" in said:
+        # pio's HTTPClientError often carries no text; say what the network does
+        why = _resolve_error(REGISTRY_HOST)
+        reason += f"; {REGISTRY_HOST} does not resolve here ({why})" if why else f"; {REGISTRY_HOST} resolves here"
+    return reason
+
+
+def firmware_files(ctx: BuildContext) -> list:
+    build = project_dir(ctx) / ".pio" / "build" / env_name(ctx)
+    return [p for p in (build / f"firmware.{ext}" for ext in ("bin", "uf2", "elf")) if p.is_file()]
+
+
+def how_to_build(ctx: BuildContext) -> str:
+    """Where the project is and the command that builds it. `build` removes its directory
+    when compiling fails, so the project to keep is the one `export-c` writes."""
+    return (f"build the generated project where PlatformIO can reach its registry: `edgellama export-c --board "
+            f"{ctx.board.name} -o DIR` writes it (this run's copy: {project_dir(ctx)}), then `pio run -d DIR/src` "
+            f"builds it (`pio run -d DIR/src -t upload` flashes the board)")
+
+
+def compile(ctx: BuildContext) -> list:
+    project = project_dir(ctx)
+    how = how_to_build(ctx)
+    pio = pio_command()
+    if pio is None:
+        raise EdgeLlamaError(f"board {ctx.board.name}: PlatformIO is not installed (pip install platformio, or "
+                             f"edgellama toolchains install platformio); {how}")
+    cmd = [*pio, "run", "-d", str(project)]
+    try:
+        result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=PIO_TIMEOUT,
+                                env=dict(os.environ, PLATFORMIO_NO_ANSI="true"))
+    except subprocess.TimeoutExpired:
+        raise EdgeLlamaError(f"board {ctx.board.name}: `pio run -d {project}` did not finish in {PIO_TIMEOUT} s; "
+                             f"{how}") from None
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        fetch = fetch_failure(output)
+        if fetch:
+            raise EdgeLlamaError(f"board {ctx.board.name}: PlatformIO could not fetch what it builds with ({fetch}), "
+                                 f"so nothing was compiled; {how}")
+        raise EdgeLlamaError(f"board {ctx.board.name}: `pio run -d {project}` failed: {compiler_message(output)}")
+    built = firmware_files(ctx)
+    if not built:
+        raise EdgeLlamaError(f"board {ctx.board.name}: `pio run` succeeded but left no firmware in "
+                             f"{project / '.pio' / 'build' / env_name(ctx)}")
+    artifacts = []
+    for path in built:
+        dest = ctx.out_dir / path.name
+        shutil.copyfile(path, dest)
+        artifacts.append(dest)
+    return artifacts
+
+
+def run_command(ctx: BuildContext, args: list) -> list:
+    reach = ctx.board.reach
+    raise EdgeLlamaError(f"board {ctx.board.name} is a PlatformIO board reached by {reach.kind} "
+                         f"({reach.baud} baud), not an emulator: flash it with `pio run -d {project_dir(ctx)} "
+                         f"-t upload`, then type prompts into its serial port (`pio device monitor`)")

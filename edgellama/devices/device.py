@@ -1,0 +1,171 @@
+"""A device is where a model runs and answers: this machine's runtime, a Linux board
+over SSH, a microcontroller on a serial line, or an emulated board. chat, bench and
+serve talk to every one of them through this interface.
+
+    with open_device(local=True) as dev:
+        for text in dev.generate("once upon a time", SamplingParams(max_tokens=50)):
+            print(text, end="")
+        print(dev.last_stats)
+"""
+
+import time
+from dataclasses import dataclass, field
+
+from edgellama.errors import EdgeLlamaError
+from edgellama.runtime.sampling_params import SamplingParams
+
+
+@dataclass
+class Stats:
+    """What a device reports after a reply (device clock where it has one)."""
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    ttft_s: float | None = None            # time to first token
+    total_s: float | None = None
+    token_times_s: list = field(default_factory=list)  # arrival time of each output token, from the start
+    arena_high_water: int | None = None
+    kv_blocks_used: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Device:
+    """The operations every device offers. Implementations: LocalDevice here; the serial
+    protocol's ProtocolDevice (serial, emulated boards, SSH) in protocol_device.py."""
+
+    name = "device"
+
+    def info(self) -> dict:
+        """runtime version, model name, context length, arena bytes, ..."""
+        raise NotImplementedError
+
+    def generate(self, prompt: str, params: SamplingParams, chat: bool = False):
+        """Yield text chunks as they arrive; afterwards self.last_stats holds the Stats.
+        With chat=True the prompt is the next user turn of the device's conversation
+        (kept between calls; see reset and set_system)."""
+        raise NotImplementedError
+
+    def cancel(self):
+        """Stop the reply being generated (safe to call from a signal handler's caller)."""
+        raise NotImplementedError
+
+    def reset(self, system: str | None = None):
+        """Start a new conversation (with a new system prompt when given)."""
+        raise NotImplementedError
+
+    def stats(self) -> dict:
+        """The runtime's counters: KV blocks, prefix hits, arena high-water, ..."""
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class LocalDevice(Device):
+    """The runtime on this machine, in-process through the Python API."""
+
+    name = "local"
+
+    def __init__(self, model=None, **llm_options):
+        from edgellama.runtime.llm import LLM
+        self.llm = LLM(model, **llm_options)
+        self.session = self.llm.chat_session()
+        self.last_stats = Stats()
+        self._cancelled = False
+
+    def info(self) -> dict:
+        from edgellama.runtime.capi import library
+        cfg = self.llm._rt.config
+        return {"runtime_version": library().el_runtime_version().decode(), "model": self.llm.model,
+                "context_length": cfg.context_length, "vocab_size": cfg.vocab_size,
+                "arena_bytes": self.llm.stats()["arena_size"], "transport": "local"}
+
+    def generate(self, prompt: str, params: SamplingParams, chat: bool = False):
+        self._cancelled = False
+        start = time.perf_counter()
+        stats = Stats()
+        if chat:
+            before = self.llm.stats()
+            chunks = self.session.send(prompt, params)
+        else:
+            chunks = (out.outputs[0].text for out in self.llm.generate_stream(prompt, params))
+        for text in chunks:
+            now = time.perf_counter() - start
+            stats.token_times_s.append(now)
+            if stats.ttft_s is None:
+                stats.ttft_s = now
+            if text:
+                yield text
+            if self._cancelled:
+                if chat:
+                    self.session.cancel()
+                break
+        stats.total_s = time.perf_counter() - start
+        stats.output_tokens = len(stats.token_times_s)
+        after = self.llm.stats()
+        stats.arena_high_water, stats.kv_blocks_used = after["arena_high_water"], after["blocks_high_water"]
+        if chat:
+            stats.prompt_tokens = after["prompt_tokens_computed"] - before["prompt_tokens_computed"]
+        stats.finish_reason = "abort" if self._cancelled else None
+        self.last_stats = stats
+
+    def cancel(self):
+        self._cancelled = True
+
+    def reset(self, system: str | None = None):
+        self.session.reset(system)
+
+    def stats(self) -> dict:
+        return self.llm.stats()
+
+    def bench_once(self, prompt_tokens: int, gen_tokens: int) -> dict:
+        """One benchmark request: a prompt of exactly `prompt_tokens` tokens (BOS, then a
+        token pattern that differs on every call so no prefix is ever reused from the KV
+        cache), then `gen_tokens` greedy tokens with EOS ignored. Times are from this
+        process's monotonic clock, relative to the request start."""
+        import resource
+        if prompt_tokens < 1 or gen_tokens < 1:
+            raise EdgeLlamaError(f"bench needs at least 1 prompt and 1 generated token, got {prompt_tokens} and "
+                                 f"{gen_tokens}")
+        ctx, vocab = self.llm.max_model_len, self.llm._rt.config.vocab_size
+        if prompt_tokens + gen_tokens > ctx:
+            raise EdgeLlamaError(f"bench: {prompt_tokens} prompt + {gen_tokens} generated tokens exceed the "
+                                 f"model's context of {ctx}")
+        self._bench_calls = getattr(self, "_bench_calls", 0) + 1
+        bos = self.llm.tokenizer.encode("", add_bos=True)[:1] or [1]
+        first, span = 3, max(vocab - 3, 1)  # skip unk/bos/eos
+        ids = bos + [first + (self._bench_calls * 7919 + i * 31) % span for i in range(prompt_tokens - 1)]
+        params = SamplingParams(temperature=0.0, max_tokens=gen_tokens, ignore_eos=True)
+        times, blocks = [], 0
+        start = time.perf_counter()
+        for out in self.llm.generate_stream({"prompt_token_ids": ids}, params):
+            times.append(time.perf_counter() - start)
+            if not out.finished:
+                blocks = max(blocks, self.llm.stats()["blocks_used"])
+        stats = self.llm.stats()
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return {"prefill_s": times[0] if times else None, "ttft_s": times[0] if times else None,
+                "token_times_s": times, "arena_high_water": stats["arena_high_water"],
+                "kv_blocks_used": blocks or -(-(prompt_tokens + gen_tokens) // self.llm._rt.block_size),
+                "rss_bytes": rss}
+
+
+def open_device(board: str | None = None, host: str | None = None, port: str | None = None,
+                local: bool = False, model=None, threads: int | None = None, **options) -> Device:
+    """The device a command line names: --board, --host, --port, or --local (the default)."""
+    chosen = [name for name, value in (("--board", board), ("--host", host), ("--port", port), ("--local", local))
+              if value]
+    if len(chosen) > 1:
+        raise EdgeLlamaError(f"give one of --board, --host, --port, --local (got {', '.join(chosen)})")
+    if board or host or port:
+        from edgellama.devices.protocol_device import open_protocol_device
+        return open_protocol_device(board=board, host=host, port=port, model=model, threads=threads, **options)
+    return LocalDevice(model, threads=threads)

@@ -1,0 +1,608 @@
+"""An OpenAI-compatible HTTP server in front of a device.
+
+    from edgellama.devices.device import open_device
+    from edgellama.devices import serve
+    server = serve.make_server(open_device(local=True), "127.0.0.1", 8000)
+    server.serve_forever()
+
+Endpoints: POST /v1/completions and /v1/chat/completions (JSON, or server-sent events
+with "stream": true), GET /v1/models, GET /v1/models/{id}, GET /health. Requests take
+OpenAI's fields (model, prompt / messages, max_tokens or max_completion_tokens,
+temperature, top_p, stop, seed, n=1, stream, stream_options.include_usage) and vLLM's
+extra sampling fields (top_k, min_p, repetition_penalty, presence_penalty,
+frequency_penalty, min_tokens, ignore_eos, stop_token_ids, skip_special_tokens). Errors
+come back as OpenAI error bodies: 400 naming the bad field, 404 for an unknown route or
+model, 500 when the device fails.
+
+A device answers one request at a time, so requests take turns on a lock.
+
+On the local runtime (LocalDevice) the server drives the LLM API directly: a completion
+is a prompt, a chat is the whole messages list rendered with the model's chat template
+(as LLM.chat does), and usage counts are exact. A protocol device (--board, --host,
+--port) keeps its own conversation: the server sends the last user message with
+chat=True and remembers what the device has heard; when a request's earlier messages
+are not that conversation, the device is reset (with the request's system prompt) and
+only the last user message is sent, so earlier turns that the device never saw are
+lost. Usage counts there are what the device reports.
+"""
+
+import codecs
+import dataclasses
+import json
+import socket
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from edgellama.devices.device import Device, LocalDevice
+from edgellama.runtime.sampling_params import SamplingParams
+
+MAX_BODY_BYTES = 4 << 20
+
+FLOAT_FIELDS = ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
+INT_FIELDS = ("top_k", "min_tokens", "seed", "n")
+BOOL_FIELDS = ("ignore_eos", "skip_special_tokens")
+FIELD_NAMES = FLOAT_FIELDS + INT_FIELDS + BOOL_FIELDS + ("max_tokens", "stop", "stop_token_ids", "prompt", "messages")
+# Fields that would change what comes back in ways this server does not do: refused, not ignored.
+UNSUPPORTED = ("logprobs", "top_logprobs", "echo", "suffix", "tools", "functions", "logit_bias")
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, type: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+        self.type = type or {400: "invalid_request_error", 404: "not_found_error",
+                             405: "invalid_request_error", 413: "invalid_request_error"}.get(status, "server_error")
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.status}}
+
+
+def bad(message, param=None):
+    return APIError(400, message, param)
+
+
+# ---------------------------------------------------------------------- request fields
+
+def sampling_params(body: dict, default_max_tokens: int | None) -> SamplingParams:
+    """SamplingParams from an OpenAI/vLLM request body; a bad field raises a 400 naming it."""
+    for name in UNSUPPORTED:
+        value = body.get(name)
+        if value not in (None, False, 0, [], {}):
+            raise bad(f"{name} is not supported by this server", name)
+    if body.get("best_of") not in (None, 1):
+        raise bad("best_of must be 1", "best_of")
+    fmt = body.get("response_format")
+    if fmt not in (None, {}) and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
+        raise bad("response_format: only {\"type\": \"text\"} is supported", "response_format")
+    values = {}
+    for name in FLOAT_FIELDS:
+        if body.get(name) is not None:
+            v = body[name]
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise bad(f"{name} must be a number, got {v!r}", name)
+            values[name] = float(v)
+    for name in INT_FIELDS:
+        if body.get(name) is not None:
+            v = body[name]
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise bad(f"{name} must be an integer, got {v!r}", name)
+            values[name] = v
+    for name in BOOL_FIELDS:
+        if body.get(name) is not None:
+            if not isinstance(body[name], bool):
+                raise bad(f"{name} must be true or false, got {body[name]!r}", name)
+            values[name] = body[name]
+    max_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = body.get(max_name, default_max_tokens)
+    if max_tokens is None:
+        max_tokens = default_max_tokens
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
+        raise bad(f"{max_name} must be an integer, got {max_tokens!r}", max_name)
+    values["max_tokens"] = max_tokens
+    stop = body.get("stop")
+    if stop is not None:
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise bad("stop must be a string or a list of strings", "stop")
+        values["stop"] = stop
+    ids = body.get("stop_token_ids")
+    if ids is not None:
+        if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            raise bad("stop_token_ids must be a list of integers", "stop_token_ids")
+        values["stop_token_ids"] = ids
+    try:
+        params = SamplingParams(**values)
+    except ValueError as e:
+        message = str(e)
+        field = message.split(" ", 1)[0]
+        if field == "max_tokens":
+            field = max_name
+            message = message.replace("max_tokens", max_name, 1)
+        raise bad(message, field if field in values or field == max_name else None) from None
+    return params
+
+
+def chat_messages(body: dict) -> list:
+    """The messages list with plain string contents (text parts are joined)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad("messages must be a non-empty list", "messages")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise bad(f"messages[{i}] must be an object with role and content", "messages")
+        role = {"developer": "system"}.get(m.get("role"), m.get("role"))
+        if role not in ("system", "user", "assistant"):
+            raise bad(f"messages[{i}].role must be system, user or assistant, got {m.get('role')!r}", "messages")
+        content = m.get("content")
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise bad(f"messages[{i}].content: only text parts are supported", "messages")
+                parts.append(part["text"])
+            content = "".join(parts)
+        if content is None and role == "assistant":
+            content = ""
+        if not isinstance(content, str):
+            raise bad(f"messages[{i}].content must be a string or a list of text parts", "messages")
+        out.append({"role": role, "content": content})
+    return out
+
+
+# ---------------------------------------------------------------------- backends
+
+class _Run:
+    """One request on a device: iterate for the text deltas; afterwards prompt_tokens,
+    completion_tokens, finish_reason and stop_reason are set. close() abandons it."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    stop_reason = None
+
+    def __init__(self, gen):
+        self._gen = gen
+
+    def __iter__(self):
+        return self._gen
+
+    def close(self):
+        self._gen.close()
+
+
+class LocalBackend:
+    """The runtime in this process, through the LLM API: exact token counts, whole-
+    conversation chat rendering."""
+
+    def __init__(self, device: LocalDevice, chat_template: str | None = None):
+        from edgellama.runtime import capi
+        self.llm = device.llm
+        self.chat_renderer = capi.Chat(self.llm._rt, chat_template)
+        info = device.info()
+        self.model_path, self.context_length = info["model"], info["context_length"]
+
+    def completion(self, prompt, params: SamplingParams) -> _Run:
+        if isinstance(prompt, str):
+            item = {"prompt": prompt, "prompt_token_ids": self.llm.tokenizer.encode(prompt)}
+        else:
+            item = {"prompt_token_ids": prompt}
+        return self._run(item, params, "prompt")
+
+    def chat(self, messages: list, params: SamplingParams) -> _Run:
+        try:
+            ids = self.chat_renderer.prompt_tokens(messages)
+        except ValueError as e:
+            raise bad(str(e), "messages") from None
+        return self._run({"prompt_token_ids": ids}, self.llm._with_chat_stop(params, self.chat_renderer), "messages")
+
+    def _run(self, item, params, field) -> _Run:
+        ids = item["prompt_token_ids"]
+        if any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.llm._rt.config.vocab_size
+               for t in ids):
+            raise bad("prompt token ids must be integers in [0, vocab size)", field)
+        try:
+            self.llm._check_fits(0, ids)
+        except ValueError as e:
+            raise bad(f"{field}: {e}".replace("prompt 0: ", ""), field) from None
+        run = _Run(None)
+        run.prompt_tokens = len(ids)
+
+        def deltas():
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            for _state, event, output in self.llm._events([item], [params]):
+                text = decoder.decode(event.text_bytes(), final=output is not None)
+                if output is not None:
+                    c = output.outputs[0]
+                    run.completion_tokens, run.finish_reason, run.stop_reason = (len(c.token_ids), c.finish_reason,
+                                                                                c.stop_reason)
+                if text:
+                    yield text
+
+        run._gen = deltas()
+        return run
+
+
+class DeviceBackend:
+    """Any Device (serial, SSH, emulated board): completions are plain generate calls;
+    a chat goes through the device's own conversation (see the module's docstring)."""
+
+    def __init__(self, device: Device):
+        self.device = device
+        info = device.info()
+        self.model_path = str(info.get("model", "model"))
+        self.context_length = info.get("context_length")
+        self.heard = None  # (system, messages) the device's conversation holds; None: unknown
+
+    def completion(self, prompt, params) -> _Run:
+        if not isinstance(prompt, str):
+            raise bad("this device takes text prompts, not token ids", "prompt")
+        return self._run(prompt, params, chat=False)
+
+    def chat(self, messages, params) -> _Run:
+        system_end = 0
+        while system_end < len(messages) and messages[system_end]["role"] == "system":
+            system_end += 1
+        system = "\n".join(m["content"] for m in messages[:system_end])
+        turns = messages[system_end:]
+        if any(m["role"] == "system" for m in turns):
+            raise bad("this device takes system messages only at the start of the conversation", "messages")
+        if not turns or turns[-1]["role"] != "user":
+            raise bad("the last message must be from the user", "messages")
+        if self.heard != (system, turns[:-1]):
+            self.device.reset(system)
+        self.heard = None
+        return self._run(turns[-1]["content"], params, chat=True, history=(system, turns))
+
+    def _check_request(self, prompt, params, chat):
+        """A request the serial protocol cannot carry (too long, a stop string over two
+        lines) is the client's to fix: 400, before the device is touched."""
+        if type(self.device).__name__ != "ProtocolDevice":
+            return
+        from edgellama.errors import EdgeLlamaError
+        from edgellama.devices.protocol import generate_payload
+        try:
+            generate_payload(prompt, params, chat=chat)
+        except EdgeLlamaError as e:
+            raise bad(str(e), "messages" if chat else "prompt") from None
+
+    def _run(self, prompt, params, chat, history=None) -> _Run:
+        if params.max_tokens is None and self.context_length:
+            params = dataclasses.replace(params, max_tokens=self.context_length)
+        self._check_request(prompt, params, chat)
+        run = _Run(None)
+        device = self.device
+
+        def deltas():
+            chunks, done, text = device.generate(prompt, params, chat=chat), False, []
+            try:
+                for chunk in chunks:
+                    text.append(chunk)
+                    yield chunk
+                done = True
+            finally:
+                if not done:  # abandoned (client gone) or failed: stop the device and let it finish
+                    try:
+                        device.cancel()
+                        for _ in chunks:
+                            pass
+                    except Exception:
+                        pass
+            stats = device.last_stats
+            run.prompt_tokens = stats.prompt_tokens or None
+            run.completion_tokens = stats.output_tokens
+            run.finish_reason = stats.finish_reason
+            if run.finish_reason is None:
+                run.finish_reason = "length" if params.max_tokens and stats.output_tokens >= params.max_tokens else "stop"
+            run.stop_reason = stats.stop_reason
+            if history is not None and run.finish_reason in ("stop", "length"):
+                system, turns = history
+                self.heard = (system, turns + [{"role": "assistant", "content": "".join(text)}])
+
+        run._gen = deltas()
+        return run
+
+
+# ---------------------------------------------------------------------- the API
+
+class API:
+    """The endpoints, independent of HTTP plumbing: handle() returns (status, body) or a
+    streaming generator of SSE payloads."""
+
+    def __init__(self, device: Device, model_name: str | None = None, chat_template: str | None = None):
+        self.device = device
+        self.backend = LocalBackend(device, chat_template) if isinstance(device, LocalDevice) else DeviceBackend(device)
+        self.model_id = model_name or Path(self.backend.model_path).stem
+        self.created = int(time.time())
+        self.lock = threading.Lock()
+
+    def model_card(self) -> dict:
+        card = {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "edgellama",
+                "root": self.backend.model_path}
+        if self.backend.context_length:
+            card["max_model_len"] = self.backend.context_length
+        return card
+
+    def check_model(self, body):
+        model = body.get("model")
+        if model is not None and model not in (self.model_id, self.backend.model_path):
+            raise APIError(404, f"The model `{model}` does not exist (this server has `{self.model_id}`).", "model",
+                           "model_not_found")
+
+    def start(self, kind: str, body: dict):
+        """Validate a completion request; returns (params, list of runs factories)."""
+        if not isinstance(body, dict):
+            raise bad("the request body must be a JSON object")
+        self.check_model(body)
+        if body.get("stream") not in (None, True, False):
+            raise bad("stream must be true or false", "stream")
+        if kind == "chat":
+            messages = chat_messages(body)
+            params = sampling_params(body, None)
+            return params, [lambda: self.backend.chat(messages, params)]
+        prompt = body.get("prompt")
+        if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(
+                isinstance(t, int) and not isinstance(t, bool) for t in prompt)):
+            prompts = [prompt]
+        elif isinstance(prompt, list) and prompt and all(
+                isinstance(p, str) or (isinstance(p, list) and p and all(isinstance(t, int) for t in p))
+                for p in prompt):
+            prompts = prompt
+        else:
+            raise bad("prompt must be a string, a list of strings, or token ids", "prompt")
+        params = sampling_params(body, 16)
+        return params, [lambda p=p: self.backend.completion(p, params) for p in prompts]
+
+
+def _usage(prompt_tokens, completion_tokens) -> dict | None:
+    if prompt_tokens is None and completion_tokens is None:
+        return None
+    p, c = prompt_tokens or 0, completion_tokens or 0
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def _device_errors(it):
+    """The deltas of a run, with whatever the device raises turned into a 500 (so that
+    an OSError met while streaming is the client's connection, not the device)."""
+    while True:
+        try:
+            text = next(it)
+        except StopIteration:
+            return
+        except APIError:
+            raise
+        except Exception as e:
+            raise APIError(500, f"the device failed: {e}") from None
+        yield text
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "edgellama"
+
+    def log_message(self, format, *args):
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+    # --- plumbing
+
+    def _send_json(self, status: int, body: dict):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_error(self, e: APIError):
+        self._send_json(e.status, e.body())
+
+    def _read_body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            self.close_connection = True
+            raise bad("send the body with a Content-Length")
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            self.close_connection = True
+            raise bad("bad Content-Length") from None
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True
+            raise APIError(413, f"the request body is over {MAX_BODY_BYTES} bytes")
+        data = self.rfile.read(length) if length else b""
+        if not data:
+            return {}
+        try:
+            return json.loads(data)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise bad(f"the request body is not valid JSON: {e}") from None
+
+    def do_GET(self):
+        self._dispatch("GET")
+
+    def do_POST(self):
+        self._dispatch("POST")
+
+    def _dispatch(self, method):
+        api = self.server.api
+        path = urlsplit(self.path).path.rstrip("/") or "/"
+        try:
+            body = self._read_body() if method == "POST" else None
+            routes = {"/health": ("GET",), "/v1/models": ("GET",), "/v1/completions": ("POST",),
+                      "/v1/chat/completions": ("POST",)}
+            if path.startswith("/v1/models/") and method == "GET":
+                if path[len("/v1/models/"):] not in (api.model_id,):
+                    raise APIError(404, f"The model `{path[len('/v1/models/'):]}` does not exist.", "model",
+                                   "model_not_found")
+                return self._send_json(200, api.model_card())
+            if path not in routes:
+                raise APIError(404, f"no route {method} {path}", type="not_found_error")
+            if method not in routes[path]:
+                raise APIError(405, f"{path} takes {', '.join(routes[path])}, not {method}")
+            if path == "/health":
+                return self._send_json(200, {"status": "ok", "model": api.model_id})
+            if path == "/v1/models":
+                return self._send_json(200, {"object": "list", "data": [api.model_card()]})
+            self._complete("chat" if path == "/v1/chat/completions" else "completion", body)
+        except APIError as e:
+            self._send_error(e)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _complete(self, kind, body):
+        api = self.server.api
+        _params, factories = api.start(kind, body)
+        stream = bool(body.get("stream"))
+        include_usage = stream and isinstance(body.get("stream_options"), dict) and bool(
+            body["stream_options"].get("include_usage"))
+        prefix = "chatcmpl" if kind == "chat" else "cmpl"
+        rid, created = f"{prefix}-{uuid.uuid4().hex}", int(time.time())
+        obj = "chat.completion" if kind == "chat" else "text_completion"
+        with api.lock:
+            if not stream:
+                return self._send_json(200, self._whole(kind, factories, rid, created, obj))
+            self._stream(kind, factories, rid, created, obj + (".chunk" if kind == "chat" else ""), include_usage)
+
+    def _start_run(self, factory):
+        """Create a run and take its first delta, so errors before any text still get a status."""
+        try:
+            run = factory()
+            it = iter(run)
+            first = next(it, None)
+            return run, it, first
+        except APIError:
+            raise
+        except ValueError as e:
+            field = str(e).split(":", 1)[0].split(" ", 1)[0]
+            raise bad(str(e), field if field in FIELD_NAMES else None) from None
+        except Exception as e:
+            raise APIError(500, f"the device failed: {e}") from None
+
+    def _whole(self, kind, factories, rid, created, obj):
+        choices, n_prompt, n_out = [], None, None
+        for index, factory in enumerate(factories):
+            run, it, first = self._start_run(factory)
+            text = (first or "") + "".join(_device_errors(it))
+            if run.prompt_tokens is not None:
+                n_prompt = (n_prompt or 0) + run.prompt_tokens
+            if run.completion_tokens is not None:
+                n_out = (n_out or 0) + run.completion_tokens
+            choice = {"index": index, "logprobs": None, "finish_reason": run.finish_reason,
+                      "stop_reason": run.stop_reason}
+            if kind == "chat":
+                choice["message"] = {"role": "assistant", "content": text}
+            else:
+                choice["text"] = text
+            choices.append(choice)
+        body = {"id": rid, "object": obj, "created": created, "model": self.server.api.model_id, "choices": choices}
+        usage = _usage(n_prompt, n_out)
+        if usage:
+            body["usage"] = usage
+        return body
+
+    def _write_chunk(self, data: bytes):
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def _event(self, payload):
+        self._write_chunk(b"data: " + (payload if isinstance(payload, bytes) else json.dumps(payload).encode())
+                          + b"\n\n")
+
+    def _stream(self, kind, factories, rid, created, obj, include_usage):
+        model = self.server.api.model_id
+        first_run = self._start_run(factories[0])
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+        def chunk(index, delta=None, finish=None, run=None):
+            if kind == "chat":
+                choice = {"index": index, "delta": delta if delta is not None else {}, "logprobs": None,
+                          "finish_reason": finish}
+            else:
+                choice = {"index": index, "text": (delta or {}).get("content", ""), "logprobs": None,
+                          "finish_reason": finish}
+            if finish is not None:
+                choice["stop_reason"] = run.stop_reason
+            body = {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]}
+            if include_usage:
+                body["usage"] = None
+            return body
+
+        n_prompt = n_out = None
+        run = None
+        try:
+            for index, factory in enumerate(factories):
+                run, it, first = first_run if index == 0 else self._start_run(factory)
+                if kind == "chat":
+                    self._event(chunk(index, {"role": "assistant", "content": ""}))
+                if first is not None:
+                    self._event(chunk(index, {"content": first}))
+                for text in _device_errors(it):
+                    self._event(chunk(index, {"content": text}))
+                self._event(chunk(index, None, run.finish_reason, run))
+                if run.prompt_tokens is not None:
+                    n_prompt = (n_prompt or 0) + run.prompt_tokens
+                if run.completion_tokens is not None:
+                    n_out = (n_out or 0) + run.completion_tokens
+                run = None
+            if include_usage:
+                self._event({"id": rid, "object": obj, "created": created, "model": model, "choices": [],
+                             "usage": _usage(n_prompt, n_out)})
+            self._event(b"[DONE]")
+            self._write_chunk(b"")
+        except APIError as e:
+            if run is not None:
+                run.close()
+            try:
+                self._event(e.body())
+                self._event(b"[DONE]")
+                self._write_chunk(b"")
+            except OSError:
+                self.close_connection = True
+        except OSError:  # the client went away: stop the device
+            self.close_connection = True
+            if run is not None:
+                run.close()
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address, api: API, verbose: bool = False):
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.api, self.verbose = api, verbose
+        super().__init__(address, _Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def make_server(device: Device, host: str = "127.0.0.1", port: int = 8000, *, model_name: str | None = None,
+                chat_template: str | None = None, verbose: bool = False) -> Server:
+    """A server bound to host:port (port 0: any free port; see server.url), not yet serving:
+    call serve_forever() (in a thread if you like), then shutdown() and server_close()."""
+    return Server((host, port), API(device, model_name, chat_template), verbose)
+
+
+def run(device: Device, host: str = "127.0.0.1", port: int = 8000, **options):
+    """Serve until Ctrl-C."""
+    server = make_server(device, host, port, **options)
+    print(f"serving {server.api.model_id} on {server.url}/v1 (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

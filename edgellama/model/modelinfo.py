@@ -1,0 +1,53 @@
+"""What `edgellama inspect` reports about a GGUF file."""
+
+from edgellama.model import quant
+from edgellama.model.gguf_file import read_gguf
+from edgellama.model.loading import resolve
+
+
+def describe_dict(path) -> dict:
+    path = resolve(path)
+    g = read_gguf(path)
+    cfg, vocab = g.model.config, g.model.vocab
+    tensors = []
+    for e in g.entries:
+        wanted = g.metadata.get("general.file_type")
+        choice = None
+        for name, ft in quant.FILE_TYPES.items():
+            if wanted == int(ft):
+                choice = quant.choose_type(e.name, e.shape, name)
+        tensors.append(dict(name=e.name, shape=list(e.shape), type=e.qtype.name, bytes=e.nbytes,
+                            note=choice.reason if choice and choice.qtype == e.qtype else ""))
+    kv_bytes_per_token = 2 * cfg.n_layers * cfg.kv_dim * 4
+    return dict(
+        file=str(path), file_bytes=g.file_size, name=g.model.name, architecture="llama",
+        file_type=[n for n, ft in quant.FILE_TYPES.items() if g.metadata.get("general.file_type") == int(ft)][:1]
+        or [None],
+        config=cfg.to_dict(), head_dim=cfg.head_dim, parameters=cfg.n_params(),
+        vocab=dict(size=len(vocab), bos_id=vocab.bos_id, eos_id=vocab.eos_id, unk_id=vocab.unk_id),
+        weight_bytes=g.weight_bytes, kv_bytes_per_token_f32=kv_bytes_per_token, tensors=tensors)
+
+
+def describe(path) -> str:
+    d = describe_dict(path)
+    c = d["config"]
+    lines = [
+        f"file          {d['file']} ({d['file_bytes']:,} bytes)",
+        f"model         {d['name']}: llama, {d['parameters']:,} parameters, file type {d['file_type'][0]}",
+        f"shape         dim {c['dim']}, {c['n_layers']} layers, {c['n_heads']} heads ({c['n_kv_heads']} kv, "
+        f"head {d['head_dim']}), ffn {c['hidden_dim']}, context {c['max_seq_len']}",
+        f"              rms eps {c['norm_eps']:g}, rope base {c['rope_theta']:g}, "
+        f"{'tied' if c['tied_embeddings'] else 'separate'} classifier",
+        f"tokenizer     {d['vocab']['size']} tokens (sentencepiece BPE), bos {d['vocab']['bos_id']}, "
+        f"eos {d['vocab']['eos_id']}",
+        f"weights       {d['weight_bytes']:,} bytes: the RAM (or flash) they need, read in place",
+        f"KV cache      {d['kv_bytes_per_token_f32']:,} bytes per token in f32 "
+        f"({d['kv_bytes_per_token_f32'] * c['max_seq_len']:,} for the full context)",
+        "",
+        f"{'tensor':<26} {'shape':>12} {'type':>5} {'bytes':>10}  note",
+    ]
+    for t in d["tensors"]:
+        shape = "x".join(str(n) for n in t["shape"])
+        lines.append(f"{t['name']:<26} {shape:>12} {t['type']:>5} {t['bytes']:>10,}  {t['note']}")
+    return "\n".join(lines)
+

@@ -1,0 +1,262 @@
+"""`edgellama bench --suite`: the speed and memory goals, measured on this machine.
+
+Each case runs the host's edgellama-run in a process of its own (`bench` mode: a 64-token
+prompt, then 128 generated tokens, the median of three in the process) on a model it makes
+itself: random weights in the shape of llama2.c's stories15M (the `15m` preset with a
+synthetic 32,000-entry vocabulary) and stories260K, and the embedded default model. Speed
+does not depend on what the weights learned, so nothing is downloaded.
+
+The cases run in rounds, each case once a round, and each figure is the median over the
+rounds: two figures a goal compares (two threads against one, eight sequences against
+one, a sampling call against a decode step) are taken side by side, so a machine whose
+speed drifts moves both. Where a figure has a bound, the suite measures it in the same
+rounds: one thread's read
+bandwidth from DRAM (a buffer far larger than the caches) and from the last-level cache,
+divided by the bytes a decode step reads (every weight once). The table gives each
+figure, its goal, its bound, the ratio and whether the goal is met; the JSON keeps the
+machine (CPU, cores, caches, kernels) so a run can be compared with the last one, which
+is kept in $EDGELLAMA_HOME/bench-suite.json.
+"""
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from edgellama.errors import EdgeLlamaError
+from edgellama.fileio import atomic_path
+from edgellama.model.gguf_file import read_gguf, write_gguf
+from edgellama.devices.history import home
+from edgellama.model.loading import load_model
+from edgellama.runtime import build as runtime_build
+from edgellama.model.synthetic import write_synthetic
+
+PROMPT_TOKENS, GEN_TOKENS = 64, 128
+MiB = 1 << 20
+SAMPLED = ["--temperature", "1", "--top-p", "0.9"]
+GREEDY = ["--temperature", "0"]
+
+
+@dataclass
+class Case:
+    name: str
+    figure: float
+    unit: str
+    goal: str = ""          # the goal as text ("≥ 1,300")
+    met: bool | None = None  # None: no goal, just a figure
+    bound: float | None = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        return self.figure / self.bound if self.bound else None
+
+
+# ---------------------------------------------------------------- the machine
+
+def _read(path) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def machine() -> dict:
+    """CPU model, cores and cache sizes, as the kernel reports them."""
+    cpu = platform.processor() or platform.machine()
+    for line in _read("/proc/cpuinfo").splitlines():
+        if line.lower().startswith(("model name", "cpu model", "hardware")):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    caches = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        level, kind, size = _read(index / "level"), _read(index / "type"), _read(index / "size")
+        if level and size:
+            caches[f"L{level}{'d' if kind == 'Data' else 'i' if kind == 'Instruction' else ''}"] = size
+    return {"cpu": cpu, "arch": platform.machine(), "cores": os.cpu_count() or 1, "caches": caches}
+
+
+# ---------------------------------------------------------------- measuring
+
+def bandwidth_program() -> Path:
+    return runtime_build.build_program([runtime_build.firmware_dir() / "tools" / "bandwidth.c"], "bandwidth")
+
+
+def bandwidth_gb_s(program: Path, mib: int, repeats: int) -> float:
+    out = subprocess.run([str(program), str(mib), str(repeats)], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise EdgeLlamaError(f"bench suite: measuring bandwidth failed: {out.stderr.strip()}")
+    return json.loads(out.stdout)["gb_per_s"]
+
+
+def run_bench(program: Path, model: Path, *flags, repetitions: int) -> dict:
+    """One `program bench` process (the host's edgellama-run); its JSON."""
+    argv = [str(program), str(model), "bench", "--prompt-tokens", str(PROMPT_TOKENS),
+            "--gen-tokens", str(GEN_TOKENS), "--repetitions", str(repetitions), *flags]
+    out = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise EdgeLlamaError(f"bench suite: {' '.join(argv[2:])} failed: {out.stderr.strip()}")
+    return json.loads(out.stdout)
+
+
+def make_models(folder: Path) -> dict:
+    """The suite's models: synthetic 15M and 260K shapes, the default model in F32 and Q8_0."""
+    models = {}
+    for quant in ("f32", "q8_0", "q4_0"):
+        models[f"15m-{quant}"] = write_synthetic(folder / f"15m-{quant}.gguf", "15m", quant)
+    models["260k-f32"] = write_synthetic(folder / "260k-f32.gguf", "260k", "f32", vocab_size=512)
+    default = load_model(None)
+    for quant in ("f32", "q8_0"):
+        path = folder / f"default-{quant}.gguf"
+        write_gguf(default, path, quant)
+        models[f"default-{quant}"] = path
+    return models
+
+
+def weight_bytes(path: Path) -> int:
+    """Bytes of tensors a decode step reads: every weight once (the tied classifier once)."""
+    return read_gguf(path).weight_bytes
+
+
+# ---------------------------------------------------------------- the suite
+
+def _medians(results: list) -> dict:
+    """Field by field, the median of several bench JSONs (text fields from the first)."""
+    return {k: statistics.median(r[k] for r in results) if isinstance(v, (int, float)) else v
+            for k, v in results[0].items()}
+
+
+def _goal(figure, at_least, text=None) -> tuple:
+    return (text or f"≥ {at_least:,.0f}"), figure >= at_least
+
+
+def run_suite(repetitions: int = 3, threads: int = 2, progress=None) -> dict:
+    """Measure every case; returns {"machine", "bandwidth", "cases": [Case dicts]}."""
+    say = progress or (lambda text: None)
+    cases = []
+    with tempfile.TemporaryDirectory(prefix="edgellama-suite-") as tmp:
+        say("making the models")
+        models = make_models(Path(tmp))
+        one = ["--threads", "1"]
+        runs = {
+            "q8": ("15m-q8_0", *one, *GREEDY),
+            "q4": ("15m-q4_0", *one, *GREEDY),
+            "f32": ("15m-f32", *one, *GREEDY),
+            "q8_threads": ("15m-q8_0", "--threads", str(threads), *GREEDY),
+            "q8_seqs": ("15m-q8_0", *one, *GREEDY, "--sequences", "8"),
+            "q8_sampled": ("15m-q8_0", *one, *SAMPLED),
+            "s260": ("260k-f32", *one, *GREEDY),
+            "d_f32": ("default-f32", *one, *GREEDY),
+            "d_q8": ("default-q8_0", *one, *GREEDY),
+            "rss_15m": ("15m-q8_0", *one, *GREEDY, "--gen-tokens", str(256 - PROMPT_TOKENS), "--max-model-len", "256"),
+            "rss_default": ("default-f32", *one, *GREEDY, "--gen-tokens", str(256 - PROMPT_TOKENS)),
+        }
+        # Rounds: every case once per round, the bandwidth too, so the figures a ratio
+        # compares were taken side by side however the machine's speed drifts; medians.
+        program, reader = runtime_build.host_program(), bandwidth_program()
+        taken = {key: [] for key in runs}
+        dram_runs, cache_runs = [], []
+        for round_no in range(repetitions):
+            say(f"round {round_no + 1} of {repetitions}")
+            dram_runs.append(bandwidth_gb_s(reader, 512, 2))
+            cache_runs.append(bandwidth_gb_s(reader, 8, 10))
+            for key, (model, *flags) in runs.items():
+                taken[key].append(run_bench(program, models[model], *flags, repetitions=3))
+        dram, cache = statistics.median(dram_runs), statistics.median(cache_runs)
+        q8, q4, f32, q8_threads, q8_seqs, q8_sampled, s260, d_f32, d_q8, rss_15m, rss_default = (
+            _medians(taken[key]) for key in runs)
+
+        def decode_bound(model, gb_s):
+            return gb_s * 1e9 / weight_bytes(models[model])
+
+        tg = "decode tok/s"
+        cases.append(Case("15M shape Q8_0 decode", q8["decode_tokens_per_s"], tg,
+                          *_goal(q8["decode_tokens_per_s"], 1300), bound=decode_bound("15m-q8_0", cache),
+                          note="bound: the cache's bandwidth (16.9 MB of weights fit a 32 MiB L3)"))
+        cases.append(Case("15M shape Q4_0 decode", q4["decode_tokens_per_s"], tg,
+                          *_goal(q4["decode_tokens_per_s"], q8["decode_tokens_per_s"], "≥ Q8_0"),
+                          bound=decode_bound("15m-q4_0", cache)))
+        cases.append(Case("15M shape F32 decode", f32["decode_tokens_per_s"], tg,
+                          "≥ 0.85 of the bound", f32["decode_tokens_per_s"] >= 0.85 * decode_bound("15m-f32", dram),
+                          bound=decode_bound("15m-f32", dram), note="bound: DRAM bandwidth / 61 MB of weights"))
+        cases.append(Case(f"15M shape Q8_0 decode, {threads} threads", q8_threads["decode_tokens_per_s"], tg,
+                          *_goal(q8_threads["decode_tokens_per_s"] / q8["decode_tokens_per_s"], 1.7, "≥ 1.7x 1 thread"),
+                          note=f"{q8_threads['decode_tokens_per_s'] / q8['decode_tokens_per_s']:.2f}x one thread"))
+        cases.append(Case("stories260K shape F32 decode", s260["decode_tokens_per_s"], tg,
+                          *_goal(s260["decode_tokens_per_s"], 18000)))
+        cases.append(Case("default model F32 decode", d_f32["decode_tokens_per_s"], tg))
+        cases.append(Case("default model Q8_0 decode", d_q8["decode_tokens_per_s"], tg,
+                          "≥ 8,700 and ≥ F32", d_q8["decode_tokens_per_s"] >= max(8700, d_f32["decode_tokens_per_s"])))
+        cases.append(Case("15M shape Q8_0 prefill (64 tokens)", q8["prefill_tokens_per_s"], "prefill tok/s",
+                          *_goal(q8["prefill_tokens_per_s"], 6500)))
+        ratio = q8_seqs["decode_tokens_per_s"] / q8["decode_tokens_per_s"]
+        cases.append(Case("15M shape Q8_0, 8 sequences", q8_seqs["decode_tokens_per_s"], "aggregate tok/s",
+                          *_goal(ratio, 2.5, "≥ 2.5x 1 sequence"), note=f"{ratio:.2f}x one sequence"))
+        step_us = 1e6 / q8["decode_tokens_per_s"]
+        share = q8_sampled["sample_us"] / step_us
+        cases.append(Case("sampling T=1, top_p=0.9, 32,000 tokens", q8_sampled["sample_us"], "µs a token",
+                          "≤ 5% of a step", share <= 0.05, note=f"{100 * share:.1f}% of a {step_us:,.0f} µs step"))
+        cases.append(Case("greedy (argmax), 32,000 tokens", q8["sample_us"], "µs a token",
+                          note=f"{100 * q8['sample_us'] / step_us:.1f}% of a step"))
+        cases.append(Case("peak RSS, 15M shape Q8_0, 256 tokens", rss_15m["max_rss_bytes"] / MiB, "MiB",
+                          "≤ 23", rss_15m["max_rss_bytes"] / MiB <= 23.0))
+        cases.append(Case("peak RSS, default model, 256 tokens", rss_default["max_rss_bytes"] / MiB, "MiB",
+                          "≤ 5.6", rss_default["max_rss_bytes"] / MiB <= 5.6))
+    info = machine()
+    info["kernels"] = q8["kernels"]
+    return {"machine": info, "bandwidth_gb_s": {"dram": dram, "cache": cache}, "repetitions": repetitions,
+            "cases": [asdict(c) | {"ratio": c.ratio} for c in cases]}
+
+
+# ---------------------------------------------------------------- keeping and showing
+
+def last_path() -> Path:
+    return home() / "bench-suite.json"
+
+
+def load_last() -> dict | None:
+    try:
+        return json.loads(last_path().read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def save(result: dict, path=None) -> Path:
+    path = Path(path) if path else last_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return ""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:,.2f}"
+
+
+def format_table(result: dict, last: dict | None = None) -> str:
+    m, bw = result["machine"], result["bandwidth_gb_s"]
+    caches = ", ".join(f"{k} {v}" for k, v in m["caches"].items())
+    lines = [f"machine: {m['cpu']} ({m['arch']}), {m['cores']} cores; {caches}; kernels {m['kernels']}",
+             f"bandwidth, one thread: DRAM {bw['dram']:.1f} GB/s, cache {bw['cache']:.1f} GB/s "
+             f"(medians of {result['repetitions']} rounds below)", ""]
+    before = {c["name"]: c["figure"] for c in (last or {}).get("cases", [])}
+    header = ["case", "figure", "unit", "goal", "met", "bound", "ratio", "vs last", "note"]
+    rows = []
+    for c in result["cases"]:
+        met = "" if c["met"] is None else ("yes" if c["met"] else "NO")
+        prev = before.get(c["name"])
+        delta = f"{c['figure'] / prev - 1:+.0%}" if prev else ""
+        rows.append([c["name"], _num(c["figure"]), c["unit"], c["goal"], met, _num(c["bound"]),
+                     f"{c['ratio']:.2f}" if c["ratio"] else "", delta, c["note"]])
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    right = {1, 5, 6, 7}
+    for r in [header, *rows]:
+        lines.append("  ".join(str(v).rjust(w) if i in right else str(v).ljust(w)
+                               for i, (v, w) in enumerate(zip(r, widths))).rstrip())
+    return "\n".join(lines)
