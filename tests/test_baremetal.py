@@ -22,14 +22,14 @@ from conftest import require_board
 
 from edgellama.boards import builder, emulator
 from edgellama.boards.catalog import get_board
+from edgellama.boards.targets import baremetal
+from edgellama.boards.toolchains import get_toolchain
 from edgellama.errors import EdgeLlamaError
 from edgellama.model.gguf_file import write_gguf
 from edgellama.model.llama2c import read_llama2c
+from edgellama.model.tokenizer import load_vocab
 from edgellama.runtime.llm import LLM
 from edgellama.runtime.sampling_params import SamplingParams
-from edgellama.boards.targets import baremetal
-from edgellama.model.tokenizer import load_vocab
-from edgellama.boards.toolchains import get_toolchain
 
 PROMPT = "once upon a time"
 N_TOKENS = 32

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgellama.devices import bench, history
 from edgellama.cli import main
+from edgellama.devices import bench, history
 from edgellama.devices.device import LocalDevice
 from edgellama.errors import EdgeLlamaError
 

@@ -9,9 +9,9 @@ import json
 
 from click.testing import CliRunner
 
-from edgellama.runtime import bench_suite
 from edgellama.cli import main
 from edgellama.model.synthetic import synthetic_model, synthetic_vocab
+from edgellama.runtime import bench_suite
 
 CASES = ["15M shape Q8_0 decode", "15M shape Q4_0 decode", "15M shape F32 decode", "stories260K shape F32 decode",
          "default model F32 decode", "default model Q8_0 decode", "15M shape Q8_0 prefill (64 tokens)",

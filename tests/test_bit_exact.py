@@ -14,9 +14,9 @@ import subprocess
 
 import pytest
 
+from edgellama.model.synthetic import write_synthetic
 from edgellama.runtime import build as runtime_build
 from edgellama.runtime.capi import Runtime
-from edgellama.model.synthetic import write_synthetic
 
 PROMPT_TOKENS = 40
 

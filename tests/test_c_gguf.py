@@ -22,8 +22,8 @@ from gguf import GGUFReader
 from edgellama.model.gguf_file import write_gguf
 from edgellama.model.llama import LlamaConfig, LlamaModel
 from edgellama.model.llama2c import read_llama2c
-from edgellama.runtime.build import C_FLAGS, build_shared_library, firmware_dir, host_compiler
 from edgellama.model.tokenizer import load_vocab
+from edgellama.runtime.build import C_FLAGS, build_shared_library, firmware_dir, host_compiler
 
 PROBE_SOURCE = Path(__file__).resolve().parent / "c" / "gguf_probe.c"
 CORE = firmware_dir() / "core"

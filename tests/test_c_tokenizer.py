@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from edgellama.model.llama import TOKEN_BYTE, TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_UNUSED, TOKEN_USER_DEFINED, Vocab
-from edgellama.runtime.build import build_shared_library, firmware_dir
 from edgellama.model.tokenizer import load_vocab, processor_for, train_tokenizer
+from edgellama.runtime.build import build_shared_library, firmware_dir
 
 CORE = firmware_dir() / "core"
 PROBE = Path(__file__).resolve().parent / "c" / "tokenizer_probe.c"

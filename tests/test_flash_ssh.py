@@ -17,12 +17,12 @@ from click.testing import CliRunner
 from conftest import require_board
 
 from edgellama.boards import builder
-from edgellama.devices import flash
 from edgellama.boards.catalog import get_board
 from edgellama.cli import main
+from edgellama.devices import flash
+from edgellama.devices.transports import ssh
 from edgellama.errors import EdgeLlamaError
 from edgellama.runtime import build as runtime_build
-from edgellama.devices.transports import ssh
 
 BOARD = "qemu-aarch64"
 PROMPT = "once upon a time"

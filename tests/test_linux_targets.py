@@ -22,11 +22,11 @@ from conftest import GREEDY, PROMPT, require_board
 
 from edgellama.boards import builder, emulator
 from edgellama.boards.catalog import get_board
+from edgellama.boards.targets import BuildContext, linux
+from edgellama.boards.toolchains import get_toolchain
 from edgellama.cli import main
 from edgellama.errors import EdgeLlamaError
 from edgellama.runtime import build as runtime_build
-from edgellama.boards.targets import BuildContext, linux
-from edgellama.boards.toolchains import get_toolchain
 
 BOARDS = ["qemu-aarch64", "qemu-armhf", "qemu-riscv64"]
 QUANTS = ["f32", "q8_0"]

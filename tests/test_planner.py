@@ -17,10 +17,10 @@ from edgellama.model.gguf_file import write_gguf
 from edgellama.model.llama import LlamaConfig, LlamaModel, Vocab
 from edgellama.model.llama2c import read_llama2c
 from edgellama.model.loading import load_model
+from edgellama.model.tokenizer import load_vocab
 from edgellama.resources import DEFAULT_MODEL
 from edgellama.runtime.build import firmware_dir, host_compiler
 from edgellama.runtime.capi import Runtime, make_request
-from edgellama.model.tokenizer import load_vocab
 
 HOST_BOARD = "rpi4"  # a 64-bit Linux board: the host's pointer width, and room to spare
 PROMPT = "once upon a time, there was a little dog named max. he liked to run — “fast”, said tom."

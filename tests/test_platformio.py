@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from edgellama.boards import builder
-from edgellama.errors import EdgeLlamaError
 from edgellama.boards.targets import platformio as pio_target
+from edgellama.errors import EdgeLlamaError
 
 REPO = Path(__file__).resolve().parent.parent
 # ctx per board: the Pico 2's 400 KiB arena holds 144 tokens of the default model's

@@ -13,11 +13,11 @@ import threading
 import time
 
 import pytest
-
 from conftest import require_board
+
 from edgellama.devices import protocol as P
-from edgellama.errors import EdgeLlamaError
 from edgellama.devices.protocol_device import ProcessStream, ProtocolDevice, SerialStream, find_usb_port
+from edgellama.errors import EdgeLlamaError
 from edgellama.runtime import build as runtime_build
 from edgellama.runtime.sampling_params import SamplingParams
 

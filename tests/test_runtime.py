@@ -15,14 +15,14 @@ import textwrap
 import numpy as np
 import pytest
 
-from edgellama.model import data
 from edgellama.errors import EdgeLlamaError
+from edgellama.model import data
 from edgellama.model.gguf_file import read_gguf, write_gguf
 from edgellama.model.llama import LlamaModel
 from edgellama.model.llama2c import read_llama2c
+from edgellama.model.tokenizer import load_vocab, sentencepiece_proto
 from edgellama.resources import DEFAULT_MODEL
 from edgellama.runtime import capi
-from edgellama.model.tokenizer import load_vocab, sentencepiece_proto
 
 torch = pytest.importorskip("torch")
 from edgellama.model.reference import Transformer  # noqa: E402

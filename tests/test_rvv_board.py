@@ -22,9 +22,9 @@ from conftest import GREEDY, PROMPT, require_board
 
 from edgellama.boards import builder, emulator
 from edgellama.boards.catalog import get_board
-from edgellama.runtime import build as runtime_build
 from edgellama.boards.targets import linux
 from edgellama.boards.toolchains import get_toolchain
+from edgellama.runtime import build as runtime_build
 
 BOARD = "qemu-riscv64-rvv"
 QUANTS = ["f32", "q8_0", "q4_0"]

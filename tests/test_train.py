@@ -8,12 +8,12 @@ import sys
 
 import pytest
 import torch
+from conftest import tiny_config
 
 import edgellama.model.train as train_mod
-from conftest import tiny_config
+from edgellama.errors import EdgeLlamaError
 from edgellama.model import data
 from edgellama.model.checkpoint import load_checkpoint
-from edgellama.errors import EdgeLlamaError
 from edgellama.model.presets import PRESETS
 from edgellama.model.train import lr_at, train
 

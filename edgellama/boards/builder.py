@@ -24,14 +24,14 @@ from pathlib import Path
 
 from edgellama.boards import targets
 from edgellama.boards.catalog import Board, get_board
+from edgellama.boards.targets import BuildContext
+from edgellama.boards.toolchains import get_toolchain
 from edgellama.errors import EdgeLlamaError
 from edgellama.fileio import sha256_file
 from edgellama.model.gguf_file import GGUF_MAGIC, write_gguf
 from edgellama.model.loading import load_model, resolve
 from edgellama.model.quant import QUANT_NAMES
 from edgellama.runtime.build import firmware_dir
-from edgellama.boards.targets import BuildContext
-from edgellama.boards.toolchains import get_toolchain
 
 MODEL_FILE = "model.gguf"
 MANIFEST = "manifest.json"

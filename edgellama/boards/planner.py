@@ -64,10 +64,10 @@ from pathlib import Path
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from edgellama.model import gguf_file as G
-from edgellama.model import quant as Q
 from edgellama.boards.catalog import Board, get_board
 from edgellama.errors import EdgeLlamaError
+from edgellama.model import gguf_file as G
+from edgellama.model import quant as Q
 from edgellama.model.loading import load_model, resolve
 
 KiB, MiB = 1 << 10, 1 << 20

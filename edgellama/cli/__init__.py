@@ -8,9 +8,23 @@ import sys
 
 import click
 
-from edgellama.errors import EdgeLlamaError
+from edgellama.cli import (
+    boards,
+    build,
+    chat,
+    export,
+    export_c,
+    generate,
+    import_,
+    inspect,
+    plan,
+    run,
+    tokenizer,
+    toolchains,
+    train,
+)
 from edgellama.cli import eval as eval_cmd
-from edgellama.cli import boards, build, chat, export, export_c, generate, import_, inspect, plan, run, tokenizer, toolchains, train
+from edgellama.errors import EdgeLlamaError
 
 
 class Group(click.Group):

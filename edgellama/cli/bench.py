@@ -2,8 +2,8 @@ import sys
 
 import click
 
-from edgellama.errors import EdgeLlamaError
 from edgellama.cli.devices import device_options
+from edgellama.errors import EdgeLlamaError
 
 
 def _open(board, host, port, local, model, threads=None):

@@ -4,9 +4,9 @@ import signal
 
 import click
 
-from edgellama.errors import EdgeLlamaError
 from edgellama.cli.devices import device_options
 from edgellama.cli.sampling import sampling_options, sampling_params
+from edgellama.errors import EdgeLlamaError
 
 
 class _Interrupts:

@@ -2,8 +2,8 @@ import json
 
 import click
 
-from edgellama.model.loading import load_model
 from edgellama.cli.needs import needs_torch
+from edgellama.model.loading import load_model
 
 
 @click.command("eval")

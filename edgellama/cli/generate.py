@@ -1,8 +1,8 @@
 import click
 
-from edgellama.runtime.llm import LLM
 from edgellama.cli.devices import threads_option
 from edgellama.cli.sampling import sampling_options, sampling_params
+from edgellama.runtime.llm import LLM
 
 
 @click.command("generate")

@@ -4,13 +4,13 @@ from pathlib import Path
 import click
 
 from edgellama.boards import emulator
-from edgellama.boards.catalog import get_board
 from edgellama.boards.builder import MANIFEST, build, default_out_dir
+from edgellama.boards.catalog import get_board
+from edgellama.cli.devices import threads_option
+from edgellama.cli.sampling import sampling_options, sampling_params
 from edgellama.errors import EdgeLlamaError
 from edgellama.model.loading import resolve
 from edgellama.model.quant import QUANT_NAMES
-from edgellama.cli.devices import threads_option
-from edgellama.cli.sampling import sampling_options, sampling_params
 
 
 def program_flags(params) -> list:

@@ -1,7 +1,7 @@
 import click
 
-from edgellama.errors import EdgeLlamaError
 from edgellama.cli.devices import device_options
+from edgellama.errors import EdgeLlamaError
 
 
 def parse_listen(value: str) -> tuple:

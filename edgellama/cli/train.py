@@ -1,9 +1,9 @@
 import click
 
+from edgellama.cli.needs import needs_torch
 from edgellama.model.llama import LlamaConfig
 from edgellama.model.presets import PRESETS
 from edgellama.model.train_config import TrainConfig
-from edgellama.cli.needs import needs_torch
 
 DEFAULTS = TrainConfig(data="")
 MODEL_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "max_seq_len")

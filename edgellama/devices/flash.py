@@ -34,8 +34,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgellama.boards.catalog import Board, get_board
 from edgellama.boards.builder import MANIFEST, default_out_dir
+from edgellama.boards.catalog import Board, get_board
 from edgellama.errors import EdgeLlamaError
 
 PROGRAM = "edgellama-run"

@@ -265,8 +265,8 @@ class DeviceBackend:
         lines) is the client's to fix: 400, before the device is touched."""
         if type(self.device).__name__ != "ProtocolDevice":
             return
-        from edgellama.errors import EdgeLlamaError
         from edgellama.devices.protocol import generate_payload
+        from edgellama.errors import EdgeLlamaError
         try:
             generate_payload(prompt, params, chat=chat)
         except EdgeLlamaError as e:

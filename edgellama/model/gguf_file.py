@@ -10,9 +10,9 @@ from pathlib import Path
 
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
 
-from edgellama.model import quant
 from edgellama.errors import EdgeLlamaError
 from edgellama.fileio import atomic_path
+from edgellama.model import quant
 from edgellama.model.llama import LlamaConfig, LlamaModel, Vocab
 
 ARCH = "llama"

@@ -19,9 +19,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from edgellama.errors import EdgeLlamaError
 from edgellama.model import data, presets
 from edgellama.model.checkpoint import load_checkpoint, save_checkpoint
-from edgellama.errors import EdgeLlamaError
 from edgellama.model.evaluate import mean_loss
 from edgellama.model.llama import LlamaConfig
 from edgellama.model.reference import Transformer

@@ -27,13 +27,13 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from edgellama.devices.history import home
 from edgellama.errors import EdgeLlamaError
 from edgellama.fileio import atomic_path
 from edgellama.model.gguf_file import read_gguf, write_gguf
-from edgellama.devices.history import home
 from edgellama.model.loading import load_model
-from edgellama.runtime import build as runtime_build
 from edgellama.model.synthetic import write_synthetic
+from edgellama.runtime import build as runtime_build
 
 PROMPT_TOKENS, GEN_TOKENS = 64, 128
 MiB = 1 << 20

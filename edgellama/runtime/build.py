@@ -14,9 +14,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from edgellama.model.data import cache_root
 from edgellama.errors import EdgeLlamaError
 from edgellama.fileio import atomic_path
+from edgellama.model.data import cache_root
 from edgellama.resources import share_dir
 
 C_FLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-ffp-contract=off", "-fno-fast-math"]

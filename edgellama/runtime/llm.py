@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from edgellama.model.loading import resolve
-from edgellama.runtime.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from edgellama.runtime import capi
+from edgellama.runtime.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from edgellama.runtime.sampling_params import SamplingParams
 
 STOP_REASONS = {capi.STOP_NONE: None, capi.STOP_EOS: None}

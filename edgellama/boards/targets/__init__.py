@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgellama.boards.catalog import Board
-from edgellama.errors import EdgeLlamaError
 from edgellama.boards.toolchains import Toolchain
+from edgellama.errors import EdgeLlamaError
 
 
 @dataclass

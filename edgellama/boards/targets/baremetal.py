@@ -38,9 +38,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgellama.boards.targets import BuildContext, copy_core, copy_sources, kernels_for, run_checked
 from edgellama.errors import EdgeLlamaError
 from edgellama.runtime import build as runtime_build
-from edgellama.boards.targets import BuildContext, copy_core, copy_sources, kernels_for, run_checked
 
 IMAGE = "firmware"
 APP_FILES = ("main.c", "el_port.h", "el_freestanding.c", "el_model_blob.S")

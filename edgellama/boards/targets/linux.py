@@ -17,9 +17,9 @@ import os
 import struct
 from pathlib import Path
 
+from edgellama.boards.targets import BuildContext, copy_core, copy_sources, kernels_for, run_checked
 from edgellama.errors import EdgeLlamaError
 from edgellama.runtime import build as runtime_build
-from edgellama.boards.targets import BuildContext, copy_core, copy_sources, kernels_for, run_checked
 
 PROGRAM = "edgellama-run"
 LDFLAGS = ["-static", "-pthread"]

@@ -44,9 +44,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from edgellama.boards.targets import BuildContext, compiler_message, copy_core, copy_sources
 from edgellama.errors import EdgeLlamaError
 from edgellama.runtime import build as runtime_build
-from edgellama.boards.targets import BuildContext, compiler_message, copy_core, copy_sources
 
 DATA_DIR = "data"
 MODEL_FILE = "model.gguf"
