@@ -5,7 +5,7 @@
 # and run it there, emulated (QEMU user mode; the demo installs what it needs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh demo   # with the report extra, so `edgellama bench report --png` works afterwards
 el=.venv/bin/edgellama
 mkdir -p build/demo
 set -x

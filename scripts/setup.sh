@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Create .venv with edgellama and what it needs, on a fresh Debian/Ubuntu machine.
 #   scripts/setup.sh           toolchain with training (torch, CPU build)
+#   scripts/setup.sh demo      the same plus the report extra (matplotlib, for `bench report --png`)
 #   scripts/setup.sh test      the same plus the test dependencies
 # torch goes in first, from the CPU-only wheel, so nothing later pulls a CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="train"
+[ "${1:-}" = "demo" ] && extras="train,report"
 [ "${1:-}" = "test" ] && extras="train,test"
 TORCH_VERSION=2.13.0
 

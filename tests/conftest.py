@@ -109,3 +109,65 @@ def host_text():
             cache[key] = result.stdout
         return cache[key]
     return get
+
+
+# ---------------------------------------------------------------- markers
+# `pytest -m "not emulated and not slow"` is the quick loop. Whole modules that boot QEMU
+# or train say so with `pytestmark`; the tests below each take over ~0.8 s here (measured
+# with `pytest --durations=0` on 2 cores) and are marked slow in this one list.
+SLOW_TESTS = {
+    "tests/test_bad_input.py::test_corpus_too_small",
+    "tests/test_bad_input.py::test_corrupt_checkpoint_leaves_previous_output_untouched",
+    "tests/test_bad_input.py::test_eval_and_generate_refuse_bad_models",
+    "tests/test_bad_input.py::test_gguf_with_wrong_magic",
+    "tests/test_bad_input.py::test_missing_corpus",
+    "tests/test_bad_input.py::test_truncated_gguf",
+    "tests/test_bad_input.py::test_unknown_preset",
+    "tests/test_bench.py::test_cli_outputs_history_and_report",
+    "tests/test_bench_suite.py::test_the_suite_runs_every_case_and_keeps_the_run",
+    "tests/test_bit_exact.py::test_every_kernel_thread_count_and_batch_gives_the_same_bits",
+    "tests/test_boards.py::test_cli_lists_and_shows_boards",
+    "tests/test_boards.py::test_install_for_a_board_names_what_it_needs",
+    "tests/test_c_gguf.py::test_loads_our_own_files",
+    "tests/test_c_gguf.py::test_sanitizers_find_nothing",
+    "tests/test_c_sampler.py::test_generations_match_the_reference",
+    "tests/test_c_sampler.py::test_pcg32_matches_the_published_reference",
+    "tests/test_c_sampler.py::test_small_vocabularies_with_ties_match_the_reference",
+    "tests/test_c_tokenizer.py::test_every_corpus_line_matches_sentencepiece",
+    "tests/test_c_tokenizer.py::test_random_text_and_bytes_match_sentencepiece",
+    "tests/test_chat_devices.py::test_local_chat_turns_and_commands",
+    "tests/test_chat_devices.py::test_system_prompt_and_reset_change_the_context",
+    "tests/test_cli_runtime.py::test_generate_stops_before_a_stop_string",
+    "tests/test_cli_runtime.py::test_generate_streams_a_seeded_story",
+    "tests/test_default_model.py::test_greedy_story_is_english_and_repeatable",
+    "tests/test_default_model.py::test_quantized_quality_within_bars",
+    "tests/test_engine_options.py::test_cli_bad_value_is_one_error_line",
+    "tests/test_engine_options.py::test_cli_export_c_takes_the_kv_dtype_the_plan_suggests",
+    "tests/test_gguf.py::test_checkpoint_round_trip_is_exact_in_f32",
+    "tests/test_llama2c.py::test_cli_import_reproduces_run_c_greedy",
+    "tests/test_llama2c.py::test_v2_imports_within_q8_error",
+    "tests/test_planner.py::test_a_model_too_big_for_any_memory",
+    "tests/test_planner.py::test_cli_plan_prints_the_plan_and_exits_0_either_way",
+    "tests/test_planner.py::test_cli_unknown_board_is_one_line",
+    "tests/test_planner.py::test_exported_sizes_are_exact",
+    "tests/test_planner.py::test_largest_context_is_the_edge",
+    "tests/test_platformio.py::test_pico2_sources_compile_and_link_for_cortex_m33",
+    "tests/test_protocol.py::test_c_crc_and_encode_match_python",
+    "tests/test_protocol.py::test_dropped_link_is_an_error_not_a_hang",
+    "tests/test_protocol.py::test_generate_on_a_port_that_goes_quiet_is_one_line",
+    "tests/test_protocol.py::test_posix_noise_and_oversized_frames",
+    "tests/test_runtime.py::test_greedy_matches_reference_for_200_steps",
+    "tests/test_runtime.py::test_quantized_loss_within_bars",
+    "tests/test_serve.py::test_a_device_failing_mid_stream_reports_an_error",
+    "tests/test_bit_exact.py::test_int8_kv_is_the_same_everywhere_too",
+    "tests/test_protocol.py::test_c_parser_decodes_python_frames",
+    "tests/test_bench.py::test_bench_once_local",
+    "tests/test_runtime.py::test_logits_match_reference",
+    "tests/test_c_sampler.py::test_pcg32_c_equals_python",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if f"{item.path.relative_to(REPO).as_posix()}::{item.originalname}" in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)

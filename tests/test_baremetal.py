@@ -31,6 +31,8 @@ from edgellama.model.tokenizer import load_vocab
 from edgellama.runtime.llm import LLM
 from edgellama.runtime.sampling_params import SamplingParams
 
+pytestmark = pytest.mark.emulated  # boards under QEMU, cross-built programs under qemu-user
+
 PROMPT = "once upon a time"
 N_TOKENS = 32
 BOOT_TIMEOUT = 30.0

@@ -154,7 +154,7 @@ def test_cli_outputs_history_and_report(home, tmp_path):
     (["-p", "0"], "-p must be at least 1"),
     (["--warmup", "-1"], "--warmup must be at least 0"),
     (["--board", "no-such-board"], "unknown board 'no-such-board'"),
-    (["--board", "rpi4", "--local"], "give one of"),
+    (["--board", "rpi4", "--local"], "--local runs the model on this machine; it takes no --board"),
     (["--model", "/no/such/model.gguf"], "no such model file"),
     (["-p", "250", "-n", "100"], "exceed the model's context"),
     (["report", "--png", "/proc/no/such/dir/x.png"], "cannot"),

@@ -24,6 +24,8 @@ from edgellama.devices.transports import ssh
 from edgellama.errors import EdgeLlamaError
 from edgellama.runtime import build as runtime_build
 
+pytestmark = pytest.mark.emulated  # boards under QEMU, cross-built programs under qemu-user
+
 BOARD = "qemu-aarch64"
 PROMPT = "once upon a time"
 GREEDY = ["--temperature", "0", "--max-tokens", "20"]

@@ -19,6 +19,8 @@ from edgellama.errors import EdgeLlamaError
 from edgellama.model.gguf_file import read_gguf
 from edgellama.model.hf import import_hf
 
+pytestmark = pytest.mark.slow  # training, a fresh virtual environment, or Hugging Face models
+
 SMALL = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5)
 SEQ = 32

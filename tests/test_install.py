@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # training, a fresh virtual environment, or Hugging Face models
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Runs edgellama with torch made unimportable, from wherever PYTHONPATH points.

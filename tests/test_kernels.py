@@ -15,6 +15,8 @@ import pytest
 
 from edgellama.runtime.build import C_FLAGS, firmware_dir, host_compiler
 
+pytestmark = pytest.mark.emulated  # boards under QEMU, cross-built programs under qemu-user
+
 CORE = firmware_dir() / "core"
 PROBE = Path(__file__).resolve().parent / "c" / "kernels_probe.c"
 

@@ -204,6 +204,7 @@ int main(void) { return el_app_main(); }
 """
 
 
+@pytest.mark.emulated
 def test_pico2_sources_run_on_an_emulated_cortex_m(projects, tmp_path):
     """The project's own sources (the runtime, the main loop through el_app_arduino.c, the
     weights through el_model_flash.S) with the Pico 2's settings, on QEMU's mps2-an386

@@ -1,7 +1,7 @@
 """The framed serial protocol (firmware/PROTOCOL.md): Python framing and CRC, the C framing
 (firmware/apps/common/el_protocol.c) agreeing with it, the POSIX program's `serve` mode
 over pipes, an emulated bare-metal board behind pyserial socket://, and ProtocolDevice
-through open_protocol_device for qemu-aarch64 and mps2-an386."""
+through open_device for qemu-aarch64 and mps2-an386."""
 
 import ctypes
 import os
@@ -16,7 +16,8 @@ import pytest
 from conftest import require_board
 
 from edgellama.devices import protocol as P
-from edgellama.devices.protocol_device import ProcessStream, ProtocolDevice, SerialStream, find_usb_port
+from edgellama.devices.protocol_device import ProtocolDevice
+from edgellama.devices.streams import ProcessStream, SerialStream, find_usb_port
 from edgellama.errors import EdgeLlamaError
 from edgellama.runtime import build as runtime_build
 from edgellama.runtime.sampling_params import SamplingParams
@@ -302,6 +303,23 @@ def test_dropped_link_is_an_error_not_a_hang(how):
     server.close()
 
 
+def test_generate_on_a_port_that_goes_quiet_is_one_line():
+    """`edgellama generate --port URL --timeout S`: the text that came, then one error line."""
+    from click.testing import CliRunner
+
+    from edgellama.cli import main
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    url = f"socket://127.0.0.1:{server.getsockname()[1]}"
+    threading.Thread(target=lambda: fake_device(server.accept()[0], "silent"), daemon=True).start()
+    result = CliRunner().invoke(main, ["generate", "--port", url, "--timeout", "1.5", "--temperature", "0", "x"])
+    assert result.exit_code == 1
+    assert result.stdout == "xhel\n"
+    assert result.stderr.count("\n") == 1 and "no answer to GENERATE within 1.5 s" in result.stderr
+    server.close()
+
+
 def test_port_auto(monkeypatch):
     from serial.tools import list_ports
 
@@ -323,9 +341,9 @@ def test_port_auto(monkeypatch):
     assert find_usb_port(pico) == "/dev/ttyACM0"
     with pytest.raises(EdgeLlamaError, match="names no USB"):
         find_usb_port(get_board("mps2-an386"))
-    from edgellama.devices.protocol_device import open_protocol_device
+    from edgellama.devices.opener import open_device
     with pytest.raises(EdgeLlamaError, match="needs --board"):
-        open_protocol_device(port="auto")
+        open_device(port="auto")
 
 
 # ---------------------------------------------------------------- emulated boards
@@ -350,11 +368,12 @@ def q8_llm(builds):
     return LLM(str(builds("mps2-an386") / "model.gguf"))
 
 
+@pytest.mark.emulated
 @pytest.mark.parametrize("board", ["qemu-aarch64", "mps2-an386", "qemu-virt-rv64"])
 def test_protocol_device_on_emulated_board(board, builds, q8_llm):
-    from edgellama.devices.protocol_device import open_protocol_device
+    from edgellama.devices.opener import open_device
     out_dir = builds(board)
-    with open_protocol_device(board=board, output=out_dir, timeout=60) as dev:
+    with open_device(board=board, output=out_dir, timeout=60) as dev:
         info = dev.info()
         assert info["model"] == "tinystories-850k" and info["transport"] == "emulator"
         assert "".join(dev.generate(PROMPT, greedy(30))) == reference(q8_llm, PROMPT, 30)
@@ -383,15 +402,16 @@ def read_until(sock, pattern: bytes, timeout=30.0) -> bytes:
     return data
 
 
+@pytest.mark.emulated
 def test_baremetal_text_mode_link_drop_and_reconnect(builds, q8_llm):
     """mps2-an386 under qemu-system behind pyserial socket://: plain-text mode, a link cut
     mid-reply (the host reports it), then a new connection to the same QEMU (which listens
     again after its client closes) finds the device waiting."""
     import serial
 
-    from edgellama.devices.protocol_device import open_protocol_device
+    from edgellama.devices.opener import open_device
     out_dir = builds("mps2-an386")
-    dev = open_protocol_device(board="mps2-an386", output=out_dir, timeout=30)
+    dev = open_device(board="mps2-an386", output=out_dir, timeout=30)
     try:
         url = dev.url
         # the link dropped mid-reply: the host side reports an error, never hangs
@@ -497,17 +517,18 @@ def test_posix_serve_on_a_serial_device(model_path, host_llm):
         os.close(slave)
 
 
+@pytest.mark.emulated
 def test_protocol_device_over_ssh(sshd_server, builds, q8_llm, tmp_path):
     """--host: the flashed release's `edgellama-run MODEL serve` over SSH (a real sshd on
     127.0.0.1 from tests/sshd.py; the program runs there under qemu-user)."""
     from edgellama.devices import flash
-    from edgellama.devices.protocol_device import open_protocol_device
+    from edgellama.devices.opener import open_device
     remote = str(tmp_path / "remote" / "edgellama")
     ssh = {"identity": sshd_server.client_key, "known_hosts": sshd_server.known_hosts, "remote_dir": remote}
     with pytest.raises(EdgeLlamaError, match="edgellama flash --host"):
-        open_protocol_device(host=sshd_server.target, board="qemu-aarch64", **ssh)
+        open_device(host=sshd_server.target, board="qemu-aarch64", **ssh)
     flash.flash("qemu-aarch64", sshd_server.target, builds("qemu-aarch64"), progress=lambda *a: None, **ssh)
-    with open_protocol_device(host=sshd_server.target, board="qemu-aarch64", timeout=60, **ssh) as dev:
+    with open_device(host=sshd_server.target, board="qemu-aarch64", timeout=60, **ssh) as dev:
         assert dev.info()["transport"] == "ssh"
         assert "".join(dev.generate(PROMPT, greedy(30))) == reference(q8_llm, PROMPT, 30)
         assert dev.bench_once(16, 4)["rss_bytes"] > 0

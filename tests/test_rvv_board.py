@@ -26,6 +26,8 @@ from edgellama.boards.targets import linux
 from edgellama.boards.toolchains import get_toolchain
 from edgellama.runtime import build as runtime_build
 
+pytestmark = pytest.mark.emulated  # boards under QEMU, cross-built programs under qemu-user
+
 BOARD = "qemu-riscv64-rvv"
 QUANTS = ["f32", "q8_0", "q4_0"]
 # scalar qemu-riscv64 (RV64GC) guest instructions per token, from the README's table

@@ -10,7 +10,8 @@ import pytest
 openai = pytest.importorskip("openai")
 
 from edgellama.devices import serve
-from edgellama.devices.device import Device, LocalDevice, open_device
+from edgellama.devices.device import Device, LocalDevice
+from edgellama.devices.opener import open_device
 
 
 def start(device, **options):
@@ -236,10 +237,8 @@ def test_the_serve_command():
         p.wait(timeout=10)
 
 
+@pytest.mark.emulated
 def test_serve_an_emulated_board(tmp_path):
-    protocol_device = pytest.importorskip("edgellama.devices.protocol_device")
-    if not hasattr(protocol_device, "open_protocol_device"):
-        pytest.skip("edgellama.devices.protocol_device has no open_protocol_device yet")
     device = open_device(board="qemu-aarch64", output=str(tmp_path / "build"))
     server = start(device)
     try:

@@ -17,6 +17,8 @@ from edgellama.model.checkpoint import load_checkpoint
 from edgellama.model.presets import PRESETS
 from edgellama.model.train import lr_at, train
 
+pytestmark = pytest.mark.slow  # training, a fresh virtual environment, or Hugging Face models
+
 
 def test_training_lowers_validation_loss(tiny_checkpoint):
     ckpt = load_checkpoint(tiny_checkpoint)
@@ -97,7 +99,7 @@ def test_ddp_two_processes_stay_in_sync(tmp_path, small_corpus, tiny_tokenizer):
     out = tmp_path / "ddp.pt"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "edgellama",
            "train", "--data", str(small_corpus), "--tokenizer", str(tiny_tokenizer), "--preset", "tiny",
-           "--batch-size", "4", "--max-iters", "12", "--eval-interval", "6", "--eval-windows", "8", "-o", str(out)]
+           "--batch-size", "4", "--max-iters", "12", "--warmup-iters", "2", "--eval-interval", "6", "--eval-windows", "8", "-o", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -8,9 +8,14 @@
 builds from `export-c` is exactly what `build` compiles. The output is atomic: it is
 made in a temporary directory beside out_dir and renamed into place, so a failed build
 leaves an older build directory as it was.
+
+The engine options are planned, not guessed: the planner turns what the user asked for
+(an EngineOptions, 0 where the planner decides) into the options the program opens the
+runtime with, and manifest.json records them under "engine" (EngineOptions.to_dict()).
 """
 
 import contextlib
+import dataclasses
 import datetime
 import importlib
 import importlib.util
@@ -32,6 +37,7 @@ from edgellama.model.gguf_file import GGUF_MAGIC, write_gguf
 from edgellama.model.loading import load_model, resolve
 from edgellama.model.quant import QUANT_NAMES
 from edgellama.runtime.build import firmware_dir
+from edgellama.runtime.engine_options import EngineOptions
 
 MODEL_FILE = "model.gguf"
 MANIFEST = "manifest.json"
@@ -63,19 +69,57 @@ def default_out_dir(board_name: str) -> Path:
     return Path("build") / board_name
 
 
-def runtime_options(board: Board, ctx: int | None) -> dict:
-    """The engine options without a planner (the planner's Plan.engine_options() otherwise)."""
-    return {"block_size": board.kv_block_size, "arena_bytes": board.arena, "max_model_len": ctx or 0,
-            "kv_dtype": "f32"}
+def stale_reason(out_dir: Path, board_name: str, model=None, quant: str | None = None) -> str | None:
+    """Why out_dir must be (re)built for this board, model and quant; None when its build
+    serves. A directory that holds another board's build or exported sources is refused."""
+    try:
+        manifest = json.loads((Path(out_dir) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "no build there"
+    if manifest.get("kind") != "build" or manifest.get("board") != board_name:
+        what = "a build" if manifest.get("kind") == "build" else "exported sources"
+        raise EdgeLlamaError(f"{out_dir}: holds {what} for {manifest.get('board')}, not {board_name}; "
+                             "choose another -o")
+    if model and str(resolve(model)) != manifest.get("model", {}).get("source"):
+        return "it carries another model"
+    if quant and manifest.get("quant") != quant:
+        return f"it carries the model in {manifest.get('quant')}"
+    return None
 
 
-def check_plan(board: Board, model_path: Path, ctx: int | None, quant: str | None):
-    """The plan (edgellama/planner.py) for the model as it will be exported; a model that
-    does not fit is refused here, with the plan's numbers, before anything is written."""
+def ensure_build(board_name: str, model=None, quant: str | None = None, out_dir=None, say=None) -> Path:
+    """The build directory for the board (default build/BOARD), built first when it has no
+    build, or one of another model or quant; `say` hears why it is being built."""
+    out_dir = Path(out_dir) if out_dir else default_out_dir(board_name)
+    reason = stale_reason(out_dir, board_name, model, quant)
+    if reason:
+        if say is not None:
+            say(f"building {out_dir} for {board_name} ({reason})")
+        build(board_name, model, quant or DEFAULT_QUANT, out_dir)
+    return out_dir
+
+
+def runtime_options(board: Board, requested: EngineOptions) -> EngineOptions:
+    """The engine options without a planner (the planner's Plan.engine_options() otherwise):
+    the requested ones, with the board's block size and arena where none is asked for."""
+    return EngineOptions(**{**requested.to_dict(), "block_size": requested.block_size or board.kv_block_size,
+                            "arena_bytes": requested.arena_bytes or board.arena})
+
+
+def requested_options(ctx: int | None, options: EngineOptions | None) -> EngineOptions:
+    """What a build asks for: `options` (0: the planner decides), with `ctx` as its max_model_len."""
+    options = options or EngineOptions()
+    return dataclasses.replace(options, max_model_len=ctx) if ctx else options
+
+
+def check_plan(board: Board, model_path: Path, quant: str | None, requested: EngineOptions):
+    """The plan (edgellama/planner.py) for the model as it will be exported, with the
+    requested engine options; a model that does not fit is refused here, with the plan's
+    numbers, before anything is written."""
     if importlib.util.find_spec(f"{__package__}.planner") is None:
         return None
     planner = importlib.import_module(f"{__package__}.planner")
-    plan = planner.plan(board, model_path, ctx, quant)
+    plan = planner.plan_engine(board, model_path, quant, requested)
     planner.require_fits(plan)
     return plan
 
@@ -123,7 +167,8 @@ def atomic_dir(out_dir: Path):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _make(board_name: str, model, quant: str | None, out_dir, ctx: int | None, compile_it: bool) -> BuildResult:
+def _make(board_name: str, model, quant: str | None, out_dir, requested: EngineOptions, compile_it: bool
+          ) -> BuildResult:
     board = get_board(board_name)
     target = targets.for_board(board)
     toolchain = get_toolchain(board.toolchain)
@@ -134,10 +179,10 @@ def _make(board_name: str, model, quant: str | None, out_dir, ctx: int | None, c
     source = resolve(model)
     if not source.is_file():
         raise EdgeLlamaError(f"{source}: no such model file")
-    plan = check_plan(board, source, ctx, quant)
+    plan = check_plan(board, source, quant, requested)
     out_dir = Path(out_dir) if out_dir else default_out_dir(board.name)
     with atomic_dir(out_dir) as tmp:
-        options = plan.engine_options() if plan is not None else runtime_options(board, ctx)
+        options = plan.engine_options() if plan is not None else runtime_options(board, requested)
         context = BuildContext(board, toolchain, tmp / MODEL_FILE, quant, tmp, options)
         write_model(source, context.model_path, quant)
         sources = target.emit(context)
@@ -154,7 +199,7 @@ def _make(board_name: str, model, quant: str | None, out_dir, ctx: int | None, c
                           "version": toolchain.version() if toolchain.installed() else ""},
             **context.manifest,
             "runtime_version": runtime_version(),
-            "runtime_options": context.options,
+            "engine": context.options.to_dict(),
             "quant": quant,
             "model": {"source": str(source), "file": MODEL_FILE},
             "plan": _plan_summary(plan),
@@ -175,22 +220,27 @@ def _plan_summary(plan):
     if hasattr(plan, "to_dict"):
         return plan.to_dict()
     try:
-        import dataclasses
         return json.loads(json.dumps(dataclasses.asdict(plan), default=str))
     except TypeError:
         return str(plan)
 
 
-def build(board_name: str, model=None, quant: str | None = DEFAULT_QUANT, out_dir=None, ctx: int | None = None
-          ) -> BuildResult:
-    """Model (quantized to `quant`; None keeps it as given), plan check, sources, program, manifest."""
-    return _make(board_name, model, quant, out_dir, ctx, True)
+def build(board_name: str, model=None, quant: str | None = DEFAULT_QUANT, out_dir=None, ctx: int | None = None,
+          options: EngineOptions | None = None) -> BuildResult:
+    """Model (quantized to `quant`; None keeps it as given), plan check, sources, program, manifest.
+    `options` are the engine options asked for (0: the planner's default; ctx sets max_model_len)."""
+    return _make(board_name, model, quant, out_dir, requested_options(ctx, options), True)
 
 
-def export_c(board_name: str, model=None, quant: str | None = DEFAULT_QUANT, out_dir=None, ctx: int | None = None
-             ) -> BuildResult:
+def export_c(board_name: str, model=None, quant: str | None = DEFAULT_QUANT, out_dir=None, ctx: int | None = None,
+             options: EngineOptions | None = None) -> BuildResult:
     """The standalone source tree (sources, Makefile, model) that `build` would compile."""
-    return _make(board_name, model, quant, out_dir, ctx, False)
+    return _make(board_name, model, quant, out_dir, requested_options(ctx, options), False)
+
+
+def manifest_engine(manifest: dict) -> EngineOptions:
+    """The engine options a build's manifest records ("runtime_options" in builds before "engine")."""
+    return EngineOptions.from_dict(manifest.get("engine") or manifest.get("runtime_options") or {})
 
 
 def load_build(out_dir, board_name: str | None = None) -> BuildContext:
@@ -209,5 +259,5 @@ def load_build(out_dir, board_name: str | None = None) -> BuildContext:
         raise EdgeLlamaError(f"{out_dir}: is a build for {manifest.get('board')}, not {board_name}")
     board = get_board(manifest["board"])
     return BuildContext(board, get_toolchain(board.toolchain), out_dir / manifest["model"]["file"],
-                        manifest.get("quant"), out_dir, manifest.get("runtime_options") or {},
+                        manifest.get("quant"), out_dir, manifest_engine(manifest),
                         {k: manifest[k] for k in ("flags",) if k in manifest})

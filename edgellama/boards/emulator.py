@@ -31,10 +31,19 @@ def _board(board) -> Board:
     return board if isinstance(board, Board) else get_board(board)
 
 
+def flash_command(board: Board) -> str:
+    """The `edgellama flash` line that puts a build on a real board of this kind."""
+    if board.os == "linux":
+        return f"`edgellama flash --board {board.name} --host USER@ADDR`"
+    if board.os == "platformio":
+        return f"`edgellama flash --board {board.name} --port PORT`"
+    return "the board's own programmer (`edgellama flash` handles Linux and PlatformIO boards)"
+
+
 def _require_emulator(board: Board):
     if board.reach.kind != "emulator":
         raise EdgeLlamaError(f"board {board.name} is not emulated (reached by {board.reach.kind}); "
-                             "`edgellama flash` for real boards comes later")
+                             f"put the build on it with {flash_command(board)}")
     if shutil.which(board.reach.emulator) is None:
         packages = " ".join(board.reach.apt) or "qemu-user"
         raise EdgeLlamaError(f"board {board.name}: the emulator {board.reach.emulator} is not installed; install it "

@@ -32,7 +32,8 @@ board is needed:
   arena (or RAM less the OS reserve, less the weights), and weights plus arena must
   fit RAM less LINUX_OS_RESERVE.
 
-Defaults, decided here (the build must use the same engine options: Plan.engine_options()):
+Defaults, decided here (the build must use the same engine options: Plan.engine_options(),
+an EngineOptions, edgellama/runtime/engine_options.py, which also checks every value):
 
 - ctx (max_model_len): the model's context. When it does not fit, the verdict says so
   and names the largest context that does (`--ctx N`).
@@ -59,7 +60,7 @@ import ctypes as C
 import difflib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -69,6 +70,7 @@ from edgellama.errors import EdgeLlamaError
 from edgellama.model import gguf_file as G
 from edgellama.model import quant as Q
 from edgellama.model.loading import load_model, resolve
+from edgellama.runtime.engine_options import KV_DTYPES, EngineOptions
 
 KiB, MiB = 1 << 10, 1 << 20
 MCU_OS = ("baremetal", "platformio")
@@ -78,7 +80,6 @@ LINUX_OS_RESERVE = 128 * MiB
 MCU_MAX_SEQS, LINUX_MAX_SEQS = 1, 8
 MCU_MAX_BATCH_TOKENS = 8
 PROMPT_BYTES_PER_TOKEN, MCU_MAX_PROMPT_BYTES = 4, 256
-KV_DTYPES = {"f32": 0, "int8": 1}
 POINTER_BYTES = {
     **dict.fromkeys(("aarch64", "arm64", "riscv64", "rv64", "x86_64", "amd64"), 8),
     **dict.fromkeys(("armhf", "armel", "armv6m", "armv7", "armv7m", "armv7em", "armv8m", "xtensa", "riscv32",
@@ -423,16 +424,17 @@ class Plan:
             return f"fits ({self.arena_budget - self.arena_total:,} bytes of the arena to spare)"
         return "does not fit: " + "; ".join(self.reasons)
 
-    def engine_options(self) -> dict:
-        """The el_engine_options the plan is for: a build must open the runtime with these."""
-        return {"max_model_len": self.ctx, "block_size": self.block_size, "kv_cache_bytes": 0,
-                "max_seqs": self.max_seqs, "max_batch_tokens": self.max_batch_tokens, "kv_dtype": self.kv_dtype,
-                "threads": self.threads, "arena_bytes": self.arena_budget}
+    def engine_options(self) -> EngineOptions:
+        """The el_engine_options the plan is for: a build must open the runtime with these
+        (the KV pool is the runtime's default, kv_cache_bytes 0: max_seqs full sequences)."""
+        return EngineOptions(max_model_len=self.ctx, block_size=self.block_size, kv_dtype=self.kv_dtype,
+                             max_seqs=self.max_seqs, max_batch_tokens=self.max_batch_tokens, kv_cache_bytes=0,
+                             arena_bytes=self.arena_budget, threads=self.threads)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["verdict"] = self.verdict
-        d["engine_options"] = self.engine_options()
+        d["engine_options"] = self.engine_options().to_dict()
         return d
 
 
@@ -498,11 +500,13 @@ def plan(board, model_path=None, ctx=None, quant=None, max_seqs=None, kv_dtype="
          max_batch_tokens=None, prompt_bytes=None, threads=None, info=None) -> Plan:
     """The plan for running the model (None: the embedded default) on `board` (a Board or
     its name). quant None plans the model as stored, else as `edgellama export --quant`
-    would write it. Defaults for the rest are in the module docstring; `info` (from
+    would write it. Defaults for the rest (None or 0) are in the module docstring; every
+    value is checked by EngineOptions before any arithmetic; `info` (from
     model_info, for the same model and quant) saves reading the file again."""
     board = _board(board)
-    if kv_dtype not in KV_DTYPES:
-        raise EdgeLlamaError(f"--kv-dtype: must be one of {', '.join(KV_DTYPES)}, got {kv_dtype!r}")
+    requested = EngineOptions(max_model_len=ctx or 0, block_size=block_size or 0, kv_dtype=kv_dtype,
+                              max_seqs=max_seqs or 0, max_batch_tokens=max_batch_tokens or 0,
+                              threads=threads or 0)  # checks every value before any arithmetic
     if quant is not None and quant not in Q.QUANT_NAMES:
         close = difflib.get_close_matches(quant, list(Q.QUANT_NAMES), n=1)
         raise EdgeLlamaError(f"--quant: unknown type {quant!r}; use one of {', '.join(Q.QUANT_NAMES)}"
@@ -510,16 +514,10 @@ def plan(board, model_path=None, ctx=None, quant=None, max_seqs=None, kv_dtype="
     info = info or model_info(model_path, quant)
     mcu = board.os in MCU_OS
     model_ctx = info.config["context_length"]
-    ctx_given = ctx is not None
-    ctx = model_ctx if ctx is None else int(ctx)
-    max_seqs = max_seqs or (MCU_MAX_SEQS if mcu else LINUX_MAX_SEQS)
-    block_size = block_size or board.kv_block_size
-    max_batch_tokens = max_batch_tokens or (max(MCU_MAX_BATCH_TOKENS, max_seqs) if mcu else max(max_seqs, 32))
-    threads = 1 if mcu else (threads or board.threads)  # bare metal runs the plain loop
-    for name, value, low in (("--ctx", ctx, 1), ("--max-seqs", max_seqs, 1), ("block size", block_size, 1),
-                             ("--max-batch-tokens", max_batch_tokens, max_seqs), ("--threads", threads, 1)):
-        if value < low:
-            raise EdgeLlamaError(f"{name}: must be at least {low}, got {value}")
+    ctx_given = bool(requested.max_model_len)
+    options = planned_options(board, requested, model_ctx)
+    ctx, max_seqs, block_size = options.max_model_len, options.max_seqs, options.block_size
+    max_batch_tokens, threads = options.max_batch_tokens, options.threads
 
     def prompt_for(c):
         if prompt_bytes is not None:
@@ -551,8 +549,8 @@ def plan(board, model_path=None, ctx=None, quant=None, max_seqs=None, kv_dtype="
     if ctx > model_ctx:
         reasons.append(f"ctx {ctx} is longer than the model's context of {model_ctx}")
     if arena_total > budget:
-        where = f"the board's arena of {budget:,} bytes" if board.arena else \
-            f"the {budget:,} bytes of {place['arena_location'] or 'memory'} left for the arena"
+        where = f"the board's arena holds only {budget:,} bytes" if board.arena else \
+            f"only {budget:,} bytes of {place['arena_location'] or 'memory'} are left for the arena"
         hint = (f"the largest context that fits is {largest} tokens (--ctx {largest})" if largest
                 else "not even a context of one token fits")
         if kv_dtype == "f32":
@@ -589,6 +587,34 @@ def plan(board, model_path=None, ctx=None, quant=None, max_seqs=None, kv_dtype="
         part_notes=part_notes, arena_total=arena_total, arena_budget=budget,
         arena_location=place["arena_location"], largest_ctx=largest, fits=not reasons, reasons=reasons,
         notes=notes)
+
+
+def planned_options(board: Board, requested: EngineOptions, model_ctx: int) -> EngineOptions:
+    """The requested options with every 0 replaced by the default for this board (module docstring)."""
+    mcu = board.os in MCU_OS
+    max_seqs = requested.max_seqs or (MCU_MAX_SEQS if mcu else LINUX_MAX_SEQS)
+    return replace(
+        requested,
+        max_model_len=requested.max_model_len or model_ctx,
+        block_size=requested.block_size or board.kv_block_size,
+        max_seqs=max_seqs,
+        max_batch_tokens=requested.max_batch_tokens or (max(MCU_MAX_BATCH_TOKENS, max_seqs) if mcu
+                                                        else max(max_seqs, 32)),
+        threads=1 if mcu else (requested.threads or board.threads),  # bare metal runs the plain loop
+    )
+
+
+def plan_engine(board, model_path=None, quant=None, requested: EngineOptions | None = None, *, info=None) -> Plan:
+    """plan() for the engine options a build asks for (0: the planner's default). The KV pool
+    and the arena are the planner's to size, so a build cannot ask for them."""
+    requested = requested or EngineOptions()
+    for name in ("kv_cache_bytes", "arena_bytes"):
+        if getattr(requested, name):
+            raise EdgeLlamaError(f"engine option {name}: decided by the plan (from the board's memory), "
+                                 f"not per build; got {getattr(requested, name)}")
+    return plan(board, model_path, requested.max_model_len or None, quant, requested.max_seqs or None,
+                requested.kv_dtype, block_size=requested.block_size or None,
+                max_batch_tokens=requested.max_batch_tokens or None, threads=requested.threads or None, info=info)
 
 
 def require_fits(p: Plan) -> Plan:

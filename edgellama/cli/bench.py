@@ -7,7 +7,7 @@ from edgellama.errors import EdgeLlamaError
 
 
 def _open(board, host, port, local, model, threads=None):
-    from edgellama.devices.device import open_device
+    from edgellama.devices.opener import open_device
     if board:
         from edgellama.boards.catalog import get_board
         get_board(board)  # an unknown board is one line, before anything starts

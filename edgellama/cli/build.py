@@ -1,6 +1,7 @@
 import click
 
 from edgellama.boards.builder import build
+from edgellama.cli.plan import engine_options, requested_engine
 from edgellama.model.quant import QUANT_NAMES
 
 
@@ -18,14 +19,15 @@ def describe(result, verb: str) -> str:
 
 
 def build_options(f):
-    """--board, --model, --quant and --ctx: what build and export-c share."""
+    """--board, --model, --quant and the engine options (--ctx, --max-seqs, --kv-dtype,
+    --block-size, as `edgellama plan` takes them): what build and export-c share."""
     for option in reversed([
         click.option("--board", required=True, help="Board name (see `edgellama boards`)."),
         click.option("--model", type=click.Path(dir_okay=False),
                      help="GGUF model or checkpoint (default: the embedded model)."),
         click.option("--quant", type=click.Choice(list(QUANT_NAMES)), default="q8_0", show_default=True,
                      help="Tensor type of the matrices in the model the output carries."),
-        click.option("--ctx", type=click.IntRange(min=1), help="Context length to plan for (default: the model's)."),
+        engine_options,
     ]):
         f = option(f)
     return f
@@ -34,6 +36,7 @@ def build_options(f):
 @click.command("build")
 @build_options
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Output directory (default: build/BOARD).")
-def command(board, model, quant, ctx, output):
+def command(board, model, quant, ctx, max_seqs, kv_dtype, block_size, output):
     """Cross-compile the runtime for a board: program or image, model, manifest.json."""
-    click.echo(describe(build(board, model, quant, output, ctx), "built"))
+    result = build(board, model, quant, output, ctx, requested_engine(kv_dtype, block_size, max_seqs))
+    click.echo(describe(result, "built"))

@@ -1,5 +1,4 @@
 import dataclasses
-import json
 import signal
 
 import click
@@ -33,17 +32,40 @@ class _Interrupts:
         signal.signal(signal.SIGINT, self._previous)
 
 
-def _reply_summary(stats) -> str:
-    parts = [f"{stats.output_tokens} tokens"]
-    if stats.prompt_tokens:
-        parts.insert(0, f"{stats.prompt_tokens} prompt tokens")
-    if stats.ttft_s is not None:
-        parts.append(f"first token {stats.ttft_s * 1000:.1f} ms")
-    if stats.total_s and stats.output_tokens > 1 and stats.ttft_s is not None and stats.total_s > stats.ttft_s:
-        parts.append(f"{(stats.output_tokens - 1) / (stats.total_s - stats.ttft_s):.1f} tokens/s")
-    if stats.finish_reason:
-        parts.append(f"finish {stats.finish_reason}")
-    return "last reply: " + ", ".join(parts)
+def _decode_rate(stats) -> float | None:
+    """Tokens/s after the first token (the first one pays for the prompt)."""
+    if stats is None or stats.ttft_s is None or not stats.total_s or stats.output_tokens < 2:
+        return None
+    decode_s = stats.total_s - stats.ttft_s
+    return (stats.output_tokens - 1) / decode_s if decode_s > 0 else None
+
+
+def _mib(n) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def stats_lines(counters: dict, info: dict, last=None) -> list:
+    """/stats as aligned `label  value` lines: the runtime's counters, read by a person."""
+    rate = _decode_rate(last)
+    used, total = counters.get("blocks_used", 0), counters.get("blocks_total", 0)
+    block, ctx = info.get("block"), info.get("context_length")
+    if block and ctx:
+        context = f"up to {min(used * block, ctx)} of {ctx} tokens ({used} KV blocks of {block} tokens)"
+    else:
+        context = f"{used} KV blocks" + (f" of a {ctx}-token context" if ctx else "")
+    rows = [
+        ("tokens/s", f"{rate:.1f} (last reply)" if rate is not None else "no reply timed yet"),
+        ("context used", context),
+        ("KV blocks", f"{used} used, {counters.get('blocks_cached', 0)} cached, "
+                      f"{counters.get('blocks_high_water', 0)} peak, of {total}"),
+        ("memory", f"arena {_mib(counters.get('arena_used', 0))} used, "
+                   f"{_mib(counters.get('arena_high_water', 0))} peak, of {_mib(counters.get('arena_size', 0))}"),
+        ("tokens", f"{counters.get('prompt_tokens_computed', 0)} prompt computed, "
+                   f"{counters.get('tokens_generated', 0)} generated"),
+        ("prefix cache", f"{counters.get('prefix_hits', 0)} hits of {counters.get('prefix_queries', 0)} lookups"),
+    ]
+    width = max(len(label) for label, _ in rows)
+    return [f"{label:<{width}}  {value}" for label, value in rows]
 
 
 @click.command("chat")
@@ -58,25 +80,27 @@ def command(board, host, port, local, model, threads, system, chat_template, ign
 
     Replies print as they arrive. The conversation stays on the device between turns;
     Ctrl-C stops the current reply, not the chat (a second Ctrl-C stops waiting for it)."""
-    from edgellama.devices.device import LocalDevice, open_device
+    from edgellama.devices.device import LocalDevice
+    from edgellama.devices.opener import open_device
     params = dataclasses.replace(sampling_params(options), ignore_eos=ignore_eos)
     device = open_device(board=board, host=host, port=port, local=local, model=model, threads=threads)
     with device:
+        info = device.info()
         if isinstance(device, LocalDevice):
             device.session = device.llm.chat_session(system, chat_template)
             where = f"{device.llm.model} ({device.session.chat.name} template)"
+            info.setdefault("block", device.llm._rt.block_size)
         else:
             if chat_template:
                 raise EdgeLlamaError("--chat-template: a device uses its model's own template")
             if system:
                 device.reset(system)
-            info = device.info()
             where = f"{info.get('model') or 'the model'} on {info.get('board') or info.get('transport') or device.name}"
         click.echo(f"chat with {where}; /reset, /stats, /system TEXT, /quit or Ctrl-D to leave", err=True)
-        _loop(device, params, system)
+        _loop(device, params, system, info)
 
 
-def _loop(device, params, system):
+def _loop(device, params, system, info):
     while True:
         try:
             line = input("> ")
@@ -92,11 +116,14 @@ def _loop(device, params, system):
             break
         if command == "/reset":
             device.reset(system)
+            click.echo("conversation reset" + (" (the system prompt stays)" if system else ""), err=True)
             continue
         if command == "/stats":
-            click.echo(json.dumps(device.stats()))
-            if getattr(device, "last_stats", None) is not None and device.last_stats.total_s is not None:
-                click.echo(_reply_summary(device.last_stats), err=True)
+            last = getattr(device, "last_stats", None)
+            timed = last if last is not None and last.total_s is not None else None
+            click.echo("\n".join(stats_lines(device.stats(), info, timed)), err=True)
+            if timed is not None:
+                click.echo("last reply: " + timed.summary(), err=True)
             continue
         if command == "/system" or command.startswith("/system "):
             system = command[len("/system"):].strip()

@@ -21,3 +21,19 @@ def device_options(f):
     ]):
         f = option(f)
     return f
+
+
+def build_options(f):
+    """--quant, -o/--output and --timeout: how an emulated board is built, and how long a
+    request may wait for a device's answer."""
+    from edgellama.model.quant import QUANT_NAMES
+    for option in reversed([
+        click.option("--quant", type=click.Choice(list(QUANT_NAMES)),
+                     help="Emulated boards: build with this type (default: the build's, q8_0 for a new one)."),
+        click.option("-o", "--output", type=click.Path(file_okay=False),
+                     help="Emulated boards: the build directory (default: build/BOARD)."),
+        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Seconds a request may wait for the device's next answer (default 60)."),
+    ]):
+        f = option(f)
+    return f

@@ -27,7 +27,8 @@ def command(board, host, port, local, model, threads, listen, served_model_name,
     not), GET /v1/models, GET /health. vLLM's extra sampling fields (top_k, min_p,
     repetition_penalty, ...) are accepted. A device runs one request at a time."""
     from edgellama.devices import serve
-    from edgellama.devices.device import LocalDevice, open_device
+    from edgellama.devices.device import LocalDevice
+    from edgellama.devices.opener import open_device
     addr, listen_port = parse_listen(listen)
     device = open_device(board=board, host=host, port=port, local=local, model=model, threads=threads)
     try:

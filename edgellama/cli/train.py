@@ -44,8 +44,10 @@ def command(**options):
     for k in MODEL_FIELDS:
         options.pop(k, None)
     assert set(overrides) <= set(LlamaConfig.__dataclass_fields__)
+    config = TrainConfig(model_overrides=overrides, **options)
+    config.check_schedule()  # before torch is imported or any data is read
     train = needs_torch("train", "model.train", "train")
-    result = train(TrainConfig(model_overrides=overrides, **options))
+    result = train(config)
     if result["digest"] and result["val_loss"] is not None:
         click.echo(f"wrote {result['out']}: {result['params']:,} parameters, {result['iters']} steps, "
                    f"val loss {result['val_loss']:.4f}")

@@ -1,7 +1,7 @@
 """Benchmarks in llama-bench's spirit: prefill (ppN) and decode (tgN) tokens/s on any device.
 
     from edgellama.devices import bench
-    from edgellama.devices.device import open_device
+    from edgellama.devices.opener import open_device
     with open_device(local=True) as dev:
         result = bench.run(dev, prompt_tokens=64, gen_tokens=128, repetitions=5, warmup=1)
     print(bench.format_table(result))
@@ -40,6 +40,25 @@ from pathlib import Path
 
 from edgellama.errors import EdgeLlamaError
 from edgellama.fileio import sha256_file
+
+# The text every bench prompt is cut from: the same bytes as BENCH_TEXT in
+# firmware/apps/common/el_protocol.c (a board's BENCH) and firmware/apps/posix/main.c
+# (`edgellama-run MODEL bench`), so host and boards prefill the same tokens.
+BENCH_TEXT = ("once upon a time, there was a little girl named lily. she loved to play outside in the park with her "
+              "friends. one day, she saw a big red ball under a tree. she ran to the ball and picked it up. ")
+
+
+def bench_prompt(tokenizer, prompt_tokens: int, call: int) -> list:
+    """The token ids of bench call number `call` (1, 2, ...): BOS, then BENCH_TEXT's tokens
+    from an offset that moves by one each call, wrapping around, so no call shares a
+    prefix with the one before (the KV cache's prefix reuse would flatter prefill).
+    The same rule as the firmware's BENCH handler."""
+    text = tokenizer.encode(BENCH_TEXT, add_bos=False)
+    bos = tokenizer.encode("", add_bos=True)[:1]
+    if not text or not bos:
+        raise EdgeLlamaError("bench: the model's tokenizer cannot encode the bench text")
+    return bos + [text[(i + call) % len(text)] for i in range(prompt_tokens - 1)]
+
 
 # (key, label, unit, scale) of the summarised figures, in table order
 FIGURES = [
@@ -177,32 +196,14 @@ class BenchResult:
 
 
 def gguf_quant(path) -> str | None:
-    """The quant type a GGUF file declares (general.file_type), as edgellama names it."""
-    try:
-        import gguf
-
-        from edgellama.model import quant
-        reader = gguf.GGUFReader(str(path))
-        f = reader.fields.get("general.file_type")
-        if f is None:
-            return None
-        value = int(f.parts[f.data[0]][0])
-        for name, file_type in quant.FILE_TYPES.items():
-            if int(file_type) == value:
-                return name
-        return f"file_type_{value}"
-    except (OSError, ValueError, KeyError, IndexError, TypeError):  # not a GGUF file: quant unknown
-        return None
+    """The quant type a GGUF file declares, as edgellama names it (None when unknown)."""
+    from edgellama.model.gguf_file import read_identity
+    return read_identity(path)[1]
 
 
 def _gguf_name(path) -> str | None:
-    try:
-        import gguf
-        reader = gguf.GGUFReader(str(path))
-        f = reader.fields.get("general.name")
-        return bytes(f.parts[f.data[0]]).decode("utf-8") if f is not None else None
-    except (OSError, ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError):
-        return None
+    from edgellama.model.gguf_file import read_identity
+    return read_identity(path)[0]
 
 
 def program_bytes(info: dict) -> int | None:

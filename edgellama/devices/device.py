@@ -30,6 +30,19 @@ class Stats:
     kv_blocks_used: int | None = None
     extra: dict = field(default_factory=dict)
 
+    def summary(self) -> str:
+        """One line for people: tokens, time to first token, decode speed, why it ended."""
+        parts = [f"{self.output_tokens} tokens"]
+        if self.prompt_tokens:
+            parts.insert(0, f"{self.prompt_tokens} prompt tokens")
+        if self.ttft_s is not None:
+            parts.append(f"first token {self.ttft_s * 1000:.1f} ms")
+        if self.total_s and self.output_tokens > 1 and self.ttft_s is not None and self.total_s > self.ttft_s:
+            parts.append(f"{(self.output_tokens - 1) / (self.total_s - self.ttft_s):.1f} tokens/s")
+        if self.finish_reason:
+            parts.append(f"finish {self.finish_reason}")
+        return ", ".join(parts)
+
 
 class Device:
     """The operations every device offers. Implementations: LocalDevice here; the serial
@@ -127,22 +140,21 @@ class LocalDevice(Device):
         return self.llm.stats()
 
     def bench_once(self, prompt_tokens: int, gen_tokens: int) -> dict:
-        """One benchmark request: a prompt of exactly `prompt_tokens` tokens (BOS, then a
-        token pattern that differs on every call so no prefix is ever reused from the KV
+        """One benchmark request: a prompt of exactly `prompt_tokens` tokens (bench.bench_prompt:
+        a new one every call so no prefix is ever reused from the KV
         cache), then `gen_tokens` greedy tokens with EOS ignored. Times are from this
         process's monotonic clock, relative to the request start."""
         import resource
         if prompt_tokens < 1 or gen_tokens < 1:
             raise EdgeLlamaError(f"bench needs at least 1 prompt and 1 generated token, got {prompt_tokens} and "
                                  f"{gen_tokens}")
-        ctx, vocab = self.llm.max_model_len, self.llm._rt.config.vocab_size
+        from edgellama.devices.bench import bench_prompt
+        ctx = self.llm.max_model_len
         if prompt_tokens + gen_tokens > ctx:
             raise EdgeLlamaError(f"bench: {prompt_tokens} prompt + {gen_tokens} generated tokens exceed the "
                                  f"model's context of {ctx}")
         self._bench_calls = getattr(self, "_bench_calls", 0) + 1
-        bos = self.llm.tokenizer.encode("", add_bos=True)[:1] or [1]
-        first, span = 3, max(vocab - 3, 1)  # skip unk/bos/eos
-        ids = bos + [first + (self._bench_calls * 7919 + i * 31) % span for i in range(prompt_tokens - 1)]
+        ids = bench_prompt(self.llm.tokenizer, prompt_tokens, self._bench_calls)
         params = SamplingParams(temperature=0.0, max_tokens=gen_tokens, ignore_eos=True)
         times, blocks = [], 0
         start = time.perf_counter()
@@ -156,16 +168,3 @@ class LocalDevice(Device):
                 "token_times_s": times, "arena_high_water": stats["arena_high_water"],
                 "kv_blocks_used": blocks or -(-(prompt_tokens + gen_tokens) // self.llm._rt.block_size),
                 "rss_bytes": rss}
-
-
-def open_device(board: str | None = None, host: str | None = None, port: str | None = None,
-                local: bool = False, model=None, threads: int | None = None, **options) -> Device:
-    """The device a command line names: --board, --host, --port, or --local (the default)."""
-    chosen = [name for name, value in (("--board", board), ("--host", host), ("--port", port), ("--local", local))
-              if value]
-    if len(chosen) > 1:
-        raise EdgeLlamaError(f"give one of --board, --host, --port, --local (got {', '.join(chosen)})")
-    if board or host or port:
-        from edgellama.devices.protocol_device import open_protocol_device
-        return open_protocol_device(board=board, host=host, port=port, model=model, threads=threads, **options)
-    return LocalDevice(model, threads=threads)

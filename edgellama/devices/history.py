@@ -176,8 +176,29 @@ def report_table(rows: list) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list, out_png) -> Path:
-    """A PNG: prefill and decode tokens/s over time, one line per board/model/quant/test."""
+def _series(rows: list) -> dict:
+    """{label: [(time, row), ...]}: one series per board / model / quant / test size."""
+    import datetime
+    groups = {}
+    for row in rows:
+        groups.setdefault(" / ".join(_key(row)), []).append((datetime.datetime.fromisoformat(row["timestamp"]), row))
+    return dict(sorted(groups.items()))
+
+
+def _draw(ax, when_rows: list, column: str, label: str):
+    """One series of tokens/s with its sd as error bars, kept above zero for the log axis."""
+    points = [(t, r[column], r[f"{column}_sd"] or 0.0) for t, r in when_rows if r[column] and r[column] > 0]
+    if not points:
+        return
+    values = [v for _, v, _ in points]
+    below = [min(sd, v * 0.9) for _, v, sd in points]  # a log axis cannot go to or below zero
+    above = [sd for _, _, sd in points]
+    ax.errorbar([t for t, _, _ in points], values, yerr=[below, above], marker="o", capsize=3, label=label)
+
+
+def figure(rows: list):
+    """The report's matplotlib figure: prefill and decode tokens/s per run, on log axes
+    (a 75 tokens/s board and a 5,000 tokens/s host both stay readable), x = run date."""
     if not rows:
         raise EdgeLlamaError("no bench runs recorded to plot (run `edgellama bench` first)")
     try:
@@ -187,37 +208,36 @@ def plot(rows: list, out_png) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise EdgeLlamaError("--png needs matplotlib (pip install 'edgellama[report]')") from None
-    import datetime
-
-    from edgellama.fileio import atomic_path
-
-    groups = {}
-    for row in rows:
-        groups.setdefault(_key(row), []).append(row)
-    fig, axes = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
-    for key in sorted(groups):
-        g = groups[key]
-        when = [datetime.datetime.fromisoformat(r["timestamp"]) for r in g]
-        label = " / ".join(key)
-        for ax, col in zip(axes, ("pp_tps", "tg_tps")):
-            pts = [(t, r[col], r[f"{col}_sd"] or 0.0) for t, r in zip(when, g) if r[col] is not None]
-            if pts:
-                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
-                            capsize=3, label=label)
-    axes[0].set_ylabel("prefill tokens/s")
-    axes[1].set_ylabel("decode tokens/s")
-    axes[0].set_title("edgellama bench history")
-    for ax in axes:
-        ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=8, loc="best")
+    series = _series(rows)
+    fig, axes = plt.subplots(2, 1, figsize=(11, 8), sharex=True)
+    for label, when_rows in series.items():
+        for ax, column in zip(axes, ("pp_tps", "tg_tps")):
+            _draw(ax, when_rows, column, label)
+    for ax, what in zip(axes, ("prefill", "decode")):
+        ax.set_yscale("log")
+        ax.set_ylabel(f"{what} tokens/s (log scale)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_title("edgellama bench history (one line per board / model / quant / test)")
+    axes[1].set_xlabel("run date (UTC)")
+    axes[0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="board / model / quant / test",
+                   title_fontsize=8)
     locator = mdates.AutoDateLocator()
     axes[1].xaxis.set_major_locator(locator)
     axes[1].xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
     fig.tight_layout()
+    return fig
+
+
+def plot(rows: list, out_png) -> Path:
+    """Write the report's figure (see `figure`) as a PNG."""
+    from edgellama.fileio import atomic_path
+
+    fig = figure(rows)  # first: it says so in one line when matplotlib is missing
+    import matplotlib.pyplot as plt
     out_png = Path(out_png)
     try:
         with atomic_path(out_png) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
+            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     except OSError as e:
         raise EdgeLlamaError(f"{out_png}: cannot write ({e.strerror})") from None
     finally:

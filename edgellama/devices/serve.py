@@ -1,6 +1,6 @@
 """An OpenAI-compatible HTTP server in front of a device.
 
-    from edgellama.devices.device import open_device
+    from edgellama.devices.opener import open_device
     from edgellama.devices import serve
     server = serve.make_server(open_device(local=True), "127.0.0.1", 8000)
     server.serve_forever()

@@ -5,10 +5,12 @@ files written here load in llama.cpp and other GGUF tools. This module is the on
 place that spells the keys.
 """
 
+import mmap
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 
 from edgellama.errors import EdgeLlamaError
 from edgellama.fileio import atomic_path
@@ -113,6 +115,144 @@ def write_gguf(model: LlamaModel, path, quant_name: str = "f32") -> list:
 
 # ---------------------------------------------------------------- reading
 
+class _Damaged(Exception):
+    """What is wrong with a GGUF file's layout, in words."""
+
+
+# Fixed sizes of GGUF metadata value types (strings and arrays are walked instead).
+_VALUE_BYTES = {GGUFValueType.UINT8: 1, GGUFValueType.INT8: 1, GGUFValueType.BOOL: 1, GGUFValueType.UINT16: 2,
+                GGUFValueType.INT16: 2, GGUFValueType.UINT32: 4, GGUFValueType.INT32: 4, GGUFValueType.FLOAT32: 4,
+                GGUFValueType.UINT64: 8, GGUFValueType.INT64: 8, GGUFValueType.FLOAT64: 8}
+_DEFAULT_ALIGNMENT = 32
+
+
+class _Cursor:
+    """Reads little-endian GGUF fields from a buffer, refusing to read past its end."""
+
+    def __init__(self, buf, what="the header"):
+        self.buf, self.pos, self.what = buf, 0, what
+
+    def take(self, n: int) -> int:
+        if n < 0 or self.pos + n > len(self.buf):
+            raise _Damaged(f"truncated: {self.what} runs past the end of the file ({len(self.buf):,} bytes)")
+        start, self.pos = self.pos, self.pos + n
+        return start
+
+    def unpack(self, fmt: str):
+        return struct.unpack_from("<" + fmt, self.buf, self.take(struct.calcsize(fmt)))[0]
+
+    def string(self) -> bytes:
+        n = self.unpack("Q")
+        return bytes(self.buf[self.take(n):self.pos])
+
+    def count(self, n: int, min_bytes: int, what: str) -> int:
+        """A count read from the file, checked against the bytes that are left for its items."""
+        if n * min_bytes > len(self.buf) - self.pos:
+            raise _Damaged(f"truncated or corrupt: {self.what} counts {n:,} {what} items, more than the "
+                           f"{len(self.buf) - self.pos:,} bytes left in the file can hold")
+        return n
+
+
+def _skip_value(cur: _Cursor, vtype: int):
+    if vtype == GGUFValueType.STRING:
+        cur.string()
+    elif vtype == GGUFValueType.ARRAY:
+        item_type, n = cur.unpack("I"), cur.unpack("Q")
+        if item_type in _VALUE_BYTES:
+            cur.take(cur.count(n, _VALUE_BYTES[item_type], "array") * _VALUE_BYTES[item_type])
+        else:
+            for _ in range(cur.count(n, 8 if item_type == GGUFValueType.STRING else 12, "array")):
+                _skip_value(cur, item_type)
+    elif vtype in _VALUE_BYTES:
+        cur.take(_VALUE_BYTES[vtype])
+    else:
+        raise _Damaged(f"corrupt: unknown metadata value type {vtype} at byte {cur.pos - 4:,}")
+
+
+def _walk_metadata(cur: _Cursor) -> int:
+    """Skip the key/value table; returns the data alignment it names."""
+    alignment = _DEFAULT_ALIGNMENT
+    for _ in range(cur.count(cur.unpack("Q"), 12, "metadata key")):
+        cur.what = "the metadata"
+        key, vtype = cur.string(), cur.unpack("I")
+        if key == b"general.alignment" and vtype == GGUFValueType.UINT32:
+            alignment = cur.unpack("I") or _DEFAULT_ALIGNMENT
+        else:
+            _skip_value(cur, vtype)
+    return alignment
+
+
+def _tensor_bytes(name: str, dims: list, qtype: int) -> int:
+    try:
+        block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
+    except (ValueError, KeyError):
+        raise _Damaged(f"corrupt: tensor {name} has unknown type {qtype}") from None
+    elements = 1
+    for n in dims:
+        elements *= n
+    return elements // block * block_bytes
+
+
+def _check_layout(buf):
+    cur = _Cursor(buf)
+    if bytes(buf[cur.take(4):cur.pos]) != GGUF_MAGIC:
+        raise _Damaged("not a GGUF file")
+    cur.unpack("I")  # version
+    n_tensors = cur.unpack("Q")
+    alignment = _walk_metadata(cur)
+    cur.what = "the tensor table"
+    tensors = []
+    for _ in range(cur.count(n_tensors, 28, "tensor")):
+        name = cur.string().decode("utf-8", "replace")
+        dims = [cur.unpack("Q") for _ in range(cur.count(cur.unpack("I"), 8, f"tensor {name} dimension"))]
+        qtype, offset = cur.unpack("I"), cur.unpack("Q")
+        tensors.append((name, offset + _tensor_bytes(name, dims, qtype)))
+    data_start = -(-cur.pos // alignment) * alignment
+    for name, end in tensors:
+        if data_start + end > len(buf):
+            raise _Damaged(f"truncated: tensor {name} ends at byte {data_start + end:,}, past the end of the "
+                           f"file ({len(buf):,} bytes)")
+
+
+def layout_problem(path) -> str | None:
+    """What makes a GGUF file unreadable (truncated where, or which count is impossible),
+    checked with plain bounds checks; None when its layout is sound."""
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf, \
+                memoryview(buf) as view:
+            _check_layout(view)
+    except _Damaged as e:
+        return str(e)
+    except ValueError:  # mmap of an empty file
+        return "truncated: the file is empty"
+    return None
+
+
+def file_type_name(value) -> str | None:
+    """edgellama's name (f32, f16, q8_0, q4_0) for a general.file_type value; None for None."""
+    if value is None:
+        return None
+    names = {int(file_type): name for name, file_type in quant.FILE_TYPES.items()}
+    return names.get(int(value), f"file_type_{int(value)}")
+
+
+def is_known_file_type(name: str | None) -> bool:
+    """Whether a file type name is one edgellama writes (so quant's rules explain each tensor)."""
+    return name in quant.FILE_TYPES
+
+
+def read_identity(path) -> tuple:
+    """(general.name, file type name) of a GGUF file, each None when absent or unreadable:
+    for labelling results, so a damaged file is not an error here."""
+    try:
+        fields = GGUFReader(str(path)).fields
+        name = fields[KEY_NAME].contents() if KEY_NAME in fields else None
+        file_type = fields[KEY_FILE_TYPE].contents() if KEY_FILE_TYPE in fields else None
+        return (str(name) if name else None), file_type_name(file_type)
+    except Exception:  # not a GGUF file, or a damaged one: the identity is unknown
+        return None, None
+
+
 def _field(reader, key, path, default=None):
     if key not in reader.fields:
         if default is not None:
@@ -134,8 +274,9 @@ def read_gguf(path) -> GGUFModel:
         raise EdgeLlamaError(f"{path}: not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r})")
     try:
         reader = GGUFReader(path)
-    except Exception as e:  # the reader raises many kinds on a damaged file
-        raise EdgeLlamaError(f"{path}: corrupt or truncated GGUF ({type(e).__name__}: {e})") from None
+    except Exception:  # the reader raises numpy's errors on a damaged file: say what is wrong instead
+        raise EdgeLlamaError(f"{path}: {layout_problem(path) or 'corrupt GGUF (the gguf reader cannot parse it)'}"
+                             ) from None
     missing = [k for k in REQUIRED_KEYS if k not in reader.fields]
     if missing:
         raise EdgeLlamaError(f"{path}: missing metadata key {missing[0]}")

@@ -1,7 +1,7 @@
 """What `edgellama inspect` reports about a GGUF file."""
 
 from edgellama.model import quant
-from edgellama.model.gguf_file import read_gguf
+from edgellama.model.gguf_file import ARCH, KEY_FILE_TYPE, file_type_name, is_known_file_type, read_gguf
 from edgellama.model.loading import resolve
 
 
@@ -9,20 +9,17 @@ def describe_dict(path) -> dict:
     path = resolve(path)
     g = read_gguf(path)
     cfg, vocab = g.model.config, g.model.vocab
+    file_type = file_type_name(g.metadata.get(KEY_FILE_TYPE))
+    known = is_known_file_type(file_type)  # only then do the rules say why each tensor has its type
     tensors = []
     for e in g.entries:
-        wanted = g.metadata.get("general.file_type")
-        choice = None
-        for name, ft in quant.FILE_TYPES.items():
-            if wanted == int(ft):
-                choice = quant.choose_type(e.name, e.shape, name)
+        choice = quant.choose_type(e.name, e.shape, file_type) if known else None
         tensors.append(dict(name=e.name, shape=list(e.shape), type=e.qtype.name, bytes=e.nbytes,
                             note=choice.reason if choice and choice.qtype == e.qtype else ""))
     kv_bytes_per_token = 2 * cfg.n_layers * cfg.kv_dim * 4
     return dict(
-        file=str(path), file_bytes=g.file_size, name=g.model.name, architecture="llama",
-        file_type=[n for n, ft in quant.FILE_TYPES.items() if g.metadata.get("general.file_type") == int(ft)][:1]
-        or [None],
+        file=str(path), file_bytes=g.file_size, name=g.model.name, architecture=ARCH,
+        file_type=[file_type if known else None],
         config=cfg.to_dict(), head_dim=cfg.head_dim, parameters=cfg.n_params(),
         vocab=dict(size=len(vocab), bos_id=vocab.bos_id, eos_id=vocab.eos_id, unk_id=vocab.unk_id),
         weight_bytes=g.weight_bytes, kv_bytes_per_token_f32=kv_bytes_per_token, tensors=tensors)

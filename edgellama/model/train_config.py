@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass, field
 
+from edgellama.errors import EdgeLlamaError
+
 
 @dataclass
 class TrainConfig:
@@ -26,3 +28,11 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"
     resume: bool = False
+
+    def check_schedule(self):
+        """Refuse a run that ends inside its warmup: the learning rate would never reach
+        --learning-rate, and the run would say nothing about it."""
+        if self.max_iters < self.warmup_iters:
+            raise EdgeLlamaError(f"--max-iters {self.max_iters} is below --warmup-iters {self.warmup_iters}: the "
+                                 "learning rate would never finish warming up; lower --warmup-iters or raise "
+                                 "--max-iters")

@@ -13,9 +13,9 @@ import numpy as np
 
 from edgellama.errors import EdgeLlamaError
 from edgellama.runtime.build import build_shared_library, runtime_library_sources
+from edgellama.runtime.engine_options import KV_DTYPES
 
 MAX_STOP_STRINGS, MAX_STOP_LEN, MAX_STOP_TOKENS = 4, 32, 8
-KV_DTYPES = {"f32": 0, "int8": 1}
 FINISH_REASONS = {0: None, 1: "stop", 2: "length", 3: "abort"}
 STOP_NONE, STOP_EOS, STOP_TOKEN, STOP_STRING = 0, 1, 2, 3
 STATUS_NAMES = {1: "argument", 2: "format", 3: "unsupported", 4: "no memory", 5: "capacity"}

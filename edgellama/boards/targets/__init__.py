@@ -1,6 +1,6 @@
 """Targets: how a board's program is emitted, compiled and run. One module per OS kind.
 
-Every target module (linux.py, baremetal.py, platformio.py) exposes three functions
+Every target module (linux.py, baremetal.py, platformio.py) exposes four functions
 of a BuildContext:
 
     emit(ctx) -> list[Path]          write the standalone source tree under ctx.src_dir
@@ -13,6 +13,7 @@ of a BuildContext:
     run_command(ctx, args) -> list   the command line that runs the artifact on the board's
                                      emulator with the program's arguments `args`
                                      (e.g. ["generate", "once upon a time", "--max-tokens", "8"])
+    build_command(ctx) -> str        the shell command a user runs to build an `export-c` tree
 
 The builder (edgellama/builder.py) writes the model to ctx.model_path before emit, and
 the manifest after compile. Everything a target writes goes under ctx.out_dir, and every
@@ -32,6 +33,7 @@ from pathlib import Path
 from edgellama.boards.catalog import Board
 from edgellama.boards.toolchains import Toolchain
 from edgellama.errors import EdgeLlamaError
+from edgellama.runtime.engine_options import EngineOptions
 
 
 @dataclass
@@ -41,10 +43,10 @@ class BuildContext:
     model_path: Path            # the GGUF inside out_dir (already quantized)
     quant: str | None           # f32, q8_0, q4_0; None = the model as given
     out_dir: Path               # the build directory (a temporary one while building)
-    options: dict = field(default_factory=dict)
-    # engine options the program must open the runtime with (the planner's
-    # Plan.engine_options()): max_model_len, block_size, kv_dtype ("f32"|"int8"),
-    # arena_bytes, max_seqs, max_batch_tokens, kv_cache_bytes; 0 or absent = the runtime's default
+    options: EngineOptions = field(default_factory=EngineOptions)
+    # the engine options the program must open the runtime with (the planner's
+    # Plan.engine_options(), recorded in manifest.json under "engine"); a field of 0 = the
+    # program's default. Each target passes every field its program reads.
     manifest: dict = field(default_factory=dict)
     # what the target wants recorded in manifest.json; emit sets at least
     # manifest["flags"] = {"cflags": [...], "ldflags": [...]} (the exact flags it builds with)

@@ -110,12 +110,23 @@ def _placement(ctx: BuildContext, arena_bytes: int) -> tuple:
     return regions[weights], regions.get(arena_region, "RAM"), arena_bytes
 
 
+def engine_config(ctx: BuildContext) -> list:
+    """The engine options as config.mk's (key, value) pairs; the Makefile passes each to
+    main.c as -DEL_<key>. threads has none: bare metal runs the plain loop (the plan says 1)."""
+    options, board = ctx.options, ctx.board
+    return [
+        ("BLOCK_SIZE", str(options.block_size or board.kv_block_size or 16)),
+        ("MAX_MODEL_LEN", str(options.max_model_len)),
+        ("MAX_SEQS", str(options.max_seqs or MCU_MAX_SEQS)),
+        ("MAX_BATCH_TOKENS", str(options.max_batch_tokens or MCU_MAX_BATCH_TOKENS)),
+        ("KV_DTYPE", str(options.kv_dtype_code)),
+        ("KV_CACHE_BYTES", str(options.kv_cache_bytes)),
+    ]
+
+
 def config_text(ctx: BuildContext) -> str:
-    board, options = ctx.board, ctx.options or {}
-    kv_dtype = options.get("kv_dtype") or "f32"
-    if kv_dtype not in ("f32", "int8"):
-        raise EdgeLlamaError(f"kv_dtype must be f32 or int8, got {kv_dtype!r}")
-    arena = int(options.get("arena_bytes") or board.arena or 0)
+    board = ctx.board
+    arena = ctx.options.arena_bytes or board.arena or 0
     weights_region, arena_region, arena = _placement(ctx, arena)
     if arena <= 0:
         raise EdgeLlamaError(f"board {board.name}: no arena size (set [runtime] arena in its TOML file)")
@@ -129,16 +140,14 @@ def config_text(ctx: BuildContext) -> str:
         ("WEIGHTS_REGION", weights_region),
         ("ARENA_REGION", arena_region),
         ("ARENA_BYTES", str(arena)),
-        ("BLOCK_SIZE", str(int(options.get("block_size") or board.kv_block_size or 16))),
-        ("MAX_MODEL_LEN", str(int(options.get("max_model_len") or 0))),
-        ("MAX_BATCH_TOKENS", str(MCU_MAX_BATCH_TOKENS)),
-        ("KV_DTYPE", "1" if kv_dtype == "int8" else "0"),
+        *engine_config(ctx),
         ("MAX_TOKENS", str(DEFAULT_MAX_TOKENS)),
     ]
     lines = [f"# {board.name}: {board.description}",
              "# Written by edgellama (build / export-c); the Makefile reads it. Any of these can be",
              "# overridden on make's command line, e.g. `make ARENA_BYTES=2097152`.",
-             "# MAX_MODEL_LEN 0 = the model's context; KV_DTYPE 0 = f32, 1 = int8;",
+             "# The engine options (manifest.json's \"engine\"): MAX_MODEL_LEN 0 = the model's context;",
+             "# KV_DTYPE 0 = f32, 1 = int8; KV_CACHE_BYTES 0 = MAX_SEQS full sequences.",
              "# MAX_TOKENS = a request's default max_tokens; OUT = where firmware.elf/.bin go."]
     lines += [f"{key} = {value}" for key, value in pairs]
     return "\n".join(lines) + "\n"
@@ -166,6 +175,11 @@ def emit(ctx: BuildContext) -> list:
     return files
 
 
+def build_command(ctx: BuildContext) -> str:
+    """The shell command that builds an exported source tree."""
+    return f"make -C {ctx.src_dir}"
+
+
 def compile(ctx: BuildContext) -> list:
     jobs = str(max(1, os.cpu_count() or 1))
     run_checked(["make", "-C", ctx.src_dir, f"-j{jobs}"],
@@ -184,7 +198,8 @@ def emulator_command(ctx: BuildContext) -> list:
     board, reach = ctx.board, ctx.board.reach
     if reach.kind != "emulator":
         raise EdgeLlamaError(f"board {board.name} is reached by {reach.kind}, not an emulator: write "
-                             f"{ctx.out_dir / (IMAGE + '.bin')} to its flash (`edgellama flash` comes later)")
+                             f"{ctx.out_dir / (IMAGE + '.bin')} to its flash with the board's own programmer "
+                             "(`edgellama flash` handles Linux and PlatformIO boards)")
     command = [reach.emulator]
     if reach.machine:
         command += ["-M", reach.machine]

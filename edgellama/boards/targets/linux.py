@@ -95,6 +95,11 @@ def emit(ctx: BuildContext) -> list:
     return [*files, makefile]
 
 
+def build_command(ctx: BuildContext) -> str:
+    """The shell command that builds an exported source tree."""
+    return f"make -C {ctx.src_dir}"
+
+
 def compile(ctx: BuildContext) -> list:
     jobs = str(max(1, os.cpu_count() or 1))
     run_checked(["make", "--no-print-directory", "-C", ctx.src_dir, f"-j{jobs}", f"CC={ctx.toolchain.command}"],
@@ -134,20 +139,20 @@ def elf_interpreter(path) -> str | None:
 def option_flags(ctx: BuildContext, args: list) -> list:
     """The build's engine options as edgellama-run flags, except those args already give.
     (edgellama-run runs one sequence at a time, so max_seqs has no flag: the plan for
-    more sequences is an upper bound.)"""
-    options = ctx.options or {}
+    more sequences is an upper bound. kv_cache_bytes has none either: the plan leaves it
+    0, the runtime's default. threads is the board's, compiled in as EL_DEFAULT_THREADS.)"""
+    options = ctx.options
     flags = []
 
     def add(flag, value):
         if value and not any(a == flag or a.startswith(flag + "=") for a in args):
             flags.extend([flag, str(value)])
 
-    add("--block-size", options.get("block_size"))
-    arena = options.get("arena_bytes") or 0
-    add("--arena-mb", (arena + (1 << 20) - 1) >> 20 if arena else 0)
-    add("--max-model-len", options.get("max_model_len"))
-    add("--max-batch-tokens", options.get("max_batch_tokens"))
-    add("--kv-dtype", options.get("kv_dtype"))
+    add("--block-size", options.block_size)
+    add("--arena-mb", -(-options.arena_bytes // (1 << 20)))  # whole MiB, rounded up
+    add("--max-model-len", options.max_model_len)
+    add("--max-batch-tokens", options.max_batch_tokens)
+    add("--kv-dtype", options.kv_dtype)
     return flags
 
 
@@ -162,8 +167,10 @@ def program_args(ctx: BuildContext, args: list) -> list:
 def run_command(ctx: BuildContext, args: list) -> list:
     reach = ctx.board.reach
     if reach.kind != "emulator":
-        raise EdgeLlamaError(f"board {ctx.board.name} is reached by {reach.kind}, not an emulator: copy "
-                             f"{ctx.out_dir} to it and run ./{PROGRAM} there (`edgellama flash` comes later)")
+        raise EdgeLlamaError(f"board {ctx.board.name} is reached by {reach.kind}, not an emulator: "
+                             f"put {ctx.out_dir} on it with `edgellama flash --board {ctx.board.name} --dir "
+                             f"{ctx.out_dir} --host USER@ADDR`, then talk to it with `edgellama chat --board "
+                             f"{ctx.board.name} --host USER@ADDR`")
     command = [reach.emulator]
     if reach.cpu:
         command += ["-cpu", reach.cpu]

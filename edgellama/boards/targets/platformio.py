@@ -56,6 +56,7 @@ PORT_FILES = ("el_app_arduino.c", "el_port_arduino.cpp", "el_model_flash.S")
 # rules (no FMA contraction: both boards' FPUs have fused multiply-add) and -O2
 SRC_CFLAGS = ["-O2", "-ffp-contract=off", "-fno-fast-math"]
 RAM_RESERVE = 96 * 1024        # SRAM for the stack, the core and its heap (as the planner counts)
+MCU_MAX_SEQS = 1                # the planner's sequences at once on MCUs
 MCU_MAX_BATCH_TOKENS = 8        # the planner's rows per forward step on MCUs
 PIO_TIMEOUT = 3600              # a first build downloads a compiler and a framework
 REGISTRY_HOST = "api.registry.platformio.org"
@@ -84,7 +85,7 @@ def is_espressif32(ctx: BuildContext) -> bool:
 
 def arena_bytes(ctx: BuildContext) -> int:
     board = ctx.board
-    arena = (ctx.options or {}).get("arena_bytes") or board.arena
+    arena = ctx.options.arena_bytes or board.arena
     if not arena:  # as the planner does without [runtime] arena: the larger of free SRAM and PSRAM
         arena = max(board.ram - RAM_RESERVE, board.psram)
     return int(arena)
@@ -110,21 +111,28 @@ def _define(name: str, value) -> str:
 
 def src_flags(ctx: BuildContext) -> list:
     """build_src_flags: the runtime's float rules, the weights' directory, the main loop's settings."""
-    options = ctx.options or {}
-    kv = options.get("kv_dtype") or "f32"
-    if kv not in ("f32", "int8"):
-        raise EdgeLlamaError(f"kv_dtype must be f32 or int8, got {kv!r}")
     return [
         *SRC_CFLAGS,
         f"-I$PROJECT_DIR/{DATA_DIR}",  # where .incbin finds the model
         _define("EL_BOARD_NAME", ctx.board.name),
         _define("EL_ARENA_BYTES", arena_bytes(ctx)),
         _define("EL_ARENA_PSRAM", int(arena_in_psram(ctx))),
-        _define("EL_BLOCK_SIZE", int(options.get("block_size") or ctx.board.kv_block_size)),
-        _define("EL_MAX_MODEL_LEN", int(options.get("max_model_len") or 0)),
-        _define("EL_KV_DTYPE", int(kv == "int8")),
-        _define("EL_MAX_BATCH_TOKENS", int(options.get("max_batch_tokens") or MCU_MAX_BATCH_TOKENS)),
+        *engine_defines(ctx),
         _define("EL_BAUD", ctx.board.reach.baud),
+    ]
+
+
+def engine_defines(ctx: BuildContext) -> list:
+    """The engine options as the -D defines the bare-metal main loop reads (main.c).
+    threads has none: the Arduino app runs the plain loop (the plan says 1)."""
+    options = ctx.options
+    return [
+        _define("EL_BLOCK_SIZE", options.block_size or ctx.board.kv_block_size),
+        _define("EL_MAX_MODEL_LEN", options.max_model_len),
+        _define("EL_KV_DTYPE", options.kv_dtype_code),
+        _define("EL_MAX_SEQS", options.max_seqs or MCU_MAX_SEQS),
+        _define("EL_MAX_BATCH_TOKENS", options.max_batch_tokens or MCU_MAX_BATCH_TOKENS),
+        _define("EL_KV_CACHE_BYTES", options.kv_cache_bytes),
     ]
 
 
@@ -321,6 +329,11 @@ def fetch_failure(output: str) -> str | None:
 def firmware_files(ctx: BuildContext) -> list:
     build = project_dir(ctx) / ".pio" / "build" / env_name(ctx)
     return [p for p in (build / f"firmware.{ext}" for ext in ("bin", "uf2", "elf")) if p.is_file()]
+
+
+def build_command(ctx: BuildContext) -> str:
+    """The shell command that builds an exported project (it has platformio.ini, no Makefile)."""
+    return f"pio run -d {project_dir(ctx)}"
 
 
 def how_to_build(ctx: BuildContext) -> str:

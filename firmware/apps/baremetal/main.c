@@ -56,6 +56,12 @@
 #ifndef EL_MAX_BATCH_TOKENS
 #define EL_MAX_BATCH_TOKENS 8 /* prompt rows per forward pass: the planner's MCU default */
 #endif
+#ifndef EL_MAX_SEQS
+#define EL_MAX_SEQS 1 /* one prompt at a time: the planner's MCU default */
+#endif
+#ifndef EL_KV_CACHE_BYTES
+#define EL_KV_CACHE_BYTES 0 /* the KV pool; 0 = EL_MAX_SEQS full sequences */
+#endif
 #ifndef EL_MAX_TOKENS
 #define EL_MAX_TOKENS 128
 #endif
@@ -430,8 +436,9 @@ int main(void)
     port_init();
     el_memset(&io, 0, sizeof io);
     el_memset(&options, 0, sizeof options);
-    options.max_seqs = 1; /* one prompt at a time */
+    options.max_seqs = EL_MAX_SEQS;
     options.block_size = EL_BLOCK_SIZE;
+    options.kv_cache_bytes = EL_KV_CACHE_BYTES;
     options.max_batch_tokens = EL_MAX_BATCH_TOKENS;
     options.max_model_len = EL_MAX_MODEL_LEN;
     options.kv_dtype = EL_KV_DTYPE ? EL_KV_INT8 : EL_KV_F32;
