@@ -17,4 +17,4 @@ program=$(.venv/bin/python -c "from edgellama.runtime.build import host_program;
 "$program" build/demo/model-q8_0.gguf bench --repetitions 3
 $el plan --board mps2-an386 --quant q8_0 | sed -n '1,4p;15,17p'
 $el toolchains install --board qemu-aarch64
-$el run --board qemu-aarch64 --quant q8_0 -o build/demo/qemu-aarch64 --seed 42 --max-tokens 60 "once upon a time"
+$el generate --board qemu-aarch64 --quant q8_0 -o build/demo/qemu-aarch64 --seed 42 --max-tokens 60 "once upon a time"
