@@ -111,6 +111,23 @@ def host_text():
     return get
 
 
+
+@pytest.fixture(scope="session")
+def board_builds(tmp_path_factory):
+    """(board, quant, model) -> BuildResult: each board image is built once in the session,
+    however many modules run it (model None is the embedded default model)."""
+    from edgellama.boards import builder
+    root, cache = tmp_path_factory.mktemp("board-builds"), {}
+
+    def get(board, quant="q8_0", model=None):
+        key = (board, quant, str(model) if model else "default")
+        if key not in cache:
+            require_board(board)
+            name = "-".join([board, quant, Path(model).stem if model else "default"])
+            cache[key] = builder.build(board, model, quant=quant, out_dir=root / name)
+        return cache[key]
+    return get
+
 # ---------------------------------------------------------------- markers
 # `pytest -m "not emulated and not slow"` is the quick loop. Whole modules that boot QEMU
 # or train say so with `pytestmark`; the tests below each take over ~0.8 s here (measured

@@ -55,19 +55,9 @@ def stories_gguf(tmp_path_factory, shared_data):
 
 
 @pytest.fixture(scope="module")
-def builds(tmp_path_factory, stories_gguf):
-    """(board, model, quant) -> BuildResult, built once for the module."""
-    root = tmp_path_factory.mktemp("bm")
-    cache = {}
-
-    def get(board, model, quant):
-        key = (board, model, quant)
-        if key not in cache:
-            require_board(board)
-            source = None if model == "default" else stories_gguf
-            cache[key] = builder.build(board, source, quant=quant, out_dir=root / "-".join(key))
-        return cache[key]
-    return get
+def builds(board_builds, stories_gguf):
+    """(board, "default" or "stories", quant) -> BuildResult, from the session's builds."""
+    return lambda board, model, quant: board_builds(board, quant, None if model == "default" else stories_gguf)
 
 
 @pytest.fixture(scope="module")

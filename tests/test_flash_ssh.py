@@ -32,10 +32,8 @@ GREEDY = ["--temperature", "0", "--max-tokens", "20"]
 
 
 @pytest.fixture(scope="module")
-def builds(tmp_path_factory):
-    require_board(BOARD)
-    root = tmp_path_factory.mktemp("flash-builds")
-    return {quant: builder.build(BOARD, quant=quant, out_dir=root / quant) for quant in ("q8_0", "f32")}
+def builds(board_builds):
+    return {quant: board_builds(BOARD, quant) for quant in ("q8_0", "f32")}
 
 
 @pytest.fixture(scope="module")

@@ -41,17 +41,9 @@ ELF_EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def builds(tmp_path_factory):
-    """(board, quant) -> BuildResult, built once for the module."""
-    root = tmp_path_factory.mktemp("builds")
-    cache = {}
-
-    def get(board, quant):
-        if (board, quant) not in cache:
-            require_board(board)
-            cache[board, quant] = builder.build(board, quant=quant, out_dir=root / f"{board}-{quant}")
-        return cache[board, quant]
-    return get
+def builds(board_builds):
+    """(board, quant) -> BuildResult, from the session's builds."""
+    return lambda board, quant: board_builds(board, quant)
 
 
 def elf_header(path):

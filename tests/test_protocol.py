@@ -349,16 +349,9 @@ def test_port_auto(monkeypatch):
 # ---------------------------------------------------------------- emulated boards
 
 @pytest.fixture(scope="module")
-def builds(tmp_path_factory):
-    from edgellama.boards import builder
-    root, cache = tmp_path_factory.mktemp("protocol-builds"), {}
-
-    def get(board):
-        require_board(board)
-        if board not in cache:
-            cache[board] = builder.build(board, None, quant="q8_0", out_dir=root / board).out_dir
-        return cache[board]
-    return get
+def builds(board_builds):
+    """board -> the directory of its Q8_0 build of the default model (the session's)."""
+    return lambda board: board_builds(board, "q8_0").out_dir
 
 
 @pytest.fixture(scope="module")

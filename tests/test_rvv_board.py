@@ -18,9 +18,9 @@ import signal
 import subprocess
 
 import pytest
-from conftest import GREEDY, PROMPT, require_board
+from conftest import GREEDY, PROMPT
 
-from edgellama.boards import builder, emulator
+from edgellama.boards import emulator
 from edgellama.boards.catalog import get_board
 from edgellama.boards.targets import linux
 from edgellama.boards.toolchains import get_toolchain
@@ -35,16 +35,8 @@ SCALAR = {"f32": 11_043_059, "q8_0": 8_757_356, "q4_0": 8_404_105}
 
 
 @pytest.fixture(scope="module")
-def builds(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rvv")
-    cache = {}
-
-    def get(quant):
-        if quant not in cache:
-            require_board(BOARD)
-            cache[quant] = builder.build(BOARD, quant=quant, out_dir=root / quant)
-        return cache[quant]
-    return get
+def builds(board_builds):
+    return lambda quant: board_builds(BOARD, quant)
 
 
 def test_board_and_toolchain_files():

@@ -238,8 +238,8 @@ def test_the_serve_command():
 
 
 @pytest.mark.emulated
-def test_serve_an_emulated_board(tmp_path):
-    device = open_device(board="qemu-aarch64", output=str(tmp_path / "build"))
+def test_serve_an_emulated_board(board_builds):
+    device = open_device(board="qemu-aarch64", output=str(board_builds("qemu-aarch64", "q8_0").out_dir))
     server = start(device)
     try:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)

@@ -27,6 +27,7 @@ class Reach:
     apt: list = field(default_factory=list)   # Debian packages that provide the emulator
     baud: int = 115200
     usb: list = field(default_factory=list)   # "VID:PID" strings for auto-detection
+    emulator_args: list = field(default_factory=list)  # flags the machine needs beyond -M and -cpu
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Board:
     kv_block_size: int = 16
     arena: int = 0
     platformio: dict = field(default_factory=dict)
+    port: str = ""                   # bare metal: the folder in firmware/ports/ (default: the name)
     path: Path | None = None
 
     @property
@@ -82,6 +84,19 @@ def _get(table: dict, key: str, kind, where: str, default=None, required=True):
     return value
 
 
+def _port(data: dict, os_kind: str, where: str) -> str:
+    """The board's folder in firmware/ports/: bare-metal boards only, named after the board
+    unless it shares another board's port (same chip, another name)."""
+    if os_kind != "baremetal":
+        if "port" in data:
+            raise EdgeLlamaError(f"{where}: field 'port' is only for os = \"baremetal\"")
+        return ""
+    port = _get(data, "port", str, where, _get(data, "name", str, where), False)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", port):
+        raise EdgeLlamaError(f"{where}: field 'port' must be a folder name in firmware/ports/, got {port!r}")
+    return port
+
+
 def load_board(path) -> Board:
     path = Path(path)
     try:
@@ -92,7 +107,7 @@ def load_board(path) -> Board:
         raise EdgeLlamaError(f"{path}: not valid TOML ({e})") from None
     where = str(path)
     known = {"name", "description", "arch", "cpu", "cflags", "os", "toolchain", "ram", "storage", "flash", "psram",
-             "clock_mhz", "reach", "runtime", "platformio"}
+             "clock_mhz", "reach", "runtime", "platformio", "port"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise EdgeLlamaError(f"{where}: unknown field {unknown[0]!r}")
@@ -109,10 +124,13 @@ def load_board(path) -> Board:
                   _get(reach_table, "cpu", str, reach_where, "", False),
                   _get(reach_table, "apt", list, reach_where, [], False),
                   _get(reach_table, "baud", int, reach_where, 115200, False),
-                  _get(reach_table, "usb", list, reach_where, [], False))
+                  _get(reach_table, "usb", list, reach_where, [], False),
+                  _get(reach_table, "emulator_args", list, reach_where, [], False))
     for vid_pid in reach.usb:
         if not re.fullmatch(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{4}", vid_pid):
             raise EdgeLlamaError(f"{reach_where}: usb entry {vid_pid!r} is not VID:PID in hex")
+    if reach.emulator_args and kind != "emulator":
+        raise EdgeLlamaError(f"{reach_where}: field 'emulator_args' is only for kind = \"emulator\"")
     runtime = _get(data, "runtime", dict, where, {}, False)
     run_where = f"{where} [runtime]"
     board = Board(
@@ -128,7 +146,7 @@ def load_board(path) -> Board:
         kv_block_size=_get(runtime, "kv_block_size", int, run_where, 16, False),
         arena=parse_size(runtime.get("arena", 0), f"{run_where}: field 'arena'"),
         platformio=_get(data, "platformio", dict, where, {}, os_kind == "platformio"),
-        path=path)
+        port=_port(data, os_kind, where), path=path)
     if board.name != path.stem:
         raise EdgeLlamaError(f"{where}: field 'name' is {board.name!r} but the file is named {path.stem}.toml")
     if board.kv_block_size < 1:

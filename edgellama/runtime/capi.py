@@ -105,6 +105,8 @@ def library() -> C.CDLL:
         "el_runtime_chat_request": (I, [P, I, C.POINTER(Request), C.POINTER(Error)]),
         "el_runtime_chat_turn": (I, [P, I, I, C.c_char_p, I, C.c_char_p, I, C.POINTER(C.c_int32), I,
                                      C.POINTER(Error)]),
+        "el_runtime_chat_admit": (I, [P, I, I, C.c_char_p, I, C.c_char_p, I, C.POINTER(C.c_int32), I,
+                                      C.POINTER(Request), C.POINTER(I), C.POINTER(Error)]),
         "el_runtime_chat_prompt": (I, [P, I, C.POINTER(C.c_int32), C.POINTER(C.c_char_p), C.POINTER(C.c_int32), I,
                                        C.POINTER(C.c_int32), I, C.POINTER(Error)]),
     }
@@ -308,6 +310,23 @@ class Chat:
         """One user turn; seq_id < 0 starts a conversation, else continues that sequence."""
         s, u = system.encode("utf-8"), user.encode("utf-8")
         return self._call(self.rt.lib.el_runtime_chat_turn, seq_id, s, len(s), u, len(u), text_bytes=len(s) + len(u))
+
+    def admit(self, seq_id: int, system: str, user: str, request: Request) -> tuple:
+        """Admit one user turn (el_runtime_chat_admit): appended to sequence seq_id, or a
+        new conversation when seq_id < 0 or when seq_id's context is full (then seq_id is
+        released). Returns (the conversation's sequence id, whether it started over);
+        raises ValueError for a turn that cannot be admitted, and then seq_id is still
+        the caller's unless the exception's started_over is True."""
+        s, u = system.encode("utf-8"), user.encode("utf-8")
+        capacity = 2 * (len(s) + len(u)) + 64
+        out, started_over, err = (C.c_int32 * capacity)(), C.c_int(), Error()
+        seq = self.rt.lib.el_runtime_chat_admit(self.rt._rt, self.template, seq_id, s, len(s), u, len(u), out,
+                                                capacity, C.byref(request), C.byref(started_over), C.byref(err))
+        if seq < 0:
+            e = ValueError(f"chat: {err.text()}")
+            e.started_over = bool(started_over.value)
+            raise e
+        return seq, bool(started_over.value)
 
     def add_stop(self, request: Request) -> Request:
         err = Error()

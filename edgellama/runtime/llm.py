@@ -227,22 +227,19 @@ class ChatSession:
         self.llm, self.system, self.chat = llm, system, chat
         self.seq_id = -1
         self.turns = 0
+        self.started_over = False  # whether the last turn started the conversation over (a full context)
 
     def send(self, user: str, sampling_params: SamplingParams | None = None):
         """Yield the reply's text as it arrives."""
         rt = self.llm._rt
         params = self.llm._with_chat_stop(sampling_params or SamplingParams(max_tokens=200), self.chat)
         request = self.llm._c_request(params, next(self.llm._request_counter))
-        tokens = self.chat.turn_tokens(self.seq_id, self.system, user)
-        try:
-            if self.seq_id < 0:
-                self.seq_id = rt.add(tokens, request)
-            else:
-                rt.cont(self.seq_id, tokens, request)
-        except ValueError:
-            self.reset()  # the context is full: start over with this message
-            tokens = self.chat.turn_tokens(-1, self.system, user)
-            self.seq_id = rt.add(tokens, request)
+        try:  # continued, or started over with this message when the context is full
+            self.seq_id, self.started_over = self.chat.admit(self.seq_id, self.system, user, request)
+        except ValueError as e:
+            if e.started_over:
+                self.seq_id = -1  # the runtime released the full conversation
+            raise
         self.turns += 1
         while True:
             events = rt.step()

@@ -379,6 +379,26 @@ int el_runtime_chat_turn(el_runtime *rt, int tmpl, int seq_id, const char *syste
     return chat_end(&b, mark);
 }
 
+int el_runtime_chat_admit(el_runtime *rt, int tmpl, int seq_id, const char *system, int system_len, const char *user,
+                          int user_len, int32_t *scratch, int capacity, const el_request *request, int *started_over,
+                          el_error *err)
+{
+    int n = el_runtime_chat_turn(rt, tmpl, seq_id, system, system_len, user, user_len, scratch, capacity, err);
+    if (started_over != NULL) *started_over = 0;
+    if (n < 0) return -1;
+    if (seq_id >= 0) {
+        if (el_runtime_continue(rt, seq_id, scratch, n, request, err) == EL_OK) return seq_id;
+        if (err->status != EL_ERR_CAPACITY) return -1; /* the conversation is kept; only this turn failed */
+        /* full: its full blocks stay in the prefix cache, so a later turn sharing the
+         * system text does not compute it again */
+        el_runtime_release(rt, seq_id);
+        if (started_over != NULL) *started_over = 1;
+        n = el_runtime_chat_turn(rt, tmpl, -1, system, system_len, user, user_len, scratch, capacity, err);
+        if (n < 0) return -1;
+    }
+    return el_runtime_add(rt, scratch, n, request, err);
+}
+
 int el_runtime_chat_prompt(el_runtime *rt, int tmpl, const int32_t *roles, const char *const *contents,
                            const int32_t *lens, int n, int32_t *out, int capacity, el_error *err)
 {

@@ -76,6 +76,19 @@ int el_runtime_chat_message(el_runtime *rt, int tmpl, int previous, int role, co
  * system text is ignored. Returns the count, or -1 with err set. */
 int el_runtime_chat_turn(el_runtime *rt, int tmpl, int seq_id, const char *system, int system_len, const char *user,
                          int user_len, int32_t *out, int capacity, el_error *err);
+/* Admit one user turn of the conversation kept as sequence seq_id (< 0: none yet):
+ * the one rule every chat host follows. The turn is rendered into `scratch` (capacity
+ * tokens) and appended with el_runtime_continue; when there is no conversation, it
+ * starts one (system text first) with el_runtime_add. When the conversation has no
+ * room left for the turn (EL_ERR_CAPACITY from continuing, and only then), seq_id is
+ * released and the turn starts a new conversation, re-rendered as the first turn after
+ * the system text; *started_over (may be NULL) is then 1, else 0.
+ * Returns the conversation's sequence id (seq_id itself, or a new one), or -1 with err
+ * set: a bad argument or request, a scratch too small, a turn that does not fit even
+ * alone. On -1 seq_id is still the caller's unless *started_over is 1 (released). */
+int el_runtime_chat_admit(el_runtime *rt, int tmpl, int seq_id, const char *system, int system_len, const char *user,
+                          int user_len, int32_t *scratch, int capacity, const el_request *request, int *started_over,
+                          el_error *err);
 /* The tokens of a whole conversation (roles are el_chat_role values), ending with the
  * generation prompt: the prompt of a one-shot chat request. */
 int el_runtime_chat_prompt(el_runtime *rt, int tmpl, const int32_t *roles, const char *const *contents,

@@ -53,18 +53,6 @@ DEFAULT_MAX_TOKENS = 128
 LINE_MAX = 511              # bytes of one request line (EL_LINE_MAX - 1 in main.c)
 MCU_MAX_SEQS = 1
 MCU_MAX_BATCH_TOKENS = 8    # the planner's default for MCUs (rows per forward pass)
-# Emulator flags each port needs beyond the machine and CPU of the board's [reach]:
-# AN386 exits through semihosting (or an AIRCR reset, which -no-reboot turns into an
-# exit); riscv virt runs the image in machine mode with no firmware.
-EMULATOR_FLAGS = {
-    "mps2-an386": ["-semihosting-config", "enable=on,target=native"],
-    "qemu-virt-rv64": ["-bios", "none"],
-}
-# Memory regions of each port's linker script, for the placement in config.mk.
-REGIONS = {
-    "mps2-an386": {"flash": "FLASH", "ram": "RAM", "psram": "PSRAM"},
-    "qemu-virt-rv64": {"flash": "RAM", "ram": "RAM", "psram": "RAM"},
-}
 # "generate" flags of edgellama-run and the line protocol's keys they become
 FLAG_KEYS = {
     "--temperature": "temperature", "--top-p": "top_p", "--top-k": "top_k", "--min-p": "min_p",
@@ -75,11 +63,37 @@ FLAG_KEYS = {
 
 
 def port_dir(board) -> Path:
-    path = runtime_build.firmware_dir() / "ports" / board.name
+    """firmware/ports/<the board's port>: startup, UART, link.ld, port.mk."""
+    path = runtime_build.firmware_dir() / "ports" / (board.port or board.name)
     if not path.is_dir():
         ports = sorted(p.name for p in (runtime_build.firmware_dir() / "ports").iterdir() if p.is_dir())
-        raise EdgeLlamaError(f"board {board.name}: no bare-metal port yet (firmware/ports/ has {', '.join(ports)})")
+        raise EdgeLlamaError(f"board {board.name}: no bare-metal port {path.name!r} yet "
+                             f"(firmware/ports/ has {', '.join(ports)})")
     return path
+
+
+def linker_regions(port: Path) -> list:
+    """The region names of the MEMORY block in the port's link.ld."""
+    script = port / "link.ld"
+    try:
+        text = script.read_text(encoding="utf-8")
+    except OSError as e:
+        raise EdgeLlamaError(f"{script}: cannot read the port's linker script ({e})") from None
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.DOTALL)
+    block = re.search(r"\bMEMORY\s*\{(.*?)\}", text, re.DOTALL)
+    names = re.findall(r"^\s*(\w+)\s*(?:\([^)]*\))?\s*:\s*ORIGIN\b", block.group(1) if block else "", re.MULTILINE)
+    if "RAM" not in names:
+        raise EdgeLlamaError(f"{script}: its MEMORY block needs a region named RAM (it has "
+                             f"{', '.join(names) or 'none'})")
+    return names
+
+
+def region_names(port: Path) -> dict:
+    """The planner's places (flash, ram, psram) as the port's link.ld regions: FLASH, RAM and
+    PSRAM where the script has them; a place it lacks is RAM (a board without flash keeps
+    code and weights in RAM), so link.ld stays the one list of a port's regions."""
+    regions = linker_regions(port)
+    return {place: place.upper() if place.upper() in regions else "RAM" for place in ("flash", "ram", "psram")}
 
 
 def cflags(ctx: BuildContext) -> list:
@@ -93,7 +107,7 @@ def cflags(ctx: BuildContext) -> list:
 def _placement(ctx: BuildContext, arena_bytes: int) -> tuple:
     """(weights region, arena region, arena bytes) in the port's linker-script names,
     from the planner's placement when the planner is there."""
-    regions = REGIONS.get(ctx.board.name, {"flash": "FLASH", "ram": "RAM", "psram": "PSRAM"})
+    regions = region_names(port_dir(ctx.board))
     try:
         from edgellama.boards import planner
         place = planner._placement(ctx.board, Path(ctx.model_path).stat().st_size)
@@ -205,7 +219,7 @@ def emulator_command(ctx: BuildContext) -> list:
         command += ["-M", reach.machine]
     if reach.cpu:
         command += ["-cpu", reach.cpu]
-    command += [*EMULATOR_FLAGS.get(board.name, []), "-display", "none", "-monitor", "none", "-no-reboot",
+    command += [*reach.emulator_args, "-display", "none", "-monitor", "none", "-no-reboot",
                 "-kernel", str((ctx.out_dir / f"{IMAGE}.elf").resolve())]
     return command
 

@@ -437,7 +437,8 @@ static void handle_generate(const char *text, int n)
     el_engine_stats before, after;
     const char *key, *value;
     const int32_t *all;
-    int pos = 0, key_len, value_len, chat = 0, reset = 0, n_tokens, seq, generated, n_prompt = 0, n_cached = 0;
+    int pos = 0, key_len, value_len, chat = 0, reset = 0, started_over, n_tokens = 0, seq, generated;
+    int n_prompt = 0, n_cached = 0;
     el_finish_reason finish;
     uint64_t t0 = now_us(), first = 0, total;
 
@@ -474,28 +475,14 @@ static void handle_generate(const char *text, int n)
             send_error(err.message, NULL);
             return;
         }
-        n_tokens = el_runtime_chat_turn(S.rt, S.tmpl, S.conv_seq, S.system, S.system_len, text + pos, n - pos,
-                                        S.tokens, EL_SERVE_MAX_TOKENS, &err);
-        if (n_tokens >= 0 && S.conv_seq >= 0 &&
-            el_runtime_continue(S.rt, S.conv_seq, S.tokens, n_tokens, &request, &err) != EL_OK) {
-            if (err.status != EL_ERR_CAPACITY) {
-                send_error(err.message, NULL);
-                return;
-            }
-            release_all(); /* the conversation filled the context: start over with this turn */
-            err.status = EL_OK;
-            n_tokens = el_runtime_chat_turn(S.rt, S.tmpl, -1, S.system, S.system_len, text + pos, n - pos, S.tokens,
-                                            EL_SERVE_MAX_TOKENS, &err);
-        }
-        if (n_tokens < 0) {
+        seq = el_runtime_chat_admit(S.rt, S.tmpl, S.conv_seq, S.system, S.system_len, text + pos, n - pos, S.tokens,
+                                    EL_SERVE_MAX_TOKENS, &request, &started_over, &err);
+        if (started_over) S.conv_seq = -1; /* the conversation filled the context: released, started over */
+        if (seq < 0) {
             send_error(err.message, NULL);
             return;
         }
-        if (S.conv_seq < 0 && (S.conv_seq = el_runtime_add(S.rt, S.tokens, n_tokens, &request, &err)) < 0) {
-            send_error(err.message, NULL);
-            return;
-        }
-        seq = S.conv_seq;
+        S.conv_seq = seq;
     } else {
         release_all(); /* a one-shot request ends the conversation */
         if (pos >= n) {

@@ -457,39 +457,31 @@ static void chat_stats(const chat_state *c)
     fflush(stdout);
 }
 
-/* The turn's tokens: appended to the kept sequence, or a new conversation when seq < 0. */
-static int chat_tokens(chat_state *c, const char *line, int32_t **out, el_error *err)
+/* Admits the turn (el_runtime_chat_admit: continued, or started over when the
+ * conversation filled the context). */
+static int chat_admit(chat_state *c, const char *line, const el_request *r, el_error *err)
 {
     size_t system_len = c->system != NULL ? strlen(c->system) : 0, len = strlen(line);
     int capacity = (int)(system_len + len) + 64; /* tokens <= bytes, plus the template's specials */
-    if (system_len + len > 0x1FFFFFF) die("the message is too long (%zu bytes)", len);
-    *out = (int32_t *)xmalloc(sizeof(int32_t) * (size_t)capacity);
-    return el_runtime_chat_turn(c->s.rt, c->tmpl, c->seq, c->system, (int)system_len, line, (int)len, *out, capacity,
-                                err);
-}
-
-/* Admits the turn; when the kept conversation has no room left, starts over with it. */
-static int chat_admit(chat_state *c, const char *line, const el_request *r, el_error *err)
-{
+    const int32_t *all;
     int32_t *tokens;
-    int n = chat_tokens(c, line, &tokens, err), ok;
-    if (n >= 0 && c->seq >= 0) {
-        ok = el_runtime_continue(c->s.rt, c->seq, tokens, n, r, err) == EL_OK;
-        if (!ok && err->status == EL_ERR_CAPACITY) {
-            fprintf(stderr, "note: the conversation filled the context; starting over\n");
-            free(tokens);
-            chat_reset(c);
-            return chat_admit(c, line, r, err);
-        }
-    } else if (n >= 0) {
-        c->seq = el_runtime_add(c->s.rt, tokens, n, r, err);
-        ok = c->seq >= 0;
-    } else {
-        ok = 0;
-    }
-    c->turn_new_tokens = n;
+    int seq, started_over, n_prompt, n_cached, before = 0;
+    if (system_len + len > 0x1FFFFFF) die("the message is too long (%zu bytes)", len);
+    if (c->seq >= 0) before = el_runtime_tokens(c->s.rt, c->seq, &all, &n_prompt, &n_cached);
+    tokens = (int32_t *)xmalloc(sizeof(int32_t) * (size_t)capacity);
+    seq = el_runtime_chat_admit(c->s.rt, c->tmpl, c->seq, c->system, (int)system_len, line, (int)len, tokens,
+                                capacity, r, &started_over, err);
     free(tokens);
-    return ok;
+    if (started_over) {
+        fprintf(stderr, "note: the conversation filled the context; starting over\n");
+        c->seq = -1; /* released by the runtime */
+        chat_reset(c);
+    }
+    if (seq < 0) return 0;
+    c->seq = seq;
+    el_runtime_tokens(c->s.rt, seq, &all, &n_prompt, &n_cached);
+    c->turn_new_tokens = n_prompt - (started_over || before < 0 ? 0 : before); /* the turn's own tokens */
+    return 1;
 }
 
 static void chat_turn(chat_state *c, const char *line)
