@@ -109,3 +109,19 @@ def test_only_a_full_context_starts_over():
     with pytest.raises(ValueError):
         llm._rt.tokens(seq)
     assert "".join(session.send("hello", greedy())) == first
+
+
+def test_a_sampled_chat_says_the_same_in_chat_mode_and_chat_session():
+    """Every turn samples with the request's own seed everywhere (the POSIX chat mode once
+    added the turn number to it), so a seeded, sampled chat repeats across targets."""
+    params = SamplingParams(temperature=0.8, top_p=1.0, top_k=0, min_p=0.0, seed=7, max_tokens=MAX_TOKENS)
+    session = LLM(str(MODEL)).chat_session(SYSTEM)
+    expected = ["".join(session.send(text, params)) for text in TURNS[:3]]
+    lines = "".join(f"{t}\n/stats\n" for t in TURNS[:3])
+    r = subprocess.run([str(build.host_program()), str(MODEL), "chat", "--temperature", "0.8", "--top-p", "1",
+                        "--top-k", "0", "--min-p", "0", "--seed", "7", "--max-tokens", str(MAX_TOKENS),
+                        "--system", SYSTEM], input=lines, capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    replies = [part.rstrip("\n") for part in STATS.split(r.stdout)[:-1]]
+    assert [reply.lstrip("\n") for reply in replies] == expected
+    assert len(set(expected)) > 1  # sampled replies, not one repeated text

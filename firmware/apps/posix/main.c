@@ -492,7 +492,8 @@ static void chat_turn(chat_state *c, const char *line)
     const int32_t *tokens;
     int n_prompt, n_cached;
     memset(&err, 0, sizeof err);
-    r.sampling.seed += (uint64_t)c->turns; /* each turn its own draw, still repeatable */
+    /* every turn with the request's own seed, as ChatSession and the serial protocol do, so a
+     * sampled chat says the same on every target */
     if (el_runtime_chat_request(c->s.rt, c->tmpl, &r, &err) != EL_OK) die("%s", err.message);
     el_runtime_stats(c->s.rt, &before);
     if (!chat_admit(c, line, &r, &err)) {
