@@ -87,15 +87,16 @@ def stale_reason(out_dir: Path, board_name: str, model=None, quant: str | None =
     return None
 
 
-def ensure_build(board_name: str, model=None, quant: str | None = None, out_dir=None, say=None) -> Path:
+def ensure_build(board: Board | str, model=None, quant: str | None = None, out_dir=None, say=None) -> Path:
     """The build directory for the board (default build/BOARD), built first when it has no
     build, or one of another model or quant; `say` hears why it is being built."""
-    out_dir = Path(out_dir) if out_dir else default_out_dir(board_name)
-    reason = stale_reason(out_dir, board_name, model, quant)
+    board = get_board(board)
+    out_dir = Path(out_dir) if out_dir else default_out_dir(board.name)
+    reason = stale_reason(out_dir, board.name, model, quant)
     if reason:
         if say is not None:
-            say(f"building {out_dir} for {board_name} ({reason})")
-        build(board_name, model, quant or DEFAULT_QUANT, out_dir)
+            say(f"building {out_dir} for {board.name} ({reason})")
+        build(board, model, quant or DEFAULT_QUANT, out_dir)
     return out_dir
 
 

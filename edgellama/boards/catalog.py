@@ -162,7 +162,11 @@ def all_boards() -> list:
     return [load_board(p) for p in sorted(boards_dir().glob("*.toml"))]
 
 
-def get_board(name: str) -> Board:
+def get_board(name: "str | Board") -> Board:
+    """The board of that name (a Board passes through, so a caller that has one never
+    looks it up again)."""
+    if isinstance(name, Board):
+        return name
     path = boards_dir() / f"{name}.toml"
     if not path.is_file():
         names = [p.stem for p in sorted(boards_dir().glob("*.toml"))]

@@ -28,7 +28,7 @@ DEFAULT_TIMEOUT = 600.0
 
 
 def _board(board) -> Board:
-    return board if isinstance(board, Board) else get_board(board)
+    return get_board(board)
 
 
 def flash_command(board: Board) -> str:

@@ -439,7 +439,7 @@ class Plan:
 
 
 def _board(board) -> Board:
-    return board if isinstance(board, Board) else get_board(str(board))
+    return get_board(board if isinstance(board, Board) else str(board))
 
 
 def _placement(board: Board, weights: int) -> dict:

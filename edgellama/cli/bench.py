@@ -8,9 +8,6 @@ from edgellama.errors import EdgeLlamaError
 
 def _open(board, host, port, local, model, threads=None):
     from edgellama.devices.opener import open_device
-    if board:
-        from edgellama.boards.catalog import get_board
-        get_board(board)  # an unknown board is one line, before anything starts
     try:
         return open_device(board=board, host=host, port=port, local=local, model=model, threads=threads)
     except ImportError as e:

@@ -154,7 +154,7 @@ def remote_program_argv(board, args, remote_dir: str = DEFAULT_REMOTE_DIR) -> li
     """argv that runs the current release on the remote: PROGRAM MODEL ARGS..., under the
     board's emulator for an emulated board. Relative remote_dir is relative to the home
     directory, where SSH commands start."""
-    board = board if isinstance(board, Board) else get_board(board)
+    board = get_board(board)
     current = posixpath.join(str(remote_dir), "current")
     argv = [posixpath.join(current, PROGRAM), posixpath.join(current, "model.gguf"), *map(str, args)]
     if board.emulated:

@@ -81,7 +81,7 @@ def _open_emulated(b, model, options):
         raise EdgeLlamaError(f"board {b.name} is not emulated: it is reached over {b.reach.kind}; give "
                              f"{'--host USER@ADDR' if b.reach.kind == 'ssh' else '--port DEVICE (or auto)'} "
                              f"after `edgellama flash --board {b.name}`")
-    out_dir = ensure_build(b.name, model, options.get("quant"), options.get("output"), say=options.get("say"))
+    out_dir = ensure_build(b, model, options.get("quant"), options.get("output"), say=options.get("say"))
     timeout = _timeout(options)
     if b.os == "linux":
         device = _open_emulated_linux(b, out_dir, timeout, options)
