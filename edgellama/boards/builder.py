@@ -114,7 +114,7 @@ def requested_options(ctx: int | None, options: EngineOptions | None) -> EngineO
 
 
 def check_plan(board: Board, model_path: Path, quant: str | None, requested: EngineOptions):
-    """The plan (edgellama/planner.py) for the model as it will be exported, with the
+    """The plan (edgellama/boards/planner.py) for the model as it will be exported, with the
     requested engine options; a model that does not fit is refused here, with the plan's
     numbers, before anything is written."""
     if importlib.util.find_spec(f"{__package__}.planner") is None:

@@ -160,12 +160,8 @@ def _open_emulated_baremetal(board, out_dir, timeout):
 
 
 def _open_host(host, board, options, timeout):
-    try:
-        from edgellama.devices import flash
-        from edgellama.devices.transports import ssh
-    except ImportError:
-        raise EdgeLlamaError("--host needs the SSH transport (edgellama/transports/ssh.py); flash the board with "
-                             "`edgellama flash --host USER@ADDR` first") from None
+    from edgellama.devices import flash
+    from edgellama.devices.transports import ssh  # paramiko is imported (or missing, one line) on connect
     client = ssh.connect(host, key_filename=options.get("identity"), known_hosts=options.get("known_hosts"),
                          trust_new_host_key=bool(options.get("trust_host_key")))
     try:

@@ -15,7 +15,7 @@ of a BuildContext:
                                      (e.g. ["generate", "once upon a time", "--max-tokens", "8"])
     build_command(ctx) -> str        the shell command a user runs to build an `export-c` tree
 
-The builder (edgellama/builder.py) writes the model to ctx.model_path before emit, and
+The builder (edgellama/boards/builder.py) writes the model to ctx.model_path before emit, and
 the manifest after compile. Everything a target writes goes under ctx.out_dir, and every
 path inside the emitted files is relative to it: the builder builds in a temporary
 directory and renames it into place. A compiler failure is raised as EdgeLlamaError

@@ -15,7 +15,7 @@ is linked in byte for byte with `.incbin` (app/el_model_blob.S), 32-byte aligned
 flash where the board has it (else PSRAM, or RAM on boards without flash); the arena is
 a static buffer in its own section, placed in RAM when it fits there beside the stack
 and data, else in PSRAM. Where they go is decided by the planner's arithmetic
-(edgellama/planner.py) and written into config.mk; the linker checks it.
+(edgellama/boards/planner.py) and written into config.mk; the linker checks it.
 
 The program speaks a line protocol over the UART (firmware/apps/baremetal/main.c): a
 hello line at boot, then one prompt per line, optionally prefixed "key=value ... |",
