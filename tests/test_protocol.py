@@ -97,9 +97,8 @@ const uint8_t *probe_payload(void) { return parser.payload; }
 def clib(tmp_path_factory):
     folder = tmp_path_factory.mktemp("probe")
     (folder / "probe.c").write_text(PROBE)
-    common = runtime_build.firmware_dir() / "apps" / "common"
     lib = ctypes.CDLL(str(runtime_build.build_shared_library(
-        [*runtime_build.core_sources(), common / "el_protocol.c", folder / "probe.c"], "el-protocol-probe")))
+        [*runtime_build.core_sources(), *runtime_build.protocol_sources(), folder / "probe.c"], "el-protocol-probe")))
     lib.el_proto_crc16.restype = ctypes.c_uint16
     lib.el_proto_crc16.argtypes = [ctypes.c_uint16, ctypes.c_char_p, ctypes.c_int]
     lib.el_proto_encode.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]

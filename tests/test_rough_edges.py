@@ -148,8 +148,68 @@ def c_string(source: str, name: str) -> str:
 
 
 def test_bench_text_is_the_firmwares():
+    """One copy of the text in C (el_bench_prompt.c), the same bytes as Python's; the
+    protocol and the POSIX program keep none of their own."""
+    common = ROOT / "firmware" / "apps" / "common"
+    assert c_string((common / "el_bench_prompt.c").read_text(encoding="utf-8"), "el_bench_text") == bench.BENCH_TEXT
     for c_file in ("firmware/apps/common/el_protocol.c", "firmware/apps/posix/main.c"):
-        assert c_string((ROOT / c_file).read_text(encoding="utf-8"), "BENCH_TEXT") == bench.BENCH_TEXT, c_file
+        source = (ROOT / c_file).read_text(encoding="utf-8")
+        assert "BENCH_TEXT" not in source and "el_bench_prompt(" in source, c_file
+
+
+@pytest.fixture(scope="module")
+def c_bench_prompt():
+    """el_bench_prompt through tests/c/bench_prompt_probe.c, on the default model."""
+    import ctypes
+
+    import numpy as np
+
+    from edgellama.model.loading import resolve
+    from edgellama.runtime import build as runtime_build
+    c = ctypes
+    lib = c.CDLL(str(runtime_build.build_shared_library(
+        [*runtime_build.core_sources(), *runtime_build.protocol_sources(), ROOT / "tests" / "c" / "bench_prompt_probe.c"],
+        "bench-prompt-probe")))
+    lib.bench_probe_open.argtypes = [c.c_void_p, c.c_size_t, c.c_void_p, c.c_size_t]
+    lib.bench_probe_prompt.argtypes = [c.c_int, c.c_uint32, c.POINTER(c.c_int32), c.c_int]
+    lib.bench_probe_text.restype = lib.bench_probe_error.restype = c.c_char_p
+    model = np.fromfile(resolve(None), dtype=np.uint8)
+    memory = np.zeros(64 << 20, dtype=np.uint8)
+    assert lib.bench_probe_open(memory.ctypes.data, memory.size, model.ctypes.data, model.size) == 0, \
+        lib.bench_probe_error()
+
+    def prompt(n, call):
+        capacity = lib.bench_probe_room(n)
+        out = (c.c_int32 * capacity)()
+        got = lib.bench_probe_prompt(n, call, out, capacity)
+        assert got == n, lib.bench_probe_error()
+        return out[:n]
+
+    prompt.lib, prompt.keep = lib, (model, memory)
+    return prompt
+
+
+def test_c_bench_prompt_is_pythons_token_for_token(c_bench_prompt):
+    """The C function the protocol's BENCH and the POSIX `bench` both call gives the same
+    token ids as Python's mirror, short and longer than the text, at any call number."""
+    from edgellama.model.loading import resolve
+    from edgellama.runtime.capi import Runtime
+    from edgellama.runtime.llm import Tokenizer
+    assert c_bench_prompt.lib.bench_probe_text().decode() == bench.BENCH_TEXT
+    tokenizer = Tokenizer(Runtime(resolve(None), max_seqs=1, threads=1))
+    n_text = len(tokenizer.encode(bench.BENCH_TEXT, add_bos=False))
+    for n in (1, 2, 12, 64, n_text, n_text + 1, 2 * n_text + 7, 300):
+        for call in (0, 1, 2, 3, n_text - 1, n_text, n_text + 5, 1000):
+            assert c_bench_prompt(n, call) == bench.bench_prompt(tokenizer, n, call), (n, call)
+
+
+def test_c_bench_prompt_refuses_what_it_cannot_hold(c_bench_prompt):
+    import ctypes
+    lib = c_bench_prompt.lib
+    out = (ctypes.c_int32 * 600)()
+    assert lib.bench_probe_prompt(0, 1, out, 600) == -1
+    assert lib.bench_probe_prompt(64, 1, out, lib.bench_probe_room(64) - 1) == -1
+    assert lib.bench_probe_room(1000) == 1000
 
 
 def test_local_bench_uses_the_one_prompt(monkeypatch):

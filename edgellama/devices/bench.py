@@ -41,9 +41,9 @@ from pathlib import Path
 from edgellama.errors import EdgeLlamaError
 from edgellama.fileio import sha256_file
 
-# The text every bench prompt is cut from: the same bytes as BENCH_TEXT in
-# firmware/apps/common/el_protocol.c (a board's BENCH) and firmware/apps/posix/main.c
-# (`edgellama-run MODEL bench`), so host and boards prefill the same tokens.
+# The text every bench prompt is cut from: the same bytes as el_bench_text in
+# firmware/apps/common/el_bench_prompt.c, which a board's BENCH and `edgellama-run MODEL
+# bench` both build their prompts with, so host and boards prefill the same tokens.
 BENCH_TEXT = ("once upon a time, there was a little girl named lily. she loved to play outside in the park with her "
               "friends. one day, she saw a big red ball under a tree. she ran to the ball and picked it up. ")
 
@@ -52,7 +52,8 @@ def bench_prompt(tokenizer, prompt_tokens: int, call: int) -> list:
     """The token ids of bench call number `call` (1, 2, ...): BOS, then BENCH_TEXT's tokens
     from an offset that moves by one each call, wrapping around, so no call shares a
     prefix with the one before (the KV cache's prefix reuse would flatter prefill).
-    The same rule as the firmware's BENCH handler."""
+    The mirror of el_bench_prompt (firmware/apps/common/el_bench_prompt.c): a board's
+    BENCH and the POSIX `bench` (whose repetition i is call i + 1) build the same ids."""
     text = tokenizer.encode(BENCH_TEXT, add_bos=False)
     bos = tokenizer.encode("", add_bos=True)[:1]
     if not text or not bos:

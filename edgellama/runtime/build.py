@@ -102,11 +102,25 @@ def runtime_library_sources() -> list:
     return [*core_sources(), thread_pool_source()]
 
 
+# The framed protocol and the bench prompt its BENCH builds (and the POSIX `bench` too):
+# every program that serves carries all of them (firmware/apps/common).
+PROTOCOL_FILES = ("el_protocol.c", "el_protocol.h", "el_bench_prompt.c", "el_bench_prompt.h")
+
+
+def protocol_files() -> list:
+    """PROTOCOL_FILES' paths, headers included (the exported trees copy them all)."""
+    return [firmware_dir() / "apps" / "common" / name for name in PROTOCOL_FILES]
+
+
+def protocol_sources() -> list:
+    """The .c files of PROTOCOL_FILES: what a program that links the protocol compiles."""
+    return [path for path in protocol_files() if path.suffix == ".c"]
+
+
 def posix_program_sources() -> list:
-    """The POSIX program: every core source, the protocol and the thread pool
-    (firmware/apps/common) and firmware/apps/posix/main.c."""
-    return [*core_sources(), firmware_dir() / "apps" / "common" / "el_protocol.c", thread_pool_source(),
-            firmware_dir() / "apps" / "posix" / "main.c"]
+    """The POSIX program: every core source, the protocol, the bench prompt and the
+    thread pool (firmware/apps/common) and firmware/apps/posix/main.c."""
+    return [*core_sources(), *protocol_sources(), thread_pool_source(), firmware_dir() / "apps" / "posix" / "main.c"]
 
 
 def host_program() -> Path:

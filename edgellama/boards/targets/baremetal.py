@@ -44,7 +44,7 @@ from edgellama.runtime import build as runtime_build
 
 IMAGE = "firmware"
 APP_FILES = ("main.c", "el_port.h", "el_freestanding.c", "el_model_blob.S")
-COMMON_FILES = ("el_protocol.c", "el_protocol.h")  # the framed protocol (firmware/PROTOCOL.md)
+COMMON_FILES = runtime_build.PROTOCOL_FILES  # the framed protocol (firmware/PROTOCOL.md) and its bench prompt
 FREESTANDING_FLAGS = ["-ffreestanding", "-fno-tree-loop-distribute-patterns", "-ffunction-sections",
                       "-fdata-sections"]
 LDFLAGS = ["-nostdlib", "-nostartfiles", "-Wl,--gc-sections"]

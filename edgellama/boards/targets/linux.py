@@ -6,6 +6,7 @@ The output directory holds the program and the model side by side:
     OUT/edgellama-run  OUT/model.gguf  OUT/manifest.json
     OUT/src/Makefile  OUT/src/main.c  OUT/src/core/*.c *.h
     OUT/src/common/el_protocol.c .h   the serial protocol (`serve` mode)
+    OUT/src/common/el_bench_prompt.c .h   the bench prompt (`bench`, and the protocol's BENCH)
     OUT/src/common/el_thread_pool.c .h   the threads behind --threads (default: the board's count)
 
 The Makefile is the build: `compile` runs it, and a user runs the same `make` in
@@ -82,8 +83,8 @@ def emit(ctx: BuildContext) -> list:
     src = ctx.src_dir
     files = copy_core(src / "core")
     common = runtime_build.firmware_dir() / "apps" / "common"
-    files += copy_sources([common / n for n in ("el_protocol.c", "el_protocol.h", "el_thread_pool.c",
-                                                "el_thread_pool.h")], src / "common")
+    thread_pool = [common / n for n in ("el_thread_pool.c", "el_thread_pool.h")]
+    files += copy_sources([*runtime_build.protocol_files(), *thread_pool], src / "common")
     files += copy_sources([runtime_build.firmware_dir() / "apps" / "posix" / "main.c"], src)
     sources = [f.relative_to(src).as_posix() for f in files if f.suffix == ".c"]
     makefile = src / "Makefile"

@@ -254,7 +254,7 @@ def emit(ctx: BuildContext) -> list:
     files = copy_core(src)
     app = firmware / "apps" / "baremetal"
     files += copy_sources([app / "el_port.h"], src)
-    files += copy_sources([firmware / "apps" / "common" / n for n in ("el_protocol.c", "el_protocol.h")], src)
+    files += copy_sources(runtime_build.protocol_files(), src)
     shutil.copyfile(app / "main.c", src / APP_INCLUDE)
     files.append(src / APP_INCLUDE)
     files += copy_sources([firmware / "ports" / "arduino" / name for name in PORT_FILES], src)

@@ -1,12 +1,12 @@
 /* el_protocol.c: framing, CRC, key=value parsing and the serve loop (see
  * firmware/PROTOCOL.md). C99, no libc, no malloc. */
 #include "el_protocol.h"
+#include "el_bench_prompt.h"
 
 #ifndef EL_SERVE_MAX_TOKENS
 #define EL_SERVE_MAX_TOKENS 1088 /* a bench prompt or one chat turn (system text + message) */
 #endif
 #define SERVE_EVENTS 4
-#define BENCH_AT (EL_SERVE_MAX_TOKENS - 256) /* where the bench text's tokens are kept */
 #define GAP_US 300000u /* a frame silent this long is dropped (a half frame after a cut) */
 
 /* ------------------------------------------------------------ CRC and frames */
@@ -186,7 +186,7 @@ typedef struct {
     char system[EL_PROTO_MAX_PAYLOAD];
     int system_len;
     int conv_seq, last_seq, tmpl, cancelled, ended;
-    unsigned bench_count;
+    uint32_t bench_count; /* the last BENCH call's number (el_bench_prompt) */
 } server;
 
 static server S;
@@ -515,17 +515,13 @@ static void handle_generate(const char *text, int n)
     send_frame(EL_MSG_DONE, S.out, S.out_len);
 }
 
-static const char BENCH_TEXT[] =
-    "once upon a time, there was a little girl named lily. she loved to play outside in the park with her "
-    "friends. one day, she saw a big red ball under a tree. she ran to the ball and picked it up. ";
-
 static void handle_bench(const char *text, int n)
 {
     el_request request;
     el_error err;
     el_engine_stats st;
     const char *key, *value;
-    int pos = 0, key_len, value_len, want = 64, gen = 32, n_text, i, seq, generated, ctx;
+    int pos = 0, key_len, value_len, want = 64, gen = 32, seq, generated, ctx;
     double v;
     uint64_t t0, first = 0, total;
     long long rss;
@@ -544,23 +540,18 @@ static void handle_bench(const char *text, int n)
         }
     }
     ctx = S.rt->engine.options.max_model_len;
-    if (want < 2 || want + gen > ctx || want > BENCH_AT) {
+    if (want < 2 || want + gen > ctx || el_bench_prompt_room(want) > EL_SERVE_MAX_TOKENS) {
         send_error("bench: prompt_tokens (at least 2) + gen_tokens exceed the context", NULL);
         return;
     }
     release_all();
     err.status = EL_OK;
     err.message[0] = '\0';
-    /* the text's tokens at the buffer's end; the prompt is BOS, then them from a rotating
-     * offset, so no prefix is shared with the previous run */
-    n_text = el_runtime_tokenize(S.rt, BENCH_TEXT, (int)sizeof BENCH_TEXT - 1, 0, S.tokens + BENCH_AT,
-                                 EL_SERVE_MAX_TOKENS - BENCH_AT, &err);
-    if (n_text < 1 || el_runtime_tokenize(S.rt, "", 0, 1, S.tokens, 1, &err) != 1) {
+    /* a new call number each time: the prompt shares no prefix with the previous run */
+    if (el_bench_prompt(S.rt, want, ++S.bench_count, S.tokens, EL_SERVE_MAX_TOKENS, &err) != want) {
         send_error("bench: cannot tokenize the bench text", NULL);
         return;
     }
-    S.bench_count++;
-    for (i = 1; i < want; i++) S.tokens[i] = S.tokens[BENCH_AT + (i - 1 + (int)S.bench_count) % n_text];
     el_request_defaults(&request);
     request.sampling.temperature = 0.0f;
     request.max_tokens = gen;

@@ -30,6 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "el_bench_prompt.h"
 #include "el_protocol.h"
 #include "el_runtime.h"
 #include "el_thread_pool.h"
@@ -555,27 +556,16 @@ static int run_chat(const options *o)
 
 /* ------------------------------------------------------------ bench */
 
-static const char BENCH_TEXT[] =
-    "once upon a time, there was a little girl named lily. she loved to play outside in the park with her "
-    "friends. one day, she saw a big red ball under a tree. she ran to the ball and picked it up. ";
-
-/* A prompt of exactly `want` tokens (BOS first) from a fixed English text. */
-static int32_t *bench_prompt(el_runtime *rt, int want)
+/* Bench call number `call`'s prompt of exactly `want` tokens: el_bench_prompt.h's rule,
+ * the one the protocol's BENCH and Python's bench_prompt follow too. */
+static int32_t *bench_prompt(el_runtime *rt, int want, uint32_t call)
 {
-    size_t unit = strlen(BENCH_TEXT), len = 0, reps = (size_t)want / 16 + 1;
-    char *text;
-    int32_t *tokens;
-    int n;
-    for (;;) {
-        text = (char *)xmalloc(unit * reps + 1);
-        for (len = 0; len < unit * reps; len += unit) memcpy(text + len, BENCH_TEXT, unit);
-        text[len] = '\0';
-        tokens = tokenize(rt, text, len, &n);
-        free(text);
-        if (n >= want) return tokens;
-        free(tokens);
-        reps *= 2;
-    }
+    el_error err;
+    int capacity = el_bench_prompt_room(want);
+    int32_t *tokens = (int32_t *)xmalloc(sizeof(int32_t) * (size_t)capacity);
+    memset(&err, 0, sizeof err);
+    if (el_bench_prompt(rt, want, call, tokens, capacity, &err) != want) die("%s", err.message);
+    return tokens;
 }
 
 typedef struct {
@@ -733,7 +723,7 @@ static int run_bench(const options *o)
     open_session(&s, o);
     context = o->engine.max_model_len > 0 ? o->engine.max_model_len : el_runtime_config(s.rt)->context_length;
     if (o->prompt != NULL) prompt = tokenize(s.rt, o->prompt, strlen(o->prompt), &n_prompt);
-    else prompt = bench_prompt(s.rt, n_prompt = o->prompt_tokens);
+    else prompt = bench_prompt(s.rt, n_prompt = o->prompt_tokens, 1);
     if (n_prompt + o->gen_tokens > context)
         die("%d prompt tokens + %d generated tokens exceed the context of %d", n_prompt, o->gen_tokens, context);
     r.max_tokens = o->gen_tokens;
@@ -743,7 +733,11 @@ static int run_bench(const options *o)
     for (i = 0; i < 4; i++) v[i] = (double *)xmalloc(sizeof(double) * (size_t)o->repetitions);
     load_ms = s.load_ms; /* the first open: the one a user waits for */
     for (i = 0; i < o->repetitions; i++) {
-        if (i > 0) open_runtime(&s, o); /* a fresh cache: no prefix hits from the previous run */
+        if (i > 0) {
+            open_runtime(&s, o); /* a fresh cache: no prefix hits from the previous run */
+            /* and repetition i is bench call i + 1, as a board's BENCH calls count */
+            if (o->prompt == NULL) free(prompt), prompt = bench_prompt(s.rt, n_prompt, (uint32_t)i + 1);
+        }
         b = bench_once(s.rt, prompt, n_prompt, &r, o->sequences);
         v[0][i] = b.prefill_tps, v[1][i] = b.decode_tps, v[2][i] = b.ttft_ms, v[3][i] = b.tpot_ms;
     }
@@ -783,7 +777,7 @@ static int run_logits(const options *o)
     open_session(&s, o);
     c = el_runtime_config(s.rt);
     if (o->prompt != NULL) prompt = tokenize(s.rt, o->prompt, strlen(o->prompt), &n);
-    else prompt = bench_prompt(s.rt, n = o->prompt_tokens);
+    else prompt = bench_prompt(s.rt, n = o->prompt_tokens, 1);
     logits = (float *)xmalloc(sizeof(float) * (size_t)c->vocab_size * (size_t)n);
     memset(&err, 0, sizeof err);
     if (el_runtime_logits(s.rt, prompt, n, logits, &err) != EL_OK) die("%s", err.message);
