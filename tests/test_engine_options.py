@@ -163,3 +163,36 @@ def test_the_device_opens_the_runtime_with_the_build_options(tmp_path):
     assert returncode == 0, err
     hello = baremetal.parse_stats("x " + baremetal.parse_reply(out).hello)
     assert (hello["ctx"], hello["block"], hello["kv_blocks"]) == ("256", "8", "64")
+
+
+# ---------------------------------------------------------------- from the command line to the device
+
+def test_a_build_with_other_engine_options_is_stale(tmp_path):
+    built = EngineOptions(max_model_len=256, block_size=16, kv_dtype="f32", max_seqs=1, max_batch_tokens=8)
+    (tmp_path / builder.MANIFEST).write_text(json.dumps({"kind": "build", "board": "mps2-an386", "quant": "q8_0",
+                                                         "engine": built.to_dict()}))
+    assert builder.stale_reason(tmp_path, "mps2-an386") is None  # no options asked for: the build serves
+    assert builder.stale_reason(tmp_path, "mps2-an386", options=EngineOptions(block_size=16)) is None
+    assert builder.stale_reason(tmp_path, "mps2-an386", options=EngineOptions()) is None  # f32 is what it has
+    for asked in (EngineOptions(kv_dtype="int8"), EngineOptions(block_size=8), EngineOptions(max_model_len=128)):
+        assert builder.stale_reason(tmp_path, "mps2-an386", options=asked) == "it was built with other engine options"
+
+
+def test_generate_opens_the_runtime_here_with_the_engine_options():
+    """--ctx reaches the runtime on this machine: the reply stops where the context ends."""
+    from click.testing import CliRunner
+
+    from edgellama.cli import main
+    flags = ["generate", "--temperature", "0", "--max-tokens", "100", "once upon a time"]
+    short = CliRunner().invoke(main, [*flags[:1], "--ctx", "16", *flags[1:]])
+    full = CliRunner().invoke(main, flags)
+    assert short.exit_code == 0 and full.exit_code == 0, short.output
+    assert full.stdout.startswith(short.stdout.rstrip("\n")) and len(short.stdout) < len(full.stdout)
+
+
+def test_engine_options_are_refused_for_a_flashed_board():
+    from click.testing import CliRunner
+
+    from edgellama.cli import main
+    result = CliRunner().invoke(main, ["generate", "--port", "/dev/null", "--kv-dtype", "int8", "x"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1 and "flashed there" in result.output

@@ -17,8 +17,6 @@ runtime with, and manifest.json records them under "engine" (EngineOptions.to_di
 import contextlib
 import dataclasses
 import datetime
-import importlib
-import importlib.util
 import json
 import os
 import re
@@ -27,7 +25,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgellama.boards import targets
+from edgellama.boards import planner, targets
 from edgellama.boards.catalog import Board, get_board
 from edgellama.boards.targets import BuildContext
 from edgellama.boards.toolchains import get_toolchain
@@ -69,9 +67,11 @@ def default_out_dir(board_name: str) -> Path:
     return Path("build") / board_name
 
 
-def stale_reason(out_dir: Path, board_name: str, model=None, quant: str | None = None) -> str | None:
-    """Why out_dir must be (re)built for this board, model and quant; None when its build
-    serves. A directory that holds another board's build or exported sources is refused."""
+def stale_reason(out_dir: Path, board_name: str, model=None, quant: str | None = None,
+                 options: EngineOptions | None = None) -> str | None:
+    """Why out_dir must be (re)built for this board, model, quant and engine options (None:
+    any); None when its build serves. A directory that holds another board's build or
+    exported sources is refused."""
     try:
         manifest = json.loads((Path(out_dir) / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -84,19 +84,29 @@ def stale_reason(out_dir: Path, board_name: str, model=None, quant: str | None =
         return "it carries another model"
     if quant and manifest.get("quant") != quant:
         return f"it carries the model in {manifest.get('quant')}"
+    if options is not None and _differs(options, manifest_engine(manifest)):
+        return "it was built with other engine options"
     return None
 
 
-def ensure_build(board: Board | str, model=None, quant: str | None = None, out_dir=None, say=None) -> Path:
+def _differs(requested: EngineOptions, built: EngineOptions) -> bool:
+    """Whether a build misses what was asked for: a field asked for (not 0) that the
+    build has otherwise; a kv_dtype always counts."""
+    asked = {k: v for k, v in requested.to_dict().items() if v}
+    return any(built.to_dict().get(k) != v for k, v in asked.items())
+
+
+def ensure_build(board: Board | str, model=None, quant: str | None = None, out_dir=None,
+                 options: EngineOptions | None = None, say=None) -> Path:
     """The build directory for the board (default build/BOARD), built first when it has no
-    build, or one of another model or quant; `say` hears why it is being built."""
+    build, or one of another model, quant or engine options; `say` hears why."""
     board = get_board(board)
     out_dir = Path(out_dir) if out_dir else default_out_dir(board.name)
-    reason = stale_reason(out_dir, board.name, model, quant)
+    reason = stale_reason(out_dir, board.name, model, quant, options)
     if reason:
         if say is not None:
             say(f"building {out_dir} for {board.name} ({reason})")
-        build(board, model, quant or DEFAULT_QUANT, out_dir)
+        build(board, model, quant or DEFAULT_QUANT, out_dir, options=options)
     return out_dir
 
 
@@ -117,9 +127,6 @@ def check_plan(board: Board, model_path: Path, quant: str | None, requested: Eng
     """The plan (edgellama/boards/planner.py) for the model as it will be exported, with the
     requested engine options; a model that does not fit is refused here, with the plan's
     numbers, before anything is written."""
-    if importlib.util.find_spec(f"{__package__}.planner") is None:
-        return None
-    planner = importlib.import_module(f"{__package__}.planner")
     plan = planner.plan_engine(board, model_path, quant, requested)
     planner.require_fits(plan)
     return plan

@@ -24,10 +24,15 @@ def device_options(f):
 
 
 def build_options(f):
-    """--quant, -o/--output and --timeout: how an emulated board is built, and how long a
-    request may wait for a device's answer."""
+    """--quant, -o/--output, the engine options and --timeout: how an emulated board is
+    built (or the runtime here opened), and how long a request may wait for an answer."""
     from edgellama.model.quant import QUANT_NAMES
+    from edgellama.runtime.engine_options import KV_DTYPES
     for option in reversed([
+        click.option("--ctx", type=click.IntRange(min=1), help="Context (max_model_len) [default: the build's]."),
+        click.option("--kv-dtype", type=click.Choice(list(KV_DTYPES)), help="KV cache type [default: the build's]."),
+        click.option("--block-size", type=click.IntRange(min=1), help="Tokens per KV block [default: the build's]."),
+        click.option("--max-seqs", type=click.IntRange(min=1), help="Sequences at once [default: the build's]."),
         click.option("--quant", type=click.Choice(list(QUANT_NAMES)),
                      help="Emulated boards: build with this type (default: the build's, q8_0 for a new one)."),
         click.option("-o", "--output", type=click.Path(file_okay=False),
@@ -37,3 +42,14 @@ def build_options(f):
     ]):
         f = option(f)
     return f
+
+
+def requested_engine(options: dict):
+    """The engine options popped from the flags build_options adds: None when none was
+    given (a build is used as it is), else EngineOptions with the rest at 0 (the default)."""
+    from edgellama.runtime.engine_options import EngineOptions
+    ctx, kv_dtype, block_size, max_seqs = (options.pop(k) for k in ("ctx", "kv_dtype", "block_size", "max_seqs"))
+    if not any((ctx, kv_dtype, block_size, max_seqs)):
+        return None
+    return EngineOptions(max_model_len=ctx or 0, kv_dtype=kv_dtype or "f32", block_size=block_size or 0,
+                         max_seqs=max_seqs or 0)

@@ -3,7 +3,7 @@ every device (this machine, an emulated board, a board over SSH or a serial line
 
 import click
 
-from edgellama.cli.devices import build_options, device_options
+from edgellama.cli.devices import build_options, device_options, requested_engine
 from edgellama.cli.sampling import sampling_options, sampling_params
 
 
@@ -32,4 +32,4 @@ def command(prompt, stats, **options):
     """Continue PROMPT with the model, streaming the text: on this machine by default, or
     on the device --board, --host or --port names (an emulated board is built first)."""
     params = sampling_params(options)
-    generate_on_device(prompt, params, stats=stats, **options)
+    generate_on_device(prompt, params, stats=stats, engine=requested_engine(options), **options)

@@ -28,6 +28,7 @@ from edgellama.devices.streams import (
     open_serial,
 )
 from edgellama.errors import EdgeLlamaError
+from edgellama.runtime.engine_options import EngineOptions
 
 
 def _refuse_mixed(board, host, port, local):
@@ -40,19 +41,24 @@ def _refuse_mixed(board, host, port, local):
 
 
 def open_device(board: str | None = None, host: str | None = None, port: str | None = None, local: bool = False,
-                model=None, threads: int | None = None, **options) -> Device:
-    """The device the options name (see the module's table). Options for boards: quant and
-    output (the build directory of an emulated board), timeout (seconds a request may wait
-    for an answer), baud; for SSH identity, known_hosts, trust_host_key, remote_dir."""
+                model=None, threads: int | None = None, engine: EngineOptions | None = None, **options) -> Device:
+    """The device the options name (see the module's table). `engine`: the engine options
+    asked for (the runtime here; an emulated board's build, rebuilt when it has others).
+    Options for boards: quant and output (the build directory of an emulated board),
+    timeout (seconds a request may wait for an answer), baud; for SSH identity,
+    known_hosts, trust_host_key, remote_dir."""
     _refuse_mixed(board, host, port, local)
+    if engine is not None and (host or port):
+        raise EdgeLlamaError("--ctx, --kv-dtype, --block-size and --max-seqs choose how a build is made; a board "
+                             "reached by --host or --port runs the build flashed there")
     b = get_board(board) if board else None
     if port:
         return _open_serial_device(port, b, options)
     if host:
         return _open_host(host, b, dict(options, threads=threads), _timeout(options))
     if b is None:
-        return LocalDevice(model, threads=threads)
-    return _open_emulated(b, model, dict(options, threads=threads))
+        return LocalDevice(model, **dict((engine or EngineOptions()).llm_arguments(), threads=threads))
+    return _open_emulated(b, model, dict(options, threads=threads, engine=engine))
 
 
 def _timeout(options) -> float:
@@ -81,7 +87,8 @@ def _open_emulated(b, model, options):
         raise EdgeLlamaError(f"board {b.name} is not emulated: it is reached over {b.reach.kind}; give "
                              f"{'--host USER@ADDR' if b.reach.kind == 'ssh' else '--port DEVICE (or auto)'} "
                              f"after `edgellama flash --board {b.name}`")
-    out_dir = ensure_build(b, model, options.get("quant"), options.get("output"), say=options.get("say"))
+    out_dir = ensure_build(b, model, options.get("quant"), options.get("output"), options.get("engine"),
+                           say=options.get("say"))
     timeout = _timeout(options)
     if b.os == "linux":
         device = _open_emulated_linux(b, out_dir, timeout, options)

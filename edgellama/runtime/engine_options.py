@@ -51,6 +51,16 @@ class EngineOptions:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def llm_arguments(self) -> dict:
+        """The fields given (not 0) as LLM(...) keyword arguments, for the runtime on this
+        machine (arena_bytes has no meaning there: the host library sizes its own)."""
+        names = {"max_model_len": "max_model_len", "block_size": "block_size", "max_seqs": "max_num_seqs",
+                 "max_batch_tokens": "max_num_batched_tokens", "kv_cache_bytes": "kv_cache_bytes",
+                 "threads": "threads"}
+        arguments = {names[k]: v for k, v in self.to_dict().items() if k in names and v}
+        arguments["kv_dtype"] = self.kv_dtype
+        return arguments
+
     @classmethod
     def from_dict(cls, data: dict) -> "EngineOptions":
         """From manifest JSON; a missing field (or null) is its default, an unknown one an error."""
