@@ -112,3 +112,34 @@ def test_every_shipped_bare_metal_board_has_its_port():
             port = baremetal.port_dir(board)
             assert {"link.ld", "port.mk"} <= {p.name for p in port.iterdir()}
             assert "RAM" in baremetal.linker_regions(port)
+
+
+def _linker_lengths(port) -> dict:
+    """REGION -> LENGTH in bytes, from the MEMORY block of the port's link.ld."""
+    import re
+    text = (port / "link.ld").read_text(encoding="utf-8")
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20}
+    return {name: int(number) * units[unit.upper()]
+            for name, number, unit in re.findall(r"^\s*(\w+)\s*\([^)]*\)\s*:.*LENGTH\s*=\s*(\d+)([KkMm]?)", text, re.M)}
+
+
+def test_board_sizes_agree_with_the_port_they_run_on():
+    """A bare-metal board's ram/flash/psram (what the planner plans with) are the lengths of
+    the port's link.ld regions (what the linker checks), and RAM_BYTES in port.mk is its RAM."""
+    import re
+    from pathlib import Path
+    boards = sorted(Path(edgellama.boards.catalog.boards_dir()).glob("*.toml"))
+    checked = 0
+    for path in boards:
+        board = load_board(path)
+        if board.os != "baremetal":
+            continue
+        port = baremetal.port_dir(board)
+        lengths = _linker_lengths(port)
+        for place in ("flash", "ram", "psram"):
+            if place.upper() in lengths:
+                assert getattr(board, place) == lengths[place.upper()], (board.name, place)
+        ram_bytes = re.search(r"^RAM_BYTES\s*=\s*(\d+)", (port / "port.mk").read_text(), re.M)
+        assert ram_bytes and int(ram_bytes[1]) == board.ram, board.name
+        checked += 1
+    assert checked >= 2

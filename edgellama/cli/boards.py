@@ -13,10 +13,11 @@ def _size(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n} B"
 
 
-def _reach(board) -> str:
+def _reach(board, emulator_args: bool = False) -> str:
     r = board.reach
     if r.kind == "emulator":
-        return f"{r.emulator}" + (f" -M {r.machine}" if r.machine else "")
+        args = r.emulator_args if emulator_args else []
+        return f"{r.emulator}" + (f" -M {r.machine}" if r.machine else "") + "".join(f" {a}" for a in args)
     if r.kind == "serial":
         return f"serial {r.baud} baud" + (f" (USB {', '.join(r.usb)})" if r.usb else "")
     return "ssh"
@@ -48,9 +49,10 @@ def show(name):
         f"  cpu        {b.cpu} ({b.arch}), {b.clock_mhz or '?'} MHz, flags: {' '.join(b.cflags) or '-'}",
         f"  os         {b.os}",
         f"  memory     RAM {_size(b.ram)}, flash {_size(b.flash)}, PSRAM {_size(b.psram)}, storage {_size(b.storage)}",
-        f"  reached by {_reach(b)}",
+        f"  reached by {_reach(b, emulator_args=True)}",
         f"  toolchain  {t.name}: {t.cc} ({'installed' if t.installed() else 'not installed: ' + t.install_command()})",
         f"  runtime    {b.threads} thread(s), KV blocks of {b.kv_block_size} tokens, arena {_size(b.arena)}",
+        *([f"  port       firmware/ports/{b.port or b.name}/"] if b.os == "baremetal" else []),
         f"  file       {b.path}",
     ]
     click.echo("\n".join(lines))
