@@ -41,5 +41,8 @@ if [ "${1:-}" = "test" ]; then
     .venv/bin/edgellama toolchains install --all
     # A real sshd on loopback for the SSH flash tests.
     { [ -x /usr/sbin/sshd ] && command -v ssh-keygen >/dev/null; } || apt_install openssh-server openssh-client
+    # libFuzzer and the sanitizer runtimes for clang (tests/fuzz); clang-19 came with the RVV toolchain.
+    ls /usr/lib/llvm-19/lib/clang/19/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1 \
+        || [ "$(uname -m)" != x86_64 ] || apt_install clang-19 libclang-rt-19-dev
 fi
 echo "setup: .venv ready ($(.venv/bin/edgellama --version))"

@@ -51,17 +51,32 @@ def _native_target(cc: str) -> tuple:
 
 def host_flags() -> list:
     """Flags for code that runs on this host: its own CPU's features, or the portable
-    kernels when EDGELLAMA_KERNELS=portable."""
+    kernels when EDGELLAMA_KERNELS=portable; with EDGELLAMA_SANITIZE=1 every library and
+    program (the host library, edgellama-run, the test probes) is built under ASan and
+    UBSan (a process that loads one needs the ASan runtime preloaded: tests/test_sanitizers.py)."""
+    sanitize = list(SANITIZE_FLAGS) if os.environ.get("EDGELLAMA_SANITIZE", "") == "1" else []
     if os.environ.get("EDGELLAMA_KERNELS", "") == "portable":
-        return list(PORTABLE_FLAGS)
+        return [*PORTABLE_FLAGS, *sanitize]
     native = _native_target(host_compiler())
-    return [native[0]] if native else []
+    return [*([native[0]] if native else []), *sanitize]
 
 
-def _build(sources, name: str, link_flags: list, suffix: str, extra_flags, include_dirs) -> Path:
+# The same sources and flags under AddressSanitizer and UndefinedBehaviorSanitizer (any
+# report ends the program), and with libFuzzer driving a harness (clang only).
+SANITIZE_FLAGS = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g")
+FUZZ_FLAGS = ("-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g")
+
+
+def clang_compiler() -> str | None:
+    """clang, or Debian's versioned clang-19 (which the RVV toolchain installs)."""
+    return shutil.which("clang") or shutil.which("clang-19")
+
+
+def _build(sources, name: str, link_flags: list, suffix: str, extra_flags, include_dirs, cc: str | None = None
+           ) -> Path:
     """Compile `sources` into the cache, named by the hash of the compiler, flags,
     headers and sources, so it is rebuilt exactly when one of them changes."""
-    cc = host_compiler()
+    cc = cc or host_compiler()
     sources = [Path(s) for s in sources]
     includes = [firmware_dir() / "core", firmware_dir() / "apps" / "common", *map(Path, include_dirs)]
     flags = [*C_FLAGS, *host_flags(), *link_flags, *extra_flags, *(f"-I{d}" for d in includes)]
@@ -90,6 +105,17 @@ def build_shared_library(sources, name: str, extra_flags=(), include_dirs=()) ->
 def build_program(sources, name: str, extra_flags=(), include_dirs=()) -> Path:
     """An executable from `sources` with the core's flags; returns its path in the cache."""
     return _build(sources, name, ["-pthread"], "", extra_flags, include_dirs)
+
+
+def build_fuzzer(harness: Path, name: str, defines=(), include_dirs=()) -> Path:
+    """A libFuzzer program: the core, the protocol and `harness` (which defines
+    LLVMFuzzerTestOneInput) with the core's flags and the sanitizers, built by clang."""
+    cc = clang_compiler()
+    if cc is None:
+        raise EdgeLlamaError("fuzzing needs clang: `edgellama toolchains install clang-19-riscv64-linux-gnu` "
+                             "or apt-get install clang-19 libclang-rt-19-dev")
+    return _build([*core_sources(), *protocol_sources(), Path(harness)], name, ["-pthread"],
+                  "", [*FUZZ_FLAGS, *defines], include_dirs, cc=cc)
 
 
 def thread_pool_source() -> Path:
@@ -126,3 +152,9 @@ def posix_program_sources() -> list:
 def host_program() -> Path:
     """The path of edgellama-run built for this host (built on first use)."""
     return build_program(posix_program_sources(), "edgellama-run")
+
+
+def sanitized_program() -> Path:
+    """edgellama-run with the same sources and flags under the sanitizers, for tests that
+    want any memory error or undefined behaviour to end the run."""
+    return build_program(posix_program_sources(), "edgellama-run-sanitized", extra_flags=SANITIZE_FLAGS)
