@@ -12,7 +12,14 @@ temperature, top_p, stop, seed, n=1, stream, stream_options.include_usage) and v
 extra sampling fields (top_k, min_p, repetition_penalty, presence_penalty,
 frequency_penalty, min_tokens, ignore_eos, stop_token_ids, skip_special_tokens). Errors
 come back as OpenAI error bodies: 400 naming the bad field, 404 for an unknown route or
-model, 500 when the device fails.
+model, 405 (with Allow) for a method a route does not take, 408 for a body that does not
+arrive, 413 for one over MAX_BODY_BYTES, 500 when the device fails.
+
+Hostile input is refused before it costs anything: the Content-Length must be one plain
+decimal number no larger than MAX_BODY_BYTES (the body is read only then, with a socket
+timeout), JSON may not hold Infinity or NaN or nest past Python's recursion limit, every
+number must fit the C type it travels in (SamplingParams checks), and a prompt plus
+max_tokens must fit the context. A client that goes away is no error worth a traceback.
 
 A device answers one request at a time, so requests take turns on a lock.
 
@@ -33,6 +40,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -42,6 +50,8 @@ from edgellama.devices.device import Device, LocalDevice
 from edgellama.runtime.sampling_params import SamplingParams
 
 MAX_BODY_BYTES = 4 << 20
+REQUEST_TIMEOUT_S = 30.0  # a client silent this long mid-request (or idle between requests) is dropped
+LINGER_BYTES, LINGER_S = 1 << 20, 1.0  # after refusing a body: read this much of it at most, then close
 
 FLOAT_FIELDS = ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
 INT_FIELDS = ("top_k", "min_tokens", "seed", "n")
@@ -55,8 +65,9 @@ class APIError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None, type: str | None = None):
         super().__init__(message)
         self.status, self.message, self.param = status, message, param
-        self.type = type or {400: "invalid_request_error", 404: "not_found_error",
-                             405: "invalid_request_error", 413: "invalid_request_error"}.get(status, "server_error")
+        self.type = type or ("server_error" if status >= 500 else
+                             "not_found_error" if status == 404 else "invalid_request_error")
+        self.headers = {}
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.status}}
@@ -64,6 +75,38 @@ class APIError(Exception):
 
 def bad(message, param=None):
     return APIError(400, message, param)
+
+
+# ---------------------------------------------------------------------- the body
+
+class _NonFinite:
+    """What json hands back for the literals Infinity, -Infinity and NaN (valid JS, not
+    JSON): found after parsing and refused, naming the field that held it."""
+
+    def __init__(self, literal):
+        self.literal = literal
+
+
+def parse_body(data: bytes):
+    """The JSON request body; anything but strict, finite JSON is a 400."""
+    try:
+        body = json.loads(data, parse_constant=_NonFinite)
+    except RecursionError:
+        raise bad("the request body is not valid JSON: it nests too deeply") from None
+    except (ValueError, UnicodeDecodeError) as e:  # ValueError also covers ints past 4300 digits
+        raise bad(f"the request body is not valid JSON: {e}") from None
+    # Walk it without recursion (a body may nest almost to the recursion limit).
+    stack = list(body.items()) if isinstance(body, dict) else [(None, body)]
+    while stack:
+        field, value = stack.pop()
+        if isinstance(value, _NonFinite):
+            where = f"{field}: " if field else ""
+            raise bad(f"{where}{value.literal} is not a JSON number; numbers must be finite", field)
+        if isinstance(value, dict):
+            stack.extend((field, v) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((field, v) for v in value)
+    return body
 
 
 # ---------------------------------------------------------------------- request fields
@@ -85,7 +128,10 @@ def sampling_params(body: dict, default_max_tokens: int | None) -> SamplingParam
             v = body[name]
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise bad(f"{name} must be a number, got {v!r}", name)
-            values[name] = float(v)
+            try:
+                values[name] = float(v)
+            except OverflowError:  # an integer past float's range
+                raise bad(f"{name} must be a finite number, got an integer of {len(str(v))} digits", name) from None
     for name in INT_FIELDS:
         if body.get(name) is not None:
             v = body[name]
@@ -188,21 +234,32 @@ class LocalBackend:
         info = device.info()
         self.model_path, self.context_length = info["model"], info["context_length"]
 
-    def completion(self, prompt, params: SamplingParams) -> _Run:
+    def _tokens(self, field, text_bytes, tokenize):
+        from edgellama.errors import EdgeLlamaError
+        try:
+            return tokenize()
+        except (ValueError, EdgeLlamaError) as e:
+            if "scratch arena" in str(e):  # the tokenizer's working memory: far past any context
+                raise bad(f"{field}: {text_bytes} bytes of text are too long for this model "
+                          f"(max_model_len {self.llm.max_model_len} tokens); shorten the {field}", field) from None
+            raise bad(f"{field}: {e}", field) from None
+
+    def completion(self, prompt, params: SamplingParams, max_field=None) -> _Run:
         if isinstance(prompt, str):
-            item = {"prompt": prompt, "prompt_token_ids": self.llm.tokenizer.encode(prompt)}
+            ids = self._tokens("prompt", len(prompt.encode("utf-8", "replace")),
+                               lambda: self.llm.tokenizer.encode(prompt))
+            item = {"prompt": prompt, "prompt_token_ids": ids}
         else:
             item = {"prompt_token_ids": prompt}
-        return self._run(item, params, "prompt")
+        return self._run(item, params, "prompt", max_field)
 
-    def chat(self, messages: list, params: SamplingParams) -> _Run:
-        try:
-            ids = self.chat_renderer.prompt_tokens(messages)
-        except ValueError as e:
-            raise bad(str(e), "messages") from None
-        return self._run({"prompt_token_ids": ids}, self.llm._with_chat_stop(params, self.chat_renderer), "messages")
+    def chat(self, messages: list, params: SamplingParams, max_field=None) -> _Run:
+        ids = self._tokens("messages", sum(len(m["content"].encode("utf-8", "replace")) for m in messages),
+                           lambda: self.chat_renderer.prompt_tokens(messages))
+        return self._run({"prompt_token_ids": ids}, self.llm._with_chat_stop(params, self.chat_renderer), "messages",
+                         max_field)
 
-    def _run(self, item, params, field) -> _Run:
+    def _run(self, item, params, field, max_field=None) -> _Run:
         ids = item["prompt_token_ids"]
         if any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.llm._rt.config.vocab_size
                for t in ids):
@@ -211,6 +268,13 @@ class LocalBackend:
             self.llm._check_fits(0, ids)
         except ValueError as e:
             raise bad(f"{field}: {e}".replace("prompt 0: ", ""), field) from None
+        limit = self.llm.max_model_len
+        if params.max_tokens is not None and len(ids) + params.max_tokens > limit:
+            if max_field:  # asked for: refused, as vLLM does
+                raise bad(f"{max_field}: this model's maximum context length is {limit} tokens, but "
+                          f"{len(ids) + params.max_tokens} were requested ({len(ids)} in the {field}, "
+                          f"{params.max_tokens} in the completion); reduce {max_field} or the {field}", max_field)
+            params = dataclasses.replace(params, max_tokens=limit - len(ids))  # the default: what room there is
         run = _Run(None)
         run.prompt_tokens = len(ids)
 
@@ -240,12 +304,21 @@ class DeviceBackend:
         self.context_length = info.get("context_length")
         self.heard = None  # (system, messages) the device's conversation holds; None: unknown
 
-    def completion(self, prompt, params) -> _Run:
+    def completion(self, prompt, params, max_field=None) -> _Run:
         if not isinstance(prompt, str):
             raise bad("this device takes text prompts, not token ids", "prompt")
+        self._check_max_tokens(params, max_field)
         return self._run(prompt, params, chat=False)
 
-    def chat(self, messages, params) -> _Run:
+    def _check_max_tokens(self, params, max_field):
+        """The device counts the prompt itself; here only max_tokens alone past the context is caught."""
+        if max_field and self.context_length and params.max_tokens is not None \
+                and params.max_tokens > self.context_length:
+            raise bad(f"{max_field}: this model's maximum context length is {self.context_length} tokens, but "
+                      f"{params.max_tokens} were requested for the completion alone; reduce {max_field}", max_field)
+
+    def chat(self, messages, params, max_field=None) -> _Run:
+        self._check_max_tokens(params, max_field)
         system_end = 0
         while system_end < len(messages) and messages[system_end]["role"] == "system":
             system_end += 1
@@ -342,10 +415,11 @@ class API:
         self.check_model(body)
         if body.get("stream") not in (None, True, False):
             raise bad("stream must be true or false", "stream")
+        max_field = next((name for name in ("max_completion_tokens", "max_tokens") if body.get(name) is not None), None)
         if kind == "chat":
             messages = chat_messages(body)
             params = sampling_params(body, None)
-            return params, [lambda: self.backend.chat(messages, params)]
+            return params, [lambda: self.backend.chat(messages, params, max_field)]
         prompt = body.get("prompt")
         if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(
                 isinstance(t, int) and not isinstance(t, bool) for t in prompt)):
@@ -357,7 +431,7 @@ class API:
         else:
             raise bad("prompt must be a string, a list of strings, or token ids", "prompt")
         params = sampling_params(body, 16)
-        return params, [lambda p=p: self.backend.completion(p, params) for p in prompts]
+        return params, [lambda p=p: self.backend.completion(p, params, max_field) for p in prompts]
 
 
 def _usage(prompt_tokens, completion_tokens) -> dict | None:
@@ -382,9 +456,18 @@ def _device_errors(it):
         yield text
 
 
+ROUTES = {"/health": ("GET",), "/v1/models": ("GET",), "/v1/completions": ("POST",),
+          "/v1/chat/completions": ("POST",)}
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "edgellama"
+
+    def setup(self):
+        self.timeout = self.server.request_timeout  # StreamRequestHandler puts it on the socket
+        self.unread_body = False
+        super().setup()
 
     def log_message(self, format, *args):
         if self.server.verbose:
@@ -392,36 +475,72 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- plumbing
 
-    def _send_json(self, status: int, body: dict):
+    def _send_json(self, status: int, body: dict, headers=None):
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
     def _send_error(self, e: APIError):
-        self._send_json(e.status, e.body())
+        self._send_json(e.status, e.body(), e.headers)
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own refusals (a bad request line, headers too long, an unknown
+        method) as OpenAI error bodies rather than HTML."""
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # the request line did not parse: answer in HTTP/1.1 all the same
+            self.request_version = "HTTP/1.1"
+        if code == 501 and self.command:  # a method no route takes
+            return self._dispatch(self.command)
+        reason = self.responses.get(code, ("error",))[0]
+        try:
+            self._send_error(APIError(code, f"{reason}: {message}" if message else reason))
+        except OSError:
+            pass
+
+    def _has_body(self) -> bool:
+        return bool(self.headers.get("Transfer-Encoding")) or self.headers.get("Content-Length", "0").strip() != "0"
+
+    def _refuse_body(self, error: APIError):
+        """The body will not be read: answer, then close (see finish)."""
+        self.close_connection = True
+        self.unread_body = True
+        return error
 
     def _read_body(self):
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            self.close_connection = True
-            raise bad("send the body with a Content-Length")
+        if self.headers.get_all("Transfer-Encoding"):
+            raise self._refuse_body(APIError(411, "send the body with a Content-Length; Transfer-Encoding is "
+                                                  "not supported"))
+        lengths = {v.strip() for v in self.headers.get_all("Content-Length") or ()}
+        if not lengths:
+            return {}
+        value = lengths.pop()
+        if lengths or not value.isascii() or not value.isdigit():
+            raise self._refuse_body(bad(f"Content-Length must be one non-negative decimal integer, got "
+                                        f"{', '.join(self.headers.get_all('Content-Length'))[:100]!r}"))
+        if len(value) > 12 or int(value) > MAX_BODY_BYTES:
+            raise self._refuse_body(APIError(413, f"the request body ({value[:20]} bytes) is over the limit of "
+                                                  f"{MAX_BODY_BYTES} bytes"))
+        length = int(value)
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
+            data = self.rfile.read(length) if length else b""
+        except TimeoutError:
             self.close_connection = True
-            raise bad("bad Content-Length") from None
-        if length > MAX_BODY_BYTES:
+            raise APIError(408, f"the request body did not arrive: Content-Length is {length} bytes and none "
+                                f"came for {self.server.request_timeout:g} s") from None
+        if len(data) < length:
             self.close_connection = True
-            raise APIError(413, f"the request body is over {MAX_BODY_BYTES} bytes")
-        data = self.rfile.read(length) if length else b""
+            raise bad(f"the request body is shorter than its Content-Length: {len(data)} of {length} bytes")
         if not data:
             return {}
-        try:
-            return json.loads(data)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise bad(f"the request body is not valid JSON: {e}") from None
+        return parse_body(data)
 
     def do_GET(self):
         self._dispatch("GET")
@@ -429,31 +548,85 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         self._dispatch("POST")
 
+    def do_HEAD(self):
+        self._dispatch("HEAD")
+
+    def do_PUT(self):
+        self._dispatch("PUT")
+
+    def do_DELETE(self):
+        self._dispatch("DELETE")
+
+    def do_PATCH(self):
+        self._dispatch("PATCH")
+
+    def do_OPTIONS(self):
+        self._dispatch("OPTIONS")
+
     def _dispatch(self, method):
         api = self.server.api
         path = urlsplit(self.path).path.rstrip("/") or "/"
         try:
-            body = self._read_body() if method == "POST" else None
-            routes = {"/health": ("GET",), "/v1/models": ("GET",), "/v1/completions": ("POST",),
-                      "/v1/chat/completions": ("POST",)}
-            if path.startswith("/v1/models/") and method == "GET":
-                if path[len("/v1/models/"):] not in (api.model_id,):
-                    raise APIError(404, f"The model `{path[len('/v1/models/'):]}` does not exist.", "model",
-                                   "model_not_found")
-                return self._send_json(200, api.model_card())
-            if path not in routes:
-                raise APIError(404, f"no route {method} {path}", type="not_found_error")
-            if method not in routes[path]:
-                raise APIError(405, f"{path} takes {', '.join(routes[path])}, not {method}")
-            if path == "/health":
-                return self._send_json(200, {"status": "ok", "model": api.model_id})
-            if path == "/v1/models":
-                return self._send_json(200, {"object": "list", "data": [api.model_card()]})
-            self._complete("chat" if path == "/v1/chat/completions" else "completion", body)
+            try:
+                allowed = ("GET",) if path.startswith("/v1/models/") else ROUTES.get(path)
+                if self._has_body() and not (allowed and "POST" in allowed and method == "POST"):
+                    self._refuse_body(None)  # a body nobody reads: not to be taken for the next request
+                if allowed is None:
+                    raise APIError(404, f"no route {method} {path}", type="not_found_error")
+                if method not in allowed:
+                    e = APIError(405, f"{path} takes {', '.join(allowed)}, not {method}")
+                    e.headers["Allow"] = ", ".join(allowed)
+                    raise e
+                if path.startswith("/v1/models/"):
+                    if path[len("/v1/models/"):] not in (api.model_id,):
+                        raise APIError(404, f"The model `{path[len('/v1/models/'):]}` does not exist.", "model",
+                                       "model_not_found")
+                    return self._send_json(200, api.model_card())
+                if path == "/health":
+                    return self._send_json(200, {"status": "ok", "model": api.model_id})
+                if path == "/v1/models":
+                    return self._send_json(200, {"object": "list", "data": [api.model_card()]})
+                body = self._read_body()
+                self._complete("chat" if path == "/v1/chat/completions" else "completion", body)
+            except (APIError, OSError):
+                raise
+            except Exception as e:  # noqa: BLE001 -- a bug of ours: say so, keep serving
+                traceback.print_exc(file=sys.stderr)
+                self.close_connection = True
+                raise APIError(500, f"internal error: {type(e).__name__}") from None
         except APIError as e:
-            self._send_error(e)
-        except (BrokenPipeError, ConnectionResetError):
+            try:
+                self._send_error(e)
+            except OSError:
+                self.close_connection = True
+        except OSError:  # the client went away (or timed out mid-send)
             self.close_connection = True
+
+    def finish(self):
+        """After refusing a body that is still coming: say so and half-close, then read a
+        little of it (bounded) before closing, so that the client reads the answer
+        rather than a reset."""
+        try:
+            super().finish()
+        except OSError:
+            pass
+        if not self.unread_body:
+            return
+        sock = self.connection
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            deadline, got = time.monotonic() + LINGER_S, 0
+            while got < LINGER_BYTES:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                sock.settimeout(left)
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                got += len(chunk)
+        except OSError:
+            pass
 
     def _complete(self, kind, body):
         api = self.server.api
@@ -577,11 +750,19 @@ class _Handler(BaseHTTPRequestHandler):
 class Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address, api: API, verbose: bool = False):
+    def __init__(self, address, api: API, verbose: bool = False, request_timeout: float = REQUEST_TIMEOUT_S):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        self.api, self.verbose = api, verbose
+        self.api, self.verbose, self.request_timeout = api, verbose, request_timeout
         super().__init__(address, _Handler)
+
+    def handle_error(self, request, client_address):
+        """A client that hung up or went silent is routine; anything else is a bug worth a traceback."""
+        if isinstance(sys.exc_info()[1], OSError):
+            if self.verbose:
+                print(f"{client_address}: {sys.exc_info()[1]!r}", file=sys.stderr)
+            return
+        super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:
@@ -590,10 +771,12 @@ class Server(ThreadingHTTPServer):
 
 
 def make_server(device: Device, host: str = "127.0.0.1", port: int = 8000, *, model_name: str | None = None,
-                chat_template: str | None = None, verbose: bool = False) -> Server:
+                chat_template: str | None = None, verbose: bool = False,
+                request_timeout: float = REQUEST_TIMEOUT_S) -> Server:
     """A server bound to host:port (port 0: any free port; see server.url), not yet serving:
-    call serve_forever() (in a thread if you like), then shutdown() and server_close()."""
-    return Server((host, port), API(device, model_name, chat_template), verbose)
+    call serve_forever() (in a thread if you like), then shutdown() and server_close().
+    request_timeout: seconds a connection may stay silent mid-request or between requests."""
+    return Server((host, port), API(device, model_name, chat_template), verbose, request_timeout)
 
 
 def run(device: Device, host: str = "127.0.0.1", port: int = 8000, **options):

@@ -4,9 +4,16 @@ The C sampler applies them in vLLM's order: repetition penalty, frequency and
 presence penalties, temperature (below 1e-5 is greedy), min_p, top_k, top_p.
 """
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
 GREEDY_TEMPERATURE = 1e-5
+# The C request's types (capi.Sampling, capi.Request): past these, a value would wrap or
+# turn into inf on its way across.
+INT32_MAX = (1 << 31) - 1
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT_FIELDS = ("presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p", "min_p")
 
 
 @dataclass
@@ -39,6 +46,20 @@ class SamplingParams:
         def fail(message):
             raise ValueError(message)
 
+        for name in FLOAT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                fail(f"{name} must be a number, got {value!r}.")
+            try:
+                finite = math.isfinite(value) and abs(float(value)) <= FLOAT32_MAX
+            except OverflowError:  # an int past float's range
+                finite = False
+            if not finite:
+                fail(f"{name} must be a finite number, got {value}.")
+        for name in ("n", "top_k", "min_tokens", "max_tokens", "seed"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+                fail(f"{name} must be an integer, got {value!r}.")
         if self.n != 1:
             fail(f"n must be 1 (one completion per prompt), got {self.n}.")
         if not -2.0 <= self.presence_penalty <= 2.0:
@@ -51,18 +72,23 @@ class SamplingParams:
             fail(f"temperature must be non-negative, got {self.temperature}.")
         if not 0.0 < self.top_p <= 1.0:
             fail(f"top_p must be in (0, 1], got {self.top_p}.")
-        if not isinstance(self.top_k, int) or self.top_k < -1:
-            fail(f"top_k must be 0 or -1 (disable), or at least 1, got {self.top_k}.")
+        if not -1 <= self.top_k <= INT32_MAX:
+            fail(f"top_k must be 0 or -1 (disable), or in [1, 2**31), got {self.top_k}.")
         if not 0.0 <= self.min_p <= 1.0:
             fail(f"min_p must be in [0, 1], got {self.min_p}.")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            fail(f"max_tokens must be at least 1, got {self.max_tokens}.")
-        if self.min_tokens < 0:
-            fail(f"min_tokens must be greater than or equal to 0, got {self.min_tokens}.")
+        if self.max_tokens is not None and not 1 <= self.max_tokens <= INT32_MAX:
+            fail(f"max_tokens must be in [1, 2**31), got {self.max_tokens}.")
+        if not 0 <= self.min_tokens <= INT32_MAX:
+            fail(f"min_tokens must be in [0, 2**31), got {self.min_tokens}.")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             fail(f"min_tokens must be less than or equal to max_tokens={self.max_tokens}, got {self.min_tokens}.")
         if self.seed is not None and not 0 <= self.seed < 1 << 64:
             fail(f"seed must be an integer in [0, 2**64), got {self.seed}.")
+        for t in self.stop_token_ids:
+            if isinstance(t, bool) or not isinstance(t, numbers.Integral) or not 0 <= t <= INT32_MAX:
+                fail(f"stop_token_ids must hold token ids in [0, 2**31), got {t!r}.")
+        if any(not isinstance(s, str) for s in self.stop):
+            fail(f"stop must be a string or a list of strings, got {self.stop!r}.")
         if any(not s for s in self.stop):
             fail("stop cannot contain an empty string.")
 
