@@ -134,7 +134,7 @@ def struct_sizes(pointer_bytes: int) -> dict:
     el_gguf_tensor = _struct(el_str, I, _array(U64, 4), I, U64, P, U64)
     el_gguf = _struct(P, Z, I, I, U64, U64, P, P, U64)
     el_model = _struct(el_config, el_matrix, el_matrix, P, P, el_vocab, el_str, el_str, el_gguf)
-    el_engine_options = _struct(I, I, U64, I, I, I, I, I)
+    el_engine_options = _struct(I, I, U64, I, I, I, I, I, I)
     el_tokenizer = _struct(el_vocab, _array(I, 256), P, I, I, I, I, I)
     el_kv_cache = _struct(*[I] * 7, P, P, P, P, P, P, P, I, I, I, P, P, P, P, P, I, U64, U64, U64, I)
     el_forward_state = _struct(I, I, I, I, *[P] * 11, _struct(P, P), P, _struct(P, P, I))

@@ -1,13 +1,45 @@
 """What `edgellama inspect` reports about a GGUF file."""
 
+from edgellama.errors import EdgeLlamaError
 from edgellama.model import quant
-from edgellama.model.gguf_file import ARCH, KEY_FILE_TYPE, file_type_name, is_known_file_type, read_gguf
+from edgellama.model.gguf_file import (ARCH, KEY_FILE_TYPE, file_type_name, is_known_file_type, layout_problem,
+                                       read_gguf)
 from edgellama.model.loading import resolve
+
+
+def runtime_problem(path) -> str | None:
+    """What the C runtime's loader refuses in a model file (its one-line message), or None:
+    the same checks `generate` meets, so inspect never passes a file the runtime refuses.
+    None too when the host library cannot be built here (the Python checks still run)."""
+    from edgellama.runtime import capi
+    try:
+        capi.library()
+    except Exception:  # no C compiler on this machine: nothing to ask
+        return None
+    try:
+        capi.Runtime(path, max_seqs=1, threads=1)
+    except EdgeLlamaError as e:
+        return str(e).removeprefix(f"{path}: ")
+    return None
+
+
+def _checked_gguf(path):
+    """read_gguf after the layout and runtime checks, so a damaged file is described in
+    words about the file, never in the words of numpy or struct."""
+    problem = layout_problem(path) or runtime_problem(path)
+    if problem:
+        raise EdgeLlamaError(f"{path}: {problem}")
+    try:
+        return read_gguf(path)
+    except EdgeLlamaError:
+        raise
+    except Exception:  # gguf/numpy choked on something the checks above let through
+        raise EdgeLlamaError(f"{path}: corrupt GGUF (its metadata or tensors cannot be decoded)") from None
 
 
 def describe_dict(path) -> dict:
     path = resolve(path)
-    g = read_gguf(path)
+    g = _checked_gguf(path)
     cfg, vocab = g.model.config, g.model.vocab
     file_type = file_type_name(g.metadata.get(KEY_FILE_TYPE))
     known = is_known_file_type(file_type)  # only then do the rules say why each tensor has its type

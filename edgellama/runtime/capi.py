@@ -32,7 +32,7 @@ class Error(C.Structure):
 class EngineOptions(C.Structure):
     _fields_ = [("max_model_len", C.c_int), ("block_size", C.c_int), ("kv_cache_bytes", C.c_longlong),
                 ("max_seqs", C.c_int), ("max_batch_tokens", C.c_int), ("kv_dtype", C.c_int),
-                ("no_prefix_caching", C.c_int), ("threads", C.c_int)]
+                ("no_prefix_caching", C.c_int), ("threads", C.c_int), ("check_values", C.c_int)]
 
 
 class Sampling(C.Structure):
@@ -158,7 +158,8 @@ class Runtime:
         # pool (max_seqs full sequences) of a big model may need more: then grow and retry.
         size = memory_bytes or (64 << 20) + 2 * int(kv_cache_bytes or 0) + 8 * self._model.size
         options = EngineOptions(max_model_len, block_size, int(kv_cache_bytes or 0), max_seqs, max_batch_tokens,
-                                KV_DTYPES[kv_dtype], int(not enable_prefix_caching), self.threads)
+                                KV_DTYPES[kv_dtype], int(not enable_prefix_caching), self.threads,
+                                check_values=1)  # refuse NaN/Inf weights at load
         for _ in range(4):
             self._memory = np.zeros(size, dtype=np.uint8)
             err = Error()

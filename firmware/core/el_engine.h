@@ -26,6 +26,8 @@ typedef struct {
     el_kv_dtype kv_dtype;
     int no_prefix_caching;  /* 1: never share blocks between sequences (0, the default, shares) */
     int threads;            /* the most workers a parallel hook may use (sizes per-worker scratch); 0 = 1 */
+    int check_values;       /* 1: el_runtime_open scans every weight for NaN/Inf (one pass over the file);
+                             * hosts set it, a bare-metal image verified by checksum may leave it 0 */
 } el_engine_options;
 
 typedef struct {

@@ -362,11 +362,11 @@ static el_status read_alignment(el_gguf *gguf, el_error *err)
 
 static el_status unsupported_tensor_type(el_error *err, const el_gguf_tensor *t)
 {
-    fail_named(err, EL_ERR_UNSUPPORTED, "tensor ", t->name, " has type ");
+    fail_named(err, EL_ERR_UNSUPPORTED, "tensor ", t->name, " has unsupported type ");
     el_error_append(err, el_gguf_type_name(t->type));
     el_error_append(err, " (");
     el_error_num(err, (long long)t->type);
-    el_error_append(err, "), which the runtime does not run (it runs F32, F16, Q4_0, Q8_0)");
+    el_error_append(err, "); the runtime runs F32, F16, Q4_0, Q8_0");
     return EL_ERR_UNSUPPORTED;
 }
 
@@ -474,6 +474,81 @@ static el_status place_tensors(el_gguf *gguf, size_t header_end, el_error *err)
     return EL_OK;
 }
 
+/* ------------------------------------------------------------ the data section's layout */
+
+/* Each tensor's region runs from its offset to the next tensor's offset (or to the end
+ * of the data section). Inside the file is not enough: one flipped byte that turns F32
+ * into Q4_0 shrinks the size the shape implies, and the shrunken tensor still fits.
+ * A writer puts tensors back to back, each padded to the alignment, so the size the
+ * type and shape imply must fill the region up to that padding, and no two regions may
+ * overlap. Quadratic in the tensor count (hundreds at most), no memory needed. */
+static uint64_t region_end(const el_gguf *gguf, uint64_t i, uint64_t section_end)
+{
+    uint64_t j, end = section_end;
+    for (j = 0; j < gguf->n_tensors; j++) {
+        uint64_t other = gguf->tensors[j].offset;
+        if (j != i && other > gguf->tensors[i].offset && other < end) end = other;
+    }
+    return end;
+}
+
+static el_status overlapping(el_error *err, const el_gguf_tensor *t, const el_gguf_tensor *other)
+{
+    fail_named(err, EL_ERR_FORMAT, "corrupt GGUF file: the data of tensor ", t->name, " (offset ");
+    append_u64(err, t->offset);
+    el_error_append(err, ", ");
+    append_u64(err, t->nbytes);
+    el_error_append(err, " bytes) overlaps that of tensor ");
+    el_error_append_str(err, other->name);
+    el_error_append(err, " (offset ");
+    append_u64(err, other->offset);
+    el_error_append(err, ")");
+    return EL_ERR_FORMAT;
+}
+
+static el_status wrong_size(el_error *err, const el_gguf_tensor *t, uint64_t region)
+{
+    uint32_t i;
+    fail_named(err, EL_ERR_FORMAT, "corrupt GGUF file: tensor ", t->name, " is ");
+    el_error_append(err, el_gguf_type_name(t->type));
+    el_error_append(err, " of shape [");
+    for (i = 0; i < t->n_dims; i++) {
+        if (i > 0) el_error_append(err, ", ");
+        append_u64(err, t->ne[i]);
+    }
+    el_error_append(err, "], which takes ");
+    append_u64(err, t->nbytes);
+    el_error_append(err, " bytes, but its data region holds ");
+    append_u64(err, region);
+    el_error_append(err, " (its type or shape is corrupt)");
+    return EL_ERR_FORMAT;
+}
+
+static el_status check_region(const el_gguf *gguf, uint64_t i, uint64_t section_end, el_error *err)
+{
+    const el_gguf_tensor *t = &gguf->tensors[i];
+    uint64_t j, end = region_end(gguf, i, section_end), padded;
+    for (j = 0; j < gguf->n_tensors; j++) {
+        const el_gguf_tensor *other = &gguf->tensors[j];
+        if (j != i && other->offset == t->offset) return overlapping(err, j > i ? t : other, j > i ? other : t);
+        if (other->offset == end && t->offset + t->nbytes > end) return overlapping(err, t, other);
+    }
+    /* place_tensor kept offset + nbytes inside the file, so this cannot overflow */
+    padded = (t->offset + t->nbytes + gguf->alignment - 1) / gguf->alignment * gguf->alignment;
+    if (padded < end || t->offset + t->nbytes > end) return wrong_size(err, t, end - t->offset);
+    return EL_OK;
+}
+
+static el_status check_layout(const el_gguf *gguf, el_error *err)
+{
+    uint64_t i, section_end = gguf->size - gguf->data_offset; /* place_tensor: data_offset <= size */
+    for (i = 0; i < gguf->n_tensors; i++) {
+        el_status status = check_region(gguf, i, section_end, err);
+        if (status != EL_OK) return status;
+    }
+    return EL_OK;
+}
+
 el_status el_gguf_parse(el_gguf *gguf, const uint8_t *file, size_t size, el_arena *arena, el_error *err)
 {
     size_t mark;
@@ -493,6 +568,7 @@ el_status el_gguf_parse(el_gguf *gguf, const uint8_t *file, size_t size, el_aren
     if (status == EL_OK) status = read_alignment(gguf, err);
     if (status == EL_OK) status = parse_tensor_infos(&c, gguf, arena, err);
     if (status == EL_OK) status = place_tensors(gguf, c.pos, err);
+    if (status == EL_OK) status = check_layout(gguf, err);
     if (status != EL_OK) el_arena_reset(arena, mark); /* give back what a failed parse took */
     return status;
 }

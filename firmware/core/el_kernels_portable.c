@@ -32,13 +32,30 @@ static uint16_t read_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8
 
 static int round_to_int(float v) { return (int)(v + (v >= 0.0f ? 0.5f : -0.5f)); }
 
+/* A quiet NaN without 0.0f / 0.0f, which some compilers fold with a warning. */
+static float quiet_nan(void)
+{
+    union { uint32_t u; float f; } v;
+    v.u = 0x7fc00000u;
+    return v.f;
+}
+
 void el_quantize_int8(int8_t *q, float *scale, const float *x, int n)
 {
     float amax = 0.0f, inverse;
-    int i;
+    int i, finite = 1;
     for (i = 0; i < n; i++) {
         float a = x[i] < 0 ? -x[i] : x[i];
         if (a > amax) amax = a;
+        else if (a != a) finite = 0;
+    }
+    /* NaN or Inf has no int8 value (converting it to int is undefined behaviour in C).
+     * The block becomes zeros under a NaN scale, so the NaN reaches the matmul's
+     * output, where the runtime can see it, instead of vanishing into finite garbage. */
+    if (!finite || amax > 3.4028235e38f) {
+        for (i = 0; i < n; i++) q[i] = 0;
+        *scale = quiet_nan();
+        return;
     }
     *scale = amax / 127.0f;
     inverse = amax > 0.0f ? 127.0f / amax : 0.0f;

@@ -431,3 +431,81 @@ el_status el_model_load(el_model *model, const uint8_t *file, size_t size, el_ar
     if (status != EL_OK) el_arena_reset(arena, mark); /* a failed load leaves the arena as it found it */
     return status;
 }
+
+/* ------------------------------------------------------------ non-finite weights */
+
+/* A NaN or Inf weight turns every activation it touches into NaN, and the int8
+ * activation quantizer has no value for NaN, so such a file must be refused, not run.
+ * One pass reads each F32/F16 value's exponent bits and each quantized block's fp16
+ * scale (the int8/int4 values are always finite). */
+#define SCAN_CHUNK 4096u  /* values tested branch-free before one look at the result */
+
+/* Adding one to an all-ones exponent carries into the sign bit: bit 31 of the OR says
+ * whether any of the n floats is NaN or Inf, with no branch, so the loop vectorizes. */
+static int f32_chunk_bad(const uint8_t *p, uint64_t n)
+{
+    uint32_t acc = 0;
+    uint64_t i;
+    for (i = 0; i < n; i++) acc |= (el_read_u32(p + i * 4) & 0x7fffffffu) + 0x00800000u;
+    return (acc & 0x80000000u) != 0;
+}
+
+/* The same for n fp16 values `stride` bytes apart (2 for F16, a block for Q8_0 and
+ * Q4_0, whose block starts with its fp16 scale): exponent 0x7c00, the carry in bit 15. */
+static int f16_chunk_bad(const uint8_t *p, size_t stride, uint64_t n)
+{
+    uint32_t acc = 0;
+    uint64_t i;
+    for (i = 0; i < n; i++, p += stride) acc |= (((uint32_t)p[0] | (uint32_t)p[1] << 8) & 0x7fffu) + 0x0400u;
+    return (acc & 0x8000u) != 0;
+}
+
+/* Bytes from one F32/F16 value, or one quantized block, to the next. */
+static size_t value_stride(uint32_t type)
+{
+    return type == EL_TYPE_F32 ? 4 : type == EL_TYPE_F16 ? 2 : type == EL_TYPE_Q8_0 ? 34 : 18;
+}
+
+static int chunk_bad(const el_gguf_tensor *t, uint64_t at, uint64_t n)
+{
+    size_t stride = value_stride(t->type);
+    const uint8_t *p = t->data + at * stride;
+    return t->type == EL_TYPE_F32 ? f32_chunk_bad(p, n) : f16_chunk_bad(p, stride, n);
+}
+
+/* The index of the first non-finite value (an element, or a block's scale), or n when
+ * there is none: chunks are tested branch-free, and only a bad one value by value. */
+static uint64_t first_non_finite(const el_gguf_tensor *t, uint64_t n)
+{
+    uint64_t at, i, len;
+    for (at = 0; at < n; at += len) {
+        len = n - at < SCAN_CHUNK ? n - at : SCAN_CHUNK;
+        if (!chunk_bad(t, at, len)) continue;
+        for (i = at; i < at + len; i++)
+            if (chunk_bad(t, i, 1)) return i;
+    }
+    return n;
+}
+
+/* Elements (F32, F16) or 32-value blocks (Q8_0, Q4_0) of a tensor. */
+static uint64_t value_count(const el_gguf_tensor *t)
+{
+    return t->nbytes / value_stride(t->type);
+}
+
+el_status el_model_check_values(const el_model *model, el_error *err)
+{
+    uint64_t i;
+    for (i = 0; i < model->gguf.n_tensors; i++) {
+        const el_gguf_tensor *t = &model->gguf.tensors[i];
+        uint64_t n = value_count(t), bad = first_non_finite(t, n);
+        int quantized = t->type == EL_TYPE_Q8_0 || t->type == EL_TYPE_Q4_0;
+        if (bad == n) continue;
+        el_fail(err, EL_ERR_FORMAT, "corrupt model: tensor ", NULL, NULL);
+        el_error_append_str(err, t->name);
+        el_error_append(err, quantized ? " has a NaN or Inf scale in block " : " has a NaN or Inf value at element ");
+        el_error_num(err, (long long)bad); /* below the file size */
+        return EL_ERR_FORMAT;
+    }
+    return EL_OK;
+}

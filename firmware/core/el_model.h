@@ -47,6 +47,12 @@ typedef struct {
 
 el_status el_model_load(el_model *model, const uint8_t *file, size_t size, el_arena *arena, el_error *err);
 
+/* One pass over every tensor of a loaded model: an error naming the first tensor with
+ * a NaN or Inf value (F32, F16) or block scale (Q8_0, Q4_0). It reads the whole file,
+ * so a host runs it at load (el_engine_options.check_values) and a board whose image
+ * is checksummed at build time may skip it. */
+el_status el_model_check_values(const el_model *model, el_error *err);
+
 /* Bytes of one row of a matrix of this type and row length (0 for an unsupported type). */
 size_t el_row_bytes(uint32_t type, uint32_t cols);
 

@@ -16,6 +16,7 @@ el_runtime *el_runtime_open(void *memory, size_t memory_size, const uint8_t *mod
     }
     rt->arena = arena;
     if (el_model_load(&rt->model, model, model_size, &rt->arena, err) != EL_OK) return NULL;
+    if (options != NULL && options->check_values && el_model_check_values(&rt->model, err) != EL_OK) return NULL;
     if (el_engine_init(&rt->engine, &rt->model, options, &rt->arena, err) != EL_OK) return NULL;
     rt->scratch_mark = el_arena_mark(&rt->arena);
     return rt;

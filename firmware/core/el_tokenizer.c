@@ -107,11 +107,37 @@ static void note_piece(el_tokenizer *tok, int id)
     }
 }
 
+static int utf8_char_len(const unsigned char *p, size_t avail);
+
+/* GGUF strings are UTF-8, and byte-fallback tokens are stored as the ASCII text
+ * "<0xNN>", so a piece that is not valid UTF-8 comes from a corrupt file; decoding
+ * it would hand broken text to every caller. */
+static el_status check_pieces_utf8(const el_vocab *vocab, el_error *err)
+{
+    int i;
+    for (i = 0; i < vocab->n_tokens; i++) {
+        const unsigned char *p = (const unsigned char *)vocab->pieces[i].data;
+        size_t at = 0, len = vocab->pieces[i].len;
+        int n = 1;
+        while (at < len && (n = utf8_char_len(p + at, len - at)) > 0) at += (size_t)n;
+        if (at < len) {
+            el_fail(err, EL_ERR_FORMAT, "tokenizer: the piece of token ", NULL, NULL);
+            el_error_num(err, i);
+            el_error_append(err, " is not valid UTF-8 (byte ");
+            el_error_num(err, (long long)at);
+            el_error_append(err, ")");
+            return EL_ERR_FORMAT;
+        }
+    }
+    return EL_OK;
+}
+
 el_status el_tokenizer_init(el_tokenizer *tok, const el_vocab *vocab, el_arena *arena, el_error *err)
 {
     int i;
     uint32_t n_slots = 2;
     el_status status = check_vocab(vocab, err);
+    if (status == EL_OK) status = check_pieces_utf8(vocab, err);
     if (status != EL_OK) return status;
     el_memset(tok, 0, sizeof *tok);
     tok->vocab = *vocab;

@@ -35,6 +35,7 @@ completion, the stats line and "[bye]"; `parse_reply` splits it.
 import hashlib
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,6 +139,16 @@ def engine_config(ctx: BuildContext) -> list:
     ]
 
 
+def model_crc32(path) -> int:
+    """zlib's CRC-32 of the model file, which main.c recomputes over the image at boot
+    (EL_MODEL_CRC32) and refuses to run on a mismatch."""
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
 def config_text(ctx: BuildContext) -> str:
     board = ctx.board
     arena = ctx.options.arena_bytes or board.arena or 0
@@ -150,6 +161,7 @@ def config_text(ctx: BuildContext) -> str:
         ("CC", ctx.toolchain.cc),
         ("BOARD_CFLAGS", " ".join(board.cflags)),
         ("MODEL", model),
+        ("MODEL_CRC32", f"0x{model_crc32(ctx.model_path):08x}"),
         ("OUT", ".."),
         ("WEIGHTS_REGION", weights_region),
         ("ARENA_REGION", arena_region),
@@ -162,7 +174,9 @@ def config_text(ctx: BuildContext) -> str:
              "# overridden on make's command line, e.g. `make ARENA_BYTES=2097152`.",
              "# The engine options (manifest.json's \"engine\"): MAX_MODEL_LEN 0 = the model's context;",
              "# KV_DTYPE 0 = f32, 1 = int8; KV_CACHE_BYTES 0 = MAX_SEQS full sequences.",
-             "# MAX_TOKENS = a request's default max_tokens; OUT = where firmware.elf/.bin go."]
+             "# MAX_TOKENS = a request's default max_tokens; OUT = where firmware.elf/.bin go.",
+             "# MODEL_CRC32 = the model file's CRC-32: the firmware checks its image against it at boot",
+             "# (a different MODEL needs its own; empty skips the check)."]
     lines += [f"{key} = {value}" for key, value in pairs]
     return "\n".join(lines) + "\n"
 

@@ -45,6 +45,7 @@ import sys
 from pathlib import Path
 
 from edgellama.boards.targets import BuildContext, compiler_message, copy_core, copy_sources
+from edgellama.boards.targets.baremetal import model_crc32 as baremetal_model_crc32
 from edgellama.errors import EdgeLlamaError
 from edgellama.runtime import build as runtime_build
 
@@ -119,6 +120,7 @@ def src_flags(ctx: BuildContext) -> list:
         _define("EL_ARENA_PSRAM", int(arena_in_psram(ctx))),
         *engine_defines(ctx),
         _define("EL_BAUD", ctx.board.reach.baud),
+        f"-DEL_MODEL_CRC32=0x{baremetal_model_crc32(ctx.model_path):08x}u",  # checked at boot (main.c)
     ]
 
 

@@ -187,6 +187,7 @@ static void set_defaults(options *o)
     o->request.max_tokens = DEFAULT_MAX_TOKENS;
     o->engine.max_seqs = 1; /* one conversation or prompt at a time */
     o->engine.kv_dtype = EL_KV_F32;
+    o->engine.check_values = 1; /* a file from anywhere: refuse NaN/Inf weights at load */
     o->template_name = "auto";
     o->prompt_tokens = 64;
     o->gen_tokens = 128;
