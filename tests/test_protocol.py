@@ -87,6 +87,9 @@ PROBE = r"""
 static el_proto_parser parser;
 void probe_reset(void) { el_proto_parser_init(&parser); }
 int probe_feed(int byte) { return el_proto_feed(&parser, byte); }
+int probe_next(void) { return el_proto_next(&parser); }
+int probe_drop(void) { return el_proto_drop(&parser); }
+int probe_busy(void) { return el_proto_busy(&parser); }
 int probe_type(void) { return parser.type; }
 int probe_len(void) { return parser.len; }
 const uint8_t *probe_payload(void) { return parser.payload; }
@@ -128,16 +131,27 @@ def test_c_parser_decodes_python_frames(clib):
     bad = bytearray(P.encode(1, b"abc"))
     bad[5] ^= 1
     stream += bad + P.MAGIC + struct.pack("<BH", 2, 513) + P.encode(7, b"last")
-    clib.probe_reset()
+    got, results = c_decode(clib, stream)
+    assert got == frames + [(7, b"last")]
+    assert -2 in results and -3 in results  # the bad CRC and the oversized header
+
+
+def c_decode(clib, stream, reset=True):
+    """The frames the C parser finds in `stream` (fed a byte at a time, every result
+    drained with el_proto_next), and its results."""
+    if reset:
+        clib.probe_reset()
     got, results = [], []
     for byte in stream:
         r = clib.probe_feed(byte)
-        results.append(r)
-        if r == 1:
-            n = clib.probe_len()
-            got.append((clib.probe_type(), bytes(clib.probe_payload()[:n])))
-    assert got == frames + [(7, b"last")]
-    assert -2 in results and -3 in results  # the bad CRC and the oversized header
+        while r != 0:
+            results.append(r)
+            if r == 1:
+                n = clib.probe_len()
+                got.append((clib.probe_type(), bytes(clib.probe_payload()[:n])))
+                assert clib.probe_payload()[n] == 0  # NUL after the payload
+            r = clib.probe_next()
+    return got, results
 
 
 # ---------------------------------------------------------------- the POSIX program's serve mode

@@ -9,6 +9,7 @@ empty line and the prompt; TOKEN's is a 4-byte device time (microseconds since t
 request began, little-endian) and a piece of text.
 """
 
+import binascii
 import struct
 from dataclasses import dataclass
 
@@ -17,6 +18,12 @@ from edgellama.errors import EdgeLlamaError
 MAGIC = b"\xfe\x4c"
 MAX_PAYLOAD = 512
 OVERHEAD = 7
+MAX_FRAME = MAX_PAYLOAD + OVERHEAD
+# a half frame silent this long is dropped by a host (a device that reset mid-frame); the
+# device's own gap is 300 ms, the host's is longer: a device never pauses inside a frame,
+# an emulator on a loaded machine may
+HOST_GAP_S = 2.0
+NOISE_KEPT = 256  # the last bytes outside frames a Decoder keeps, for error messages
 VERSION = 1
 
 HELLO, GENERATE, CANCEL, BENCH, PING, STATS, RESET = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
@@ -34,13 +41,15 @@ SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty",
                  "presence_penalty", "seed", "max_tokens", "min_tokens")
 
 
+class ProtocolError(EdgeLlamaError):
+    """A frame whose payload does not fit its type."""
+
+
 def crc16(data: bytes, crc: int = 0xFFFF) -> int:
-    """CRC-16/CCITT-FALSE: poly 0x1021, init 0xFFFF, no reflection, no final xor."""
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
-    return crc
+    """CRC-16/CCITT-FALSE: poly 0x1021, init 0xFFFF, no reflection, no final xor.
+    binascii's CRC-CCITT is that CRC given 0xFFFF to start (and runs in C: a decoder
+    checks a CRC for every candidate frame in noise)."""
+    return binascii.crc_hqx(data, crc)
 
 
 def encode(type_: int, payload: bytes = b"") -> bytes:
@@ -66,49 +75,91 @@ class Frame:
 
     def token(self) -> tuple:
         """(device time in seconds since the request began, text bytes) of a TOKEN."""
+        if len(self.payload) < 4:
+            raise ProtocolError(f"a {self.name} frame of {len(self.payload)} payload bytes has no 4-byte device "
+                                "time")
         t, = struct.unpack_from("<I", self.payload)
         return t / 1e6, self.payload[4:]
 
 
 class Decoder:
-    """Bytes in (any split), frames out. Bytes outside frames (noise, plain text) are kept
-    in `noise`; a frame with a wrong CRC is dropped and scanning goes on from the byte
-    after its magic; an announced length over MAX_PAYLOAD is dropped at its header."""
+    """Bytes in (any split), frames out.
+
+    Resynchronization (firmware/PROTOCOL.md): a candidate frame starts at each magic; one
+    with a length over MAX_PAYLOAD is rejected at its header, one with a wrong CRC when
+    its last byte arrives, and either way the search for the magic resumes at the byte
+    after the rejected magic, so a frame inside a rejected one is still found. Between
+    feeds the decoder holds at most one unfinished candidate (under MAX_FRAME bytes);
+    bytes outside frames are counted in `noise_bytes` and only the last NOISE_KEPT of
+    them kept in `noise`. Each candidate costs O(1) Python steps and one CRC in C, so a
+    feed is linear in its data (times MAX_FRAME at worst, for a run of fake headers)."""
 
     def __init__(self):
-        self.buf = bytearray()
-        self.noise = bytearray()
+        self.buf = bytearray()     # the unfinished candidate: starts with the magic (or is a lone FE)
+        self.noise = bytearray()   # the last NOISE_KEPT bytes outside frames
+        self.noise_bytes = 0
         self.bad_frames = 0
 
+    def _skip(self, buf, start: int, end: int):
+        if end <= start:
+            return
+        self.noise_bytes += end - start
+        self.noise += buf[max(start, end - NOISE_KEPT):end]
+        del self.noise[:-NOISE_KEPT]
+
     def feed(self, data: bytes) -> list:
-        self.buf += data
+        buf = self.buf + data
+        view = memoryview(buf)
+        frames, at, n = [], 0, len(buf)
+        try:
+            while True:
+                start = buf.find(MAGIC, at)
+                if start < 0:  # a last FE may be the first half of a magic
+                    start = n - 1 if n > at and buf[-1] == MAGIC[0] else n
+                    self._skip(buf, at, start)
+                    at = start
+                    break
+                self._skip(buf, at, start)
+                at = start
+                if n - at < 5:
+                    break
+                type_, length = struct.unpack_from("<BH", buf, at + 2)
+                if length > MAX_PAYLOAD:
+                    self._reject(buf, at)
+                    at += len(MAGIC)
+                    continue
+                if n - at < length + OVERHEAD:
+                    break
+                crc, = struct.unpack_from("<H", buf, at + 5 + length)
+                if crc != crc16(view[at + 2:at + 5 + length]):
+                    self._reject(buf, at)
+                    at += len(MAGIC)
+                    continue
+                frames.append(Frame(type_, bytes(view[at + 5:at + 5 + length])))
+                at += length + OVERHEAD
+        finally:
+            view.release()
+        self.buf = buf[at:]
+        return frames
+
+    def _reject(self, buf, at: int):
+        """A candidate at `at` is not a frame: its magic is noise, the bytes after it are rescanned."""
+        self.bad_frames += 1
+        self._skip(buf, at, at + len(MAGIC))
+
+    def drop(self) -> list:
+        """Rejects what is unfinished (a half frame: the link went quiet inside it) and
+        rescans the bytes after its magic; returns the frames found. Every byte held
+        arrived before the gap, so a half frame found by the rescan is dropped too."""
         frames = []
-        while True:
-            at = self.buf.find(MAGIC)
-            if at < 0:
-                keep = 1 if self.buf.endswith(MAGIC[:1]) else 0
-                self.noise += self.buf[:len(self.buf) - keep]
-                del self.buf[:len(self.buf) - keep]
-                return frames
-            self.noise += self.buf[:at]
-            del self.buf[:at]
-            if len(self.buf) < 5:
-                return frames
-            type_, length = struct.unpack_from("<BH", self.buf, 2)
-            if length > MAX_PAYLOAD:
-                self.bad_frames += 1
-                del self.buf[:2]
-                continue
-            if len(self.buf) < length + OVERHEAD:
-                return frames
-            body = bytes(self.buf[2:5 + length])
-            crc, = struct.unpack_from("<H", self.buf, 5 + length)
-            if crc != crc16(body):
-                self.bad_frames += 1
-                del self.buf[:2]
-                continue
-            frames.append(Frame(type_, body[3:]))
-            del self.buf[:length + OVERHEAD]
+        while self.buf:
+            held, self.buf = self.buf, bytearray()
+            if len(held) >= len(MAGIC):
+                self._reject(held, 0)
+            else:
+                self._skip(held, 0, len(held))
+            frames += self.feed(held[len(MAGIC):])
+        return frames
 
     def partial(self) -> bool:
         return bool(self.buf)

@@ -48,6 +48,7 @@ class ProtocolDevice(Device):
         self.timeout = timeout
         self.transport = transport
         self.decoder = P.Decoder()
+        self._last_data = time.monotonic()  # when bytes last came: a half frame silent HOST_GAP_S is dropped
         self.frames = []
         self.link_errors = []   # the device's answers to noise that looked like a frame header
         self.last_stats = Stats()
@@ -73,7 +74,7 @@ class ProtocolDevice(Device):
 
     def _received(self) -> str:
         noise = bytes(self.decoder.noise[-200:]).decode("utf-8", "replace")
-        return (f"{len(self.decoder.noise)} bytes outside frames" + (f" (last: {noise!r})" if noise else "") +
+        return (f"{self.decoder.noise_bytes} bytes outside frames" + (f" (last: {noise!r})" if noise else "") +
                 (", a half frame" if self.decoder.partial() else ""))
 
     def next_frame(self, timeout: float, what: str) -> P.Frame:
@@ -89,12 +90,18 @@ class ProtocolDevice(Device):
                 raise EdgeLlamaError(f"{self.stream.description}: the link closed during {what} ({e}); "
                                      f"received {self._received()}") from None
             if data:
-                for frame in self.decoder.feed(data):
-                    if frame.type == P.ERROR and frame.payload.startswith(P.FRAMING_ERROR):
-                        self.link_errors.append(frame.payload.decode("utf-8", "replace"))  # about line noise
-                    else:
-                        self.frames.append(frame)
+                self._last_data = time.monotonic()
+                self._take(self.decoder.feed(data))
+            elif self.decoder.partial() and time.monotonic() - self._last_data >= P.HOST_GAP_S:
+                self._take(self.decoder.drop())  # a half frame: what came after its magic is rescanned
         return self.frames.pop(0)
+
+    def _take(self, frames):
+        for frame in frames:
+            if frame.type == P.ERROR and frame.payload.startswith(P.FRAMING_ERROR):
+                self.link_errors.append(frame.payload.decode("utf-8", "replace"))  # about line noise
+            else:
+                self.frames.append(frame)
 
     def _request(self, type_: int, payload: bytes, answer: int, timeout: float | None = None) -> P.Frame:
         """Send one message and wait for its answer, skipping what an earlier reply left."""

@@ -8,6 +8,7 @@
 #endif
 #define SERVE_EVENTS 4
 #define GAP_US 300000u /* a frame silent this long is dropped (a half frame after a cut) */
+#define TOO_LONG_TEXT "frame too long (the maximum payload is 512 bytes)"
 
 /* ------------------------------------------------------------ CRC and frames */
 
@@ -41,61 +42,103 @@ int el_proto_encode(uint8_t *out, int capacity, int type, const uint8_t *payload
 
 void el_proto_parser_init(el_proto_parser *p)
 {
-    p->state = 0;
-    p->type = p->len = p->got = 0;
-    p->crc = 0;
-    p->payload[0] = 0;
+    static const uint8_t empty[1] = {0};
+    p->start = p->have = p->end = p->fresh = 0;
+    p->noise = p->type = p->len = 0;
+    p->payload = empty;
 }
 
-int el_proto_busy(const el_proto_parser *p) { return p->state != 0; }
+int el_proto_busy(const el_proto_parser *p) { return p->have != 0; }
+
+static int frame_len(const el_proto_parser *p) { return p->raw[p->start + 3] | (p->raw[p->start + 4] << 8); }
+
+/* The candidate is not a frame: the search for the magic resumes at the byte after its
+ * first one, so what it swallowed (a frame sent after a half frame) is rescanned. */
+static void reject(el_proto_parser *p)
+{
+    p->start++;
+    p->have = 0;
+}
+
+/* Every byte of a candidate is in: a frame if its CRC matches. */
+static int finish(el_proto_parser *p)
+{
+    uint8_t *f = p->raw + p->start;
+    int len = frame_len(p);
+    uint16_t crc = el_proto_crc16(0xFFFFu, f + 2, len + 3);
+    if (f[5 + len] != (crc & 0xFFu) || f[6 + len] != (crc >> 8)) {
+        reject(p);
+        return EL_PROTO_BAD_CRC;
+    }
+    p->type = f[2];
+    p->len = len;
+    f[5 + len] = 0; /* the CRC's first byte, checked: now the NUL after the payload */
+    p->payload = f + 5;
+    p->start += len + EL_PROTO_OVERHEAD;
+    p->have = 0;
+    return EL_PROTO_FRAME;
+}
+
+/* The next held byte, raw[start + have], against the candidate. */
+static int examine(el_proto_parser *p)
+{
+    int at = p->start + p->have, fresh = at >= p->fresh;
+    uint8_t b = p->raw[at];
+    if (fresh) p->fresh = at + 1;
+    if (p->have == 0) {
+        if (b == EL_PROTO_MAGIC0) {
+            p->have = 1;
+            return EL_PROTO_MORE;
+        }
+        p->start++;
+        p->noise = b;
+        /* a rescanned byte was part of a binary frame: not the start of a text line */
+        return fresh ? EL_PROTO_NOISE : EL_PROTO_MORE;
+    }
+    p->have++;
+    if (p->have == 2) {
+        if (b != EL_PROTO_MAGIC1) reject(p); /* 0xFE 0xFE: the second may start a frame */
+        return EL_PROTO_MORE;
+    }
+    if (p->have < 5) return EL_PROTO_MORE;
+    if (frame_len(p) > EL_PROTO_MAX_PAYLOAD) { /* rejected at its header: nothing waits for its payload */
+        reject(p);
+        return EL_PROTO_TOO_LONG;
+    }
+    return p->have < frame_len(p) + EL_PROTO_OVERHEAD ? EL_PROTO_MORE : finish(p);
+}
+
+int el_proto_next(el_proto_parser *p)
+{
+    int r;
+    while (p->start + p->have < p->end)
+        if ((r = examine(p)) != EL_PROTO_MORE) return r;
+    return EL_PROTO_MORE;
+}
+
+/* Moves the held bytes to the front of raw. They are never a full frame when a byte
+ * comes (a full candidate is decided at once), so there is room for it. */
+static void compact(el_proto_parser *p)
+{
+    int i, n = p->end - p->start;
+    for (i = 0; i < n; i++) p->raw[i] = p->raw[p->start + i];
+    p->fresh = p->fresh > p->start ? p->fresh - p->start : 0;
+    p->end = n;
+    p->start = 0;
+}
 
 int el_proto_feed(el_proto_parser *p, int byte)
 {
-    uint8_t b = (uint8_t)byte;
-    switch (p->state) {
-    case 0:
-        if (b != EL_PROTO_MAGIC0) return EL_PROTO_NOISE;
-        p->state = 1;
-        return EL_PROTO_MORE;
-    case 1:
-        if (b == EL_PROTO_MAGIC1) p->state = 2;
-        else if (b != EL_PROTO_MAGIC0) p->state = 0; /* 0xFE 0xFE: the second may start a frame */
-        return EL_PROTO_MORE;
-    case 2:
-        p->type = b;
-        p->crc = el_proto_crc16(0xFFFFu, &b, 1);
-        p->state = 3;
-        return EL_PROTO_MORE;
-    case 3:
-        p->len = b;
-        p->crc = el_proto_crc16(p->crc, &b, 1);
-        p->state = 4;
-        return EL_PROTO_MORE;
-    case 4:
-        p->len |= (int)b << 8;
-        p->crc = el_proto_crc16(p->crc, &b, 1);
-        p->got = 0;
-        if (p->len > EL_PROTO_MAX_PAYLOAD) { /* never read into the buffer: drop it now */
-            p->state = 0;
-            return EL_PROTO_TOO_LONG;
-        }
-        p->state = p->len > 0 ? 5 : 6;
-        return EL_PROTO_MORE;
-    case 5:
-        p->payload[p->got++] = b;
-        p->crc = el_proto_crc16(p->crc, &b, 1);
-        if (p->got == p->len) p->state = 6;
-        return EL_PROTO_MORE;
-    case 6:
-        p->state = (b == (p->crc & 0xFF)) ? 7 : 8;
-        return EL_PROTO_MORE;
-    default: {
-        int ok = p->state == 7 && b == (p->crc >> 8);
-        p->state = 0;
-        p->payload[p->len] = 0;
-        return ok ? EL_PROTO_FRAME : EL_PROTO_BAD_CRC;
-    }
-    }
+    if (p->end == EL_PROTO_MAX_FRAME) compact(p);
+    if (p->end == EL_PROTO_MAX_FRAME) el_proto_parser_init(p); /* cannot happen (see compact): never overflow */
+    p->raw[p->end++] = (uint8_t)byte;
+    return el_proto_next(p);
+}
+
+int el_proto_drop(el_proto_parser *p)
+{
+    if (p->have > 0) reject(p);
+    return el_proto_next(p);
 }
 
 /* ------------------------------------------------------------ key=value text */
@@ -186,6 +229,7 @@ typedef struct {
     char system[EL_PROTO_MAX_PAYLOAD];
     int system_len;
     int conv_seq, last_seq, tmpl, cancelled, ended;
+    uint64_t last_input_us; /* when the last byte (or text line) came: for the half-frame gap */
     uint32_t bench_count; /* the last BENCH call's number (el_bench_prompt) */
 } server;
 
@@ -267,28 +311,36 @@ static void send_token(uint64_t t_us, const char *text, int n)
     } while (n > 0);
 }
 
-/* Input while a reply runs: CANCEL stops it, PING is answered, anything else is busy. */
+/* One parser result while a reply runs: CANCEL stops it (returns 1), PING is answered,
+ * any other request is busy. */
+static int answer_while_busy(int r, int seq)
+{
+    if (r == EL_PROTO_TOO_LONG) send_error(TOO_LONG_TEXT, NULL);
+    if (r != EL_PROTO_FRAME) return 0;
+    if (S.parser.type == EL_MSG_CANCEL) {
+        S.cancelled = 1;
+        el_runtime_abort(S.rt, seq);
+        return 1; /* what follows is the next request: the main loop reads it */
+    }
+    if (S.parser.type == EL_MSG_PING) send_frame(EL_MSG_PONG, S.parser.payload, S.parser.len);
+    else send_error("busy: a reply is running (send CANCEL first)", NULL);
+    return 0;
+}
+
+/* Input while a reply runs, until none is waiting or CANCEL. */
 static void poll_input(int seq)
 {
-    int c, r;
-    while (!S.ended && (c = S.io->read(S.io->user, 0)) != -1) {
+    int c, r = el_proto_next(&S.parser); /* bytes held back by a rescan come first */
+    for (;;) {
+        for (; r != EL_PROTO_MORE; r = el_proto_next(&S.parser))
+            if (answer_while_busy(r, seq)) return;
+        if (S.ended || (c = S.io->read(S.io->user, 0)) == -1) return;
         if (c == -2) {
             S.ended = 1;
             el_runtime_abort(S.rt, seq);
             return;
         }
         r = el_proto_feed(&S.parser, c);
-        if (r == EL_PROTO_TOO_LONG) send_error("frame too long (the maximum payload is 512 bytes)", NULL);
-        if (r != EL_PROTO_FRAME) continue;
-        if (S.parser.type == EL_MSG_CANCEL) {
-            S.cancelled = 1;
-            el_runtime_abort(S.rt, seq);
-            return; /* what follows is the next request: the main loop reads it */
-        } else if (S.parser.type == EL_MSG_PING) {
-            send_frame(EL_MSG_PONG, S.parser.payload, S.parser.len);
-        } else {
-            send_error("busy: a reply is running (send CANCEL first)", NULL);
-        }
     }
 }
 
@@ -335,12 +387,13 @@ static void memory_kv(void)
 static void handle_hello(void)
 {
     const el_config *cfg = el_runtime_config(S.rt);
+    const char *board = S.io->board != NULL ? S.io->board : ""; /* a server without a board name (a harness) */
     el_engine_stats st;
     el_runtime_stats(S.rt, &st);
     S.out_len = 0;
     out_kv("protocol", EL_PROTO_VERSION);
     out_kv_str("version", el_runtime_version(), (int)el_strlen(el_runtime_version()));
-    out_kv_str("board", S.io->board, (int)el_strlen(S.io->board));
+    out_kv_str("board", board, (int)el_strlen(board));
     out_kv_str("model", S.rt->model.name.data, (int)S.rt->model.name.len);
     out_kv("ctx", (uint64_t)S.rt->engine.options.max_model_len);
     out_kv("vocab", (uint64_t)cfg->vocab_size);
@@ -603,10 +656,29 @@ static void handle_frame(void)
     }
 }
 
+/* Acts on the parser's results, starting with r, until it needs input: one byte can
+ * complete several frames (a rescan after a rejected candidate). */
+static void serve_results(int r)
+{
+    int c;
+    while (r != EL_PROTO_MORE && !S.ended) {
+        if (r == EL_PROTO_FRAME) handle_frame();
+        else if (r == EL_PROTO_TOO_LONG) send_error(TOO_LONG_TEXT, NULL);
+        else if (r == EL_PROTO_NOISE && S.io->text_line != NULL) {
+            c = S.io->text_line(S.io->user, S.parser.noise);
+            S.last_input_us = now_us();
+            if (c >= 0) { /* a frame began inside the line */
+                r = el_proto_feed(&S.parser, c);
+                continue;
+            }
+        }
+        r = el_proto_next(&S.parser);
+    }
+}
+
 int el_serve(el_runtime *rt, const el_serve_io *io)
 {
-    int c, r;
-    uint64_t last = 0;
+    int c;
     el_memset(&S, 0, sizeof S);
     S.rt = rt;
     S.io = io;
@@ -617,19 +689,13 @@ int el_serve(el_runtime *rt, const el_serve_io *io)
         /* inside a frame, wait a little: a frame silent for GAP_US is a half frame */
         c = io->read(io->user, el_proto_busy(&S.parser) && io->now_us != NULL ? 50 : -1);
         if (c == -2) break;
-        if (c == -1) {
-            if (el_proto_busy(&S.parser) && now_us() - last > GAP_US) el_proto_parser_init(&S.parser);
+        if (c == -1) { /* the half frame is rejected; what came after its magic is rescanned */
+            if (el_proto_busy(&S.parser) && now_us() - S.last_input_us > GAP_US)
+                serve_results(el_proto_drop(&S.parser));
             continue;
         }
-        last = now_us();
-        r = el_proto_feed(&S.parser, c);
-        if (r == EL_PROTO_FRAME) handle_frame();
-        else if (r == EL_PROTO_TOO_LONG) send_error("frame too long (the maximum payload is 512 bytes)", NULL);
-        else if (r == EL_PROTO_NOISE && io->text_line != NULL) {
-            c = io->text_line(io->user, c);
-            if (c >= 0) el_proto_feed(&S.parser, c);
-            last = now_us();
-        }
+        S.last_input_us = now_us();
+        serve_results(el_proto_feed(&S.parser, c));
     }
     release_all();
     return 0;

@@ -44,24 +44,49 @@ uint16_t el_proto_crc16(uint16_t crc, const uint8_t *data, int n);
  * out is too small. */
 int el_proto_encode(uint8_t *out, int capacity, int type, const uint8_t *payload, int len);
 
-/* The receiving side: bytes in one at a time. */
+/* The receiving side: bytes in one at a time.
+ *
+ * Resynchronization: a candidate frame starts at each magic. One that is rejected (an
+ * oversized length, a wrong CRC, a FE not followed by 0x4C, or el_proto_drop after a
+ * gap) is not skipped whole: the search for the magic resumes at the byte after its
+ * first one, so a frame inside a rejected one (a request sent after a half frame) is
+ * still found. The parser keeps the candidate's bytes for that in `raw`, at most one
+ * maximum frame, never more: no byte is ever lost for want of room.
+ *
+ * One byte in can give several results (the rescanned bytes may hold frames): after a
+ * result other than EL_PROTO_MORE, call el_proto_next until it returns EL_PROTO_MORE
+ * before reading on. Bytes rescanned outside any frame are skipped silently; NOISE is
+ * only reported for a byte that arrived while no frame was in progress. */
 enum {
-    EL_PROTO_MORE = 0,      /* the byte belongs to a frame not complete yet */
+    EL_PROTO_MORE = 0,      /* nothing more to report until the next byte */
     EL_PROTO_FRAME = 1,     /* a frame is complete: type, payload, len */
-    EL_PROTO_NOISE = -1,    /* the byte is outside any frame (not the magic) */
-    EL_PROTO_BAD_CRC = -2,  /* a frame ended with a wrong CRC: dropped */
-    EL_PROTO_TOO_LONG = -3  /* a header announced more than EL_PROTO_MAX_PAYLOAD: dropped */
+    EL_PROTO_NOISE = -1,    /* the byte arrived outside any frame (not the magic) */
+    EL_PROTO_BAD_CRC = -2,  /* a candidate ended with a wrong CRC: rejected, its bytes rescanned */
+    EL_PROTO_TOO_LONG = -3  /* a header announced more than EL_PROTO_MAX_PAYLOAD: rejected, rescanned */
 };
 
+#define EL_PROTO_MAX_FRAME (EL_PROTO_MAX_PAYLOAD + EL_PROTO_OVERHEAD)
+
 typedef struct {
-    int state;              /* 0 scanning, 1 magic seen, 2..4 header, 5 payload, 6..7 CRC */
-    int type, len, got;
-    uint16_t crc;
-    uint8_t payload[EL_PROTO_MAX_PAYLOAD + 1]; /* NUL after the payload */
+    uint8_t raw[EL_PROTO_MAX_FRAME]; /* the candidate from its magic, then bytes to rescan */
+    int start;  /* the candidate's first byte in raw */
+    int have;   /* bytes of the candidate examined (0: searching for the magic) */
+    int end;    /* bytes held in raw */
+    int fresh;  /* raw[fresh..end) were never examined: only those can be reported as NOISE */
+    int noise;  /* the byte a NOISE result reports */
+    /* the last FRAME (valid until the next call): payload points into raw, NUL after it */
+    int type, len;
+    const uint8_t *payload;
 } el_proto_parser;
 
 void el_proto_parser_init(el_proto_parser *p);
+/* A received byte; the first result (then el_proto_next until EL_PROTO_MORE). */
 int el_proto_feed(el_proto_parser *p, int byte);
+/* The next result from bytes held back by a rejected candidate, or EL_PROTO_MORE. */
+int el_proto_next(el_proto_parser *p);
+/* Rejects the frame in progress (a half frame after a gap) and rescans its bytes; the
+ * first result, as el_proto_next. */
+int el_proto_drop(el_proto_parser *p);
 /* Whether a frame has started and not ended (for dropping a half frame after a gap). */
 int el_proto_busy(const el_proto_parser *p);
 
