@@ -188,6 +188,51 @@ def _connect(host, identity, known_hosts, trust_host_key, timeout):
                    timeout=timeout)
 
 
+SPACE_MARGIN = 64 * 1024  # directory entries and the links' room, beyond the files themselves
+
+
+def _free_bytes(client, path: str) -> int | None:
+    """Bytes free for the remote user on the filesystem holding path (POSIX `df -Pk`), or None."""
+    try:
+        rc, out, _ = client.run(["df", "-Pk", "--", path], timeout=30)
+    except EdgeLlamaError:
+        return None
+    lines = out.strip().splitlines()
+    if rc != 0 or len(lines) < 2:
+        return None
+    fields = " ".join(lines[1:]).split()  # a long device name wraps onto its own line
+    try:
+        return int(fields[3]) * 1024
+    except (IndexError, ValueError):
+        return None
+
+
+def _kib(n: int) -> str:
+    return f"{n / 1024:,.0f} KiB" if n < 10 << 20 else f"{n / (1 << 20):,.1f} MiB"
+
+
+def _check_space(client, releases: str, need: int):
+    """Refuse before uploading when the remote's disk cannot hold the release."""
+    free = _free_bytes(client, releases)
+    if free is not None and free < need + SPACE_MARGIN:
+        raise EdgeLlamaError(f"{client.target}: not enough disk space on the device for the release: {_kib(free)} "
+                             f"free under {releases}, it needs {_kib(need + SPACE_MARGIN)}; remove old releases "
+                             f"there or free space; the running release is untouched")
+
+
+def _upload_error(client, e: EdgeLlamaError, staging: str, name: str, still_needed: int) -> EdgeLlamaError:
+    """One line for a failed upload: the disk filling up says so (SFTP reports it only as
+    \"Failure\"); anything else keeps its own words."""
+    from edgellama.devices.transports.ssh import UploadRefused
+    if isinstance(e, UploadRefused):
+        free = _free_bytes(client, staging)
+        if free is not None and free < still_needed:
+            return EdgeLlamaError(f"{client.target}: the device ran out of disk space while uploading {name} "
+                                  f"({_kib(free)} free, {_kib(still_needed)} still to write); the running "
+                                  f"release is untouched")
+    return EdgeLlamaError(f"{e}; the running release is untouched")
+
+
 def flash_linux(board: Board, build_dir, host: str, identity=None, known_hosts=None, trust_host_key: bool = False,
                 remote_dir: str = DEFAULT_REMOTE_DIR, progress=None, after_upload=None, timeout: float = 15.0,
                 echo=None) -> FlashResult:
@@ -221,6 +266,9 @@ def flash_linux(board: Board, build_dir, host: str, identity=None, known_hosts=N
         # staging left by an earlier flash that was cut off (never under `current`)
         client.run(["find", releases, "-mindepth", "1", "-maxdepth", "1", "-name", ".*.partial", "-exec",
                     "rm", "-rf", "--", "{}", "+"])
+        total = sum(a["bytes"] for a in artifacts)
+        manifest_bytes = (build_dir / MANIFEST).stat().st_size
+        _check_space(client, releases, total + manifest_bytes)
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         name = f"{program_sha[:8]}{model_sha[:4]}-{stamp}-{secrets.token_hex(2)}"
         release = posixpath.join(releases, name)
@@ -228,7 +276,6 @@ def flash_linux(board: Board, build_dir, host: str, identity=None, known_hosts=N
         client.check(["mkdir", "--", staging])
         done = False
         try:
-            total = sum(a["bytes"] for a in artifacts)
             bar = None if progress is not None else _tqdm_progress(total)
             sent_before = 0
             remote_parts = []
@@ -243,7 +290,7 @@ def flash_linux(board: Board, build_dir, host: str, identity=None, known_hosts=N
                 try:
                     client.upload(build_dir / a["path"], part, callback)
                 except EdgeLlamaError as e:
-                    raise EdgeLlamaError(f"{e}; the running release is untouched") from None
+                    raise _upload_error(client, e, staging, a["path"], total + manifest_bytes - sent_before) from None
                 sent_before += a["bytes"]
                 remote_parts.append((a, part))
             if bar is not None:
@@ -263,7 +310,10 @@ def flash_linux(board: Board, build_dir, host: str, identity=None, known_hosts=N
             for a, part in remote_parts:
                 client.check(["mv", "--", part, posixpath.join(staging, a["path"])])
             client.check(["chmod", "755", "--", posixpath.join(staging, PROGRAM)])
-            client.upload(build_dir / MANIFEST, posixpath.join(staging, MANIFEST))
+            try:
+                client.upload(build_dir / MANIFEST, posixpath.join(staging, MANIFEST))
+            except EdgeLlamaError as e:
+                raise _upload_error(client, e, staging, MANIFEST, manifest_bytes) from None
             client.check(["mv", "-T", "--", staging, release])
             done = True
         finally:

@@ -156,7 +156,7 @@ class ProtocolDevice(Device):
         self.send(P.GENERATE, payload)
         self._in_flight = True
         start = time.perf_counter()
-        done = None
+        done, received = None, 0
         try:
             while done is None:
                 if self._cancelled and not self._cancel_sent:
@@ -164,6 +164,7 @@ class ProtocolDevice(Device):
                 frame = self.next_frame(self.timeout, "GENERATE")
                 if frame.type == P.TOKEN:
                     t, data = frame.token()
+                    received += len(data)
                     stats.token_times_s.append(t)
                     stats.extra.setdefault("host_token_times_s", []).append(time.perf_counter() - start)
                     text = decoder.decode(data)
@@ -180,6 +181,10 @@ class ProtocolDevice(Device):
             if done is None:
                 self._drain_after_abort()
             self._in_flight = False
+        sent = _int(done.get("text_bytes"))
+        if sent is not None and sent != received:  # a TOKEN frame failed its CRC on the way
+            raise EdgeLlamaError(f"{self.stream.description}: {sent - received} of the reply's {sent} bytes were "
+                                 "lost to line noise; the text above is incomplete")
         stats.output_tokens = _int(done.get("tokens"), len(stats.token_times_s))
         stats.prompt_tokens = _int(done.get("computed") if chat else done.get("prompt"), 0)
         stats.cached_tokens = _int(done.get("cached"), 0)

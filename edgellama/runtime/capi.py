@@ -16,7 +16,10 @@ from edgellama.runtime.build import build_shared_library, runtime_library_source
 from edgellama.runtime.engine_options import KV_DTYPES
 
 MAX_STOP_STRINGS, MAX_STOP_LEN, MAX_STOP_TOKENS = 4, 32, 8
-FINISH_REASONS = {0: None, 1: "stop", 2: "length", 3: "abort"}
+FINISH_REASONS = {0: None, 1: "stop", 2: "length", 3: "abort", 4: "error"}
+FINISH_ERROR = 4
+# EL_FINISH_ERROR_TEXT (el_sequence.h): why a sequence finished with "error"
+FINISH_ERROR_TEXT = "the model's logits became NaN or infinite (its activations overflowed)"
 STOP_NONE, STOP_EOS, STOP_TOKEN, STOP_STRING = 0, 1, 2, 3
 STATUS_NAMES = {1: "argument", 2: "format", 3: "unsupported", 4: "no memory", 5: "capacity"}
 NO_MEMORY = 4

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+from edgellama.errors import EdgeLlamaError
 from edgellama.model.loading import resolve
 from edgellama.runtime import capi
 from edgellama.runtime.outputs import CompletionOutput, RequestMetrics, RequestOutput
@@ -109,7 +110,9 @@ class LLM:
     def _finish(self, seq: int, active: _Active, event) -> RequestOutput:
         tokens, n_prompt, n_cached = self._rt.tokens(seq)
         self._rt.release(seq)
-        if event.stop_kind == capi.STOP_TOKEN:
+        if event.finish == capi.FINISH_ERROR:
+            stop_reason = capi.FINISH_ERROR_TEXT  # finish_reason "error": what went wrong, in words
+        elif event.stop_kind == capi.STOP_TOKEN:
             stop_reason = event.stop_value
         elif event.stop_kind == capi.STOP_STRING:
             stop_reason = active.params.stop[event.stop_value]
@@ -206,10 +209,17 @@ class LLM:
 
     def generate_stream(self, prompt, sampling_params: SamplingParams | None = None):
         """Yield RequestOutputs as tokens arrive; outputs[0].text is the new text only
-        (vLLM's DELTA kind). The last one has finished=True and the finish reason."""
+        (vLLM's DELTA kind). The last one has finished=True and the finish reason.
+        A generation that fails (NaN or Inf logits: finish_reason "error" in generate)
+        raises EdgeLlamaError after the text so far: a stream has no other way to say it."""
         params = sampling_params or SamplingParams()
         for state, event, output in self._events([prompt], [params]):
             delta = event.text_bytes().decode("utf-8", "replace")
+            if output is not None and output.outputs[0].finish_reason == "error":
+                if delta:
+                    yield RequestOutput(state.request_id, state.prompt, state.prompt_token_ids, None,
+                                        [CompletionOutput(0, delta, [])], False, state.metrics)
+                raise EdgeLlamaError(f"generation stopped: {capi.FINISH_ERROR_TEXT}")
             if output is not None:
                 output.outputs[0].text = delta
                 yield output
@@ -246,6 +256,8 @@ class ChatSession:
             for event in events:
                 if event.seq_id == self.seq_id:
                     yield event.text_bytes().decode("utf-8", "replace")
+                    if event.finished and event.finish == capi.FINISH_ERROR:
+                        raise EdgeLlamaError(f"the reply stopped: {capi.FINISH_ERROR_TEXT}")
                     if event.finished:
                         return
             if not events and not rt.pending():

@@ -309,10 +309,18 @@ int el_engine_step(el_engine *e, el_event *events, int max_events)
     }
     for (r = 0; r < n_rows; r++) {
         el_sequence *seq = &e->seqs[e->row_seq[r]];
-        int token;
+        float *logits;
+        int token = -1;
         if (!e->rows[r].want_logits) continue;
-        token = sample_next(e, seq, e->forward.logits + (size_t)logit++ * (size_t)e->model->config.vocab_size);
-        append_token(e, seq, token);
+        logits = e->forward.logits + (size_t)logit++ * (size_t)e->model->config.vocab_size;
+        /* NaN or Inf logits (activations that overflowed, or NaN weights nothing scanned):
+         * any token drawn from them would be garbage, so the sequence ends with an error */
+        if (!el_logits_finite(logits, e->model->config.vocab_size)) {
+            finish(seq, EL_FINISH_ERROR);
+        } else {
+            token = sample_next(e, seq, logits);
+            append_token(e, seq, token);
+        }
         if (n_events < max_events) fill_event(&events[n_events++], seq, token);
     }
     e->steps++;

@@ -11,6 +11,8 @@
  *
  * A sequence ends with "length" at max_tokens, at max_model_len, or when it holds
  * the whole KV pool (a pool smaller than max_model_len is allowed on small boards).
+ * It ends with EL_FINISH_ERROR when its logits hold NaN or Inf: the check is one pass
+ * of integer ORs over the row, before the sampler touches it.
  */
 #ifndef EL_ENGINE_H
 #define EL_ENGINE_H
@@ -32,7 +34,7 @@ typedef struct {
 
 typedef struct {
     int seq_id;
-    int token;              /* the token sampled this step */
+    int token;              /* the token sampled this step; -1 when none (abort, error) */
     const char *text;       /* text that became ready this step (not NUL-terminated) */
     int text_len;
     int finished;

@@ -109,5 +109,8 @@ float el_fp16_to_f32(uint16_t h);
 /* n values to int8 with one scale, llama.cpp's Q8_0 rule: scale = max |x| / 127,
  * q = (int)(v + 0.5f) or (int)(v - 0.5f) for v = x * (127 / max |x|). */
 void el_quantize_int8(int8_t *q, float *scale, const float *x, int n);
+/* The largest finite float: a block whose 127 / amax exceeds it is all near-zero values,
+ * and every kernel leaves it to el_quantize_int8 (zeros under its scale). */
+#define EL_QUANT_INVERSE_MAX 3.4028235e38f
 
 #endif

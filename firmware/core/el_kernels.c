@@ -140,7 +140,9 @@ void el_rmsnorm(float *out, const float *x, const float *weight, int n, float ep
     float ss = 0.0f, scale;
     int i;
     for (i = 0; i < n; i++) ss += x[i] * x[i];
-    scale = 1.0f / el_sqrtf(ss / (float)n + eps);
+    /* squares past the float range: 1/sqrt(Inf) would be 0 and hide the overflow as a row of
+     * zeros; NaN carries it to the logits, where the engine ends the sequence with an error */
+    scale = ss > 3.4028235e38f ? el_bits_float(0x7fc00000u) : 1.0f / el_sqrtf(ss / (float)n + eps);
     for (i = 0; i < n; i++) out[i] = x[i] * scale * weight[i];
 }
 

@@ -34,6 +34,8 @@
 
 #include <arm_acle.h>
 
+#include "el_math.h"
+
 /* ------------------------------------------------------------ helpers */
 
 static inline uint32_t load_u32(const void *p)
@@ -419,34 +421,43 @@ void el_kernel_matmul_f16(const el_matmul_task *t, uint32_t r0, uint32_t r1)
 
 /* ------------------------------------------------------------ quantize, axpy */
 
-#if defined(__GNUC__)
-#define abs_float(x) __builtin_fabsf(x) /* VABS; differs from x < 0 ? -x : x only at -0, never a maximum */
-#else
-#define abs_float(x) ((x) < 0.0f ? -(x) : (x))
-#endif
-
 static inline int8_t round_to_int8(float v) { return (int8_t)(int)(v + (v >= 0.0f ? 0.5f : -0.5f)); }
 
-/* el_quantize_int8 per block: the maximum in four running maxima (a maximum of
- * non-negative floats does not depend on the order; a NaN never wins a comparison). */
+/* |x| as bits: the sign cleared. For non-negative floats the unsigned order of the bits
+ * is the float order, and a NaN's bits lie above every number's and +Inf's. */
+static inline uint32_t magnitude_bits(const float *x) { return el_float_bits(*x) & 0x7fffffffu; }
+
+/* el_quantize_int8 per block: the maximum in four running maxima, taken on the bits as
+ * integers (the portable maximum, in any order) so that a NaN wins instead of being
+ * skipped; a NaN or Inf block then goes to the portable code, which defines it. */
 void el_kernel_quantize_blocks(int8_t *q, float *scales, const float *x, int n_blocks)
 {
     int b, i;
     for (b = 0; b < n_blocks; b++, x += EL_QBLOCK, q += EL_QBLOCK) {
-        float m0 = 0.0f, m1 = 0.0f, m2 = 0.0f, m3 = 0.0f, amax, inverse;
+        uint32_t m0 = 0, m1 = 0, m2 = 0, m3 = 0;
+        float amax, inverse;
         for (i = 0; i < EL_QBLOCK; i += 4) {
-            float a0 = abs_float(x[i]), a1 = abs_float(x[i + 1]), a2 = abs_float(x[i + 2]), a3 = abs_float(x[i + 3]);
+            uint32_t a0 = magnitude_bits(x + i), a1 = magnitude_bits(x + i + 1);
+            uint32_t a2 = magnitude_bits(x + i + 2), a3 = magnitude_bits(x + i + 3);
             if (a0 > m0) m0 = a0;
             if (a1 > m1) m1 = a1;
             if (a2 > m2) m2 = a2;
             if (a3 > m3) m3 = a3;
         }
-        amax = m0;
-        if (m1 > amax) amax = m1;
-        if (m2 > amax) amax = m2;
-        if (m3 > amax) amax = m3;
+        if (m1 > m0) m0 = m1;
+        if (m3 > m2) m2 = m3;
+        if (m2 > m0) m0 = m2;
+        if (m0 >= 0x7f800000u) { /* NaN or Inf */
+            el_quantize_int8(q, &scales[b], x, EL_QBLOCK);
+            continue;
+        }
+        amax = el_bits_float(m0);
         scales[b] = amax / 127.0f;
         inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
+        if (inverse > EL_QUANT_INVERSE_MAX) { /* a block of near-zero values: the portable rule */
+            el_quantize_int8(q, &scales[b], x, EL_QBLOCK);
+            continue;
+        }
         for (i = 0; i < EL_QBLOCK; i += 4) {
             q[i] = round_to_int8(x[i] * inverse);
             q[i + 1] = round_to_int8(x[i + 1] * inverse);

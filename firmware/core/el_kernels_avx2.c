@@ -196,6 +196,22 @@ void el_kernel_matmul_q4_0(const el_matmul_task *t, uint32_t r0, uint32_t r1) { 
 
 /* ------------------------------------------------------------ activations to int8 */
 
+/* The largest |x| of a block as float bits (sign cleared): for non-negative floats the
+ * integer order is the float order, so this is the portable maximum's bits, except that
+ * a NaN (bits above +Inf's) wins instead of being skipped: the caller sees it. */
+static uint32_t block_amax_bits(const __m256 *v)
+{
+    const __m256i magnitude = _mm256_set1_epi32(0x7fffffff);
+    __m256i m = _mm256_and_si256(_mm256_castps_si256(v[0]), magnitude);
+    __m128i m4;
+    int j;
+    for (j = 1; j < 4; j++) m = _mm256_max_epi32(m, _mm256_and_si256(_mm256_castps_si256(v[j]), magnitude));
+    m4 = _mm_max_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
+    m4 = _mm_max_epi32(m4, _mm_shuffle_epi32(m4, 0x4e));
+    m4 = _mm_max_epi32(m4, _mm_shuffle_epi32(m4, 0xb1));
+    return (uint32_t)_mm_cvtsi128_si32(m4);
+}
+
 void el_kernel_quantize_blocks(int8_t *q, float *scales, const float *x, int n_blocks)
 {
     const __m256 sign = _mm256_set1_ps(-0.0f), half = _mm256_set1_ps(0.5f), zero = _mm256_setzero_ps();
@@ -203,20 +219,25 @@ void el_kernel_quantize_blocks(int8_t *q, float *scales, const float *x, int n_b
     int blk, j;
     for (blk = 0; blk < n_blocks; blk++) {
         const float *xb = x + (size_t)blk * EL_QBLOCK;
-        __m256 v[4], m;
+        __m256 v[4];
         __m256i n[4], packed;
-        __m128 m4;
+        uint32_t amax_bits;
         float amax, inverse;
         for (j = 0; j < 4; j++) v[j] = _mm256_loadu_ps(xb + 8 * j);
-        /* max of |x|: max_ps(a, m) returns m when a is NaN, as the portable loop skips it */
-        m = _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), zero);
-        for (j = 1; j < 4; j++) m = _mm256_max_ps(_mm256_andnot_ps(sign, v[j]), m);
-        m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
-        amax = _mm_cvtss_f32(m4);
+        amax_bits = block_amax_bits(v);
+        /* NaN or Inf (bits from +Inf's up): the portable code defines that block (zeros
+         * under a NaN scale); the vector conversion would make finite garbage of it */
+        if (amax_bits >= 0x7f800000u) {
+            el_quantize_int8(q + (size_t)blk * EL_QBLOCK, &scales[blk], xb, EL_QBLOCK);
+            continue;
+        }
+        amax = _mm_cvtss_f32(_mm_castsi128_ps(_mm_cvtsi32_si128((int)amax_bits)));
         scales[blk] = amax / 127.0f;
         inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
+        if (inverse > EL_QUANT_INVERSE_MAX) { /* a block of near-zero values: the portable rule */
+            el_quantize_int8(q + (size_t)blk * EL_QBLOCK, &scales[blk], xb, EL_QBLOCK);
+            continue;
+        }
         for (j = 0; j < 4; j++) {
             __m256 s = _mm256_mul_ps(v[j], _mm256_set1_ps(inverse));
             /* + 0.5 where s >= 0, else - 0.5, then truncate: the portable rounding */

@@ -36,7 +36,7 @@
  * - dot: every product must be at least 2^-102 (which excludes flushed inputs too).
  * - Q8_0/Q4_0: activation scales are checked the same way (weight scales from fp16 are
  *   at least 2^-24, block sums are integers).
- * - quantize: blocks with 0 < max|x| < 2^-100 (or NaN) go to el_quantize_int8; otherwise
+ * - quantize: blocks with 0 < max|x| < 2^-100 (or NaN or Inf) go to el_quantize_int8; otherwise
  *   a flushed x * (127 / max|x|) is below 2^-19 either way and rounds to 0 as IEEE does.
  * - exp: four values with a lane whose result is below 2^-125 go to el_expf (the vector
  *   steps before the final scaling never meet a subnormal that could change a bit);
@@ -716,14 +716,19 @@ void el_kernel_quantize_blocks(int8_t *q, float *scales, const float *x, int n_b
             m = vmaxq_u32(m, vandq_u32(vreinterpretq_u32_f32(v[k]), magnitude)); /* |x| ordered as integers */
         }
         amax_bits = max_lane(m);
-        /* a NaN (the portable loop skips it), or on ARMv7 a tiny maximum: the portable code */
-        if (amax_bits > 0x7f800000u || (!EL_NEON_IEEE && amax_bits != 0 && amax_bits < (27u << 23))) {
+        /* NaN or Inf (bits from +Inf's up: the portable code makes zeros under a NaN
+         * scale), or on ARMv7 a tiny maximum: the portable code */
+        if (amax_bits >= 0x7f800000u || (!EL_NEON_IEEE && amax_bits != 0 && amax_bits < (27u << 23))) {
             el_quantize_int8(q, &scales[blk], x, EL_QBLOCK);
             continue;
         }
         amax = el_bits_float(amax_bits);
         scales[blk] = amax / 127.0f;
         inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
+        if (inverse > EL_QUANT_INVERSE_MAX) { /* a block of near-zero values: the portable rule */
+            el_quantize_int8(q, &scales[blk], x, EL_QBLOCK);
+            continue;
+        }
         for (k = 0; k < 8; k += 4) {
             int8x8_t lo = narrow8(round_half_away(vmulq_n_f32(v[k], inverse)),
                                   round_half_away(vmulq_n_f32(v[k + 1], inverse)));

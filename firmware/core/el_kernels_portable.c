@@ -59,6 +59,13 @@ void el_quantize_int8(int8_t *q, float *scale, const float *x, int n)
     }
     *scale = amax / 127.0f;
     inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
+    /* A block so small that 127 / amax overflows (amax under about 3.7e-37) would turn
+     * x * inverse into Inf or NaN, which has no int8 value either: zeros under its scale.
+     * Every kernel sends such a block here (EL_QUANT_INVERSE_MAX). */
+    if (inverse > EL_QUANT_INVERSE_MAX) {
+        for (i = 0; i < n; i++) q[i] = 0;
+        return;
+    }
     for (i = 0; i < n; i++) q[i] = (int8_t)round_to_int(x[i] * inverse);
 }
 

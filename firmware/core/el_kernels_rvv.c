@@ -19,7 +19,8 @@
  *                  block terms (fp16 scale * activation scale) * (float)sum are then
  *                  formed as vectors over the blocks of a row and added in block order
  *                  with the ordered reduction vfredosum (sequential by definition).
- *   quantize       max |x| by vfredmax (exact in any order), v = x * inverse,
+ *   quantize       max |x| by an unsigned max of the bits (exact in any order; a
+ *                  NaN or Inf block goes to the portable code), v = x * inverse,
  *                  q = truncate(v + copysign(0.5, v)) as el_quantize_int8.
  *   exp, swiglu    el_expf (el_math.c) step by step on vectors, the same operations
  *                  in the same order, with its special cases merged in at the end.
@@ -450,25 +451,38 @@ void el_kernel_quantize_blocks(int8_t *q, float *scales, const float *x, int n_b
 {
     size_t vl = EL_QBLOCK;
     vfloat32m8_t half;
-    vfloat32m1_t zero;
+    vuint32m1_t zero;
     int b;
     if (!vector_unit_fits()) {
         el_portable_quantize_blocks(q, scales, x, n_blocks);
         return;
     }
     half = __riscv_vfmv_v_f_f32m8(0.5f, vl);
-    zero = __riscv_vfmv_v_f_f32m1(0.0f, 1);
+    zero = __riscv_vmv_v_x_u32m1(0u, 1);
     for (b = 0; b < n_blocks; b++) {
         vfloat32m8_t v = __riscv_vle32_v_f32m8(x + (size_t)b * EL_QBLOCK, vl);
-        /* max |x| with 0 to start: NaNs are skipped, as the portable comparisons skip them */
-        float amax =
-            __riscv_vfmv_f_s_f32m1_f32(__riscv_vfredmax_vs_f32m8_f32m1(__riscv_vfabs_v_f32m8(v, vl), zero, vl));
-        float inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
+        /* max |x| on the bits (sign cleared) as unsigned integers: the float order for
+         * non-negative floats, so the portable maximum, but a NaN wins instead of being
+         * skipped (vfredmax would skip it) */
+        vuint32m8_t bits = __riscv_vand_vx_u32m8(__riscv_vreinterpret_v_f32m8_u32m8(v), 0x7fffffffu, vl);
+        uint32_t amax_bits = __riscv_vmv_x_s_u32m1_u32(__riscv_vredmaxu_vs_u32m8_u32m1(bits, zero, vl));
+        float amax, inverse;
         vint32m8_t n;
+        /* NaN or Inf: the portable code defines that block (zeros under a NaN scale) */
+        if (amax_bits >= 0x7f800000u) {
+            el_quantize_int8(q + (size_t)b * EL_QBLOCK, &scales[b], x + (size_t)b * EL_QBLOCK, EL_QBLOCK);
+            continue;
+        }
+        amax = el_bits_float(amax_bits);
+        inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
+        if (inverse > EL_QUANT_INVERSE_MAX) { /* a block of near-zero values: the portable rule */
+            el_quantize_int8(q + (size_t)b * EL_QBLOCK, &scales[b], x + (size_t)b * EL_QBLOCK, EL_QBLOCK);
+            continue;
+        }
         scales[b] = amax / 127.0f;
         v = __riscv_vfmul_vf_f32m8(v, inverse, vl);
         /* v + (v >= 0 ? 0.5 : -0.5) truncated; copysign differs only at v == -0 (gives 0
-         * either way) and NaN (NaN either way) */
+         * either way) */
         v = __riscv_vfadd_vv_f32m8(v, __riscv_vfsgnj_vv_f32m8(half, v, vl), vl);
         n = __riscv_vfcvt_rtz_x_f_v_i32m8(v, vl);
         __riscv_vse8_v_i8m2(q + (size_t)b * EL_QBLOCK,

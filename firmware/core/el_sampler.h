@@ -54,6 +54,10 @@ typedef struct {
 
 el_status el_sampler_scratch_init(el_sampler_scratch *scratch, int n_vocab, el_arena *arena, el_error *err);
 
+/* Whether all n logits are numbers (no NaN, no Inf). Check the model's own logits,
+ * before any masking or penalty: a finite logit times a penalty may overflow legitimately. */
+int el_logits_finite(const float *logits, int n);
+
 /* Pick the next token. `logits` (n_vocab floats) is modified in place. `prompt` and
  * `output` are the sequence's tokens so far (for the penalties). */
 int el_sample(const el_sampling *params, float *logits, const int32_t *prompt, int n_prompt,

@@ -29,7 +29,10 @@ typedef struct {
 } el_request;
 
 typedef enum { EL_SEQ_FREE = 0, EL_SEQ_WAITING, EL_SEQ_RUNNING, EL_SEQ_FINISHED } el_seq_state;
-typedef enum { EL_FINISH_NONE = 0, EL_FINISH_STOP, EL_FINISH_LENGTH, EL_FINISH_ABORT } el_finish_reason;
+/* EL_FINISH_ERROR: the model's logits held NaN or Inf (EL_FINISH_ERROR_TEXT), so no
+ * token could be drawn; nothing is appended in that step. */
+typedef enum { EL_FINISH_NONE = 0, EL_FINISH_STOP, EL_FINISH_LENGTH, EL_FINISH_ABORT, EL_FINISH_ERROR } el_finish_reason;
+#define EL_FINISH_ERROR_TEXT "the model's logits became NaN or infinite (its activations overflowed)"
 typedef enum { EL_STOP_NONE = 0, EL_STOP_EOS, EL_STOP_TOKEN, EL_STOP_STRING } el_stop_kind;
 
 typedef struct {

@@ -4,9 +4,10 @@
  * kernel of the build's choice (el_kernel_ops.h) and the portable one on the same
  * pseudo-random inputs: matrices of many shapes in every weight type (rows not a
  * multiple of the vector width, odd batches, extreme int8 and fp16 values, row ranges
- * split anywhere), activations with rounding ties, dot products and exps over the
- * whole float range. It prints "kernels NAME", one line per failure, and
- * "mismatches N"; the exit status is 1 when any output differs in any bit.
+ * split anywhere), activations with rounding ties, NaN, infinities and values up to
+ * FLT_MAX for the quantizer, dot products and exps over the whole float range. It
+ * prints "kernels NAME", one line per failure, and "mismatches N"; the exit status
+ * is 1 when any output differs in any bit.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -134,6 +135,38 @@ static void check_matmul(uint32_t type, uint32_t rows, uint32_t cols, int batch)
     free(data), free(x), free(xq), free(xs), free(got), free(want);
 }
 
+/* A quiet NaN, a NaN with payload and sign, or an infinity, by its bits. */
+static float float_of_bits(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* Values a block must survive: NaN, +Inf, -Inf (alone or together, anywhere in the
+ * block, also in lane 0 and lane 31), huge finite ones up to FLT_MAX, which must
+ * quantize as any others, and tiny ones whose 127 / max overflows. */
+static void place_special(float *block, int kind)
+{
+    static const uint32_t specials[] = {0x7fc00000u, 0xffc00001u, 0x7f800000u, 0xff800000u};
+    int at = (int)(next_u32() % EL_QBLOCK), k;
+    if (kind < 4) block[at] = float_of_bits(specials[kind]);
+    else if (kind == 4) { /* NaN and both infinities, at the ends */
+        block[0] = float_of_bits(specials[2]);
+        block[EL_QBLOCK - 1] = float_of_bits(specials[0]);
+        block[at] = float_of_bits(specials[3]);
+    } else if (kind == 5) { /* FLT_MAX and its negative with large neighbours */
+        block[at] = float_of_bits(0x7f7fffffu);
+        block[(at + 7) % EL_QBLOCK] = -float_of_bits(0x7f7fffffu);
+        for (k = 0; k < 4; k++) block[(at + 1 + k) % EL_QBLOCK] = (float)(k + 1) * 1e37f;
+    } else if (kind == 6) { /* every value huge */
+        for (k = 0; k < EL_QBLOCK; k++) block[k] = (float)((int)(next_u32() % 255u) - 127) * 2e36f;
+    } else { /* every value tiny: 127 / max overflows (subnormals, or just under 3.7e-37) */
+        float unit = kind == 7 ? float_of_bits(0x00000001u + (next_u32() % 0x7fffffu)) : 3.0e-37f;
+        for (k = 0; k < EL_QBLOCK; k++) block[k] = (float)((int)(next_u32() % 7u) - 3) * unit;
+    }
+}
+
 static void check_quantize(int n_blocks)
 {
     int n = n_blocks * EL_QBLOCK, i;
@@ -142,6 +175,8 @@ static void check_quantize(int n_blocks)
     float scale = (float)(1u << (next_u32() % 8)) / 8.0f;
     for (i = 0; i < n; i++) x[i] = next_float(scale);
     if (n_blocks > 1) for (i = 0; i < EL_QBLOCK; i++) x[i] = 0.0f; /* an all-zero block */
+    if (n_blocks > 2) place_special(x + EL_QBLOCK, (int)(next_u32() % 9u));
+    if (n_blocks > 3) place_special(x + 2 * EL_QBLOCK, (int)(next_u32() % 9u));
     el_kernel_quantize_blocks(q1, s1, x, n_blocks);
     el_portable_quantize_blocks(q2, s2, x, n_blocks);
     compare("quantize_blocks values", n_blocks, 0, q1, q2, (size_t)n);

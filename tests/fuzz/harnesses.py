@@ -25,7 +25,7 @@ from edgellama.runtime.sampling_params import SamplingParams  # noqa: E402
 
 MODEL = REPO / "edgellama" / "models" / "tinystories-850k.gguf"
 HARNESSES = ("model", "tokenizer", "frames", "serve")
-MAX_LEN = {"model": 64 * 1024, "tokenizer": 4096, "frames": 4096, "serve": 8192}
+MAX_LEN = {"model": 160 * 1024, "tokenizer": 4096, "frames": 4096, "serve": 8192}
 
 
 def binary(name: str) -> Path:
@@ -48,7 +48,7 @@ def write_seeds(name: str, folder: Path) -> Path:
     if name == "model":
         from edgellama.model.synthetic import write_synthetic
         for quant in ("f32", "q8_0", "q4_0"):
-            write_synthetic(folder / f"tiny-{quant}.gguf", "tiny", quant, vocab_size=48)
+            write_synthetic(folder / f"tiny-{quant}.gguf", "tiny", quant, vocab_size=260)
     elif name == "tokenizer":
         for i, text in enumerate(["once upon a time, there was a little girl named lily.", "hello  world\n\t!",
                                   "caf\u00e9 \u2581 <s> </s> \u00ff\u00fe", "a" * 300]):

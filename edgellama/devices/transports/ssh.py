@@ -31,6 +31,11 @@ class HostKeyError(EdgeLlamaError):
     """The server's host key is unknown (and not trusted) or has changed."""
 
 
+class UploadRefused(EdgeLlamaError):
+    """The remote's SFTP server failed a write (its disk is full, the directory is read-only
+    or gone) while the connection stays up."""
+
+
 def _paramiko():
     try:
         import paramiko
@@ -284,6 +289,15 @@ class SSHClient:
                 raise self._lost("opening SFTP", e) from None
         return self._sftp
 
+    def _refused(self, e: BaseException) -> bool:
+        """An SFTP error status (a failed write: a full disk, a read-only or missing
+        directory) on a connection that is still up, rather than a lost connection."""
+        if not isinstance(e, OSError) or isinstance(e, (TimeoutError, ConnectionError)):
+            return False
+        transport = self.transport
+        channel = self._sftp.get_channel() if self._sftp is not None else None
+        return bool(transport is not None and transport.is_active() and channel is not None and not channel.closed)
+
     def home(self) -> str:
         """The remote user's home directory (where relative paths start)."""
         return self.sftp().normalize(".")
@@ -297,6 +311,9 @@ class SSHClient:
         try:
             attrs = self.sftp().put(str(local), str(remote), callback=progress, confirm=True)
         except (paramiko.SSHException, EOFError, OSError) as e:
+            if self._refused(e):  # the server answered with an error status: the connection is fine
+                raise UploadRefused(f"{self.target}: the remote refused the write of {local.name} to {remote} "
+                                    f"({str(e) or type(e).__name__})") from None
             raise self._lost(f"uploading {local.name} to {remote}", e) from None
         if attrs.st_size != size:
             raise EdgeLlamaError(f"{self.target}: {remote} has {attrs.st_size} bytes after upload, expected {size}")

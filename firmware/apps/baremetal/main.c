@@ -23,7 +23,7 @@
  *             The prefix is read as options only when every word before the first '|'
  *             is key=value; otherwise the whole line is the prompt.
  *   reply:    the completion (the text after the prompt), streamed as it is produced,
- *             then "\n[stats] tokens=N prompt=N cached=N finish=stop|length ms=N
+ *             then "\n[stats] tokens=N prompt=N cached=N finish=stop|length|abort|error ms=N
  *             ttft_ms=N tok_per_s=N.N arena_hw=BYTES arena=BYTES kv_blocks=USED/TOTAL
  *             kv_hw=N" (times only where the port has a timer).
  *   errors:   "[error] message" on its own line; the loop goes on.
@@ -304,7 +304,10 @@ static void put_stats(int tokens, int n_prompt, int n_cached, el_finish_reason f
     put_kv("tokens", (uint64_t)tokens);
     put_kv("prompt", (uint64_t)n_prompt);
     put_kv("cached", (uint64_t)n_cached);
-    put_str(finish == EL_FINISH_STOP ? " finish=stop" : finish == EL_FINISH_LENGTH ? " finish=length" : " finish=abort");
+    put_str(finish == EL_FINISH_STOP     ? " finish=stop"
+            : finish == EL_FINISH_LENGTH ? " finish=length"
+            : finish == EL_FINISH_ERROR  ? " finish=error" /* NaN/Inf logits: EL_FINISH_ERROR_TEXT */
+                                         : " finish=abort");
     if (hz != 0) {
         uint64_t end = port_ticks(), ticks = end - start;
         put_kv("ms", ticks * 1000u / hz);

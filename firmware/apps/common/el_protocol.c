@@ -231,6 +231,8 @@ typedef struct {
     int conv_seq, last_seq, tmpl, cancelled, ended;
     uint64_t last_input_us; /* when the last byte (or text line) came: for the half-frame gap */
     uint32_t bench_count; /* the last BENCH call's number (el_bench_prompt) */
+    uint64_t text_bytes;  /* the reply's text sent in TOKEN frames: DONE's text_bytes, so a host
+                           * can tell a reply that lost a frame to line noise */
 } server;
 
 static server S;
@@ -351,6 +353,7 @@ static el_finish_reason run(int seq, uint64_t t0, uint64_t *first, int *generate
     int count, i;
     el_finish_reason finish = EL_FINISH_NONE;
     *generated = 0;
+    S.text_bytes = 0;
     for (;;) {
         count = el_runtime_step(S.rt, events, SERVE_EVENTS);
         if (count == 0 && el_runtime_pending(S.rt) == 0) return finish != EL_FINISH_NONE ? finish : EL_FINISH_ABORT;
@@ -359,7 +362,10 @@ static el_finish_reason run(int seq, uint64_t t0, uint64_t *first, int *generate
             if (events[i].seq_id != seq) continue;
             t = now_us() - t0;
             if ((*generated)++ == 0) *first = t;
-            if (!S.ended) send_token(t, events[i].text, events[i].text_len);
+            if (!S.ended) {
+                send_token(t, events[i].text, events[i].text_len);
+                S.text_bytes += (uint64_t)events[i].text_len;
+            }
             if (events[i].finished) return events[i].finish;
         }
         poll_input(seq);
@@ -368,7 +374,7 @@ static el_finish_reason run(int seq, uint64_t t0, uint64_t *first, int *generate
 
 static const char *finish_name(el_finish_reason f)
 {
-    return f == EL_FINISH_STOP ? "stop" : f == EL_FINISH_LENGTH ? "length" : "abort";
+    return f == EL_FINISH_STOP ? "stop" : f == EL_FINISH_LENGTH ? "length" : f == EL_FINISH_ERROR ? "error" : "abort";
 }
 
 static void memory_kv(void)
@@ -551,12 +557,17 @@ static void handle_generate(const char *text, int n)
     }
     S.cancelled = 0;
     finish = run(seq, t0, &first, &generated);
+    if (finish == EL_FINISH_ERROR) { /* non-finite logits: an error, not a reply */
+        send_error(EL_FINISH_ERROR_TEXT, NULL);
+        return;
+    }
     total = now_us() - t0;
     el_runtime_stats(S.rt, &after);
     if (el_runtime_tokens(S.rt, seq, &all, &n_prompt, &n_cached) < 0) n_prompt = n_tokens;
     S.out_len = 0;
     out_kv_str("finish", finish_name(finish), (int)el_strlen(finish_name(finish)));
     out_kv("tokens", (uint64_t)generated);
+    out_kv("text_bytes", S.text_bytes);
     out_kv("prompt", (uint64_t)n_prompt);
     out_kv("cached", (uint64_t)n_cached);
     out_kv("computed", (uint64_t)(after.prompt_tokens_computed - before.prompt_tokens_computed));

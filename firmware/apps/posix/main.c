@@ -406,6 +406,7 @@ static int run_generate(const options *o)
     write_text(o->prompt, (int)strlen(o->prompt)); /* the prompt as given, then what follows it */
     finish = run_sequence(s.rt, seq, 1, NULL);
     if (finish == EL_FINISH_ABORT) die("the request was aborted (the KV pool is too small)");
+    if (finish == EL_FINISH_ERROR) die("generation stopped: %s", EL_FINISH_ERROR_TEXT);
     if (isatty(STDOUT_FILENO)) fputc('\n', stdout); /* piped output stays exactly the text */
     free(prompt);
     close_session(&s);
@@ -493,6 +494,7 @@ static void chat_turn(chat_state *c, const char *line)
     el_engine_stats before, after;
     const int32_t *tokens;
     int n_prompt, n_cached;
+    el_finish_reason finish;
     memset(&err, 0, sizeof err);
     /* every turn with the request's own seed, as ChatSession and the serial protocol do, so a
      * sampled chat says the same on every target */
@@ -502,7 +504,9 @@ static void chat_turn(chat_state *c, const char *line)
         fprintf(stderr, "error: %s\n", err.message); /* the chat goes on; the line is dropped */
         return;
     }
-    if (run_sequence(c->s.rt, c->seq, 1, NULL) == EL_FINISH_ABORT) fprintf(stderr, "error: the turn was aborted\n");
+    finish = run_sequence(c->s.rt, c->seq, 1, NULL);
+    if (finish == EL_FINISH_ABORT) fprintf(stderr, "error: the turn was aborted\n");
+    if (finish == EL_FINISH_ERROR) fprintf(stderr, "error: the turn stopped: %s\n", EL_FINISH_ERROR_TEXT);
     fputc('\n', stdout);
     fflush(stdout);
     el_runtime_stats(c->s.rt, &after);
@@ -610,6 +614,7 @@ static bench_run bench_once(el_runtime *rt, const int32_t *prompt, int n_prompt,
             if (seq->n_tokens - seq->n_prompt == 1 && ++started == sequences) first = now_ms();
             if (events[i].finished) {
                 if (events[i].finish == EL_FINISH_ABORT) die("a bench request was aborted");
+                if (events[i].finish == EL_FINISH_ERROR) die("a bench request stopped: %s", EL_FINISH_ERROR_TEXT);
                 finished++;
             }
         }
