@@ -9,6 +9,7 @@ import json
 import socket
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -56,9 +57,33 @@ def connect(server):
     return socket.create_connection(server.server_address[:2], timeout=30)
 
 
+class _SharedReader:
+    """One buffered reader for all the responses on a socket: http.client reads ahead, so
+    a reader per response would swallow the start of the next one (two answers sent back
+    to back). Closing a response leaves it open."""
+
+    def __init__(self, sock):
+        self.fp = sock.makefile("rb")
+
+    def makefile(self, *args, **kwargs):
+        return self
+
+    def close(self):
+        pass
+
+    def __getattr__(self, name):
+        return getattr(self.fp, name)
+
+
+READERS = weakref.WeakKeyDictionary()
+
+
 def read_response(sock) -> tuple:
     """(status, headers, JSON body) of the next response on a raw socket."""
-    response = http.client.HTTPResponse(sock)
+    if sock not in READERS:
+        READERS[sock] = _SharedReader(sock)
+    reader = READERS[sock]
+    response = http.client.HTTPResponse(reader)
     response.begin()
     data = response.read()
     return response.status, response.headers, json.loads(data) if data else None

@@ -493,8 +493,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def send_error(self, code, message=None, explain=None):
         """http.server's own refusals (a bad request line, headers too long, an unknown
-        method) as OpenAI error bodies rather than HTML."""
+        method) as OpenAI error bodies rather than HTML. What follows the bad part is
+        unread, and may still be coming: finish lingers, so the answer is read, not reset."""
         self.close_connection = True
+        self.unread_body = True
         if self.request_version == "HTTP/0.9":  # the request line did not parse: answer in HTTP/1.1 all the same
             self.request_version = "HTTP/1.1"
         if code == 501 and self.command:  # a method no route takes
