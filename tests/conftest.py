@@ -128,6 +128,18 @@ def board_builds(tmp_path_factory):
         return cache[key]
     return get
 
+
+# The `openai` client against a module's `server` fixture (an edgellama serve on loopback).
+@pytest.fixture(scope="module")
+def client(server):
+    import openai
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def model(client):
+    return client.models.list().data[0].id
+
 # ---------------------------------------------------------------- markers
 # `pytest -m "not emulated and not slow"` is the quick loop. Whole modules that boot QEMU
 # or train say so with `pytestmark`; the tests below each take over ~0.8 s here (measured

@@ -31,16 +31,6 @@ def server():
     device.close()
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=30)
-
-
-@pytest.fixture(scope="module")
-def model(client):
-    return client.models.list().data[0].id
-
-
 def test_models_and_health(server, client):
     models = client.models.list().data
     assert [m.id for m in models] == ["tinystories-850k"]

@@ -35,16 +35,6 @@ def server():
     device.close()
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=30)
-
-
-@pytest.fixture(scope="module")
-def model(client):
-    return client.models.list().data[0].id
-
-
 @pytest.fixture
 def quiet(capsys):
     """The server (threads of this process) writes no traceback while the test runs."""
