@@ -4,6 +4,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests explore the same examples on every run (a CI run that fails, fails again
+# here); EDGELLAMA_HYPOTHESIS=explore draws new ones each time, for hunting.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, max_examples=1000)
+settings.load_profile("explore" if os.environ.get("EDGELLAMA_HYPOTHESIS") == "explore" else "ci")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("EDGELLAMA_SHARED_DATA", REPO.parent / "shared" / "data"))
