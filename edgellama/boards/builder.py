@@ -31,7 +31,7 @@ from edgellama.boards.targets import BuildContext
 from edgellama.boards.toolchains import get_toolchain
 from edgellama.errors import EdgeLlamaError
 from edgellama.fileio import sha256_file
-from edgellama.model.gguf_file import GGUF_MAGIC, write_gguf
+from edgellama.model.gguf_file import GGUF_MAGIC, file_magic, write_gguf
 from edgellama.model.loading import load_model, resolve
 from edgellama.model.quant import QUANT_NAMES
 from edgellama.runtime.build import firmware_dir
@@ -135,9 +135,7 @@ def check_plan(board: Board, model_path: Path, quant: str | None, requested: Eng
 def write_model(source: Path, dest: Path, quant: str | None):
     """The model in the output directory: quantized to `quant`, or copied as it is when None."""
     if quant is None:
-        with open(source, "rb") as f:
-            is_gguf = f.read(4) == GGUF_MAGIC
-        if is_gguf:
+        if file_magic(source) == GGUF_MAGIC:
             shutil.copyfile(source, dest)
             return
         quant = "f32"  # a training checkpoint becomes an F32 GGUF

@@ -19,6 +19,15 @@ from edgellama.model.llama import LlamaConfig, LlamaModel, Vocab
 
 ARCH = "llama"
 GGUF_MAGIC = b"GGUF"
+
+
+def file_magic(path) -> bytes:
+    """The first four bytes of a model file (GGUF_MAGIC for GGUF); one line when unreadable."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4)
+    except OSError as e:
+        raise EdgeLlamaError(f"{path}: cannot read ({e.strerror})") from None
 KEY_ARCH = "general.architecture"
 KEY_NAME = "general.name"
 KEY_FILE_TYPE = "general.file_type"

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from edgellama.errors import EdgeLlamaError
-from edgellama.model.gguf_file import GGUF_MAGIC, read_gguf
+from edgellama.model.gguf_file import GGUF_MAGIC, file_magic, read_gguf
 from edgellama.model.llama import LlamaModel
 from edgellama.resources import DEFAULT_MODEL
 
@@ -17,11 +17,7 @@ def resolve(path) -> Path:
 
 def load_model(path) -> LlamaModel:
     path = resolve(path)
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-    except OSError as e:
-        raise EdgeLlamaError(f"{path}: cannot read ({e.strerror})") from None
+    magic = file_magic(path)
     if magic == GGUF_MAGIC:
         return read_gguf(path).model
     if magic == ZIP_MAGIC or path.suffix == ".pt":

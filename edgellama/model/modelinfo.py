@@ -2,8 +2,7 @@
 
 from edgellama.errors import EdgeLlamaError
 from edgellama.model import quant
-from edgellama.model.gguf_file import (ARCH, KEY_FILE_TYPE, file_type_name, is_known_file_type, layout_problem,
-                                       read_gguf)
+from edgellama.model.gguf_file import ARCH, KEY_FILE_TYPE, file_type_name, is_known_file_type, layout_problem, read_gguf
 from edgellama.model.loading import resolve
 
 
