@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzz the C edges for a long time: scripts/fuzz.sh [SECONDS] [HARNESS...]
-# (default: 3600 s each, every harness: model tokenizer frames serve). Corpora and any
+# (default: 3600 s each, every harness: model tokenizer frames serve; FUZZ_RUNS=N also
+# stops each after N executions). Corpora and any
 # finding stay in build/fuzz/HARNESS/; copy a finding into tests/fuzz/regressions/HARNESS/
 # so the test suite replays it from then on.
 set -euo pipefail

@@ -3,11 +3,15 @@ files and frames), running them, and replaying the inputs kept under regressions
 
     python tests/fuzz/harnesses.py NAME SECONDS [WORKDIR]   (scripts/fuzz.sh wraps this)
 
+With FUZZ_RUNS=N in the environment a run also stops after N executions (whichever
+comes first), so a long run can be sized in executions rather than seconds.
+
 A run prints libFuzzer's own figures (executions, coverage, executions per second); an
 input that crashes, hangs or trips a sanitizer is written to WORKDIR and the run fails:
 copy it into regressions/NAME/ so every later test run replays it.
 """
 
+import os
 import re
 import shutil
 import subprocess
@@ -64,14 +68,17 @@ def write_seeds(name: str, folder: Path) -> Path:
     return folder
 
 
-def run(name: str, seconds: int, workdir: Path) -> dict:
-    """Fuzz for `seconds`; returns libFuzzer's figures. A finding raises RuntimeError."""
+def run(name: str, seconds: int, workdir: Path, runs: int = 0) -> dict:
+    """Fuzz for `seconds` (and at most `runs` executions when that is not 0); returns
+    libFuzzer's figures. A finding raises RuntimeError."""
     program = binary(name)
     corpus = workdir / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
     seeds = write_seeds(name, workdir / "seeds")
     argv = [str(program), f"-max_total_time={seconds}", f"-max_len={MAX_LEN[name]}", "-timeout=20",
             "-rss_limit_mb=4096", "-print_final_stats=1", f"-artifact_prefix={workdir}/", str(corpus), str(seeds)]
+    if runs:
+        argv.insert(1, f"-runs={runs}")
     result = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 300)
     figures = figures_of(result.stderr)
     if result.returncode != 0:
@@ -108,7 +115,7 @@ def main(argv):
         sys.exit(f"usage: {argv[0]} {{{'|'.join(HARNESSES)}}} SECONDS [WORKDIR]")
     workdir = Path(argv[3]) if len(argv) > 3 else Path(tempfile.mkdtemp(prefix=f"fuzz-{argv[1]}-"))
     try:
-        figures = run(argv[1], int(argv[2]), workdir)
+        figures = run(argv[1], int(argv[2]), workdir, int(os.environ.get("FUZZ_RUNS", "0")))
     except RuntimeError as e:
         sys.exit(str(e))
     print(f"fuzz_{argv[1]}: {figures} (work: {workdir})")
