@@ -130,6 +130,33 @@ def test_the_serial_protocol_answers_with_an_error(overflowing):
         dev.close()
 
 
+def test_serve_answers_a_failed_generation_with_a_server_error(overflowing):
+    """Over HTTP the failure is the server's: the openai client gets a 500 error naming
+    it (not a 200 with an unknown finish_reason), a stream ends in an error event, and
+    the server goes on answering."""
+    import threading
+    openai = pytest.importorskip("openai")
+    from edgellama.devices import serve
+    from edgellama.devices.opener import open_device
+    device = open_device(local=True, model=overflowing)
+    server = serve.make_server(device, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+    model = client.models.list().data[0].id
+    try:
+        with pytest.raises(openai.InternalServerError, match="NaN or infinite"):
+            client.completions.create(model=model, prompt="Once upon a time", max_tokens=5)
+        with pytest.raises(openai.InternalServerError, match="NaN or infinite"):
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+        with pytest.raises(openai.APIError, match="NaN or infinite"):
+            list(client.completions.create(model=model, prompt="Once upon a time", max_tokens=5, stream=True))
+        assert client.models.list().data[0].id == model
+    finally:
+        server.shutdown()
+        server.server_close()
+        device.close()
+
+
 def test_an_overflow_inside_rmsnorm_is_not_hidden_as_zeros(tmp_path):
     """ffn_down * 1e30 overflows the next RMSNorm's sum of squares while every value is
     still finite: the norm passes NaN on (not a row of zeros), so the run ends in error."""

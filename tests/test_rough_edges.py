@@ -306,3 +306,23 @@ def test_file_type_names_round_trip():
     assert gguf_file.file_type_name(999) == "file_type_999" and gguf_file.file_type_name(None) is None
     assert gguf_file.read_identity(DEFAULT_MODEL) == ("tinystories-850k", "f32")
     assert gguf_file.read_identity(ROOT / "README.md") == (None, None)
+
+
+# ---------------------------------------------------------------- tokenizer capacity
+
+def test_spaces_in_a_vocabulary_without_the_space_piece_tokenize_everywhere(tmp_path):
+    """A vocabulary with byte fallback but no "▁" spends three byte tokens on each space:
+    the capacity the POSIX program and the host library give el_tokenize (el_tokenize_bound)
+    must hold that, where len + 8 did not."""
+    from edgellama import LLM
+    from edgellama.model.synthetic import write_synthetic
+    from edgellama.runtime import build as runtime_build
+    model = write_synthetic(tmp_path / "bytes.gguf", "tiny", "f32", vocab_size=260)
+    prompt = " " * 12
+    llm = LLM(str(model))
+    tokens = llm.get_tokenizer().encode(prompt)
+    assert len(tokens) == 1 + 3 * 13  # BOS, then the dummy prefix and 12 spaces as three bytes each
+    program = runtime_build.host_program()
+    out = subprocess.run([str(program), str(model), "generate", prompt, "--max-tokens", "2", "--temperature", "0"],
+                         capture_output=True, timeout=60)  # random weights: the bytes need not be UTF-8
+    assert out.returncode == 0, out.stderr.decode(errors="replace")

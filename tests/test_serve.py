@@ -213,8 +213,9 @@ def test_a_device_error_is_a_500():
 def test_the_serve_command():
     import subprocess
     import sys
-    p = subprocess.Popen([sys.executable, "-m", "edgellama", "serve", "--local", "--listen", "127.0.0.1:0"],
-                         stderr=subprocess.PIPE, text=True)
+    import socket
+    p = subprocess.Popen([sys.executable, "-m", "edgellama", "serve", "--local", "--listen", "127.0.0.1:0",
+                          "--request-timeout", "1"], stderr=subprocess.PIPE, text=True)
     try:
         line = p.stderr.readline()
         assert "serving tinystories-850k on http://127.0.0.1:" in line, line
@@ -222,6 +223,10 @@ def test_the_serve_command():
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
         r = client.completions.create(model="tinystories-850k", prompt="once upon a time", max_tokens=4)
         assert r.usage.completion_tokens == 4
+        # a silent connection is dropped after --request-timeout (1 s), well before the default 30 s
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=15) as silent:
+            assert silent.recv(1) == b""
     finally:
         p.terminate()
         p.wait(timeout=10)

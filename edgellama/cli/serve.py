@@ -1,6 +1,7 @@
 import click
 
 from edgellama.cli.devices import device_options
+from edgellama.devices.serve import REQUEST_TIMEOUT_S
 from edgellama.errors import EdgeLlamaError
 
 
@@ -19,8 +20,11 @@ def parse_listen(value: str) -> tuple:
 @click.option("--served-model-name", help="The model id clients name (default: the model file's stem).")
 @click.option("--chat-template", type=click.Choice(["plain", "llama2", "chatml"]),
               help="Local runtime only. Default: the one the model's metadata names, else plain.")
+@click.option("--request-timeout", type=click.FloatRange(min=0.1), default=REQUEST_TIMEOUT_S, show_default=True,
+              help="Seconds a client may stay silent mid-request or idle between requests before it is dropped.")
 @click.option("--verbose", is_flag=True, help="Log every request.")
-def command(board, host, port, local, model, threads, listen, served_model_name, chat_template, verbose):
+def command(board, host, port, local, model, threads, listen, served_model_name, chat_template, request_timeout,
+            verbose):
     """An OpenAI-compatible HTTP server in front of the runtime or a device.
 
     POST /v1/completions and /v1/chat/completions (streamed as server-sent events or
@@ -36,7 +40,7 @@ def command(board, host, port, local, model, threads, listen, served_model_name,
             raise EdgeLlamaError("--chat-template: a device uses its model's own template")
         try:
             serve.run(device, addr, listen_port, model_name=served_model_name, chat_template=chat_template,
-                      verbose=verbose)
+                      verbose=verbose, request_timeout=request_timeout)
         except OSError as e:
             raise EdgeLlamaError(f"--listen {listen}: {e.strerror or e}") from None
     finally:

@@ -664,6 +664,7 @@ class _Handler(BaseHTTPRequestHandler):
         for index, factory in enumerate(factories):
             run, it, first = self._start_run(factory)
             text = (first or "") + "".join(_device_errors(it))
+            _raise_if_failed(run)
             if run.prompt_tokens is not None:
                 n_prompt = (n_prompt or 0) + run.prompt_tokens
             if run.completion_tokens is not None:
@@ -723,6 +724,7 @@ class _Handler(BaseHTTPRequestHandler):
                     self._event(chunk(index, {"content": first}))
                 for text in _device_errors(it):
                     self._event(chunk(index, {"content": text}))
+                _raise_if_failed(run)
                 self._event(chunk(index, None, run.finish_reason, run))
                 if run.prompt_tokens is not None:
                     n_prompt = (n_prompt or 0) + run.prompt_tokens
@@ -747,6 +749,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             if run is not None:
                 run.close()
+
+
+def _raise_if_failed(run):
+    """A generation the model could not finish (finish_reason "error": NaN or Inf logits)
+    is the server's failure, not an answer: a 500 error body, or an error event in a
+    stream after the text that came before it (as vLLM reports an engine error)."""
+    if run.finish_reason == "error":
+        raise APIError(500, f"the generation failed: {run.stop_reason or 'the model reported an error'}")
 
 
 class Server(ThreadingHTTPServer):

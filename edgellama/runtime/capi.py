@@ -85,6 +85,7 @@ def library() -> C.CDLL:
         "el_runtime_config": (C.POINTER(Config), [P]),
         "el_runtime_version": (C.c_char_p, []),
         "el_runtime_tokenize": (I, [P, C.c_char_p, I, I, C.POINTER(C.c_int32), I, C.POINTER(Error)]),
+        "el_tokenize_bound": (C.c_size_t, [C.c_size_t]),
         "el_runtime_token_text": (I, [P, I, I, C.c_char_p, I]),
         "el_runtime_add": (I, [P, C.POINTER(C.c_int32), I, C.POINTER(Request), C.POINTER(Error)]),
         "el_runtime_continue": (I, [P, I, C.POINTER(C.c_int32), I, C.POINTER(Request), C.POINTER(Error)]),
@@ -197,12 +198,12 @@ class Runtime:
 
     def tokenize(self, text: str | bytes, add_bos=True) -> list:
         data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
-        capacity = len(data) + 8
+        capacity = self.lib.el_tokenize_bound(len(data))
         out = (C.c_int32 * capacity)()
         err = Error()
         n = self.lib.el_runtime_tokenize(self._rt, data, len(data), int(add_bos), out, capacity, C.byref(err))
         if n < 0:
-            raise EdgeLlamaError(f"tokenize: {err.text()}")
+            raise EdgeLlamaError(err.text())  # the C message starts with "tokenize: "
         return list(out[:n])
 
     def token_bytes(self, previous: int, token: int) -> bytes:
@@ -352,8 +353,10 @@ def make_request(sampling: dict, max_tokens: int, min_tokens=0, ignore_eos=False
             raise ValueError(f"sampling: unknown field {name!r} (known: {', '.join(sorted(known))})")
         setattr(r.sampling, name, value)
     r.max_tokens, r.min_tokens, r.ignore_eos = max_tokens, min_tokens, int(ignore_eos)
-    if len(stop) > MAX_STOP_STRINGS or len(stop_token_ids) > MAX_STOP_TOKENS:
-        raise ValueError(f"stop: at most {MAX_STOP_STRINGS} strings and {MAX_STOP_TOKENS} token ids")
+    if len(stop) > MAX_STOP_STRINGS:
+        raise ValueError(f"stop: at most {MAX_STOP_STRINGS} strings (a chat's own stop string counts), got {len(stop)}")
+    if len(stop_token_ids) > MAX_STOP_TOKENS:
+        raise ValueError(f"stop_token_ids: at most {MAX_STOP_TOKENS} token ids, got {len(stop_token_ids)}")
     r.n_stop = len(stop)
     for i, s in enumerate(stop):
         data = s.encode("utf-8")

@@ -10,7 +10,7 @@ class CompletionOutput:
     token_ids: list
     cumulative_logprob: float | None = None
     logprobs: list | None = None
-    finish_reason: str | None = None   # "stop", "length" or "abort"
+    finish_reason: str | None = None   # "stop", "length", "abort" or "error" (NaN/Inf logits; see stop_reason)
     stop_reason: int | str | None = None  # the stop token id or stop string; None for EOS
 
     def finished(self) -> bool:

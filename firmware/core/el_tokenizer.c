@@ -559,6 +559,8 @@ int el_tokenize(const el_tokenizer *tok, const char *text, size_t len, int add_b
     return ok ? o.n : -1;
 }
 
+size_t el_tokenize_bound(size_t len) { return 3 * len + 3 + 1; }
+
 /* ------------------------------------------------------------------ decoding */
 
 static size_t put(char *out, size_t capacity, size_t n, const char *bytes, size_t count)

@@ -35,6 +35,12 @@ int el_tokenizer_find(const el_tokenizer *tok, const char *piece, size_t len);
 int el_tokenize(const el_tokenizer *tok, const char *text, size_t len, int add_bos, int32_t *out, int capacity,
                 el_arena *scratch, el_error *err);
 
+/* The most tokens el_tokenize can give for `len` bytes, BOS included: a capacity that
+ * never fails. Each byte becomes at most three normalized bytes (a space is U+2581, an
+ * invalid byte U+FFFD), each of which may be its own byte token, after the three of the
+ * dummy prefix. */
+size_t el_tokenize_bound(size_t len);
+
 /* The bytes one token stands for: U+2581 becomes a space, <0xXX> its byte, control
  * tokens nothing, the unknown token " \xe2\x81\x87 " (U+2047, as sentencepiece
  * prints it). After BOS (previous == bos_id) a leading space is dropped, as

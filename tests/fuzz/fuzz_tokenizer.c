@@ -9,7 +9,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     el_runtime *rt = fuzz_open_runtime();
-    int vocab = el_runtime_config(rt)->vocab_size, capacity = 3 * (int)size + 16, n, i, previous = -1;
+    int vocab = el_runtime_config(rt)->vocab_size, capacity = (int)el_tokenize_bound(size), n, i, previous = -1;
     int32_t *tokens;
     char *text = (char *)malloc(size ? size : 1), piece[256];
     el_error err;

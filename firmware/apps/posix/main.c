@@ -354,7 +354,7 @@ static int32_t *tokenize(el_runtime *rt, const char *text, size_t len, int *n)
     int capacity;
     int32_t *tokens;
     if (len > 0x1FFFFFF) die("the prompt is too long (%zu bytes)", len);
-    capacity = (int)len + 8; /* never more tokens than bytes, plus BOS */
+    capacity = (int)el_tokenize_bound(len);
     tokens = (int32_t *)xmalloc(sizeof(int32_t) * (size_t)capacity);
     memset(&err, 0, sizeof err);
     *n = el_runtime_tokenize(rt, text, (int)len, 1, tokens, capacity, &err);
