@@ -32,3 +32,21 @@ def test_chat_commands():
     assert generated >= 1 and blocks >= 1
     assert "conversation reset" in r.stderr
     assert r.stdout.count("> ") >= 6
+
+
+def test_generate_n_samples_and_logprobs():
+    r = run("generate", "once upon a time", "--n", "3", "--seed", "4", "--max-tokens", "10", "--logprobs", "2")
+    assert r.returncode == 0, r.stderr
+    headers = re.findall(r"^--- sample (\d) of 3 \(finish: (\w+)\) ---$", r.stdout, re.M)
+    assert [h[0] for h in headers] == ["1", "2", "3"]
+    texts = re.split(r"^--- sample \d of 3 .*---\n", r.stdout, flags=re.M)[1:]
+    assert all(t.startswith("once upon a time") for t in texts)
+    alone = run("generate", "once upon a time", "--seed", "6", "--max-tokens", "10").stdout
+    assert texts[2] == alone  # sample 3 draws with seed + 2
+    assert len(re.findall(r"^\[logprobs\] sample \d: cumulative -?\d+\.\d+$", r.stderr, re.M)) == 3
+    assert len(re.findall(r" rank \d+ +top: ", r.stderr)) == 30
+
+
+def test_generate_n_on_a_serial_device_is_refused_in_one_line():
+    r = run("generate", "hi", "--n", "2", "--port", "/dev/null-nothing")
+    assert r.returncode == 1 and r.stderr.startswith("error: --n: ") and r.stderr.count("\n") == 1, r.stderr

@@ -21,7 +21,8 @@ def test_sampling_params_defaults_are_vllms():
 @pytest.mark.parametrize("field, value", [
     ("temperature", -0.5), ("top_p", 0.0), ("top_p", 1.5), ("top_k", -2), ("min_p", 1.5),
     ("repetition_penalty", 0.0), ("frequency_penalty", 2.5), ("presence_penalty", -3.0),
-    ("max_tokens", 0), ("min_tokens", -1), ("n", 2), ("seed", -1)])
+    ("max_tokens", 0), ("min_tokens", -1), ("n", 0), ("seed", -1), ("logprobs", 21),
+    ("logprobs", -1), ("prompt_logprobs", 21)])
 def test_bad_sampling_values_name_their_field(field, value):
     with pytest.raises(ValueError, match=rf"^{field}"):
         SamplingParams(**{field: value})

@@ -94,8 +94,18 @@ def test_bad_fields_are_400_naming_them(client, model):
         client.completions.create(model=model, prompt="hi", top_p=2)
     with pytest.raises(openai.BadRequestError, match="top_k"):
         client.completions.create(model=model, prompt="hi", extra_body={"top_k": "many"})
-    with pytest.raises(openai.BadRequestError, match="n must be 1"):
-        client.completions.create(model=model, prompt="hi", n=2)
+    with pytest.raises(openai.BadRequestError, match="n: 100 samples need as many sequences") as e:
+        client.completions.create(model=model, prompt="hi", n=100)
+    assert e.value.body["param"] == "n"
+    with pytest.raises(openai.BadRequestError, match="logprobs must be in") as e:
+        client.completions.create(model=model, prompt="hi", logprobs=21)
+    assert e.value.body["param"] == "logprobs"
+    with pytest.raises(openai.BadRequestError, match="top_logprobs must be in") as e:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], logprobs=True,
+                                       top_logprobs=30)
+    assert e.value.body["param"] == "top_logprobs"
+    with pytest.raises(openai.BadRequestError, match="top_logprobs needs logprobs"):
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], top_logprobs=2)
     with pytest.raises(openai.BadRequestError, match="messages"):
         client.chat.completions.create(model=model, messages=[{"role": "wizard", "content": "hi"}])
     with pytest.raises(openai.NotFoundError, match="nope"):
@@ -278,3 +288,93 @@ def test_a_device_failing_mid_stream_reports_an_error():
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ---------------------------------------------------------------- n samples and logprobs (issue 11)
+
+@pytest.fixture(scope="module")
+def llm(server):
+    """The LLM behind the server (the same runtime), for the expected answers."""
+    return server.api.device.llm
+
+
+def test_n_samples_are_forks_with_their_own_seeds(client, model, llm):
+    from edgellama import SamplingParams
+    whole = client.completions.create(model=model, prompt=["once upon a time", "the dog"], n=3, max_tokens=12,
+                                      temperature=1.0, seed=21)
+    assert [c.index for c in whole.choices] == list(range(6))
+    expected = llm.generate(["once upon a time", "the dog"], SamplingParams(n=3, max_tokens=12, temperature=1.0,
+                                                                            seed=21), use_tqdm=False)
+    assert [c.text for c in whole.choices] == [c.text for out in expected for c in out.outputs]
+    assert whole.usage.completion_tokens == sum(len(c.token_ids) for out in expected for c in out.outputs)
+    alone = llm.generate("the dog", SamplingParams(max_tokens=12, temperature=1.0, seed=23), use_tqdm=False)[0]
+    assert whole.choices[5].text == alone.outputs[0].text  # prompt 1, sample 2: seed + 2
+    streamed = ["" for _ in range(6)]
+    finished = set()
+    for chunk in client.completions.create(model=model, prompt=["once upon a time", "the dog"], n=3, max_tokens=12,
+                                           temperature=1.0, seed=21, stream=True):
+        for c in chunk.choices:
+            streamed[c.index] += c.text
+            if c.finish_reason:
+                finished.add(c.index)
+    assert streamed == [c.text for c in whole.choices] and finished == set(range(6))
+
+
+def test_chat_n_streamed_and_not(client, model):
+    messages = [{"role": "user", "content": "tell me a story"}]
+    whole = client.chat.completions.create(model=model, messages=messages, n=2, max_tokens=10, temperature=1.0,
+                                           seed=4)
+    assert [c.index for c in whole.choices] == [0, 1]
+    texts = ["", ""]
+    for chunk in client.chat.completions.create(model=model, messages=messages, n=2, max_tokens=10, temperature=1.0,
+                                                seed=4, stream=True):
+        for c in chunk.choices:
+            texts[c.index] += c.delta.content or ""
+    assert texts == [c.message.content for c in whole.choices] and texts[0] != texts[1]
+
+
+def test_completion_logprobs_and_echo(client, model, llm):
+    from edgellama import SamplingParams
+    r = client.completions.create(model=model, prompt="once upon a time", max_tokens=8, temperature=0, logprobs=3)
+    lp = r.choices[0].logprobs
+    out = llm.generate("once upon a time", SamplingParams(max_tokens=8, temperature=0, logprobs=3),
+                       use_tqdm=False)[0].outputs[0]
+    assert len(lp.tokens) == len(out.token_ids) == 8
+    assert lp.token_logprobs == [e[t].logprob for e, t in zip(out.logprobs, out.token_ids)]
+    assert all(3 <= len(top) <= 4 and max(top.values()) <= 0 for top in lp.top_logprobs)
+    assert "".join(lp.tokens).strip() == r.choices[0].text.strip()
+    assert lp.text_offset == sorted(lp.text_offset)
+
+    echoed = client.completions.create(model=model, prompt="once upon a time", max_tokens=8, temperature=0,
+                                       logprobs=2, echo=True)
+    c = echoed.choices[0]
+    assert c.text == "once upon a time" + r.choices[0].text
+    n_prompt = echoed.usage.prompt_tokens
+    assert len(c.logprobs.tokens) == n_prompt + 8
+    assert c.logprobs.token_logprobs[0] is None and c.logprobs.top_logprobs[0] is None  # BOS: nothing before it
+    assert all(v is not None and v <= 0 for v in c.logprobs.token_logprobs[1:])
+    assert c.logprobs.token_logprobs[n_prompt:] == lp.token_logprobs
+
+    chunks = list(client.completions.create(model=model, prompt="once upon a time", max_tokens=8, temperature=0,
+                                            logprobs=3, stream=True))
+    tokens = [t for ch in chunks for c in ch.choices if c.logprobs for t in c.logprobs.token_logprobs]
+    assert tokens == lp.token_logprobs
+
+
+def test_chat_logprobs_with_top_logprobs(client, model):
+    messages = [{"role": "user", "content": "hi"}]
+    r = client.chat.completions.create(model=model, messages=messages, max_tokens=6, temperature=0, logprobs=True,
+                                       top_logprobs=2)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    for item in content:
+        assert item.logprob <= 0 and bytes(item.bytes).decode("utf-8", "replace") == item.token
+        assert len(item.top_logprobs) == 2 and item.top_logprobs[0].logprob >= item.top_logprobs[1].logprob
+        assert item.top_logprobs[0].token == item.token  # greedy takes the most likely
+    plain = client.chat.completions.create(model=model, messages=messages, max_tokens=6, temperature=0)
+    assert plain.choices[0].logprobs is None
+    streamed = [item for ch in client.chat.completions.create(model=model, messages=messages, max_tokens=6,
+                                                              temperature=0, logprobs=True, stream=True)
+                for c in ch.choices if c.logprobs for item in c.logprobs.content]
+    assert [i.logprob for i in streamed] == [i.logprob for i in content]
+    assert all(i.top_logprobs == [] for i in streamed)  # top_logprobs defaults to 0

@@ -5,12 +5,48 @@ import click
 
 from edgellama.cli.devices import build_options, device_options, requested_engine
 from edgellama.cli.sampling import sampling_options, sampling_params
+from edgellama.errors import EdgeLlamaError
+
+
+def logprob_lines(completion) -> list:
+    """One line per generated token: its text, logprob and rank, then the top tokens
+    (and the chosen one when it is not among them), most likely first."""
+    lines = []
+    for token, entry in zip(completion.token_ids, completion.logprobs):
+        chosen = entry[token]
+        top = "  ".join(f"{lp.decoded_token!r}={lp.logprob:.3f}"
+                        for _, lp in sorted(entry.items(), key=lambda item: item[1].rank))
+        lines.append(f"  {chosen.decoded_token!r:>16} {chosen.logprob:9.4f}  rank {chosen.rank:<5} top: {top}")
+    return lines
+
+
+def generate_samples(prompt: str, params, echo=click.echo, **device):
+    """n samples, or logprobs: each sample as the prompt and its continuation (a header
+    line before each when n > 1), the logprobs after it on stderr. The local runtime
+    forks the samples from one prefill; the serial protocol carries one plain sample."""
+    from edgellama.devices.opener import open_device
+    if device.get("board") or device.get("host") or device.get("port"):  # refused before anything is built
+        flag = "--n" if params.n > 1 else "--logprobs"
+        raise EdgeLlamaError(f"{flag}: a board generates one sample without logprobs over its protocol; "
+                             f"run it here (without --board/--host/--port)")
+    with open_device(say=lambda line: echo(line, err=True), **device) as dev:
+        out = dev.llm.generate(prompt, params, use_tqdm=False)[0]
+        for c in out.outputs:
+            if params.n > 1:
+                echo(f"--- sample {c.index + 1} of {params.n} (finish: {c.finish_reason}) ---")
+            echo(prompt + c.text)
+            if c.logprobs is not None:
+                echo(f"[logprobs] sample {c.index + 1}: cumulative {c.cumulative_logprob:.4f}", err=True)
+                for line in logprob_lines(c):
+                    echo(line, err=True)
 
 
 def generate_on_device(prompt: str, params, echo=click.echo, stats: bool = False, **device):
     """Open the device the options name, stream the prompt and its continuation to echo;
     with stats, one line of timings after the text (on stderr)."""
     from edgellama.devices.opener import open_device
+    if params.n > 1 or params.logprobs is not None:
+        return generate_samples(prompt, params, echo, **device)
     with open_device(say=lambda line: echo(line, err=True), **device) as dev:
         echo(prompt, nl=False)
         try:
@@ -27,9 +63,13 @@ def generate_on_device(prompt: str, params, echo=click.echo, stats: bool = False
 @device_options
 @build_options
 @click.option("--stats", is_flag=True, help="After the text, one line of timings on stderr.")
+@click.option("--n", "n", type=int, default=1, show_default=True,
+              help="Samples of the prompt, forked from one prefill (sample i draws with seed + i).")
+@click.option("--logprobs", type=int, default=None,
+              help="After the text, each token's logprob and rank and this many top tokens (0-20), on stderr.")
 @sampling_options
-def command(prompt, stats, **options):
+def command(prompt, stats, n, logprobs, **options):
     """Continue PROMPT with the model, streaming the text: on this machine by default, or
     on the device --board, --host or --port names (an emulated board is built first)."""
-    params = sampling_params(options)
+    params = sampling_params(options, n=n, logprobs=logprobs)
     generate_on_device(prompt, params, stats=stats, engine=requested_engine(options), **options)

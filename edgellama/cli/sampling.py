@@ -23,12 +23,16 @@ def sampling_options(f):
     return f
 
 
-def sampling_params(options: dict) -> SamplingParams:
-    """SamplingParams from the flags (popped from options); a bad value names its flag."""
+def sampling_params(options: dict, **more) -> SamplingParams:
+    """SamplingParams from the flags (popped from options) and a verb's own (`more`, named
+    as SamplingParams names them and as their flags); a bad value names its flag."""
     values = {name: options.pop(name) for _, name, *_ in FLAGS}
     values["stop"] = list(options.pop("stop"))
+    values.update(more)
     try:
         return SamplingParams(**values)
     except ValueError as e:
-        flag = next((f for f, name, *_ in FLAGS if str(e).startswith(name)), "sampling")
+        flags = [f for f, name, *_ in FLAGS] + [f"--{name.replace('_', '-')}" for name in more]
+        names = [name for _, name, *_ in FLAGS] + list(more)
+        flag = next((f for f, name in zip(flags, names) if str(e).startswith(name)), "sampling")
         raise EdgeLlamaError(f"{flag}: {e}") from None

@@ -8,9 +8,12 @@
 Endpoints: POST /v1/completions and /v1/chat/completions (JSON, or server-sent events
 with "stream": true), GET /v1/models, GET /v1/models/{id}, GET /health. Requests take
 OpenAI's fields (model, prompt / messages, max_tokens or max_completion_tokens,
-temperature, top_p, stop, seed, n=1, stream, stream_options.include_usage) and vLLM's
-extra sampling fields (top_k, min_p, repetition_penalty, presence_penalty,
-frequency_penalty, min_tokens, ignore_eos, stop_token_ids, skip_special_tokens). Errors
+temperature, top_p, stop, seed, n, logprobs (completions: how many top tokens; chat:
+true, with top_logprobs), echo (completions: the prompt, with its logprobs when asked),
+stream, stream_options.include_usage) and vLLM's extra sampling fields (top_k, min_p,
+repetition_penalty, presence_penalty, frequency_penalty, min_tokens, ignore_eos,
+stop_token_ids, skip_special_tokens). The n samples of a prompt are one engine request
+(forks of one prefill); choice i*n + j is sample j of prompt i. Errors
 come back as OpenAI error bodies: 400 naming the bad field, 404 for an unknown route or
 model, 405 (with Allow) for a method a route does not take, 408 for a body that does not
 arrive, 413 for one over MAX_BODY_BYTES, 500 when the device fails.
@@ -56,9 +59,10 @@ LINGER_BYTES, LINGER_S = 1 << 20, 1.0  # after refusing a body: read this much o
 FLOAT_FIELDS = ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
 INT_FIELDS = ("top_k", "min_tokens", "seed", "n")
 BOOL_FIELDS = ("ignore_eos", "skip_special_tokens")
-FIELD_NAMES = FLOAT_FIELDS + INT_FIELDS + BOOL_FIELDS + ("max_tokens", "stop", "stop_token_ids", "prompt", "messages")
+FIELD_NAMES = FLOAT_FIELDS + INT_FIELDS + BOOL_FIELDS + ("max_tokens", "stop", "stop_token_ids", "prompt", "messages",
+                                                         "logprobs", "top_logprobs", "echo")
 # Fields that would change what comes back in ways this server does not do: refused, not ignored.
-UNSUPPORTED = ("logprobs", "top_logprobs", "echo", "suffix", "tools", "functions", "logit_bias")
+UNSUPPORTED = ("suffix", "tools", "functions", "logit_bias")
 
 
 class APIError(Exception):
@@ -111,7 +115,34 @@ def parse_body(data: bytes):
 
 # ---------------------------------------------------------------------- request fields
 
-def sampling_params(body: dict, default_max_tokens: int | None) -> SamplingParams:
+def logprob_fields(body: dict, kind: str) -> dict:
+    """SamplingParams' logprobs and prompt_logprobs from OpenAI's fields: completions take
+    `logprobs` as a count (and `echo` asks for the prompt's too), chat takes `logprobs`
+    true/false with `top_logprobs` as the count."""
+    def count(name):
+        v = body.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise bad(f"{name} must be an integer, got {v!r}", name)
+        return v
+
+    if body.get("echo") not in (None, True, False):
+        raise bad(f"echo must be true or false, got {body['echo']!r}", "echo")
+    if kind == "chat":
+        if body.get("echo"):
+            raise bad("echo is for completions, not chat", "echo")
+        if body.get("logprobs") not in (None, True, False):
+            raise bad(f"logprobs must be true or false, got {body['logprobs']!r}", "logprobs")
+        top = count("top_logprobs")
+        if top is not None and not body.get("logprobs"):
+            raise bad("top_logprobs needs logprobs set to true", "top_logprobs")
+        return {"logprobs": (top or 0) if body.get("logprobs") else None}
+    if body.get("top_logprobs") is not None:
+        raise bad("top_logprobs is for chat; completions take logprobs as a count", "top_logprobs")
+    k = count("logprobs")
+    return {"logprobs": k, "prompt_logprobs": k if body.get("echo") and k is not None else None}
+
+
+def sampling_params(body: dict, default_max_tokens: int | None, kind: str = "completion") -> SamplingParams:
     """SamplingParams from an OpenAI/vLLM request body; a bad field raises a 400 naming it."""
     for name in UNSUPPORTED:
         value = body.get(name)
@@ -162,6 +193,7 @@ def sampling_params(body: dict, default_max_tokens: int | None) -> SamplingParam
         if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
             raise bad("stop_token_ids must be a list of integers", "stop_token_ids")
         values["stop_token_ids"] = ids
+    values.update(logprob_fields(body, kind))
     try:
         params = SamplingParams(**values)
     except ValueError as e:
@@ -170,7 +202,12 @@ def sampling_params(body: dict, default_max_tokens: int | None) -> SamplingParam
         if field == "max_tokens":
             field = max_name
             message = message.replace("max_tokens", max_name, 1)
-        raise bad(message, field if field in values or field == max_name else None) from None
+        elif field == "logprobs" and kind == "chat":
+            field = "top_logprobs"
+            message = message.replace("logprobs", "top_logprobs", 1)
+        elif field == "prompt_logprobs":
+            field = "logprobs"
+        raise bad(message, field if field in values or field in (max_name, "top_logprobs") else None) from None
     return params
 
 
@@ -204,23 +241,50 @@ def chat_messages(body: dict) -> list:
 
 # ---------------------------------------------------------------------- backends
 
-class _Run:
-    """One request on a device: iterate for the text deltas; afterwards prompt_tokens,
-    completion_tokens, finish_reason and stop_reason are set. close() abandons it."""
+@dataclasses.dataclass
+class _Delta:
+    """What one sample of a run adds: text, the logprobs of its new tokens (one
+    {token_id: Logprob} per token, when asked), and whether the sample just finished."""
+    index: int
+    text: str
+    logprobs: list | None = None
+    token_ids: list | None = None
+    finished: bool = False
 
-    prompt_tokens: int | None = None
+
+@dataclasses.dataclass
+class _Sample:
+    """A sample's end, known once it finished."""
     completion_tokens: int | None = None
     finish_reason: str | None = None
-    stop_reason = None
+    stop_reason: int | str | None = None
 
-    def __init__(self, gen):
+
+class _Run:
+    """One prompt on a device, with its n samples: iterate for _Deltas; afterwards
+    prompt_tokens, samples[i] and (when asked) prompt_logprobs are set. close()
+    abandons it."""
+
+    prompt_tokens: int | None = None
+    prompt_token_ids: list | None = None
+    prompt_text: str = ""
+    prompt_logprobs: list | None = None
+    token_text = None  # token id -> (text, bytes), for logprobs
+
+    def __init__(self, gen, n: int = 1):
         self._gen = gen
+        self.samples = [_Sample() for _ in range(n)]
 
     def __iter__(self):
         return self._gen
 
     def close(self):
         self._gen.close()
+
+    @property
+    def completion_tokens(self) -> int | None:
+        counts = [s.completion_tokens for s in self.samples if s.completion_tokens is not None]
+        return sum(counts) if counts else None
 
 
 class LocalBackend:
@@ -265,9 +329,12 @@ class LocalBackend:
                for t in ids):
             raise bad("prompt token ids must be integers in [0, vocab size)", field)
         try:
-            self.llm._check_fits(0, ids)
+            self.llm._check_fits(0, ids, params)
         except ValueError as e:
-            raise bad(f"{field}: {e}".replace("prompt 0: ", ""), field) from None
+            message = str(e).replace("prompt 0: ", "")
+            if message.startswith("n: "):
+                raise bad(message, "n") from None
+            raise bad(f"{field}: {message}", field) from None
         limit = self.llm.max_model_len
         if params.max_tokens is not None and len(ids) + params.max_tokens > limit:
             if max_field:  # asked for: refused, as vLLM does
@@ -275,22 +342,33 @@ class LocalBackend:
                           f"{len(ids) + params.max_tokens} were requested ({len(ids)} in the {field}, "
                           f"{params.max_tokens} in the completion); reduce {max_field} or the {field}", max_field)
             params = dataclasses.replace(params, max_tokens=limit - len(ids))  # the default: what room there is
-        run = _Run(None)
-        run.prompt_tokens = len(ids)
+        run = _Run(None, params.n)
+        run.prompt_tokens, run.prompt_token_ids = len(ids), ids
+        run.prompt_text = item["prompt"] if item.get("prompt") is not None else self.llm.tokenizer.decode(ids)
+        run.token_text = self.token_text
 
         def deltas():
-            decoder = codecs.getincrementaldecoder("utf-8")("replace")
-            for _state, event, output in self.llm._events([item], [params]):
-                text = decoder.decode(event.text_bytes(), final=output is not None)
-                if output is not None:
-                    c = output.outputs[0]
-                    run.completion_tokens, run.finish_reason, run.stop_reason = (len(c.token_ids), c.finish_reason,
-                                                                                c.stop_reason)
-                if text:
-                    yield text
+            decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(params.n)]
+            for state, event, sample, output in self.llm._events([item], [params]):
+                if event.prompt_pos > 0:
+                    continue
+                text = decoders[sample].decode(event.text_bytes(), final=bool(event.finished))
+                if event.finished:
+                    c = state.samples[sample].output
+                    run.samples[sample] = _Sample(len(c.token_ids), c.finish_reason, c.stop_reason)
+                run.prompt_logprobs = state.prompt_logprobs  # complete before the first token's event
+                logprobs = state.samples[sample].logprobs
+                new = logprobs[-1:] if logprobs is not None and event.token >= 0 else None
+                if text or new or event.finished:
+                    yield _Delta(sample, text, new, [event.token] if event.token >= 0 else [], bool(event.finished))
 
         run._gen = deltas()
         return run
+
+    def token_text(self, token: int) -> tuple:
+        """A token's text and bytes on its own (a leading space kept), for logprobs."""
+        data = self.llm._rt.token_bytes(-1, token)
+        return data.decode("utf-8", "replace"), data
 
 
 class DeviceBackend:
@@ -310,8 +388,17 @@ class DeviceBackend:
         self._check_max_tokens(params, max_field)
         return self._run(prompt, params, chat=False)
 
+    @staticmethod
+    def _check_one_plain_sample(params):
+        """The serial protocol carries one sample without logprobs (the local runtime does both)."""
+        if params.n != 1:
+            raise bad(f"n: this device generates one sample per request, got n={params.n}", "n")
+        if params.logprobs is not None or params.prompt_logprobs is not None:
+            raise bad("logprobs: this device does not report log-probabilities", "logprobs")
+
     def _check_max_tokens(self, params, max_field):
         """The device counts the prompt itself; here only max_tokens alone past the context is caught."""
+        self._check_one_plain_sample(params)
         if max_field and self.context_length and params.max_tokens is not None \
                 and params.max_tokens > self.context_length:
             raise bad(f"{max_field}: this model's maximum context length is {self.context_length} tokens, but "
@@ -350,6 +437,7 @@ class DeviceBackend:
             params = dataclasses.replace(params, max_tokens=self.context_length)
         self._check_request(prompt, params, chat)
         run = _Run(None)
+        run.prompt_text = prompt
         device = self.device
 
         def deltas():
@@ -357,7 +445,7 @@ class DeviceBackend:
             try:
                 for chunk in chunks:
                     text.append(chunk)
-                    yield chunk
+                    yield _Delta(0, chunk)
                 done = True
             finally:
                 if not done:  # abandoned (client gone) or failed: stop the device and let it finish
@@ -369,12 +457,11 @@ class DeviceBackend:
                         pass
             stats = device.last_stats
             run.prompt_tokens = stats.prompt_tokens or None
-            run.completion_tokens = stats.output_tokens
-            run.finish_reason = stats.finish_reason
-            if run.finish_reason is None:
-                run.finish_reason = "length" if params.max_tokens and stats.output_tokens >= params.max_tokens else "stop"
-            run.stop_reason = stats.stop_reason
-            if history is not None and run.finish_reason in ("stop", "length"):
+            finish_reason = stats.finish_reason
+            if finish_reason is None:
+                finish_reason = "length" if params.max_tokens and stats.output_tokens >= params.max_tokens else "stop"
+            run.samples[0] = _Sample(stats.output_tokens, finish_reason, stats.stop_reason)
+            if history is not None and finish_reason in ("stop", "length"):
                 system, turns = history
                 self.heard = (system, turns + [{"role": "assistant", "content": "".join(text)}])
 
@@ -418,7 +505,7 @@ class API:
         max_field = next((name for name in ("max_completion_tokens", "max_tokens") if body.get(name) is not None), None)
         if kind == "chat":
             messages = chat_messages(body)
-            params = sampling_params(body, None)
+            params = sampling_params(body, None, "chat")
             return params, [lambda: self.backend.chat(messages, params, max_field)]
         prompt = body.get("prompt")
         if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(
@@ -632,7 +719,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _complete(self, kind, body):
         api = self.server.api
-        _params, factories = api.start(kind, body)
+        params, factories = api.start(kind, body)
+        echo = kind == "completion" and bool(body.get("echo"))
         stream = bool(body.get("stream"))
         include_usage = stream and isinstance(body.get("stream_options"), dict) and bool(
             body["stream_options"].get("include_usage"))
@@ -641,8 +729,9 @@ class _Handler(BaseHTTPRequestHandler):
         obj = "chat.completion" if kind == "chat" else "text_completion"
         with api.lock:
             if not stream:
-                return self._send_json(200, self._whole(kind, factories, rid, created, obj))
-            self._stream(kind, factories, rid, created, obj + (".chunk" if kind == "chat" else ""), include_usage)
+                return self._send_json(200, self._whole(kind, factories, rid, created, obj, params, echo))
+            self._stream(kind, factories, rid, created, obj + (".chunk" if kind == "chat" else ""), include_usage,
+                         params, echo)
 
     def _start_run(self, factory):
         """Create a run and take its first delta, so errors before any text still get a status."""
@@ -659,23 +748,35 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as e:
             raise APIError(500, f"the device failed: {e}") from None
 
-    def _whole(self, kind, factories, rid, created, obj):
+    def _whole(self, kind, factories, rid, created, obj, params, echo):
         choices, n_prompt, n_out = [], None, None
         for index, factory in enumerate(factories):
             run, it, first = self._start_run(factory)
-            text = (first or "") + "".join(_device_errors(it))
+            texts = [""] * len(run.samples)
+            entries = [[] for _ in run.samples]
+            tokens = [[] for _ in run.samples]
+            for delta in ([first] if first is not None else []) + list(_device_errors(it)):
+                texts[delta.index] += delta.text
+                if delta.logprobs is not None:
+                    entries[delta.index] += delta.logprobs
+                    tokens[delta.index] += delta.token_ids
             _raise_if_failed(run)
             if run.prompt_tokens is not None:
                 n_prompt = (n_prompt or 0) + run.prompt_tokens
             if run.completion_tokens is not None:
                 n_out = (n_out or 0) + run.completion_tokens
-            choice = {"index": index, "logprobs": None, "finish_reason": run.finish_reason,
-                      "stop_reason": run.stop_reason}
-            if kind == "chat":
-                choice["message"] = {"role": "assistant", "content": text}
-            else:
-                choice["text"] = text
-            choices.append(choice)
+            for j, sample in enumerate(run.samples):
+                choice = {"index": index * len(run.samples) + j, "logprobs": None,
+                          "finish_reason": sample.finish_reason, "stop_reason": sample.stop_reason}
+                if kind == "chat":
+                    choice["message"] = {"role": "assistant", "content": texts[j]}
+                    if params.logprobs is not None:
+                        choice["logprobs"] = _chat_logprobs(entries[j], tokens[j], run.token_text, params.logprobs)
+                else:
+                    choice["text"] = (run.prompt_text if echo else "") + texts[j]
+                    if params.logprobs is not None:
+                        choice["logprobs"] = _completion_logprobs(run, entries[j], tokens[j], echo)
+                choices.append(choice)
         body = {"id": rid, "object": obj, "created": created, "model": self.server.api.model_id, "choices": choices}
         usage = _usage(n_prompt, n_out)
         if usage:
@@ -690,7 +791,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._write_chunk(b"data: " + (payload if isinstance(payload, bytes) else json.dumps(payload).encode())
                           + b"\n\n")
 
-    def _stream(self, kind, factories, rid, created, obj, include_usage):
+    def _stream(self, kind, factories, rid, created, obj, include_usage, params, echo):
         model = self.server.api.model_id
         first_run = self._start_run(factories[0])
         self.send_response(200)
@@ -699,33 +800,52 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
 
-        def chunk(index, delta=None, finish=None, run=None):
+        def chunk(index, delta=None, finish=None, sample=None, logprobs=None):
             if kind == "chat":
-                choice = {"index": index, "delta": delta if delta is not None else {}, "logprobs": None,
+                choice = {"index": index, "delta": delta if delta is not None else {}, "logprobs": logprobs,
                           "finish_reason": finish}
             else:
-                choice = {"index": index, "text": (delta or {}).get("content", ""), "logprobs": None,
+                choice = {"index": index, "text": (delta or {}).get("content", ""), "logprobs": logprobs,
                           "finish_reason": finish}
             if finish is not None:
-                choice["stop_reason"] = run.stop_reason
+                choice["stop_reason"] = sample.stop_reason
             body = {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]}
             if include_usage:
                 body["usage"] = None
             return body
+
+        def delta_logprobs(run, delta):
+            if params.logprobs is None or delta.logprobs is None:
+                return None
+            if kind == "chat":
+                return _chat_logprobs(delta.logprobs, delta.token_ids, run.token_text, params.logprobs)
+            return _completion_logprobs(run, delta.logprobs, delta.token_ids, False)
 
         n_prompt = n_out = None
         run = None
         try:
             for index, factory in enumerate(factories):
                 run, it, first = first_run if index == 0 else self._start_run(factory)
-                if kind == "chat":
-                    self._event(chunk(index, {"role": "assistant", "content": ""}))
-                if first is not None:
-                    self._event(chunk(index, {"content": first}))
-                for text in _device_errors(it):
-                    self._event(chunk(index, {"content": text}))
+                base, ended = index * len(run.samples), set()
+                for j in range(len(run.samples)):
+                    if kind == "chat":
+                        self._event(chunk(base + j, {"role": "assistant", "content": ""}))
+                    elif echo:
+                        lp = _completion_logprobs(run, [], [], True) if params.logprobs is not None else None
+                        self._event(chunk(base + j, {"content": run.prompt_text}, logprobs=lp))
+                for delta in _chain_first(first, _device_errors(it)):
+                    if delta.text or delta.logprobs:
+                        self._event(chunk(base + delta.index, {"content": delta.text},
+                                          logprobs=delta_logprobs(run, delta)))
+                    if delta.finished:
+                        sample = run.samples[delta.index]
+                        _raise_if_failed(run)
+                        self._event(chunk(base + delta.index, None, sample.finish_reason, sample))
+                        ended.add(delta.index)
                 _raise_if_failed(run)
-                self._event(chunk(index, None, run.finish_reason, run))
+                for j, sample in enumerate(run.samples):
+                    if j not in ended:  # a device says how it ended only after the text
+                        self._event(chunk(base + j, None, sample.finish_reason, sample))
                 if run.prompt_tokens is not None:
                     n_prompt = (n_prompt or 0) + run.prompt_tokens
                 if run.completion_tokens is not None:
@@ -751,12 +871,50 @@ class _Handler(BaseHTTPRequestHandler):
                 run.close()
 
 
+def _chain_first(first, rest):
+    if first is not None:
+        yield first
+    yield from rest
+
+
 def _raise_if_failed(run):
     """A generation the model could not finish (finish_reason "error": NaN or Inf logits)
     is the server's failure, not an answer: a 500 error body, or an error event in a
     stream after the text that came before it (as vLLM reports an engine error)."""
-    if run.finish_reason == "error":
-        raise APIError(500, f"the generation failed: {run.stop_reason or 'the model reported an error'}")
+    for sample in run.samples:
+        if sample.finish_reason == "error":
+            raise APIError(500, f"the generation failed: {sample.stop_reason or 'the model reported an error'}")
+
+
+def _completion_logprobs(run, entries, token_ids, echo) -> dict:
+    """OpenAI's completions logprobs: tokens, token_logprobs, top_logprobs (text ->
+    logprob, the top ones and the chosen one) and text_offset. With echo the prompt's
+    tokens come first, the very first without figures."""
+    if echo:
+        entries = list(run.prompt_logprobs or [None] * len(run.prompt_token_ids)) + list(entries)
+        token_ids = list(run.prompt_token_ids) + list(token_ids)
+    out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    offset = 0
+    for entry, token in zip(entries, token_ids):
+        text = run.token_text(token)[0]
+        out["tokens"].append(text)
+        out["token_logprobs"].append(entry[token].logprob if entry else None)
+        out["top_logprobs"].append({run.token_text(t)[0]: lp.logprob for t, lp in entry.items()} if entry else None)
+        out["text_offset"].append(offset)
+        offset += len(text)
+    return out
+
+
+def _chat_logprobs(entries, token_ids, token_text, top_n) -> dict:
+    """OpenAI's chat logprobs: per token its text, logprob and bytes, and the top_n most likely."""
+    content = []
+    for entry, token in zip(entries, token_ids):
+        text, data = token_text(token)
+        best = sorted(entry.items(), key=lambda item: item[1].rank)[:top_n]
+        content.append({"token": text, "logprob": entry[token].logprob, "bytes": list(data),
+                        "top_logprobs": [{"token": token_text(t)[0], "logprob": lp.logprob,
+                                          "bytes": list(token_text(t)[1])} for t, lp in best]})
+    return {"content": content}
 
 
 class Server(ThreadingHTTPServer):

@@ -16,6 +16,7 @@ from edgellama.runtime.build import build_shared_library, runtime_library_source
 from edgellama.runtime.engine_options import KV_DTYPES
 
 MAX_STOP_STRINGS, MAX_STOP_LEN, MAX_STOP_TOKENS = 4, 32, 8
+MAX_LOGPROBS = 20  # EL_MAX_LOGPROBS (el_logprobs.h)
 FINISH_REASONS = {0: None, 1: "stop", 2: "length", 3: "abort", 4: "error"}
 FINISH_ERROR = 4
 # EL_FINISH_ERROR_TEXT (el_sequence.h): why a sequence finished with "error"
@@ -48,15 +49,31 @@ class Request(C.Structure):
     _fields_ = [("sampling", Sampling), ("max_tokens", C.c_int), ("min_tokens", C.c_int), ("ignore_eos", C.c_int),
                 ("n_stop_token_ids", C.c_int), ("stop_token_ids", C.c_int32 * MAX_STOP_TOKENS),
                 ("n_stop", C.c_int), ("stop", (C.c_char * MAX_STOP_LEN) * MAX_STOP_STRINGS),
-                ("stop_len", C.c_int * MAX_STOP_STRINGS)]
+                ("stop_len", C.c_int * MAX_STOP_STRINGS), ("n", C.c_int), ("logprobs", C.c_int),
+                ("prompt_logprobs", C.c_int)]
+
+
+class LogprobEntry(C.Structure):
+    _fields_ = [("token", C.c_int32), ("logprob", C.c_float), ("rank", C.c_int), ("n_top", C.c_int),
+                ("top_ids", C.c_int32 * MAX_LOGPROBS), ("top_logprobs", C.c_float * MAX_LOGPROBS)]
 
 
 class Event(C.Structure):
-    _fields_ = [("seq_id", C.c_int), ("token", C.c_int), ("text", C.c_void_p), ("text_len", C.c_int),
-                ("finished", C.c_int), ("finish", C.c_int), ("stop_kind", C.c_int), ("stop_value", C.c_int)]
+    _fields_ = [("seq_id", C.c_int), ("parent_id", C.c_int), ("sample_index", C.c_int), ("prompt_pos", C.c_int),
+                ("logprobs", C.POINTER(LogprobEntry)), ("token", C.c_int), ("text", C.c_void_p),
+                ("text_len", C.c_int), ("finished", C.c_int), ("finish", C.c_int), ("stop_kind", C.c_int),
+                ("stop_value", C.c_int)]
 
     def text_bytes(self) -> bytes:
         return C.string_at(self.text, self.text_len) if self.text_len > 0 else b""
+
+    def logprob_figures(self):
+        """(token, logprob, rank, [(top id, top logprob), ...]) copied out of the engine
+        (valid only until the next step there), or None when none were asked for."""
+        if not self.logprobs:
+            return None
+        e = self.logprobs.contents
+        return (e.token, e.logprob, e.rank, [(e.top_ids[i], e.top_logprobs[i]) for i in range(e.n_top)])
 
 
 class Stats(C.Structure):
@@ -64,7 +81,8 @@ class Stats(C.Structure):
                 ("steps", C.c_longlong), ("rows", C.c_longlong), ("blocks_total", C.c_int),
                 ("blocks_used", C.c_int), ("blocks_cached", C.c_int), ("blocks_high_water", C.c_int),
                 ("prefix_queries", C.c_longlong), ("prefix_hits", C.c_longlong), ("preemptions", C.c_longlong),
-                ("arena_used", C.c_size_t), ("arena_high_water", C.c_size_t), ("arena_size", C.c_size_t)]
+                ("arena_used", C.c_size_t), ("arena_high_water", C.c_size_t), ("arena_size", C.c_size_t),
+                ("blocks_copied", C.c_longlong)]
 
     def as_dict(self) -> dict:
         return {name: getattr(self, name) for name, _ in self._fields_}
@@ -88,6 +106,8 @@ def library() -> C.CDLL:
         "el_tokenize_bound": (C.c_size_t, [C.c_size_t]),
         "el_runtime_token_text": (I, [P, I, I, C.c_char_p, I]),
         "el_runtime_add": (I, [P, C.POINTER(C.c_int32), I, C.POINTER(Request), C.POINTER(Error)]),
+        "el_runtime_max_events": (I, [P]),
+        "el_runtime_check_blocks": (I, [P, C.POINTER(Error)]),
         "el_runtime_continue": (I, [P, I, C.POINTER(C.c_int32), I, C.POINTER(Request), C.POINTER(Error)]),
         "el_runtime_step": (I, [P, C.POINTER(Event), I]),
         "el_runtime_pending": (I, [P]),
@@ -234,8 +254,9 @@ class Runtime:
     def step(self, max_events=None) -> list:
         """One engine step's events. A step can work and report none (a prefill chunk of
         a long prompt): use pending() to know whether to go on. Each sequence reports
-        at most one event a step, so max_events of max_seqs loses none."""
-        max_events = max_events or self.max_seqs
+        at most one token event a step; with forks and prompt logprobs a step reports at
+        most el_runtime_max_events, the default here."""
+        max_events = max_events or self.lib.el_runtime_max_events(self._rt)
         events = (Event * max_events)()
         n = self.lib.el_runtime_step(self._rt, events, max_events)
         return [events[i] for i in range(n)]
@@ -262,6 +283,12 @@ class Runtime:
         s = Stats()
         self.lib.el_runtime_stats(self._rt, C.byref(s))
         return s.as_dict()
+
+    def check_blocks(self):
+        """Raise when the KV block manager's books do not balance (el_runtime_check_blocks)."""
+        err = Error()
+        if self.lib.el_runtime_check_blocks(self._rt, C.byref(err)) != 0:
+            raise EdgeLlamaError(err.text())
 
     def logits(self, tokens) -> np.ndarray:
         out = np.zeros((len(tokens), self.vocab_size), dtype=np.float32)
@@ -340,7 +367,8 @@ class Chat:
         return request
 
 
-def make_request(sampling: dict, max_tokens: int, min_tokens=0, ignore_eos=False, stop=(), stop_token_ids=()):
+def make_request(sampling: dict, max_tokens: int, min_tokens=0, ignore_eos=False, stop=(), stop_token_ids=(), n=1,
+                 logprobs=None, prompt_logprobs=None):
     """A C request from plain values (SamplingParams does the validation first).
 
     Fields not named in `sampling` keep the C defaults (temperature 1, top_p 1, ...);
@@ -367,4 +395,7 @@ def make_request(sampling: dict, max_tokens: int, min_tokens=0, ignore_eos=False
     r.n_stop_token_ids = len(stop_token_ids)
     for i, t in enumerate(stop_token_ids):
         r.stop_token_ids[i] = t
+    r.n = n
+    r.logprobs = -1 if logprobs is None else logprobs
+    r.prompt_logprobs = -1 if prompt_logprobs is None else prompt_logprobs
     return r

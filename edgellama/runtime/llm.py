@@ -19,7 +19,7 @@ from tqdm import tqdm
 from edgellama.errors import EdgeLlamaError
 from edgellama.model.loading import resolve
 from edgellama.runtime import capi
-from edgellama.runtime.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from edgellama.runtime.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from edgellama.runtime.sampling_params import SamplingParams
 
 STOP_REASONS = {capi.STOP_NONE: None, capi.STOP_EOS: None}
@@ -43,14 +43,47 @@ class Tokenizer:
 
 
 @dataclass
+class _Sample:
+    """One of a request's n samples as its events arrive."""
+    text: bytearray = field(default_factory=bytearray)
+    logprobs: list | None = None
+    cumulative_logprob: float | None = None
+    output: CompletionOutput | None = None  # once it finished
+
+
+@dataclass
 class _Active:
+    """One request: its prompt, its samples, and its prompt's logprobs."""
     index: int
     request_id: str
     prompt: str | None
     prompt_token_ids: list
     params: SamplingParams
     metrics: RequestMetrics
-    text: bytearray = field(default_factory=bytearray)
+    samples: list = field(default_factory=list)
+    prompt_logprobs: list | None = None
+    num_cached_tokens: int = 0
+
+    def __post_init__(self):
+        self.samples = [_Sample() for _ in range(self.params.n)]
+        for s in self.samples:
+            if self.params.logprobs is not None:
+                s.logprobs, s.cumulative_logprob = [], 0.0
+        if self.params.prompt_logprobs is not None:
+            self.prompt_logprobs = [None]  # the first prompt token has none
+
+    @property
+    def text(self) -> bytearray:  # the first sample's (what n = 1 callers read)
+        return self.samples[0].text
+
+    def done(self) -> bool:
+        return all(s.output is not None for s in self.samples)
+
+    def output(self) -> RequestOutput:
+        m = self.metrics
+        m.finished_time = m.last_token_time
+        return RequestOutput(self.request_id, self.prompt, self.prompt_token_ids, self.prompt_logprobs,
+                             [s.output for s in self.samples], self.done(), m, self.num_cached_tokens)
 
 
 class LLM:
@@ -65,6 +98,7 @@ class LLM:
         self.seed = seed
         self._request_counter = itertools.count()
         self.tokenizer = Tokenizer(self._rt)
+        self._token_texts = {}  # token id -> its text, for Logprob.decoded_token
 
     def get_tokenizer(self) -> Tokenizer:
         return self.tokenizer
@@ -87,27 +121,48 @@ class LLM:
 
     def _c_request(self, params: SamplingParams, request_number: int) -> capi.Request:
         # Without a seed, requests still repeat run to run: derived from the LLM's seed.
+        # Sample i of n draws with seed + i (the C engine's forks), as vLLM seeds its children.
         seed = params.seed if params.seed is not None else (self.seed * 1_000_003 + request_number) % (1 << 64)
         sampling = dict(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, min_p=params.min_p,
                         repetition_penalty=params.repetition_penalty, frequency_penalty=params.frequency_penalty,
                         presence_penalty=params.presence_penalty, seed=seed)
         return capi.make_request(sampling, params.max_tokens or self.max_model_len, params.min_tokens,
-                                 params.ignore_eos, params.stop, params.stop_token_ids)
+                                 params.ignore_eos, params.stop, params.stop_token_ids, params.n, params.logprobs,
+                                 params.prompt_logprobs)
 
-    def _check_fits(self, index: int, prompt_token_ids: list):
+    def _check_fits(self, index: int, prompt_token_ids: list, params: SamplingParams):
         if len(prompt_token_ids) + 1 > self.max_model_len:
             raise ValueError(f"prompt {index}: {len(prompt_token_ids)} tokens leave no room for output in "
                              f"max_model_len {self.max_model_len}")
+        self._check_n(params)
+
+    def _check_n(self, params: SamplingParams):
+        if params.n > self.max_num_seqs:
+            raise ValueError(f"n: {params.n} samples need as many sequences, and this LLM holds "
+                             f"max_num_seqs={self.max_num_seqs}")
 
     def _start(self, index, prompt, params) -> tuple:
         text, ids = self._prompt(prompt)
-        self._check_fits(index, ids)
+        self._check_fits(index, ids, params)
         number = next(self._request_counter)
         seq = self._rt.add(ids, self._c_request(params, number))
         now = time.time()
         return seq, _Active(index, str(number), text, ids, params, RequestMetrics(now, now, first_scheduled_time=now))
 
-    def _finish(self, seq: int, active: _Active, event) -> RequestOutput:
+    def _token_text(self, token: int) -> str:
+        if token not in self._token_texts:
+            self._token_texts[token] = self._rt.token_bytes(-1, token).decode("utf-8", "replace")
+        return self._token_texts[token]
+
+    def _logprobs(self, figures) -> dict:
+        """{token_id: Logprob} of one position: the top tokens, and the chosen one too."""
+        token, logprob, rank, top = figures
+        entry = {t: Logprob(lp, i + 1, self._token_text(t)) for i, (t, lp) in enumerate(top)}
+        if token not in entry:
+            entry[token] = Logprob(logprob, rank, self._token_text(token))
+        return entry
+
+    def _finish_sample(self, seq: int, active: _Active, event):
         tokens, n_prompt, n_cached = self._rt.tokens(seq)
         self._rt.release(seq)
         if event.finish == capi.FINISH_ERROR:
@@ -118,39 +173,68 @@ class LLM:
             stop_reason = active.params.stop[event.stop_value]
         else:
             stop_reason = None
-        m = active.metrics
-        m.finished_time = m.last_token_time
-        completion = CompletionOutput(0, active.text.decode("utf-8", "replace"), tokens[n_prompt:],
-                                      finish_reason=capi.FINISH_REASONS[event.finish], stop_reason=stop_reason)
-        return RequestOutput(active.request_id, active.prompt, active.prompt_token_ids, None, [completion], True,
-                             m, n_cached)
+        sample = active.samples[event.sample_index]
+        if event.sample_index == 0:
+            active.num_cached_tokens = n_cached
+        sample.output = CompletionOutput(event.sample_index, sample.text.decode("utf-8", "replace"), tokens[n_prompt:],
+                                         sample.cumulative_logprob, sample.logprobs,
+                                         finish_reason=capi.FINISH_REASONS[event.finish], stop_reason=stop_reason)
+
+    def _record(self, state: _Active, event) -> int:
+        """An event's text and logprobs into its request; returns its sample index."""
+        figures = event.logprob_figures()
+        if event.prompt_pos > 0:
+            state.prompt_logprobs.append(self._logprobs(figures))
+            return 0
+        sample = state.samples[event.sample_index]
+        sample.text += event.text_bytes()
+        if figures is not None:
+            sample.logprobs.append(self._logprobs(figures))
+            sample.cumulative_logprob += figures[1]
+        return event.sample_index
 
     def _events(self, items, params_list):
-        """Run every (prompt, params) through the engine; yield (active, event, output-or-None)."""
+        """Run every (prompt, params) through the engine; yield (request, event, sample index,
+        the RequestOutput once the request's every sample finished, else None). Requests
+        are added while the engine has a sequence for each of their n samples."""
+        for params in params_list:
+            self._check_n(params)  # before anything starts: such a request would wait forever
         pending = deque(enumerate(zip(items, params_list)))
-        active = {}
+        active = {}       # seq id -> its request
+        started = {}      # the seq id each request started with -> the request (forks name it)
+        slots = 0         # sequences the started requests still hold
         try:
             while pending or active:
-                while pending and len(active) < self.max_num_seqs:
+                while pending and slots + pending[0][1][1].n <= self.max_num_seqs:
                     index, (prompt, params) = pending.popleft()
                     seq, state = self._start(index, prompt, params)
-                    active[seq] = state
+                    active[seq] = started[seq] = state
+                    slots += params.n
                 events = self._rt.step()
                 if not events and not self._rt.pending():
                     raise RuntimeError("the engine stopped with requests unfinished")
+                # The whole step is taken in before anything is yielded: a caller that stops
+                # early leaves every sequence it started known here, forks included.
+                step = []
                 for event in events:
-                    state = active[event.seq_id]
+                    state = active.setdefault(event.seq_id, started[event.parent_id])
                     now = time.time()
-                    if state.metrics.first_token_time is None:
+                    if state.metrics.first_token_time is None and event.prompt_pos == 0:
                         state.metrics.first_token_time = now
                         state.metrics.time_in_queue = 0.0
                     state.metrics.last_token_time = now
-                    state.text += event.text_bytes()
+                    sample = self._record(state, event)
                     output = None
                     if event.finished:
-                        output = self._finish(event.seq_id, state, event)
+                        self._finish_sample(event.seq_id, state, event)
                         del active[event.seq_id]
-                    yield state, event, output
+                        slots -= 1
+                        if state.done():
+                            output = state.output()
+                    step.append((state, event, sample, output))
+                for seq in [seq for seq, state in started.items() if state.done()]:
+                    del started[seq]
+                yield from step
         finally:
             for seq in active:  # an error or an abandoned stream: give the blocks back
                 self._rt.abort(seq)
@@ -171,12 +255,12 @@ class LLM:
         started = time.time()
         n_in = n_out = 0
         bar = tqdm(total=len(items), desc="Processed prompts", disable=not use_tqdm, dynamic_ncols=True)
-        for state, _event, output in self._events(items, params_list):
+        for state, _event, _sample, output in self._events(items, params_list):
             if output is None:
                 continue
             results[state.index] = output
             n_in += len(output.prompt_token_ids)
-            n_out += len(output.outputs[0].token_ids)
+            n_out += sum(len(c.token_ids) for c in output.outputs)
             elapsed = max(time.time() - started, 1e-9)
             bar.postfix = f"est. speed input: {n_in / elapsed:.2f} toks/s, output: {n_out / elapsed:.2f} toks/s"
             bar.update(1)
@@ -208,24 +292,30 @@ class LLM:
         return ChatSession(self, system, capi.Chat(self._rt, chat_template))
 
     def generate_stream(self, prompt, sampling_params: SamplingParams | None = None):
-        """Yield RequestOutputs as tokens arrive; outputs[0].text is the new text only
-        (vLLM's DELTA kind). The last one has finished=True and the finish reason.
+        """Yield RequestOutputs as tokens arrive (vLLM's DELTA kind): each holds one
+        CompletionOutput, of the sample (`index`) that moved, with the new text, token and
+        logprobs only, and its finish_reason once that sample ends. The last one has
+        finished=True and, when asked for, the prompt's logprobs.
         A generation that fails (NaN or Inf logits: finish_reason "error" in generate)
         raises EdgeLlamaError after the text so far: a stream has no other way to say it."""
         params = sampling_params or SamplingParams()
-        for state, event, output in self._events([prompt], [params]):
+        for state, event, sample, output in self._events([prompt], [params]):
+            if event.prompt_pos > 0:
+                continue  # prompt logprobs come with the last output
             delta = event.text_bytes().decode("utf-8", "replace")
-            if output is not None and output.outputs[0].finish_reason == "error":
+            moved = state.samples[sample]
+            if event.finished and event.finish == capi.FINISH_ERROR:
                 if delta:
                     yield RequestOutput(state.request_id, state.prompt, state.prompt_token_ids, None,
-                                        [CompletionOutput(0, delta, [])], False, state.metrics)
+                                        [CompletionOutput(sample, delta, [])], False, state.metrics)
                 raise EdgeLlamaError(f"generation stopped: {capi.FINISH_ERROR_TEXT}")
-            if output is not None:
-                output.outputs[0].text = delta
-                yield output
-                return
-            completion = CompletionOutput(0, delta, [event.token])
-            yield RequestOutput(state.request_id, state.prompt, state.prompt_token_ids, None, [completion], False,
+            completion = CompletionOutput(sample, delta, [event.token] if event.token >= 0 else [],
+                                          moved.cumulative_logprob,
+                                          moved.logprobs[-1:] if moved.logprobs is not None else None)
+            if event.finished:
+                completion.finish_reason, completion.stop_reason = moved.output.finish_reason, moved.output.stop_reason
+            yield RequestOutput(state.request_id, state.prompt, state.prompt_token_ids,
+                                state.prompt_logprobs if output is not None else None, [completion], output is not None,
                                 state.metrics)
 
 

@@ -4,6 +4,16 @@ from dataclasses import dataclass, field
 
 
 @dataclass
+class Logprob:
+    """One token's log-probability under the model's own distribution (log-softmax of
+    the raw logits, before penalties and temperature), its rank (1 = most likely) and
+    its text. CompletionOutput.logprobs holds one {token_id: Logprob} per token."""
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+@dataclass
 class CompletionOutput:
     index: int
     text: str
@@ -38,3 +48,20 @@ class RequestOutput:
     metrics: RequestMetrics | None = None
     num_cached_tokens: int = 0
     extra: dict = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class BeamSearchSequence:
+    """One hypothesis of a beam search: the prompt's tokens and its own, its text (the
+    generated part), and the sum of its tokens' log-probabilities."""
+    tokens: list
+    text: str
+    cum_logprob: float
+    logprobs: list = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+@dataclass
+class BeamSearchOutput:
+    """vLLM's result of LLM.beam_search for one prompt: its best sequences, best first."""
+    sequences: list

@@ -13,6 +13,7 @@ GREEDY_TEMPERATURE = 1e-5
 # turn into inf on its way across.
 INT32_MAX = (1 << 31) - 1
 FLOAT32_MAX = 3.4028234663852886e38
+MAX_LOGPROBS = 20  # EL_MAX_LOGPROBS (el_logprobs.h): vLLM's default max_logprobs
 FLOAT_FIELDS = ("presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p", "min_p")
 
 
@@ -33,6 +34,8 @@ class SamplingParams:
     max_tokens: int | None = 16
     min_tokens: int = 0
     skip_special_tokens: bool = True
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
     extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -56,12 +59,16 @@ class SamplingParams:
                 finite = False
             if not finite:
                 fail(f"{name} must be a finite number, got {value}.")
-        for name in ("n", "top_k", "min_tokens", "max_tokens", "seed"):
+        for name in ("n", "top_k", "min_tokens", "max_tokens", "seed", "logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
                 fail(f"{name} must be an integer, got {value!r}.")
-        if self.n != 1:
-            fail(f"n must be 1 (one completion per prompt), got {self.n}.")
+        if not 1 <= self.n <= INT32_MAX:
+            fail(f"n must be at least 1, got {self.n}.")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_LOGPROBS:
+                fail(f"{name} must be in [0, {MAX_LOGPROBS}] (the top tokens reported per position), got {value}.")
         if not -2.0 <= self.presence_penalty <= 2.0:
             fail(f"presence_penalty must be in [-2, 2], got {self.presence_penalty}.")
         if not -2.0 <= self.frequency_penalty <= 2.0:

@@ -88,12 +88,17 @@ el_status el_engine_init(el_engine *e, const el_model *model, const el_engine_op
     e->rows = (el_batch_row *)el_arena_alloc(arena, sizeof(el_batch_row) * (size_t)o->max_batch_tokens, 8);
     e->row_seq = (int32_t *)el_arena_alloc(arena, sizeof(int32_t) * (size_t)o->max_batch_tokens, 4);
     e->text_scratch = (char *)el_arena_alloc(arena, el_sequence_scratch_bytes(&e->tokenizer), 1);
-    if (e->rows == NULL || e->row_seq == NULL || e->text_scratch == NULL)
+    e->fork_logits = (float *)el_arena_alloc(arena, sizeof(float) * (size_t)c->vocab_size, 16);
+    e->logprob_entries = (el_logprob_entry *)el_arena_alloc(
+        arena, sizeof(el_logprob_entry) * (size_t)el_engine_max_events(e), 8);
+    if (e->rows == NULL || e->row_seq == NULL || e->text_scratch == NULL || e->fork_logits == NULL ||
+        e->logprob_entries == NULL)
         return el_fail(err, EL_ERR_NO_MEMORY, "engine: the arena is too small for the batch", "", "");
     e->scheduler.seqs = e->seqs;
     e->scheduler.max_seqs = o->max_seqs;
     e->scheduler.kv = &e->kv;
     e->scheduler.max_rows = o->max_batch_tokens;
+    e->scheduler.max_logits = o->max_seqs; /* el_forward_init's max_logits */
     e->scheduler.max_model_len = o->max_model_len;
     e->scheduler.next_arrival = 1;
     e->scheduler.prefix_caching = !o->no_prefix_caching;
@@ -155,8 +160,11 @@ static el_status check_request(const el_engine *e, const el_request *request, el
     return EL_OK;
 }
 
-static void start_turn(el_engine *e, el_sequence *seq, const el_request *request)
+/* A turn's tokens start at first_new (0 for a new sequence; a continued turn reports
+ * prompt logprobs from its first new token on, the very first token has none). */
+static void start_turn(el_engine *e, el_sequence *seq, const el_request *request, int first_new)
 {
+    seq->prompt_logprob_next = first_new > 1 ? first_new : 1;
     seq->request = *request;
     seq->n_prompt = seq->n_tokens;
     seq->n_cached_tokens = -1;
@@ -170,21 +178,52 @@ static void start_turn(el_engine *e, el_sequence *seq, const el_request *request
     seq->state = EL_SEQ_WAITING;
 }
 
+static int free_slots(const el_engine *e)
+{
+    int i, n = 0;
+    for (i = 0; i < e->options.max_seqs; i++) n += e->seqs[i].state == EL_SEQ_FREE;
+    return n;
+}
+
+/* The slots of a request's samples: the first is the sequence that prefills, the
+ * others are reserved for its forks. */
+static el_sequence *take_slots(el_engine *e, int n)
+{
+    el_sequence *first = NULL;
+    int i, sample = 0;
+    for (i = 0; i < e->options.max_seqs && sample < n; i++) {
+        el_sequence *seq = &e->seqs[i];
+        if (seq->state != EL_SEQ_FREE) continue;
+        if (first == NULL) first = seq;
+        seq->parent = first->id;
+        seq->sample_index = sample++;
+        seq->forks_pending = 0;
+        seq->n_computed = seq->n_blocks = seq->n_preemptions = 0;
+        if (seq != first) seq->state = EL_SEQ_RESERVED;
+    }
+    first->forks_pending = n - 1;
+    return first;
+}
+
 int el_engine_add(el_engine *e, const int32_t *prompt, int n_prompt, const el_request *request, el_error *err)
 {
-    el_sequence *seq = NULL;
-    int i;
+    el_sequence *seq;
     if (check_request(e, request, err) != EL_OK || check_tokens(e, prompt, n_prompt, 0, err) != EL_OK) return -1;
-    for (i = 0; i < e->options.max_seqs && seq == NULL; i++)
-        if (e->seqs[i].state == EL_SEQ_FREE) seq = &e->seqs[i];
-    if (seq == NULL) {
+    if (request->n > e->options.max_seqs) {
+        el_fail(err, EL_ERR_ARGUMENT, "n: ", "", "");
+        el_error_num(err, request->n);
+        el_error_append(err, " samples need as many sequences, and the engine holds max_seqs ");
+        el_error_num(err, e->options.max_seqs);
+        return -1;
+    }
+    if (free_slots(e) < request->n) {
         el_fail(err, EL_ERR_CAPACITY, "engine: all sequence slots are busy", "", "");
         return -1;
     }
+    seq = take_slots(e, request->n);
     el_memcpy(seq->tokens, prompt, sizeof(int32_t) * (size_t)n_prompt);
     seq->n_tokens = n_prompt;
-    seq->n_computed = seq->n_blocks = seq->n_preemptions = 0;
-    start_turn(e, seq, request);
+    start_turn(e, seq, request, 0);
     return seq->id;
 }
 
@@ -197,10 +236,11 @@ el_status el_engine_continue(el_engine *e, int seq_id, const int32_t *tokens, in
         return el_fail(err, EL_ERR_ARGUMENT, "continue: no finished sequence with that id", "", "");
     seq = &e->seqs[seq_id];
     if ((status = check_request(e, request, err)) != EL_OK) return status;
+    if (request->n != 1) return el_fail(err, EL_ERR_ARGUMENT, "n: a continued sequence takes one sample", "", "");
     if ((status = check_tokens(e, tokens, n, seq->n_tokens, err)) != EL_OK) return status;
     el_memcpy(seq->tokens + seq->n_tokens, tokens, sizeof(int32_t) * (size_t)n);
     seq->n_tokens += n;
-    start_turn(e, seq, request);
+    start_turn(e, seq, request, seq->n_tokens - n);
     return EL_OK;
 }
 
@@ -264,6 +304,10 @@ static void fill_event(el_event *ev, el_sequence *seq, int token)
 {
     int ready = el_sequence_ready_text(seq);
     ev->seq_id = seq->id;
+    ev->parent_id = seq->parent;
+    ev->sample_index = seq->sample_index;
+    ev->prompt_pos = 0;
+    ev->logprobs = NULL;
     ev->token = token;
     ev->text = seq->text + seq->text_emitted;
     ev->text_len = ready > seq->text_emitted ? ready - seq->text_emitted : 0;
@@ -274,7 +318,112 @@ static void fill_event(el_event *ev, el_sequence *seq, int token)
     ev->stop_value = seq->stop_value;
 }
 
+/* ------------------------------------------------------------ forks */
+
+/* A reserved slot becomes a sample of `parent`'s request: the prompt's tokens, a
+ * reference to each of its blocks, its own seed (the request's + sample_index). The
+ * parent may have appended its own first token already: only the prompt is taken. */
+static void fork_sequence(el_engine *e, el_sequence *parent, el_sequence *child)
+{
+    int i;
+    el_memcpy(child->tokens, parent->tokens, sizeof(int32_t) * (size_t)parent->n_prompt);
+    child->n_tokens = child->n_prompt = parent->n_prompt;
+    child->n_computed = parent->n_computed;
+    for (i = 0; i < parent->n_blocks; i++) {
+        child->block_table[i] = parent->block_table[i];
+        el_kv_share(&e->kv, parent->block_table[i]);
+    }
+    child->n_blocks = parent->n_blocks;
+    start_turn(e, child, &parent->request, 0);
+    child->n_cached_tokens = parent->n_cached_tokens;
+    child->prompt_logprob_next = parent->prompt_logprob_next; /* the parent reported them */
+    el_rng_seed(&child->rng, parent->request.sampling.seed + (uint64_t)child->sample_index);
+    child->state = EL_SEQ_RUNNING;
+}
+
+static void free_reserved(el_engine *e, const el_sequence *parent)
+{
+    int i;
+    for (i = 0; i < e->options.max_seqs; i++)
+        if (e->seqs[i].state == EL_SEQ_RESERVED && e->seqs[i].parent == parent->id) e->seqs[i].state = EL_SEQ_FREE;
+}
+
 /* ------------------------------------------------------------ the step */
+
+int el_engine_max_events(const el_engine *e) { return 2 * e->options.max_seqs; }
+
+/* Event n, or NULL past the caller's array (then the step reports no more; nothing
+ * else changes). logprob_entries[n] goes with it: max_events is capped to their count. */
+static el_event *event_at(el_event *events, int n, int max_events) { return n < max_events ? &events[n] : NULL; }
+
+/* Sample seq's next token from its logits row (`raw`: the same row as the model gave
+ * it, for the logprobs; `shift` its log-softmax shift) and report it in ev. */
+static void sample_row(el_engine *e, el_sequence *seq, float *logits, const float *raw, float shift, el_event *ev,
+                       el_logprob_entry *entry)
+{
+    int vocab = e->model->config.vocab_size, token = -1;
+    /* NaN or Inf logits (activations that overflowed, or NaN weights nothing scanned):
+     * any token drawn from them would be garbage, so the sequence ends with an error */
+    if (!el_logits_finite(logits, vocab)) {
+        finish(seq, EL_FINISH_ERROR);
+    } else {
+        token = sample_next(e, seq, logits);
+        if (ev != NULL && seq->request.logprobs >= 0)
+            el_logprob_fill(entry, raw, vocab, shift, token, seq->request.logprobs);
+        append_token(e, seq, token);
+    }
+    if (ev == NULL) return;
+    fill_event(ev, seq, token);
+    if (token >= 0 && seq->request.logprobs >= 0) ev->logprobs = entry;
+}
+
+/* A logits row of a prompt position: the logprob of the prompt token after it. */
+static void report_prompt_logprob(el_engine *e, el_sequence *seq, int pos, const float *logits, el_event *ev,
+                                  el_logprob_entry *entry)
+{
+    int vocab = e->model->config.vocab_size;
+    seq->prompt_logprob_next = pos + 2;
+    if (!el_logits_finite(logits, vocab)) {
+        finish(seq, EL_FINISH_ERROR);
+        if (ev != NULL) fill_event(ev, seq, -1);
+        return;
+    }
+    if (ev == NULL) return;
+    el_logprob_fill(entry, logits, vocab, el_logprob_shift(logits, vocab), seq->tokens[pos + 1],
+                    seq->request.prompt_logprobs);
+    fill_event(ev, seq, seq->tokens[pos + 1]);
+    ev->prompt_pos = pos + 1;
+    ev->text_len = 0;
+    ev->logprobs = entry;
+}
+
+/* The row that samples seq's next token, and at a request's first token its forks:
+ * each samples from the same logits, reported after it. Returns the event count. */
+static int sample_with_forks(el_engine *e, el_sequence *seq, float *logits, el_event *events, int n_events,
+                             int max_events)
+{
+    int vocab = e->model->config.vocab_size, i;
+    int keep_raw = seq->forks_pending > 0 || seq->request.logprobs >= 0;
+    float shift = 0.0f;
+    if (keep_raw) {
+        el_memcpy(e->fork_logits, logits, sizeof(float) * (size_t)vocab);
+        if (seq->request.logprobs >= 0) shift = el_logprob_shift(logits, vocab);
+    }
+    sample_row(e, seq, logits, e->fork_logits, shift, event_at(events, n_events, max_events),
+               &e->logprob_entries[n_events]);
+    n_events += n_events < max_events;
+    for (i = 0; i < e->options.max_seqs && seq->forks_pending > 0; i++) {
+        el_sequence *child = &e->seqs[i];
+        if (child->state != EL_SEQ_RESERVED || child->parent != seq->id) continue;
+        fork_sequence(e, seq, child);
+        seq->forks_pending--;
+        el_memcpy(logits, e->fork_logits, sizeof(float) * (size_t)vocab);
+        sample_row(e, child, logits, e->fork_logits, shift, event_at(events, n_events, max_events),
+                   &e->logprob_entries[n_events]);
+        n_events += n_events < max_events;
+    }
+    return n_events;
+}
 
 /* A safety net: waiting sequences that cannot be admitted while nothing runs are
  * aborted rather than left to wait forever. The scheduler takes blocks back from
@@ -295,6 +444,7 @@ static int abort_stuck(el_engine *e, el_event *events, int max_events)
 int el_engine_step(el_engine *e, el_event *events, int max_events)
 {
     int n_rows, r, n_logits, logit = 0, n_events = 0;
+    if (max_events > el_engine_max_events(e)) max_events = el_engine_max_events(e);
     n_rows = el_schedule(&e->scheduler, e->rows, e->row_seq);
     if (n_rows == 0) return el_engine_pending(e) ? abort_stuck(e, events, max_events) : 0;
     n_logits = el_forward(&e->forward, e->model, &e->kv, e->rows, n_rows);
@@ -310,18 +460,16 @@ int el_engine_step(el_engine *e, el_event *events, int max_events)
     for (r = 0; r < n_rows; r++) {
         el_sequence *seq = &e->seqs[e->row_seq[r]];
         float *logits;
-        int token = -1;
         if (!e->rows[r].want_logits) continue;
         logits = e->forward.logits + (size_t)logit++ * (size_t)e->model->config.vocab_size;
-        /* NaN or Inf logits (activations that overflowed, or NaN weights nothing scanned):
-         * any token drawn from them would be garbage, so the sequence ends with an error */
-        if (!el_logits_finite(logits, e->model->config.vocab_size)) {
-            finish(seq, EL_FINISH_ERROR);
+        if (seq->state != EL_SEQ_RUNNING) continue; /* ended by an earlier row of this step */
+        if (e->rows[r].pos < seq->n_tokens - 1) {
+            report_prompt_logprob(e, seq, e->rows[r].pos, logits, event_at(events, n_events, max_events),
+                                  &e->logprob_entries[n_events]);
+            n_events += n_events < max_events;
         } else {
-            token = sample_next(e, seq, logits);
-            append_token(e, seq, token);
+            n_events = sample_with_forks(e, seq, logits, events, n_events, max_events);
         }
-        if (n_events < max_events) fill_event(&events[n_events++], seq, token);
     }
     e->steps++;
     e->rows_run += n_rows;
@@ -336,6 +484,10 @@ void el_engine_abort(el_engine *e, int seq_id)
     if (seq_id < 0 || seq_id >= e->options.max_seqs) return;
     seq = &e->seqs[seq_id];
     if (seq->state == EL_SEQ_WAITING || seq->state == EL_SEQ_RUNNING) finish(seq, EL_FINISH_ABORT);
+    if (seq->forks_pending > 0) { /* the samples it never forked end with it */
+        free_reserved(e, seq);
+        seq->forks_pending = 0;
+    }
 }
 
 void el_engine_release(el_engine *e, int seq_id)
@@ -343,7 +495,10 @@ void el_engine_release(el_engine *e, int seq_id)
     el_sequence *seq;
     if (seq_id < 0 || seq_id >= e->options.max_seqs) return;
     seq = &e->seqs[seq_id];
+    if (seq->state == EL_SEQ_RESERVED) return; /* its parent's, not the caller's */
     el_scheduler_release_blocks(&e->scheduler, seq);
+    free_reserved(e, seq);
+    seq->forks_pending = 0;
     seq->state = EL_SEQ_FREE;
 }
 
@@ -377,6 +532,39 @@ void el_engine_stats_get(const el_engine *e, el_engine_stats *s)
     s->arena_used = e->arena->used;
     s->arena_high_water = e->arena->high_water;
     s->arena_size = e->arena->size;
+    s->blocks_copied = e->kv.copies;
+}
+
+static el_status block_books_off(el_error *err, const char *what, int block)
+{
+    el_fail(err, EL_ERR_FORMAT, "KV blocks: ", what, " at block ");
+    el_error_num(err, block);
+    return EL_ERR_FORMAT;
+}
+
+el_status el_engine_check_blocks(el_engine *e, el_error *err)
+{
+    const el_kv_cache *kv = &e->kv;
+    size_t mark = el_arena_mark(e->arena);
+    int32_t *held = (int32_t *)el_arena_alloc(e->arena, sizeof(int32_t) * (size_t)kv->n_blocks, 4);
+    int i, b, on_free_list = 0, unheld = 0;
+    el_status status = EL_OK;
+    if (held == NULL) return el_fail(err, EL_ERR_NO_MEMORY, "KV blocks: no scratch to check them", "", "");
+    for (b = 0; b < kv->n_blocks; b++) held[b] = 0;
+    for (i = 0; i < e->options.max_seqs; i++)
+        for (b = 0; b < e->seqs[i].n_blocks; b++) held[e->seqs[i].block_table[b]]++;
+    for (b = kv->free_head; b >= 0 && status == EL_OK; b = kv->free_next[b]) {
+        if (held[b] != 0 || kv->ref_count[b] != 0) status = block_books_off(err, "a free block is held", b);
+        on_free_list++;
+    }
+    for (b = 0; b < kv->n_blocks && status == EL_OK; b++) {
+        if (held[b] != kv->ref_count[b]) status = block_books_off(err, "a reference count differs from its holders", b);
+        unheld += held[b] == 0;
+    }
+    if (status == EL_OK && (on_free_list != kv->n_free || unheld != on_free_list))
+        status = block_books_off(err, "the free list is not the blocks nobody holds", on_free_list);
+    el_arena_reset(e->arena, mark);
+    return status;
 }
 
 el_status el_engine_set_parallel(el_engine *e, el_parallel_run_fn run, void *pool, int n_workers, el_error *err)

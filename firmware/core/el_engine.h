@@ -13,6 +13,12 @@
  * the whole KV pool (a pool smaller than max_model_len is allowed on small boards).
  * It ends with EL_FINISH_ERROR when its logits hold NaN or Inf: the check is one pass
  * of integer ORs over the row, before the sampler touches it.
+ *
+ * A request with n > 1 holds n sequence slots from el_engine_add on; its first token
+ * forks the samples (el_sequence.h), each reporting events under its own seq_id with
+ * the parent's id and its sample_index. Log-probabilities (el_logprobs.h) come with
+ * the events that ask for them: one per sampled token, and for prompt_logprobs one
+ * event per prompt position (prompt_pos > 0, no text), before the first token's.
  */
 #ifndef EL_ENGINE_H
 #define EL_ENGINE_H
@@ -34,6 +40,10 @@ typedef struct {
 
 typedef struct {
     int seq_id;
+    int parent_id;          /* the sequence that prefilled the prompt (seq_id itself for sample 0) */
+    int sample_index;       /* which of the request's n samples */
+    int prompt_pos;         /* > 0: a prompt logprob event for the prompt token at this position */
+    const el_logprob_entry *logprobs; /* when asked for; valid until the next step */
     int token;              /* the token sampled this step; -1 when none (abort, error) */
     const char *text;       /* text that became ready this step (not NUL-terminated) */
     int text_len;
@@ -48,6 +58,7 @@ typedef struct {
     int blocks_total, blocks_used, blocks_cached, blocks_high_water;
     long long prefix_queries, prefix_hits, preemptions;
     size_t arena_used, arena_high_water, arena_size;
+    long long blocks_copied;  /* copy-on-write copies of blocks shared with a fork */
 } el_engine_stats;
 
 typedef struct {
@@ -62,6 +73,8 @@ typedef struct {
     el_batch_row *rows;
     int32_t *row_seq;
     char *text_scratch;     /* el_sequence_scratch_bytes: one token's text on its way in */
+    float *fork_logits;     /* one logits row, kept while the forks of a request sample from it */
+    el_logprob_entry *logprob_entries; /* one per event a step can report */
     el_arena *arena;
     long long prompt_tokens_computed, tokens_generated, steps, rows_run;
 } el_engine;
@@ -75,14 +88,22 @@ int el_engine_add(el_engine *engine, const int32_t *prompt, int n_prompt, const 
 /* Append tokens (the next chat turn) to a finished sequence, keeping its cached KV. */
 el_status el_engine_continue(el_engine *engine, int seq_id, const int32_t *tokens, int n, const el_request *request,
                              el_error *err);
-/* One step; writes at most max_events events, returns how many (0: nothing to do). */
+/* The most events one step reports: one per logits row (max_seqs) plus one per fork. */
+int el_engine_max_events(const el_engine *engine);
+/* One step; writes at most max_events events, returns how many (0: nothing to do).
+ * Give it el_engine_max_events so that none is lost. */
 int el_engine_step(el_engine *engine, el_event *events, int max_events);
 void el_engine_abort(el_engine *engine, int seq_id);
-/* Forget a sequence and give its blocks back (full ones stay in the prefix cache). */
+/* Forget a sequence and give its blocks back (full ones stay in the prefix cache);
+ * slots it still holds for forks it has not made are freed too. */
 void el_engine_release(el_engine *engine, int seq_id);
 int el_engine_pending(const el_engine *engine);
 const el_sequence *el_engine_sequence(const el_engine *engine, int seq_id);
 void el_engine_stats_get(const el_engine *engine, el_engine_stats *stats);
+/* For tests and tools: whether the block manager's books balance. Every block's
+ * reference count equals the number of block tables holding it, and the free list
+ * holds exactly the blocks no table holds. EL_OK, or an error saying what is off. */
+el_status el_engine_check_blocks(el_engine *engine, el_error *err);
 /* Run the heavy loops through `run` over `pool` with n_workers threads (at most
  * options.threads); run = NULL goes back to the caller's thread alone. */
 el_status el_engine_set_parallel(el_engine *engine, el_parallel_run_fn run, void *pool, int n_workers, el_error *err);

@@ -186,6 +186,11 @@ void el_kv_release(el_kv_cache *kv, int block)
     else free_list_push_front(kv, block);
 }
 
+void el_kv_share(el_kv_cache *kv, int block)
+{
+    if (block >= 0 && kv->ref_count[block] > 0) kv->ref_count[block]++;
+}
+
 int el_kv_blocks_used(const el_kv_cache *kv) { return kv->n_blocks - kv->n_free; }
 
 int el_kv_blocks_cached(const el_kv_cache *kv)
@@ -216,6 +221,22 @@ void el_kv_store(el_kv_cache *kv, int block, int slot, int layer, const float *k
         store_int8((int8_t *)kv->values + at * slot_values(kv), kv->value_scales + at * (size_t)kv->n_kv_heads, value,
                    kv->n_kv_heads, kv->head_dim);
     }
+}
+
+void el_kv_copy(el_kv_cache *kv, int dst, int src)
+{
+    size_t positions = (size_t)kv->n_layers * (size_t)kv->block_size, values = positions * slot_values(kv);
+    size_t from = block_offset(kv, src, 0, 0), to = block_offset(kv, dst, 0, 0);
+    size_t value_bytes = kv->dtype == EL_KV_F32 ? sizeof(float) : 1, scales = (size_t)kv->n_kv_heads;
+    el_memcpy((char *)kv->keys + to * slot_values(kv) * value_bytes,
+              (const char *)kv->keys + from * slot_values(kv) * value_bytes, values * value_bytes);
+    el_memcpy((char *)kv->values + to * slot_values(kv) * value_bytes,
+              (const char *)kv->values + from * slot_values(kv) * value_bytes, values * value_bytes);
+    if (kv->dtype == EL_KV_INT8) {
+        el_memcpy(kv->key_scales + to * scales, kv->key_scales + from * scales, sizeof(float) * positions * scales);
+        el_memcpy(kv->value_scales + to * scales, kv->value_scales + from * scales, sizeof(float) * positions * scales);
+    }
+    kv->copies++;
 }
 
 /* Where one head's vector at a position starts, in values of the storage type. */

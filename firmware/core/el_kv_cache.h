@@ -6,7 +6,9 @@
  * is registered under a hash of its tokens and of the block before it, so another
  * sequence (or the next chat turn) with the same prefix finds it and shares it
  * instead of computing it again. Freed blocks that are registered stay findable
- * until the pool needs them (least recently freed first).
+ * until the pool needs them (least recently freed first). A fork shares all of its
+ * parent's blocks (el_kv_share); a shared block that is still being filled is copied
+ * (el_kv_copy) by the first of them to write into it.
  */
 #ifndef EL_KV_CACHE_H
 #define EL_KV_CACHE_H
@@ -31,7 +33,7 @@ typedef struct {
     int32_t *bucket_head, *bucket_next;
     int32_t n_buckets;
     /* counters */
-    long long prefix_queries, prefix_hits, evictions;
+    long long prefix_queries, prefix_hits, evictions, copies;
     int used_high_water;
 } el_kv_cache;
 
@@ -43,6 +45,10 @@ el_status el_kv_init(el_kv_cache *kv, const el_config *config, int block_size, i
  * if needed), or -1 when every block is in use. */
 int el_kv_allocate(el_kv_cache *kv);
 void el_kv_release(el_kv_cache *kv, int block);
+/* One more reference to a block in use (a fork's block table holds it too). */
+void el_kv_share(el_kv_cache *kv, int block);
+/* Every layer's keys and values (and int8 scales) of block src into block dst. */
+void el_kv_copy(el_kv_cache *kv, int dst, int src);
 int el_kv_blocks_used(const el_kv_cache *kv);
 int el_kv_blocks_cached(const el_kv_cache *kv);  /* free but still findable */
 

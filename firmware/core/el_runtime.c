@@ -53,6 +53,10 @@ int el_runtime_step(el_runtime *rt, el_event *events, int max_events)
     return el_engine_step(&rt->engine, events, max_events);
 }
 
+el_status el_runtime_check_blocks(el_runtime *rt, el_error *err) { return el_engine_check_blocks(&rt->engine, err); }
+
+int el_runtime_max_events(const el_runtime *rt) { return el_engine_max_events(&rt->engine); }
+
 int el_runtime_pending(const el_runtime *rt) { return el_engine_pending(&rt->engine); }
 
 int el_runtime_tokens(const el_runtime *rt, int seq_id, const int32_t **tokens, int *n_prompt, int *n_cached)

@@ -34,6 +34,8 @@ el_status el_runtime_continue(el_runtime *rt, int seq_id, const int32_t *tokens,
 /* One step. A step may do work and report no event (a long prompt's prefill chunk):
  * el_runtime_pending tells whether more steps are needed. */
 int el_runtime_step(el_runtime *rt, el_event *events, int max_events);
+/* The most events one step can report (el_engine_max_events): size the array with it. */
+int el_runtime_max_events(const el_runtime *rt);
 /* Sequences waiting or running: 0 when stepping has nothing left to do. */
 int el_runtime_pending(const el_runtime *rt);
 /* A sequence's tokens (prompt and output); returns the count, or -1 for a bad id. */
@@ -41,6 +43,8 @@ int el_runtime_tokens(const el_runtime *rt, int seq_id, const int32_t **tokens, 
 void el_runtime_abort(el_runtime *rt, int seq_id);
 void el_runtime_release(el_runtime *rt, int seq_id);
 void el_runtime_stats(const el_runtime *rt, el_engine_stats *stats);
+/* The block manager's books (el_engine_check_blocks): for tests. */
+el_status el_runtime_check_blocks(el_runtime *rt, el_error *err);
 /* Spread matmuls and attention over a thread pool (el_parallel.h): at most the
  * options' `threads` workers. The kernels this build runs: el_kernels_name(). */
 el_status el_runtime_set_parallel(el_runtime *rt, el_parallel_run_fn run, void *pool, int n_workers, el_error *err);

@@ -66,7 +66,29 @@ static void preempt(el_scheduler *s, el_sequence *seq)
     s->preemptions++;
 }
 
-/* Blocks so that positions 0..n_positions-1 have a home; 0 when the pool is short. */
+/* Whether the block position `pos` goes into is also held by another sequence (a fork). */
+static int shared_block_at(const el_scheduler *s, const el_sequence *seq, int pos)
+{
+    int index = pos / s->kv->block_size;
+    return index < seq->n_blocks && s->kv->ref_count[seq->block_table[index]] > 1;
+}
+
+/* Copy-on-write: the block position `pos` goes into, made the sequence's own (copied
+ * when shared); 0 when the pool has no block for the copy. */
+static int own_block_at(el_scheduler *s, el_sequence *seq, int pos)
+{
+    int index = pos / s->kv->block_size, copy;
+    if (!shared_block_at(s, seq, pos)) return 1;
+    copy = el_kv_allocate(s->kv);
+    if (copy < 0) return 0;
+    el_kv_copy(s->kv, copy, seq->block_table[index]);
+    el_kv_release(s->kv, seq->block_table[index]);
+    seq->block_table[index] = copy;
+    return 1;
+}
+
+/* Blocks so that positions 0..n_positions-1 have a home, and the block of the next
+ * position to compute its own; 0 when the pool is short. */
 static int grow_table(el_scheduler *s, el_sequence *seq, int n_positions)
 {
     int needed = (n_positions + s->kv->block_size - 1) / s->kv->block_size;
@@ -75,7 +97,7 @@ static int grow_table(el_scheduler *s, el_sequence *seq, int n_positions)
         if (block < 0) return 0;
         seq->block_table[seq->n_blocks++] = block;
     }
-    return 1;
+    return own_block_at(s, seq, seq->n_computed);
 }
 
 static uint64_t block_hash_at(const el_scheduler *s, const el_sequence *seq, int index)
@@ -92,6 +114,12 @@ void el_scheduler_register_blocks(el_scheduler *s, el_sequence *seq, int n_compu
         el_kv_register(s->kv, seq->block_table[i], block_hash_at(s, seq, i), seq->tokens + i * bs);
 }
 
+/* Whether prompt positions still need their logits (prompt_logprobs asked and not all reported). */
+static int wants_prompt_logits(const el_sequence *seq)
+{
+    return seq->request.prompt_logprobs >= 0 && seq->prompt_logprob_next < seq->n_prompt;
+}
+
 /* Share the full blocks of the sequence's tokens already in the cache (the last token
  * is always computed, since its logits are needed). With take == 0 only count them,
  * and how many of them are free now: taking those leaves fewer for the rest. */
@@ -99,7 +127,7 @@ static int cached_prefix(el_scheduler *s, el_sequence *seq, int take, int *n_fre
 {
     int bs = s->kv->block_size, i, block;
     uint64_t parent = 0;
-    if (!s->prefix_caching) return 0;
+    if (!s->prefix_caching || wants_prompt_logits(seq)) return 0;
     for (i = 0; i < (seq->n_tokens - 1) / bs; i++) {
         uint64_t h = el_kv_hash(parent, seq->tokens + i * bs, bs);
         block = take ? el_kv_lookup(s->kv, h, seq->tokens + i * bs) : el_kv_find(s->kv, h, seq->tokens + i * bs);
@@ -115,7 +143,8 @@ static int cached_prefix(el_scheduler *s, el_sequence *seq, int take, int *n_fre
 static int blocks_to_admit(el_scheduler *s, el_sequence *seq)
 {
     int bs = s->kv->block_size, needed = (seq->n_tokens + bs - 1) / bs, hits, free_hits = 0;
-    if (seq->n_blocks > 0) return needed - seq->n_blocks; /* a continued chat keeps its own blocks */
+    if (seq->n_blocks > 0) /* a continued chat keeps its own blocks, plus a copy of one shared with a fork */
+        return needed - seq->n_blocks + shared_block_at(s, seq, seq->n_computed);
     hits = cached_prefix(s, seq, 0, &free_hits);
     return needed - hits + free_hits;
 }
@@ -139,15 +168,28 @@ static int admit(el_scheduler *s, el_sequence *seq)
     return 1;
 }
 
-static int add_rows(el_batch_row *rows, int32_t *row_seq, int n, el_sequence *seq, int index, int count)
+/* Whether the logits of position pos are needed: to sample the next token, or for
+ * the logprob of the prompt token after it. */
+static int wants_logits(const el_sequence *seq, int pos)
+{
+    return pos == seq->n_tokens - 1 ||
+           (wants_prompt_logits(seq) && pos + 1 >= seq->prompt_logprob_next && pos + 1 < seq->n_prompt);
+}
+
+/* Rows for up to `count` positions of seq from n_computed on; the chunk ends early
+ * where a row would want logits and *logit_room is used up. Returns the new row count. */
+static int add_rows(el_batch_row *rows, int32_t *row_seq, int n, el_sequence *seq, int index, int count,
+                    int *logit_room)
 {
     int i;
     for (i = 0; i < count; i++) {
-        int pos = seq->n_computed + i;
+        int pos = seq->n_computed + i, want = wants_logits(seq, pos);
+        if (want && *logit_room == 0) break;
+        *logit_room -= want;
         rows[n].token = seq->tokens[pos];
         rows[n].pos = pos;
         rows[n].block_table = seq->block_table;
-        rows[n].want_logits = pos == seq->n_tokens - 1;
+        rows[n].want_logits = want;
         row_seq[n++] = index;
     }
     return n;
@@ -155,7 +197,7 @@ static int add_rows(el_batch_row *rows, int32_t *row_seq, int n, el_sequence *se
 
 int el_schedule(el_scheduler *s, el_batch_row *rows, int32_t *row_seq)
 {
-    int n = 0, found = 1;
+    int n = 0, found = 1, logit_room = s->max_logits;
     uint64_t after = 0;
     el_sequence *seq;
     /* 1. decoding sequences: one row each, oldest first; preempt the newest on shortage */
@@ -169,7 +211,7 @@ int el_schedule(el_scheduler *s, el_batch_row *rows, int32_t *row_seq)
             preempt(s, victim);
             if (victim == seq) break;
         }
-        if (seq->state == EL_SEQ_RUNNING) n = add_rows(rows, row_seq, n, seq, (int)(seq - s->seqs), 1);
+        if (seq->state == EL_SEQ_RUNNING) n = add_rows(rows, row_seq, n, seq, (int)(seq - s->seqs), 1, &logit_room);
     }
     /* 2. prefill: sequences part-way through their prompt, then new ones in arrival order */
     after = 0;
@@ -178,7 +220,7 @@ int el_schedule(el_scheduler *s, el_batch_row *rows, int32_t *row_seq)
         after = seq->arrival;
         if (seq->n_computed >= seq->n_tokens - 1) continue;
         if (chunk > s->max_rows - n) chunk = s->max_rows - n;
-        n = add_rows(rows, row_seq, n, seq, (int)(seq - s->seqs), chunk);
+        n = add_rows(rows, row_seq, n, seq, (int)(seq - s->seqs), chunk, &logit_room);
     }
     after = 0;
     while (n < s->max_rows && (seq = next_by_arrival(s, EL_SEQ_WAITING, after, &found)) != NULL) {
@@ -187,7 +229,7 @@ int el_schedule(el_scheduler *s, el_batch_row *rows, int32_t *row_seq)
         if (!admit(s, seq)) break; /* first come, first served: no overtaking */
         chunk = seq->n_tokens - seq->n_computed;
         if (chunk > s->max_rows - n) chunk = s->max_rows - n;
-        n = add_rows(rows, row_seq, n, seq, (int)(seq - s->seqs), chunk);
+        n = add_rows(rows, row_seq, n, seq, (int)(seq - s->seqs), chunk, &logit_room);
     }
     return n;
 }

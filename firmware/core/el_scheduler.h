@@ -9,6 +9,12 @@
  * prefix cache are shared, not computed) and prefilled in chunks that fill the rest
  * of the step's row budget. The oldest running sequence always makes progress, so
  * there is no livelock: preemption only ever takes from newer ones.
+ *
+ * Forks share blocks: before a row is written into a block that another sequence also
+ * holds (the prompt's partly filled last block after a fork), the block is copied for
+ * the writer (copy-on-write; the last holder writes in place). A prompt whose
+ * prompt_logprobs are asked for is computed in full, not taken from the prefix cache,
+ * and no step asks the forward pass for more logits rows than it has room for.
  */
 #ifndef EL_SCHEDULER_H
 #define EL_SCHEDULER_H
@@ -21,6 +27,7 @@ typedef struct {
     int max_seqs;
     el_kv_cache *kv;
     int max_rows;
+    int max_logits;         /* logits rows one forward step holds */
     int max_model_len;
     uint64_t next_arrival;
     int prefix_caching;     /* 0: blocks are neither registered nor looked up */

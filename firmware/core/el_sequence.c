@@ -6,6 +6,19 @@ void el_request_defaults(el_request *r)
     el_memset(r, 0, sizeof *r);
     el_sampling_defaults(&r->sampling);
     r->max_tokens = 16; /* vLLM's default */
+    r->n = 1;
+    r->logprobs = -1;
+    r->prompt_logprobs = -1;
+}
+
+static el_status check_logprobs(const char *field, int k, el_error *err)
+{
+    if (k >= -1 && k <= EL_MAX_LOGPROBS) return EL_OK;
+    el_fail(err, EL_ERR_ARGUMENT, field, " must be -1 (none) or in [0, ", "");
+    el_error_num(err, EL_MAX_LOGPROBS);
+    el_error_append(err, "], got ");
+    el_error_num(err, k);
+    return EL_ERR_ARGUMENT;
 }
 
 el_status el_request_check(const el_request *r, el_error *err)
@@ -27,6 +40,13 @@ el_status el_request_check(const el_request *r, el_error *err)
     for (i = 0; i < r->n_stop; i++)
         if (r->stop_len[i] < 1 || r->stop_len[i] >= EL_MAX_STOP_LEN)
             return el_fail(err, EL_ERR_ARGUMENT, "stop: each stop string must have 1 to 31 bytes", "", "");
+    if (r->n < 1) {
+        el_fail(err, EL_ERR_ARGUMENT, "n must be at least 1, got ", "", "");
+        el_error_num(err, r->n);
+        return EL_ERR_ARGUMENT;
+    }
+    if (check_logprobs("logprobs", r->logprobs, err) != EL_OK) return EL_ERR_ARGUMENT;
+    if (check_logprobs("prompt_logprobs", r->prompt_logprobs, err) != EL_OK) return EL_ERR_ARGUMENT;
     return el_sampling_check(&r->sampling, err);
 }
 

@@ -5,10 +5,17 @@
  * forward, a preemption sets it back to 0 (the tokens stay, so recomputing gives the
  * same output). Output text is kept per turn, with stop strings held back until it
  * is clear whether they complete.
+ *
+ * A request for n samples (vLLM's SamplingParams.n) is one sequence that prefills the
+ * prompt, with n - 1 slots reserved beside it; at its first token it forks them: each
+ * fork starts from a copy of its token list and shares its blocks by reference (the
+ * partly filled last block is copied by whichever writes to it first, see the
+ * scheduler), then samples its own tokens with seed + sample_index.
  */
 #ifndef EL_SEQUENCE_H
 #define EL_SEQUENCE_H
 
+#include "el_logprobs.h"
 #include "el_sampler.h"
 #include "el_tokenizer.h"
 
@@ -26,9 +33,13 @@ typedef struct {
     int n_stop;
     char stop[EL_MAX_STOP_STRINGS][EL_MAX_STOP_LEN];
     int stop_len[EL_MAX_STOP_STRINGS];
+    int n;                /* samples of this prompt (default 1): forks sharing the prompt's blocks */
+    int logprobs;         /* -1: none; k >= 0: each token's logprob and rank, and the top k (<= EL_MAX_LOGPROBS) */
+    int prompt_logprobs;  /* -1: none; k >= 0: the same for every prompt token after the first */
 } el_request;
 
-typedef enum { EL_SEQ_FREE = 0, EL_SEQ_WAITING, EL_SEQ_RUNNING, EL_SEQ_FINISHED } el_seq_state;
+/* EL_SEQ_RESERVED: a slot held for a fork of another sequence (its `parent`), not scheduled */
+typedef enum { EL_SEQ_FREE = 0, EL_SEQ_WAITING, EL_SEQ_RUNNING, EL_SEQ_FINISHED, EL_SEQ_RESERVED } el_seq_state;
 /* EL_FINISH_ERROR: the model's logits held NaN or Inf (EL_FINISH_ERROR_TEXT), so no
  * token could be drawn; nothing is appended in that step. */
 typedef enum { EL_FINISH_NONE = 0, EL_FINISH_STOP, EL_FINISH_LENGTH, EL_FINISH_ABORT, EL_FINISH_ERROR } el_finish_reason;
@@ -54,6 +65,10 @@ typedef struct {
     char *text;                /* this turn's output text */
     int text_len, text_emitted, text_capacity;
     el_utf8_stream utf8;
+    int parent;                /* the sequence that prefilled the prompt (itself for the first sample) */
+    int sample_index;          /* 0 .. n - 1 */
+    int forks_pending;         /* reserved slots still to fork at the first token (the parent only) */
+    int prompt_logprob_next;   /* the next prompt position whose logprob is still to report */
 } el_sequence;
 
 void el_request_defaults(el_request *request);
