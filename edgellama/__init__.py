@@ -2,15 +2,16 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from edgellama.runtime.outputs import CompletionOutput, RequestOutput
-from edgellama.runtime.sampling_params import SamplingParams
+from edgellama.runtime.outputs import BeamSearchOutput, BeamSearchSequence, CompletionOutput, RequestOutput
+from edgellama.runtime.sampling_params import BeamSearchParams, SamplingParams
 
 try:
     __version__ = version("edgellama")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
-__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput"]
+__all__ = ["LLM", "SamplingParams", "BeamSearchParams", "RequestOutput", "CompletionOutput", "BeamSearchOutput",
+           "BeamSearchSequence"]
 
 
 def __getattr__(name):

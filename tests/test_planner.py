@@ -251,3 +251,14 @@ def test_cli_unknown_board_is_one_line():
     r = run("plan", "--board", "nosuch")
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
     assert "unknown board 'nosuch'" in r.stderr and "rpi-pico2" in r.stderr
+
+
+def test_the_plan_says_how_many_samples_and_beams_fit():
+    """Samples are sequences of the planned pool; a beam search of width W holds 2W."""
+    rpi4 = planner.plan("rpi4", DEFAULT_MODEL)
+    assert (rpi4.max_samples, rpi4.max_beam_width) == (rpi4.max_seqs, min(8, rpi4.max_seqs // 2))
+    mcu = planner.plan("mps2-an386", DEFAULT_MODEL)
+    assert (mcu.max_samples, mcu.max_beam_width) == (1, 0)
+    assert "no beam search" in planner.format_plan(mcu)
+    two = planner.plan("mps2-an386", DEFAULT_MODEL, max_seqs=2)
+    assert two.max_beam_width == 1 and two.parts["sequences"] > mcu.parts["sequences"]

@@ -68,6 +68,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from edgellama.boards.catalog import Board, get_board
 from edgellama.errors import EdgeLlamaError
 from edgellama.model import gguf_file as G
+from edgellama.runtime.sampling_params import MAX_BEAM_WIDTH, MAX_LOGPROBS
 from edgellama.model import quant as Q
 from edgellama.model.loading import load_model, resolve
 from edgellama.runtime.engine_options import KV_DTYPES, EngineOptions
@@ -95,7 +96,8 @@ PARTS = {
     "tokenizer": "piece hash table",
     "KV pool": "",
     "activations": "",
-    "sampler": "probabilities, integer weights and counts over the vocabulary; the radix select's buckets",
+    "sampler": "probabilities, integer weights and counts over the vocabulary; the radix select's buckets; "
+               "the logits row that forks and logprobs keep",
     "sequences": "",
     "prompt scratch": "",
     "other": "runtime struct, batch rows, token text scratch, alignment",
@@ -136,20 +138,23 @@ def struct_sizes(pointer_bytes: int) -> dict:
     el_model = _struct(el_config, el_matrix, el_matrix, P, P, el_vocab, el_str, el_str, el_gguf)
     el_engine_options = _struct(I, I, U64, I, I, I, I, I, I)
     el_tokenizer = _struct(el_vocab, _array(I, 256), P, I, I, I, I, I)
-    el_kv_cache = _struct(*[I] * 7, P, P, P, P, P, P, P, I, I, I, P, P, P, P, P, I, U64, U64, U64, I)
+    el_kv_cache = _struct(*[I] * 7, P, P, P, P, P, P, P, I, I, I, P, P, P, P, P, I, U64, U64, U64, U64, I)
     el_forward_state = _struct(I, I, I, I, *[P] * 11, _struct(P, P), P, _struct(P, P, I))
     el_sampler_scratch = _struct(I, P, P, P, P)
-    el_scheduler = _struct(P, I, P, I, I, U64, I, U64)
+    el_scheduler = _struct(P, I, P, I, I, I, U64, I, U64)
     el_engine = _struct(P, el_engine_options, el_tokenizer, el_kv_cache, el_forward_state, el_sampler_scratch,
-                        el_scheduler, P, P, P, P, P, U64, U64, U64, U64)
+                        el_scheduler, P, P, P, P, P, P, P, U64, U64, U64, U64, U64, P, I)
     el_runtime = _struct(el_arena, el_model, el_engine, Z)
     el_sampling = _struct(I, I, I, I, I, I, I, U64)
-    el_request = _struct(el_sampling, I, I, I, I, _array(I, 8), I, _array(B, 4 * 32), _array(I, 4))
+    el_request = _struct(el_sampling, I, I, I, I, _array(I, 8), I, _array(B, 4 * 32), _array(I, 4), I, I, I, I, I)
     el_sequence = _struct(I, I, U64, el_request, P, I, I, I, I, P, I, I, I, I, _struct(U64, U64), I, I, I, P,
-                          I, I, I, _struct(_array(B, 4), I))
+                          I, I, I, _struct(_array(B, 4), I), I, I, I, I, I, U64, I, I, I, I, I,
+                          _array(I, 2 * MAX_BEAM_WIDTH), _array(I, 2 * MAX_BEAM_WIDTH))
+    el_logprob_entry = _struct(I, I, I, I, _array(I, MAX_LOGPROBS), _array(I, MAX_LOGPROBS))
+    beam_candidate = _struct(I, I, I, I)
     el_batch_row = _struct(I, I, P, I)
     tok_symbol, tok_pair, tok_split = _struct(I, I, I, I, I), _struct(I, I, I), _struct(I, I)
-    return {name: value[0] for name, value in locals().items() if name.startswith(("el_", "tok_"))}
+    return {name: value[0] for name, value in locals().items() if name.startswith(("el_", "tok_", "beam_"))}
 
 
 # ---------------------------------------------------------------- C size functions
@@ -376,6 +381,13 @@ def arena_parts(info: ModelInfo, ctx: int, block_size: int, max_seqs: int, max_b
     a.take("other", s["el_batch_row"] * max_batch_tokens, 8)
     a.take("other", 4 * max_batch_tokens, 4)
     a.take("other", 2 * max(info.max_piece_len, 5) + 8, 1)
+    # forks (n > 1) and logprobs: one logits row kept, one logprob entry per event;
+    # beam search: one search's candidates (2W for each of W beams, W <= max_seqs / 2)
+    a.take("sampler", info.n_tokens * 4, 16)
+    a.take("other", s["el_logprob_entry"] * 2 * max_seqs, 8)
+    beam_width = min(MAX_BEAM_WIDTH, max_seqs // 2)
+    if beam_width > 0:
+        a.take("other", s["beam_candidate"] * 2 * beam_width * beam_width, 8)
     # above the engine's share: the largest scratch one call takes (tokenizing a prompt
     # or chat turn; el_runtime_logits' block table is smaller)
     scratch = max(tokenize_scratch_bytes(prompt_bytes, info.has_unused, pointer_bytes), 4 * n_blocks + 4)
@@ -417,6 +429,10 @@ class Plan:
     fits: bool
     reasons: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    # A request's samples are sequences (forks share the prompt's blocks, so the pool of
+    # max_seqs full sequences holds them); a beam search of width W holds 2W of them.
+    max_samples: int = 1
+    max_beam_width: int = 0
 
     @property
     def verdict(self) -> str:
@@ -586,7 +602,7 @@ def plan(board, model_path=None, ctx=None, quant=None, max_seqs=None, kv_dtype="
         weights_room=place["weights_room"], kv_blocks=n_blocks, kv_block_bytes=block_bytes, parts=parts,
         part_notes=part_notes, arena_total=arena_total, arena_budget=budget,
         arena_location=place["arena_location"], largest_ctx=largest, fits=not reasons, reasons=reasons,
-        notes=notes)
+        notes=notes, max_samples=max_seqs, max_beam_width=min(MAX_BEAM_WIDTH, max_seqs // 2))
 
 
 def planned_options(board: Board, requested: EngineOptions, model_ctx: int) -> EngineOptions:
@@ -656,6 +672,9 @@ def format_plan(p: Plan) -> str:
     lines.append(f"  {'total':<{width}} {p.arena_total:>12,}")
     largest = f"{p.largest_ctx} tokens" + (" (the model's context)" if p.largest_ctx == p.context_length else "")
     lines.append(f"largest  context that fits: {largest}")
+    beams = (f"beam search up to width {p.max_beam_width}" if p.max_beam_width
+             else "no beam search (width W holds 2W sequences: --max-seqs 2 or more)")
+    lines.append(f"samples  up to n={p.max_samples} per request (forks of one prefill), {beams}")
     lines.append(f"verdict  {p.verdict}")
     lines += [f"note     {n}" for n in p.notes]
     return "\n".join(lines)

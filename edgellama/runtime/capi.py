@@ -14,9 +14,9 @@ import numpy as np
 from edgellama.errors import EdgeLlamaError
 from edgellama.runtime.build import build_shared_library, runtime_library_sources
 from edgellama.runtime.engine_options import KV_DTYPES
+from edgellama.runtime.sampling_params import MAX_LOGPROBS  # EL_MAX_LOGPROBS (el_logprobs.h)
 
 MAX_STOP_STRINGS, MAX_STOP_LEN, MAX_STOP_TOKENS = 4, 32, 8
-MAX_LOGPROBS = 20  # EL_MAX_LOGPROBS (el_logprobs.h)
 FINISH_REASONS = {0: None, 1: "stop", 2: "length", 3: "abort", 4: "error"}
 FINISH_ERROR = 4
 # EL_FINISH_ERROR_TEXT (el_sequence.h): why a sequence finished with "error"
@@ -50,7 +50,7 @@ class Request(C.Structure):
                 ("n_stop_token_ids", C.c_int), ("stop_token_ids", C.c_int32 * MAX_STOP_TOKENS),
                 ("n_stop", C.c_int), ("stop", (C.c_char * MAX_STOP_LEN) * MAX_STOP_STRINGS),
                 ("stop_len", C.c_int * MAX_STOP_STRINGS), ("n", C.c_int), ("logprobs", C.c_int),
-                ("prompt_logprobs", C.c_int)]
+                ("prompt_logprobs", C.c_int), ("beam_width", C.c_int), ("length_penalty", C.c_float)]
 
 
 class LogprobEntry(C.Structure):
@@ -60,7 +60,8 @@ class LogprobEntry(C.Structure):
 
 class Event(C.Structure):
     _fields_ = [("seq_id", C.c_int), ("parent_id", C.c_int), ("sample_index", C.c_int), ("prompt_pos", C.c_int),
-                ("logprobs", C.POINTER(LogprobEntry)), ("token", C.c_int), ("text", C.c_void_p),
+                ("logprobs", C.POINTER(LogprobEntry)), ("cumulative_logprob", C.c_float), ("token", C.c_int),
+                ("text", C.c_void_p),
                 ("text_len", C.c_int), ("finished", C.c_int), ("finish", C.c_int), ("stop_kind", C.c_int),
                 ("stop_value", C.c_int)]
 
@@ -368,7 +369,7 @@ class Chat:
 
 
 def make_request(sampling: dict, max_tokens: int, min_tokens=0, ignore_eos=False, stop=(), stop_token_ids=(), n=1,
-                 logprobs=None, prompt_logprobs=None):
+                 logprobs=None, prompt_logprobs=None, beam_width=0, length_penalty=1.0):
     """A C request from plain values (SamplingParams does the validation first).
 
     Fields not named in `sampling` keep the C defaults (temperature 1, top_p 1, ...);
@@ -398,4 +399,5 @@ def make_request(sampling: dict, max_tokens: int, min_tokens=0, ignore_eos=False
     r.n = n
     r.logprobs = -1 if logprobs is None else logprobs
     r.prompt_logprobs = -1 if prompt_logprobs is None else prompt_logprobs
+    r.beam_width, r.length_penalty = beam_width, length_penalty
     return r

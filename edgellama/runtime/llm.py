@@ -19,8 +19,9 @@ from tqdm import tqdm
 from edgellama.errors import EdgeLlamaError
 from edgellama.model.loading import resolve
 from edgellama.runtime import capi
-from edgellama.runtime.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
-from edgellama.runtime.sampling_params import SamplingParams
+from edgellama.runtime.outputs import (BeamSearchOutput, BeamSearchSequence, CompletionOutput, Logprob,
+                                       RequestMetrics, RequestOutput)
+from edgellama.runtime.sampling_params import BeamSearchParams, SamplingParams
 
 STOP_REASONS = {capi.STOP_NONE: None, capi.STOP_EOS: None}
 
@@ -266,6 +267,51 @@ class LLM:
             bar.update(1)
         bar.close()
         return results
+
+    def beam_search(self, prompts, params: BeamSearchParams, use_tqdm: bool = False) -> list:
+        """vLLM's beam search (el_beam.h): one BeamSearchOutput per prompt, its sequences
+        best first; each sequence's tokens hold the prompt too, as its text does (as vLLM
+        decodes them). A prompt is a string or a dict with "prompt" or "prompt_token_ids"."""
+        items = [prompts] if isinstance(prompts, (str, dict)) else list(prompts)
+        slots = 2 * params.beam_width
+        if slots > self.max_num_seqs:
+            raise ValueError(f"beam_width: a search of width {params.beam_width} holds {slots} sequences, and this "
+                             f"LLM holds max_num_seqs={self.max_num_seqs}")
+        request = capi.make_request({"temperature": params.temperature}, params.max_tokens,
+                                    ignore_eos=params.ignore_eos, beam_width=params.beam_width,
+                                    length_penalty=params.length_penalty)
+        pending, searching, results = deque(enumerate(items)), {}, [None] * len(items)
+        bar = tqdm(total=len(items), desc="Beam search", disable=not use_tqdm, dynamic_ncols=True)
+        try:
+            while pending or searching:
+                while pending and (len(searching) + 1) * slots <= self.max_num_seqs:
+                    index, prompt = pending.popleft()
+                    _, ids = self._prompt(prompt)
+                    self._check_fits(index, ids, SamplingParams())
+                    searching[self._rt.add(ids, request)] = index
+                found = {}
+                for event in self._rt.step():  # a search reports once, at its end
+                    found.setdefault(event.parent_id, []).append(event)
+                for leader, events in found.items():
+                    results[searching.pop(leader)] = BeamSearchOutput(self._hypotheses(events))
+                    bar.update(1)
+        finally:
+            for leader in searching:
+                self._rt.abort(leader)
+                self._rt.release(leader)
+            bar.close()
+        return results
+
+    def _hypotheses(self, events) -> list:
+        out = []
+        for event in sorted(events, key=lambda e: e.sample_index):
+            tokens, _, _ = self._rt.tokens(event.seq_id)
+            self._rt.release(event.seq_id)
+            if event.finish == capi.FINISH_ERROR:
+                raise EdgeLlamaError(f"beam search stopped: {capi.FINISH_ERROR_TEXT}")
+            out.append(BeamSearchSequence(tokens, self.tokenizer.decode(tokens), float(event.cumulative_logprob),
+                                          finish_reason=capi.FINISH_REASONS[event.finish]))
+        return out
 
     def chat(self, messages, sampling_params=None, chat_template: str | None = None, use_tqdm: bool = True) -> list:
         """Reply to one conversation (a list of {"role", "content"} dicts) or to many.

@@ -102,3 +102,36 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_TEMPERATURE
+
+
+MAX_BEAM_WIDTH = 8  # EL_MAX_BEAM_WIDTH (el_sequence.h)
+
+
+@dataclass
+class BeamSearchParams:
+    """vLLM's parameters of LLM.beam_search. A search of width W holds 2W of the engine's
+    sequences (W beams, W finished hypotheses); scores are cum_logprob / length **
+    length_penalty, with logprobs of the logits divided by the temperature when it is
+    above 0 (0, the default, takes the model's own distribution)."""
+    beam_width: int
+    max_tokens: int
+    ignore_eos: bool = False
+    temperature: float = 0.0
+    length_penalty: float = 1.0
+
+    def __post_init__(self):
+        for name in ("beam_width", "max_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"{name} must be an integer, got {value!r}.")
+        if not 1 <= self.beam_width <= MAX_BEAM_WIDTH:
+            raise ValueError(f"beam_width must be in [1, {MAX_BEAM_WIDTH}], got {self.beam_width}.")
+        if not 1 <= self.max_tokens <= INT32_MAX:
+            raise ValueError(f"max_tokens must be in [1, 2**31), got {self.max_tokens}.")
+        for name in ("temperature", "length_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+                    or abs(value) > 1e6:
+                raise ValueError(f"{name} must be a finite number, got {value!r}.")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be non-negative, got {self.temperature}.")

@@ -1,6 +1,8 @@
 /* el_engine.c: setting up the pools, admitting requests, and the step loop. */
 #include "el_engine.h"
 
+#include "el_beam.h"
+
 #define EL_MASKED_LOGIT (-3.0e38f)
 
 /* ------------------------------------------------------------ setup */
@@ -91,8 +93,11 @@ el_status el_engine_init(el_engine *e, const el_model *model, const el_engine_op
     e->fork_logits = (float *)el_arena_alloc(arena, sizeof(float) * (size_t)c->vocab_size, 16);
     e->logprob_entries = (el_logprob_entry *)el_arena_alloc(
         arena, sizeof(el_logprob_entry) * (size_t)el_engine_max_events(e), 8);
+    e->max_beam_width = o->max_seqs / 2 < EL_MAX_BEAM_WIDTH ? o->max_seqs / 2 : EL_MAX_BEAM_WIDTH;
+    if (e->max_beam_width > 0)
+        e->beam_scratch = el_arena_alloc(arena, el_beam_scratch_bytes(e->max_beam_width), 8);
     if (e->rows == NULL || e->row_seq == NULL || e->text_scratch == NULL || e->fork_logits == NULL ||
-        e->logprob_entries == NULL)
+        e->logprob_entries == NULL || (e->max_beam_width > 0 && e->beam_scratch == NULL))
         return el_fail(err, EL_ERR_NO_MEMORY, "engine: the arena is too small for the batch", "", "");
     e->scheduler.seqs = e->seqs;
     e->scheduler.max_seqs = o->max_seqs;
@@ -110,7 +115,7 @@ el_status el_engine_init(el_engine *e, const el_model *model, const el_engine_op
 /* The most tokens one sequence can have: max_model_len, or fewer when the whole pool
  * holds fewer. A sequence that reaches it finishes with "length", as at the context's
  * end, instead of waiting for blocks that can never come. */
-static int sequence_limit(const el_engine *e)
+int el_engine_sequence_limit(const el_engine *e)
 {
     long long pool = (long long)e->kv.n_blocks * e->options.block_size;
     return pool < e->options.max_model_len ? (int)pool : e->options.max_model_len;
@@ -127,11 +132,11 @@ static el_status check_tokens(const el_engine *e, const int32_t *tokens, int n, 
             el_error_append(err, " is outside the vocabulary");
             return EL_ERR_ARGUMENT;
         }
-    if (already + n + 1 > sequence_limit(e)) {
+    if (already + n + 1 > el_engine_sequence_limit(e)) {
         el_fail(err, EL_ERR_CAPACITY, "prompt of ", "", "");
         el_error_num(err, already + n);
         el_error_append(err, " tokens is too long: at most ");
-        el_error_num(err, sequence_limit(e) - 1);
+        el_error_num(err, el_engine_sequence_limit(e) - 1);
         el_error_append(err, " fit, leaving room for one new token (max_model_len ");
         el_error_num(err, room);
         el_error_append(err, ", KV pool of ");
@@ -172,6 +177,8 @@ static void start_turn(el_engine *e, el_sequence *seq, const el_request *request
     seq->stop_kind = EL_STOP_NONE;
     seq->stop_value = -1;
     seq->text_len = seq->text_emitted = 0;
+    seq->cum_logprob = 0.0f;
+    seq->beam_ready = 0;
     el_utf8_stream_init(&seq->utf8);
     el_rng_seed(&seq->rng, request->sampling.seed);
     seq->arrival = e->scheduler.next_arrival++;
@@ -187,40 +194,57 @@ static int free_slots(const el_engine *e)
 
 /* The slots of a request's samples: the first is the sequence that prefills, the
  * others are reserved for its forks. */
-static el_sequence *take_slots(el_engine *e, int n)
+static el_sequence *take_slots(el_engine *e, int n, const el_request *request)
 {
     el_sequence *first = NULL;
+    uint64_t group = e->next_group++;
     int i, sample = 0;
     for (i = 0; i < e->options.max_seqs && sample < n; i++) {
         el_sequence *seq = &e->seqs[i];
         if (seq->state != EL_SEQ_FREE) continue;
         if (first == NULL) first = seq;
         seq->parent = first->id;
+        seq->group = group;
+        seq->request = *request; /* a reserved slot, too, says whose it is and what for */
         seq->sample_index = sample++;
-        seq->forks_pending = 0;
+        seq->forks_pending = seq->fork_fresh = 0;
         seq->n_computed = seq->n_blocks = seq->n_preemptions = 0;
         if (seq != first) seq->state = EL_SEQ_RESERVED;
     }
-    first->forks_pending = n - 1;
+    first->forks_pending = n - 1; /* a beam search forks as it goes (el_beam.c), not all at once */
     return first;
+}
+
+/* Sequences a request holds: one per sample, or 2 per beam (live and finished ones). */
+int el_request_slots(const el_request *request)
+{
+    return request->beam_width > 0 ? 2 * request->beam_width : request->n;
 }
 
 int el_engine_add(el_engine *e, const int32_t *prompt, int n_prompt, const el_request *request, el_error *err)
 {
     el_sequence *seq;
+    int slots = el_request_slots(request);
     if (check_request(e, request, err) != EL_OK || check_tokens(e, prompt, n_prompt, 0, err) != EL_OK) return -1;
-    if (request->n > e->options.max_seqs) {
-        el_fail(err, EL_ERR_ARGUMENT, "n: ", "", "");
-        el_error_num(err, request->n);
-        el_error_append(err, " samples need as many sequences, and the engine holds max_seqs ");
+    if (slots > e->options.max_seqs) {
+        if (request->beam_width > 0) {
+            el_fail(err, EL_ERR_ARGUMENT, "beam_width: a beam search of width ", "", "");
+            el_error_num(err, request->beam_width);
+            el_error_append(err, " holds twice as many sequences, and the engine holds max_seqs ");
+        } else {
+            el_fail(err, EL_ERR_ARGUMENT, "n: ", "", "");
+            el_error_num(err, request->n);
+            el_error_append(err, " samples need as many sequences, and the engine holds max_seqs ");
+        }
         el_error_num(err, e->options.max_seqs);
         return -1;
     }
-    if (free_slots(e) < request->n) {
+    if (free_slots(e) < slots) {
         el_fail(err, EL_ERR_CAPACITY, "engine: all sequence slots are busy", "", "");
         return -1;
     }
-    seq = take_slots(e, request->n);
+    seq = take_slots(e, slots, request);
+    if (request->beam_width > 0) seq->forks_pending = 0;
     el_memcpy(seq->tokens, prompt, sizeof(int32_t) * (size_t)n_prompt);
     seq->n_tokens = n_prompt;
     start_turn(e, seq, request, 0);
@@ -269,7 +293,7 @@ static int sample_next(el_engine *e, el_sequence *seq, float *logits)
                      &seq->rng, &e->sampler);
 }
 
-static void finish(el_sequence *seq, el_finish_reason reason)
+void el_engine_finish(el_sequence *seq, el_finish_reason reason)
 {
     /* A character cut short by the end of the turn is shown as its bytes, not dropped;
      * after a stop string the text is cut before the string, so nothing follows it. */
@@ -288,19 +312,19 @@ static void append_token(el_engine *e, el_sequence *seq, int token)
      * documents (llama2.c's convention) end a text by starting the next one. */
     if ((token == e->model->vocab.eos_id || token == e->model->vocab.bos_id) && !r->ignore_eos) {
         seq->stop_kind = EL_STOP_EOS;
-        finish(seq, EL_FINISH_STOP);
+        el_engine_finish(seq, EL_FINISH_STOP);
     } else if (is_stop_token(r, token)) {
         seq->stop_kind = EL_STOP_TOKEN;
         seq->stop_value = token;
-        finish(seq, EL_FINISH_STOP);
+        el_engine_finish(seq, EL_FINISH_STOP);
     } else if (el_sequence_add_text(seq, &e->tokenizer, previous, token, e->text_scratch)) {
-        finish(seq, EL_FINISH_STOP);
-    } else if (el_sequence_output_len(seq) >= r->max_tokens || seq->n_tokens >= sequence_limit(e)) {
-        finish(seq, EL_FINISH_LENGTH);
+        el_engine_finish(seq, EL_FINISH_STOP);
+    } else if (el_sequence_output_len(seq) >= r->max_tokens || seq->n_tokens >= el_engine_sequence_limit(e)) {
+        el_engine_finish(seq, EL_FINISH_LENGTH);
     }
 }
 
-static void fill_event(el_event *ev, el_sequence *seq, int token)
+void el_engine_event(el_event *ev, el_sequence *seq, int token)
 {
     int ready = el_sequence_ready_text(seq);
     ev->seq_id = seq->id;
@@ -320,25 +344,32 @@ static void fill_event(el_event *ev, el_sequence *seq, int token)
 
 /* ------------------------------------------------------------ forks */
 
-/* A reserved slot becomes a sample of `parent`'s request: the prompt's tokens, a
- * reference to each of its blocks, its own seed (the request's + sample_index). The
- * parent may have appended its own first token already: only the prompt is taken. */
-static void fork_sequence(el_engine *e, el_sequence *parent, el_sequence *child)
+void el_engine_fork(el_engine *e, const el_sequence *from, el_sequence *to, int share_blocks)
 {
-    int i;
-    el_memcpy(child->tokens, parent->tokens, sizeof(int32_t) * (size_t)parent->n_prompt);
-    child->n_tokens = child->n_prompt = parent->n_prompt;
-    child->n_computed = parent->n_computed;
-    for (i = 0; i < parent->n_blocks; i++) {
-        child->block_table[i] = parent->block_table[i];
-        el_kv_share(&e->kv, parent->block_table[i]);
+    int id = to->id, sample_index = to->sample_index, i;
+    int32_t *tokens = to->tokens, *block_table = to->block_table;
+    char *text = to->text;
+    *to = *from; /* the plain fields; the arrays are the slot's own, filled below */
+    to->id = id;
+    to->sample_index = sample_index;
+    to->tokens = tokens;
+    to->block_table = block_table;
+    to->text = text;
+    to->forks_pending = 0;
+    to->n_preemptions = 0;
+    to->arrival = e->scheduler.next_arrival++;
+    el_memcpy(to->tokens, from->tokens, sizeof(int32_t) * (size_t)from->n_tokens);
+    el_memcpy(to->text, from->text, (size_t)from->text_len);
+    to->n_blocks = 0;
+    if (share_blocks) {
+        for (i = 0; i < from->n_blocks; i++) {
+            to->block_table[i] = from->block_table[i];
+            el_kv_share(&e->kv, from->block_table[i]);
+        }
+        to->n_blocks = from->n_blocks;
+    } else {
+        to->n_computed = 0;
     }
-    child->n_blocks = parent->n_blocks;
-    start_turn(e, child, &parent->request, 0);
-    child->n_cached_tokens = parent->n_cached_tokens;
-    child->prompt_logprob_next = parent->prompt_logprob_next; /* the parent reported them */
-    el_rng_seed(&child->rng, parent->request.sampling.seed + (uint64_t)child->sample_index);
-    child->state = EL_SEQ_RUNNING;
 }
 
 static void free_reserved(el_engine *e, const el_sequence *parent)
@@ -365,7 +396,7 @@ static void sample_row(el_engine *e, el_sequence *seq, float *logits, const floa
     /* NaN or Inf logits (activations that overflowed, or NaN weights nothing scanned):
      * any token drawn from them would be garbage, so the sequence ends with an error */
     if (!el_logits_finite(logits, vocab)) {
-        finish(seq, EL_FINISH_ERROR);
+        el_engine_finish(seq, EL_FINISH_ERROR);
     } else {
         token = sample_next(e, seq, logits);
         if (ev != NULL && seq->request.logprobs >= 0)
@@ -373,7 +404,7 @@ static void sample_row(el_engine *e, el_sequence *seq, float *logits, const floa
         append_token(e, seq, token);
     }
     if (ev == NULL) return;
-    fill_event(ev, seq, token);
+    el_engine_event(ev, seq, token);
     if (token >= 0 && seq->request.logprobs >= 0) ev->logprobs = entry;
 }
 
@@ -384,14 +415,14 @@ static void report_prompt_logprob(el_engine *e, el_sequence *seq, int pos, const
     int vocab = e->model->config.vocab_size;
     seq->prompt_logprob_next = pos + 2;
     if (!el_logits_finite(logits, vocab)) {
-        finish(seq, EL_FINISH_ERROR);
-        if (ev != NULL) fill_event(ev, seq, -1);
+        el_engine_finish(seq, EL_FINISH_ERROR);
+        if (ev != NULL) el_engine_event(ev, seq, -1);
         return;
     }
     if (ev == NULL) return;
     el_logprob_fill(entry, logits, vocab, el_logprob_shift(logits, vocab), seq->tokens[pos + 1],
                     seq->request.prompt_logprobs);
-    fill_event(ev, seq, seq->tokens[pos + 1]);
+    el_engine_event(ev, seq, seq->tokens[pos + 1]);
     ev->prompt_pos = pos + 1;
     ev->text_len = 0;
     ev->logprobs = entry;
@@ -409,14 +440,22 @@ static int sample_with_forks(el_engine *e, el_sequence *seq, float *logits, el_e
         el_memcpy(e->fork_logits, logits, sizeof(float) * (size_t)vocab);
         if (seq->request.logprobs >= 0) shift = el_logprob_shift(logits, vocab);
     }
-    sample_row(e, seq, logits, e->fork_logits, shift, event_at(events, n_events, max_events),
-               &e->logprob_entries[n_events]);
-    n_events += n_events < max_events;
+    /* the forks first, while the parent holds just the prompt: each is a copy of it */
     for (i = 0; i < e->options.max_seqs && seq->forks_pending > 0; i++) {
         el_sequence *child = &e->seqs[i];
         if (child->state != EL_SEQ_RESERVED || child->parent != seq->id) continue;
-        fork_sequence(e, seq, child);
+        el_engine_fork(e, seq, child, 1);
+        el_rng_seed(&child->rng, seq->request.sampling.seed + (uint64_t)child->sample_index);
+        child->fork_fresh = 1;
         seq->forks_pending--;
+    }
+    sample_row(e, seq, logits, e->fork_logits, shift, event_at(events, n_events, max_events),
+               &e->logprob_entries[n_events]);
+    n_events += n_events < max_events;
+    for (i = 0; i < e->options.max_seqs; i++) {
+        el_sequence *child = &e->seqs[i];
+        if (!child->fork_fresh || child->parent != seq->id) continue;
+        child->fork_fresh = 0;
         el_memcpy(logits, e->fork_logits, sizeof(float) * (size_t)vocab);
         sample_row(e, child, logits, e->fork_logits, shift, event_at(events, n_events, max_events),
                    &e->logprob_entries[n_events]);
@@ -435,8 +474,8 @@ static int abort_stuck(el_engine *e, el_event *events, int max_events)
     for (i = 0; i < e->options.max_seqs && n < max_events; i++) {
         el_sequence *seq = &e->seqs[i];
         if (seq->state != EL_SEQ_WAITING) continue;
-        finish(seq, EL_FINISH_ABORT);
-        fill_event(&events[n++], seq, -1);
+        el_engine_finish(seq, EL_FINISH_ABORT);
+        el_engine_event(&events[n++], seq, -1);
     }
     return n;
 }
@@ -467,10 +506,13 @@ int el_engine_step(el_engine *e, el_event *events, int max_events)
             report_prompt_logprob(e, seq, e->rows[r].pos, logits, event_at(events, n_events, max_events),
                                   &e->logprob_entries[n_events]);
             n_events += n_events < max_events;
+        } else if (seq->request.beam_width > 0) {
+            el_beam_take_candidates(e, seq, logits);
         } else {
             n_events = sample_with_forks(e, seq, logits, events, n_events, max_events);
         }
     }
+    n_events = el_beam_advance(e, events, n_events, max_events);
     e->steps++;
     e->rows_run += n_rows;
     return n_events;
@@ -478,12 +520,30 @@ int el_engine_step(el_engine *e, el_event *events, int max_events)
 
 /* ------------------------------------------------------------ bookkeeping */
 
+/* Whether seq belongs to a beam search still going (a live beam or a reserved slot of it). */
+static int beam_search_running(const el_engine *e, const el_sequence *seq)
+{
+    int i;
+    if (seq->request.beam_width <= 0 || seq->state == EL_SEQ_FREE) return 0;
+    for (i = 0; i < e->options.max_seqs; i++) {
+        const el_sequence *s = &e->seqs[i];
+        if (s->request.beam_width > 0 && s->group == seq->group &&
+            (s->state == EL_SEQ_RUNNING || s->state == EL_SEQ_WAITING || s->state == EL_SEQ_RESERVED))
+            return 1;
+    }
+    return 0;
+}
+
 void el_engine_abort(el_engine *e, int seq_id)
 {
     el_sequence *seq;
     if (seq_id < 0 || seq_id >= e->options.max_seqs) return;
     seq = &e->seqs[seq_id];
-    if (seq->state == EL_SEQ_WAITING || seq->state == EL_SEQ_RUNNING) finish(seq, EL_FINISH_ABORT);
+    if (beam_search_running(e, seq)) { /* the whole search ends: nothing it found is reported */
+        el_beam_free_group(e, seq_id);
+        return;
+    }
+    if (seq->state == EL_SEQ_WAITING || seq->state == EL_SEQ_RUNNING) el_engine_finish(seq, EL_FINISH_ABORT);
     if (seq->forks_pending > 0) { /* the samples it never forked end with it */
         free_reserved(e, seq);
         seq->forks_pending = 0;
@@ -495,6 +555,10 @@ void el_engine_release(el_engine *e, int seq_id)
     el_sequence *seq;
     if (seq_id < 0 || seq_id >= e->options.max_seqs) return;
     seq = &e->seqs[seq_id];
+    if (beam_search_running(e, seq)) {
+        el_beam_free_group(e, seq_id);
+        return;
+    }
     if (seq->state == EL_SEQ_RESERVED) return; /* its parent's, not the caller's */
     el_scheduler_release_blocks(&e->scheduler, seq);
     free_reserved(e, seq);

@@ -19,6 +19,8 @@
  * the parent's id and its sample_index. Log-probabilities (el_logprobs.h) come with
  * the events that ask for them: one per sampled token, and for prompt_logprobs one
  * event per prompt position (prompt_pos > 0, no text), before the first token's.
+ * A beam search (request.beam_width > 0, el_beam.h) reports only at its end: one
+ * finished event per hypothesis it keeps, best first.
  */
 #ifndef EL_ENGINE_H
 #define EL_ENGINE_H
@@ -44,6 +46,7 @@ typedef struct {
     int sample_index;       /* which of the request's n samples */
     int prompt_pos;         /* > 0: a prompt logprob event for the prompt token at this position */
     const el_logprob_entry *logprobs; /* when asked for; valid until the next step */
+    float cumulative_logprob; /* a beam search's hypothesis: the sum of its tokens' logprobs */
     int token;              /* the token sampled this step; -1 when none (abort, error) */
     const char *text;       /* text that became ready this step (not NUL-terminated) */
     int text_len;
@@ -77,6 +80,9 @@ typedef struct {
     el_logprob_entry *logprob_entries; /* one per event a step can report */
     el_arena *arena;
     long long prompt_tokens_computed, tokens_generated, steps, rows_run;
+    uint64_t next_group;
+    void *beam_scratch;     /* el_beam.c: the candidates of one beam search's step */
+    int max_beam_width;     /* the widest beam search the slots and the scratch allow */
 } el_engine;
 
 el_status el_engine_init(el_engine *engine, const el_model *model, const el_engine_options *options, el_arena *arena,
@@ -90,6 +96,16 @@ el_status el_engine_continue(el_engine *engine, int seq_id, const int32_t *token
                              el_error *err);
 /* The most events one step reports: one per logits row (max_seqs) plus one per fork. */
 int el_engine_max_events(const el_engine *engine);
+/* For el_beam.c, the engine's own steps: `to` (a reserved slot) becomes a copy of
+ * `from` (tokens, text, sampler state; its blocks shared by reference when
+ * share_blocks, else none); a sequence ends with `reason`. */
+void el_engine_fork(el_engine *engine, const el_sequence *from, el_sequence *to, int share_blocks);
+void el_engine_finish(el_sequence *seq, el_finish_reason reason);
+void el_engine_event(el_event *event, el_sequence *seq, int token);
+/* The most tokens a sequence can hold: max_model_len, or the whole KV pool if smaller. */
+int el_engine_sequence_limit(const el_engine *engine);
+/* Sequences a request holds: n, or 2 * beam_width for a beam search. */
+int el_request_slots(const el_request *request);
 /* One step; writes at most max_events events, returns how many (0: nothing to do).
  * Give it el_engine_max_events so that none is lost. */
 int el_engine_step(el_engine *engine, el_event *events, int max_events);

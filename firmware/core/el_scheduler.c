@@ -34,27 +34,46 @@ void el_scheduler_release_blocks(el_scheduler *s, el_sequence *seq)
     seq->n_computed = 0;
 }
 
+/* A beam whose candidates are in, waiting for the rest of its search: it computes
+ * nothing until the search moves on (el_beam.h). */
+static int parked_beam(const el_sequence *seq)
+{
+    return seq->request.beam_width > 0 && seq->beam_ready &&
+           (seq->state == EL_SEQ_RUNNING || seq->state == EL_SEQ_WAITING);
+}
+
+/* How readily a sequence gives its blocks back (0: never): a finished one first, then
+ * one waiting to continue a chat, then a parked beam (it recomputes them after its
+ * search moves on). */
+static int reclaim_class(const el_sequence *seq)
+{
+    if (seq->state == EL_SEQ_FINISHED) return 3;
+    if (parked_beam(seq)) return 1;
+    if (seq->state == EL_SEQ_WAITING) return 2;
+    return 0;
+}
+
 /* Blocks held by a sequence that is not running, given back so that running and
  * admitted sequences can go on: first a finished one (oldest first; its full blocks
  * stay findable in the prefix cache, so a chat that continues it later recomputes
- * little), then one waiting to continue a chat (newest first), never `keep`. Without
- * this, sequences the caller has not released yet would hold the pool while the
- * waiting ones starve. Returns 0 when nothing is left to take. */
+ * little), then one waiting to continue a chat (newest first), then a parked beam
+ * (newest first), never `keep`. Without this, sequences the caller has not released
+ * yet would hold the pool while the waiting ones starve, and the beams of a search
+ * would wait for one another. Returns 0 when nothing is left to take. */
 static int reclaim(el_scheduler *s, const el_sequence *keep)
 {
     el_sequence *best = NULL;
     int i;
     for (i = 0; i < s->max_seqs; i++) {
         el_sequence *seq = &s->seqs[i];
-        if (seq->n_blocks == 0 || seq == keep) continue;
-        if (seq->state == EL_SEQ_FINISHED) {
-            if (best == NULL || best->state != EL_SEQ_FINISHED || seq->arrival < best->arrival) best = seq;
-        } else if (seq->state == EL_SEQ_WAITING) {
-            if (best == NULL || (best->state == EL_SEQ_WAITING && seq->arrival > best->arrival)) best = seq;
-        }
+        int c = reclaim_class(seq), b = best != NULL ? reclaim_class(best) : 0;
+        if (seq->n_blocks == 0 || seq == keep || c == 0 || c < b) continue;
+        if (best == NULL || c > b || (c == 3 ? seq->arrival < best->arrival : seq->arrival > best->arrival))
+            best = seq;
     }
     if (best == NULL) return 0;
     el_scheduler_release_blocks(s, best);
+    if (best->state == EL_SEQ_RUNNING) best->state = EL_SEQ_WAITING; /* a parked beam: admitted again later */
     return 1;
 }
 
@@ -226,6 +245,7 @@ int el_schedule(el_scheduler *s, el_batch_row *rows, int32_t *row_seq)
     while (n < s->max_rows && (seq = next_by_arrival(s, EL_SEQ_WAITING, after, &found)) != NULL) {
         int chunk;
         after = seq->arrival;
+        if (parked_beam(seq)) continue; /* nothing to compute until its search moves on */
         if (!admit(s, seq)) break; /* first come, first served: no overtaking */
         chunk = seq->n_tokens - seq->n_computed;
         if (chunk > s->max_rows - n) chunk = s->max_rows - n;

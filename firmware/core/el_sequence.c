@@ -9,6 +9,7 @@ void el_request_defaults(el_request *r)
     r->n = 1;
     r->logprobs = -1;
     r->prompt_logprobs = -1;
+    r->length_penalty = 1.0f;
 }
 
 static el_status check_logprobs(const char *field, int k, el_error *err)
@@ -46,6 +47,18 @@ el_status el_request_check(const el_request *r, el_error *err)
         return EL_ERR_ARGUMENT;
     }
     if (check_logprobs("logprobs", r->logprobs, err) != EL_OK) return EL_ERR_ARGUMENT;
+    if (r->beam_width < 0 || r->beam_width > EL_MAX_BEAM_WIDTH) {
+        el_fail(err, EL_ERR_ARGUMENT, "beam_width must be in [1, ", "", "");
+        el_error_num(err, EL_MAX_BEAM_WIDTH);
+        el_error_append(err, "] (0 samples instead), got ");
+        el_error_num(err, r->beam_width);
+        return EL_ERR_ARGUMENT;
+    }
+    if (r->beam_width > 0 && r->n != 1)
+        return el_fail(err, EL_ERR_ARGUMENT, "n: a beam search returns its beam_width best sequences; n must be 1",
+                       "", "");
+    if (!(r->length_penalty >= -1e6f && r->length_penalty <= 1e6f)) /* NaN fails too */
+        return el_fail(err, EL_ERR_ARGUMENT, "length_penalty must be a finite number", "", "");
     if (check_logprobs("prompt_logprobs", r->prompt_logprobs, err) != EL_OK) return EL_ERR_ARGUMENT;
     return el_sampling_check(&r->sampling, err);
 }

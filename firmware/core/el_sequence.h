@@ -22,6 +22,8 @@
 #define EL_MAX_STOP_STRINGS 4
 #define EL_MAX_STOP_LEN 32
 #define EL_MAX_STOP_TOKENS 8
+/* The widest beam search: its sequences keep 2 * width candidates each between steps. */
+#define EL_MAX_BEAM_WIDTH 8
 
 typedef struct {
     el_sampling sampling;
@@ -36,6 +38,8 @@ typedef struct {
     int n;                /* samples of this prompt (default 1): forks sharing the prompt's blocks */
     int logprobs;         /* -1: none; k >= 0: each token's logprob and rank, and the top k (<= EL_MAX_LOGPROBS) */
     int prompt_logprobs;  /* -1: none; k >= 0: the same for every prompt token after the first */
+    int beam_width;       /* 0: sample; W >= 1: beam search of width W (el_beam.h), holding 2W sequences */
+    float length_penalty; /* beam search: a hypothesis scores cum_logprob / length ** length_penalty */
 } el_request;
 
 /* EL_SEQ_RESERVED: a slot held for a fork of another sequence (its `parent`), not scheduled */
@@ -68,7 +72,16 @@ typedef struct {
     int parent;                /* the sequence that prefilled the prompt (itself for the first sample) */
     int sample_index;          /* 0 .. n - 1 */
     int forks_pending;         /* reserved slots still to fork at the first token (the parent only) */
+    int fork_fresh;            /* forked this step, its first token still to sample */
     int prompt_logprob_next;   /* the next prompt position whose logprob is still to report */
+    uint64_t group;            /* the request it belongs to (unique while the engine runs) */
+    float cum_logprob;         /* beam search: the sum of its generated tokens' logprobs */
+    float beam_score;          /* beam search, a finished hypothesis: its score */
+    int beam_order;            /* beam search, a live beam: its place among the beams kept last */
+    int beam_ready;            /* beam search: its candidates for the next token are in */
+    int n_candidates;
+    int32_t candidate_ids[2 * EL_MAX_BEAM_WIDTH];
+    float candidate_logprobs[2 * EL_MAX_BEAM_WIDTH];
 } el_sequence;
 
 void el_request_defaults(el_request *request);
