@@ -50,3 +50,15 @@ def test_generate_n_samples_and_logprobs():
 def test_generate_n_on_a_serial_device_is_refused_in_one_line():
     r = run("generate", "hi", "--n", "2", "--port", "/dev/null-nothing")
     assert r.returncode == 1 and r.stderr.startswith("error: --n: ") and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_generate_beam_search():
+    from edgellama import LLM, BeamSearchParams
+    r = run("generate", "once upon a time", "--beam-width", "3", "--max-tokens", "10")
+    assert r.returncode == 0, r.stderr
+    headers = re.findall(r"^--- beam (\d) of 3 \(cumulative logprob (-\d+\.\d+), finish: \w+\) ---$", r.stdout, re.M)
+    assert [h[0] for h in headers] == ["1", "2", "3"]
+    expected = LLM().beam_search("once upon a time", BeamSearchParams(beam_width=3, max_tokens=10))[0]
+    assert [float(h[1]) for h in headers] == [round(s.cum_logprob, 4) for s in expected.sequences]
+    bad = run("generate", "hi", "--beam-width", "2", "--n", "2")
+    assert bad.returncode == 1 and bad.stderr.startswith("error: --beam-width: ")

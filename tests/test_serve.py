@@ -378,3 +378,30 @@ def test_chat_logprobs_with_top_logprobs(client, model):
                 for c in ch.choices if c.logprobs for item in c.logprobs.content]
     assert [i.logprob for i in streamed] == [i.logprob for i in content]
     assert all(i.top_logprobs == [] for i in streamed)  # top_logprobs defaults to 0
+
+
+def test_use_beam_search_returns_the_n_best_beams(client, model, llm):
+    from edgellama import BeamSearchParams
+    r = client.completions.create(model=model, prompt="once upon a time", n=3, max_tokens=10,
+                                  extra_body={"use_beam_search": True, "length_penalty": 1.0})
+    ids = llm.get_tokenizer().encode("once upon a time")
+    expected = llm.beam_search({"prompt_token_ids": ids}, BeamSearchParams(beam_width=3, max_tokens=10))[0]
+    assert [c.text for c in r.choices] == [llm.get_tokenizer().decode(s.tokens[len(ids):], previous=ids[-1])
+                                           for s in expected.sequences]
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    chunks = list(client.completions.create(model=model, prompt="once upon a time", n=3, max_tokens=10, stream=True,
+                                            extra_body={"use_beam_search": True}))
+    texts = ["", "", ""]
+    for ch in chunks:
+        for c in ch.choices:
+            texts[c.index] += c.text
+    assert texts == [c.text for c in r.choices]
+    chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], n=2,
+                                          max_tokens=6, extra_body={"use_beam_search": True})
+    assert len(chat.choices) == 2 and chat.choices[0].message.content != chat.choices[1].message.content
+    with pytest.raises(openai.BadRequestError, match="n: a beam search of width 5 holds 10 sequences") as e:
+        client.completions.create(model=model, prompt="hi", n=5, extra_body={"use_beam_search": True})
+    assert e.value.body["param"] == "n"
+    with pytest.raises(openai.BadRequestError, match="length_penalty must be a number"):
+        client.completions.create(model=model, prompt="hi", extra_body={"use_beam_search": True,
+                                                                         "length_penalty": "long"})

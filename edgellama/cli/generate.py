@@ -41,6 +41,22 @@ def generate_samples(prompt: str, params, echo=click.echo, **device):
                     echo(line, err=True)
 
 
+def beam_search_on_device(prompt: str, params, echo=click.echo, **device):
+    """The beams of a search, best first, each as the prompt and its continuation after a
+    header with its cumulative logprob (the local runtime only, like generate_samples)."""
+    from edgellama.devices.opener import open_device
+    if device.get("board") or device.get("host") or device.get("port"):
+        raise EdgeLlamaError("--beam-width: a board samples over its protocol; run the beam search here "
+                             "(without --board/--host/--port)")
+    with open_device(say=lambda line: echo(line, err=True), **device) as dev:
+        out = dev.llm.beam_search(prompt, params)[0]
+        ids = dev.llm.get_tokenizer().encode(prompt)
+        for i, seq in enumerate(out.sequences):
+            echo(f"--- beam {i + 1} of {len(out.sequences)} (cumulative logprob {seq.cum_logprob:.4f}, "
+                 f"finish: {seq.finish_reason}) ---")
+            echo(prompt + dev.llm.get_tokenizer().decode(seq.tokens[len(ids):], previous=ids[-1]))
+
+
 def generate_on_device(prompt: str, params, echo=click.echo, stats: bool = False, **device):
     """Open the device the options name, stream the prompt and its continuation to echo;
     with stats, one line of timings after the text (on stderr)."""
@@ -67,9 +83,23 @@ def generate_on_device(prompt: str, params, echo=click.echo, stats: bool = False
               help="Samples of the prompt, forked from one prefill (sample i draws with seed + i).")
 @click.option("--logprobs", type=int, default=None,
               help="After the text, each token's logprob and rank and this many top tokens (0-20), on stderr.")
+@click.option("--beam-width", type=int, default=0, show_default=True,
+              help="Beam search of this width instead of sampling (its beams, best first); 0 samples.")
 @sampling_options
-def command(prompt, stats, n, logprobs, **options):
+def command(prompt, stats, n, logprobs, beam_width, **options):
     """Continue PROMPT with the model, streaming the text: on this machine by default, or
     on the device --board, --host or --port names (an emulated board is built first)."""
     params = sampling_params(options, n=n, logprobs=logprobs)
+    if beam_width:
+        from edgellama.runtime.sampling_params import BeamSearchParams
+        if n != 1 or logprobs is not None:
+            raise EdgeLlamaError("--beam-width: a beam search returns its beams; --n and --logprobs are for sampling")
+        # vLLM's beam search scores the model's own distribution unless a temperature is asked for
+        given = click.get_current_context().get_parameter_source("temperature") != click.core.ParameterSource.DEFAULT
+        try:
+            beam = BeamSearchParams(beam_width=beam_width, max_tokens=params.max_tokens,
+                                    temperature=params.temperature if given else 0.0)
+        except ValueError as e:
+            raise EdgeLlamaError(f"--{str(e).split(' ', 1)[0].replace('_', '-')}: {e}") from None
+        return beam_search_on_device(prompt, beam, engine=requested_engine(options), **options)
     generate_on_device(prompt, params, stats=stats, engine=requested_engine(options), **options)

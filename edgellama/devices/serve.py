@@ -12,8 +12,10 @@ temperature, top_p, stop, seed, n, logprobs (completions: how many top tokens; c
 true, with top_logprobs), echo (completions: the prompt, with its logprobs when asked),
 stream, stream_options.include_usage) and vLLM's extra sampling fields (top_k, min_p,
 repetition_penalty, presence_penalty, frequency_penalty, min_tokens, ignore_eos,
-stop_token_ids, skip_special_tokens). The n samples of a prompt are one engine request
-(forks of one prefill); choice i*n + j is sample j of prompt i. Errors
+stop_token_ids, skip_special_tokens, use_beam_search with n as the beam width and
+length_penalty). The n samples of a prompt are one engine request (forks of one
+prefill); choice i*n + j is sample j of prompt i (with beam search: its j-th best beam).
+Errors
 come back as OpenAI error bodies: 400 naming the bad field, 404 for an unknown route or
 model, 405 (with Allow) for a method a route does not take, 408 for a body that does not
 arrive, 413 for one over MAX_BODY_BYTES, 500 when the device fails.
@@ -50,7 +52,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from edgellama.devices.device import Device, LocalDevice
-from edgellama.runtime.sampling_params import SamplingParams
+from edgellama.runtime.sampling_params import BeamSearchParams, SamplingParams
 
 MAX_BODY_BYTES = 4 << 20
 REQUEST_TIMEOUT_S = 30.0  # a client silent this long mid-request (or idle between requests) is dropped
@@ -60,7 +62,8 @@ FLOAT_FIELDS = ("temperature", "top_p", "min_p", "repetition_penalty", "presence
 INT_FIELDS = ("top_k", "min_tokens", "seed", "n")
 BOOL_FIELDS = ("ignore_eos", "skip_special_tokens")
 FIELD_NAMES = FLOAT_FIELDS + INT_FIELDS + BOOL_FIELDS + ("max_tokens", "stop", "stop_token_ids", "prompt", "messages",
-                                                         "logprobs", "top_logprobs", "echo")
+                                                         "logprobs", "top_logprobs", "echo", "use_beam_search",
+                                                         "length_penalty")
 # Fields that would change what comes back in ways this server does not do: refused, not ignored.
 UNSUPPORTED = ("suffix", "tools", "functions", "logit_bias")
 
@@ -211,6 +214,28 @@ def sampling_params(body: dict, default_max_tokens: int | None, kind: str = "com
     return params
 
 
+def beam_search_params(body: dict, params: SamplingParams):
+    """vLLM's extras use_beam_search (the beam width is n; the n best beams come back as the
+    choices) and length_penalty: BeamSearchParams, or None for sampling."""
+    use = body.get("use_beam_search")
+    if use not in (None, True, False):
+        raise bad(f"use_beam_search must be true or false, got {use!r}", "use_beam_search")
+    penalty = body.get("length_penalty", 1.0)
+    if isinstance(penalty, bool) or not isinstance(penalty, (int, float)):
+        raise bad(f"length_penalty must be a number, got {penalty!r}", "length_penalty")
+    if not use:
+        return None
+    if params.logprobs is not None or params.prompt_logprobs is not None:
+        raise bad("logprobs: a beam search reports each beam's cumulative logprob only", "logprobs")
+    try:
+        return BeamSearchParams(beam_width=params.n, max_tokens=params.max_tokens or 16, ignore_eos=params.ignore_eos,
+                                temperature=params.temperature, length_penalty=float(penalty))
+    except ValueError as e:
+        field = str(e).split(" ", 1)[0]
+        message = str(e).replace("beam_width", "n (the beam width)", 1) if field == "beam_width" else str(e)
+        raise bad(message, "n" if field == "beam_width" else field) from None
+
+
 def chat_messages(body: dict) -> list:
     """The messages list with plain string contents (text parts are joined)."""
     messages = body.get("messages")
@@ -308,22 +333,37 @@ class LocalBackend:
                           f"(max_model_len {self.llm.max_model_len} tokens); shorten the {field}", field) from None
             raise bad(f"{field}: {e}", field) from None
 
-    def completion(self, prompt, params: SamplingParams, max_field=None) -> _Run:
+    def completion(self, prompt, params: SamplingParams, max_field=None, beam=None) -> _Run:
         if isinstance(prompt, str):
             ids = self._tokens("prompt", len(prompt.encode("utf-8", "replace")),
                                lambda: self.llm.tokenizer.encode(prompt))
             item = {"prompt": prompt, "prompt_token_ids": ids}
         else:
             item = {"prompt_token_ids": prompt}
-        return self._run(item, params, "prompt", max_field)
+        return self._run(item, params, "prompt", max_field, beam)
 
-    def chat(self, messages: list, params: SamplingParams, max_field=None) -> _Run:
+    def chat(self, messages: list, params: SamplingParams, max_field=None, beam=None) -> _Run:
         ids = self._tokens("messages", sum(len(m["content"].encode("utf-8", "replace")) for m in messages),
                            lambda: self.chat_renderer.prompt_tokens(messages))
         return self._run({"prompt_token_ids": ids}, self.llm._with_chat_stop(params, self.chat_renderer), "messages",
-                         max_field)
+                         max_field, beam)
 
-    def _run(self, item, params, field, max_field=None) -> _Run:
+    def _beam_run(self, run, item, beam):
+        """A beam search's run: its beams, best first, each whole once the search ends."""
+        ids = item["prompt_token_ids"]
+
+        def deltas():
+            out = self.llm.beam_search({"prompt_token_ids": ids}, beam)[0]
+            for i, seq in enumerate(out.sequences):
+                generated = seq.tokens[len(ids):]
+                run.samples[i] = _Sample(len(generated), seq.finish_reason, None)
+                yield _Delta(i, self.llm.tokenizer.decode(generated, previous=ids[-1]), None, generated, True)
+
+        run.samples = [_Sample(0, "length") for _ in range(beam.beam_width)]
+        run._gen = deltas()
+        return run
+
+    def _run(self, item, params, field, max_field=None, beam=None) -> _Run:
         ids = item["prompt_token_ids"]
         if any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.llm._rt.config.vocab_size
                for t in ids):
@@ -346,6 +386,11 @@ class LocalBackend:
         run.prompt_tokens, run.prompt_token_ids = len(ids), ids
         run.prompt_text = item["prompt"] if item.get("prompt") is not None else self.llm.tokenizer.decode(ids)
         run.token_text = self.token_text
+        if beam is not None:
+            if 2 * beam.beam_width > self.llm.max_num_seqs:
+                raise bad(f"n: a beam search of width {beam.beam_width} holds {2 * beam.beam_width} sequences, and "
+                          f"this server's engine holds {self.llm.max_num_seqs}", "n")
+            return self._beam_run(run, item, beam)
 
         def deltas():
             decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(params.n)]
@@ -382,10 +427,10 @@ class DeviceBackend:
         self.context_length = info.get("context_length")
         self.heard = None  # (system, messages) the device's conversation holds; None: unknown
 
-    def completion(self, prompt, params, max_field=None) -> _Run:
+    def completion(self, prompt, params, max_field=None, beam=None) -> _Run:
         if not isinstance(prompt, str):
             raise bad("this device takes text prompts, not token ids", "prompt")
-        self._check_max_tokens(params, max_field)
+        self._check_max_tokens(params, max_field, beam)
         return self._run(prompt, params, chat=False)
 
     @staticmethod
@@ -396,16 +441,19 @@ class DeviceBackend:
         if params.logprobs is not None or params.prompt_logprobs is not None:
             raise bad("logprobs: this device does not report log-probabilities", "logprobs")
 
-    def _check_max_tokens(self, params, max_field):
+    def _check_max_tokens(self, params, max_field, beam=None):
         """The device counts the prompt itself; here only max_tokens alone past the context is caught."""
+        if beam is not None:
+            raise bad("use_beam_search: this device samples; beam search runs on the local runtime",
+                      "use_beam_search")
         self._check_one_plain_sample(params)
         if max_field and self.context_length and params.max_tokens is not None \
                 and params.max_tokens > self.context_length:
             raise bad(f"{max_field}: this model's maximum context length is {self.context_length} tokens, but "
                       f"{params.max_tokens} were requested for the completion alone; reduce {max_field}", max_field)
 
-    def chat(self, messages, params, max_field=None) -> _Run:
-        self._check_max_tokens(params, max_field)
+    def chat(self, messages, params, max_field=None, beam=None) -> _Run:
+        self._check_max_tokens(params, max_field, beam)
         system_end = 0
         while system_end < len(messages) and messages[system_end]["role"] == "system":
             system_end += 1
@@ -506,7 +554,8 @@ class API:
         if kind == "chat":
             messages = chat_messages(body)
             params = sampling_params(body, None, "chat")
-            return params, [lambda: self.backend.chat(messages, params, max_field)]
+            beam = beam_search_params(body, params)
+            return params, [lambda: self.backend.chat(messages, params, max_field, beam)]
         prompt = body.get("prompt")
         if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(
                 isinstance(t, int) and not isinstance(t, bool) for t in prompt)):
@@ -518,7 +567,8 @@ class API:
         else:
             raise bad("prompt must be a string, a list of strings, or token ids", "prompt")
         params = sampling_params(body, 16)
-        return params, [lambda p=p: self.backend.completion(p, params, max_field) for p in prompts]
+        beam = beam_search_params(body, params)
+        return params, [lambda p=p: self.backend.completion(p, params, max_field, beam) for p in prompts]
 
 
 def _usage(prompt_tokens, completion_tokens) -> dict | None:
