@@ -192,6 +192,33 @@ def test_posix_hello_and_generate_equal_host(posix, host_llm):
     assert posix.ping(b"hi") == b"hi"
 
 
+def test_posix_n_samples_and_logprobs_equal_host(model_path, host_llm):
+    """GENERATE's n= and logprobs=: the device forks the samples from one prefill and
+    sends SAMPLE_TOKEN and LOGPROB frames; texts, token ids and logprobs are the host's."""
+    dev = ProtocolDevice(ProcessStream([runtime_build.host_program(), model_path, "serve", "--max-seqs", "4"],
+                                       "edgellama-run serve"), timeout=20)
+    try:
+        params = SamplingParams(n=3, temperature=1.0, seed=8, max_tokens=16, logprobs=2)
+        out = dev.generate_samples(PROMPT, params)
+        expected = host_llm.generate(PROMPT, params, use_tqdm=False)[0]
+        for got, want in zip(out.outputs, expected.outputs):
+            assert (got.index, got.text, got.token_ids, got.finish_reason) == \
+                (want.index, want.text, want.token_ids, want.finish_reason)
+            assert [{t: (lp.logprob, lp.rank) for t, lp in e.items()} for e in got.logprobs] == \
+                [{t: (lp.logprob, lp.rank) for t, lp in e.items()} for e in want.logprobs]
+        assert dev.last_stats.output_tokens == sum(len(c.token_ids) for c in out.outputs)
+        one = dev.generate_samples(PROMPT, SamplingParams(temperature=0, max_tokens=8, logprobs=0))
+        assert one.outputs[0].text == reference(host_llm, PROMPT, 8)
+        with pytest.raises(EdgeLlamaError, match="n: 5 samples need as many sequences"):
+            dev.generate_samples(PROMPT, SamplingParams(n=5, max_tokens=4))
+        assert "".join(dev.generate(PROMPT, greedy(12))) == reference(host_llm, PROMPT, 12)
+        with pytest.raises(EdgeLlamaError, match="n: a chat turn takes one sample"):
+            list(dev.generate("hi", SamplingParams(n=2, max_tokens=4), chat=True))
+        assert dev.ping() == b"ping"
+    finally:
+        dev.close()
+
+
 def test_posix_chat_keeps_kv(posix):
     list(posix.generate("tell me a story about a cat", greedy(12), chat=True))
     first = posix.last_stats
@@ -395,6 +422,30 @@ def test_protocol_device_on_emulated_board(board, builds, q8_llm):
         assert len(result["token_times_s"]) == 8 and result["prefill_s"] > 0 and result["kv_blocks_used"] == 2
         assert (result["rss_bytes"] is None) == (board != "qemu-aarch64")  # VmHWM: the POSIX program only
         assert dev.stats()["tokens_generated"] > 30
+
+
+@pytest.mark.emulated
+@pytest.mark.parametrize("board", ["qemu-aarch64", "mps2-an386"])
+def test_samples_and_logprobs_on_emulated_boards(board, builds, q8_llm):
+    """A Linux board runs the build's max_seqs (8) and forks n samples; a microcontroller
+    holds one sequence, so it refuses n > 1 in a line naming n, and still reports logprobs."""
+    from edgellama.devices.opener import open_device
+    with open_device(board=board, output=builds(board), timeout=60) as dev:
+        params = SamplingParams(temperature=0, max_tokens=10, logprobs=1)
+        got = dev.generate_samples(PROMPT, params).outputs[0]
+        want = q8_llm.generate(PROMPT, params, use_tqdm=False)[0].outputs[0]
+        assert (got.text, got.token_ids) == (want.text, want.token_ids)
+        assert [e[t].logprob for e, t in zip(got.logprobs, got.token_ids)] == \
+            [e[t].logprob for e, t in zip(want.logprobs, want.token_ids)]
+        assert got.logprobs[0][got.token_ids[0]].decoded_token == want.logprobs[0][want.token_ids[0]].decoded_token
+        sampled = SamplingParams(n=2, temperature=1.0, seed=4, max_tokens=10)
+        if board == "mps2-an386":
+            with pytest.raises(EdgeLlamaError, match="n: 2 samples need as many sequences.*max_seqs 1"):
+                dev.generate_samples(PROMPT, sampled)
+        else:
+            texts = [c.text for c in dev.generate_samples(PROMPT, sampled).outputs]
+            assert texts == [c.text for c in q8_llm.generate(PROMPT, sampled, use_tqdm=False)[0].outputs]
+        assert "".join(dev.generate(PROMPT, greedy(6))) == reference(q8_llm, PROMPT, 6)
 
 
 def read_until(sock, pattern: bytes, timeout=30.0) -> bytes:

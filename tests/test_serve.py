@@ -405,3 +405,35 @@ def test_use_beam_search_returns_the_n_best_beams(client, model, llm):
     with pytest.raises(openai.BadRequestError, match="length_penalty must be a number"):
         client.completions.create(model=model, prompt="hi", extra_body={"use_beam_search": True,
                                                                          "length_penalty": "long"})
+
+
+def test_n_and_logprobs_through_a_protocol_device(llm):
+    """A device behind the server (edgellama-run serve over pipes, as over a serial line)
+    forks n samples and reports logprobs in GENERATE's frames: the same choices as here."""
+    from edgellama import SamplingParams
+    from edgellama.devices.protocol_device import ProtocolDevice
+    from edgellama.devices.streams import ProcessStream
+    from edgellama.runtime import build
+    device = ProtocolDevice(ProcessStream([build.host_program(), llm.model, "serve", "--max-seqs", "4"], "serve"),
+                            timeout=30)
+    server = start(device)
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        model = client.models.list().data[0].id
+        r = client.completions.create(model=model, prompt="once upon a time", n=2, max_tokens=8, temperature=1.0,
+                                      seed=3, logprobs=1)
+        expected = llm.generate("once upon a time", SamplingParams(n=2, max_tokens=8, temperature=1.0, seed=3,
+                                                                   logprobs=1), use_tqdm=False)[0]
+        assert [c.text for c in r.choices] == [c.text for c in expected.outputs]
+        assert r.choices[1].logprobs.token_logprobs == \
+            [e[t].logprob for e, t in zip(expected.outputs[1].logprobs, expected.outputs[1].token_ids)]
+        assert r.usage.completion_tokens == 16 and r.usage.prompt_tokens > 0
+        with pytest.raises(openai.BadRequestError, match="n: 5 samples need as many sequences") as e:
+            client.completions.create(model=model, prompt="hi", n=5)
+        assert e.value.body["param"] == "n"
+        with pytest.raises(openai.BadRequestError, match="n: a device's chat turn is one sample"):
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], n=2)
+    finally:
+        server.shutdown()
+        server.server_close()
+        device.close()

@@ -22,15 +22,11 @@ def logprob_lines(completion) -> list:
 
 def generate_samples(prompt: str, params, echo=click.echo, **device):
     """n samples, or logprobs: each sample as the prompt and its continuation (a header
-    line before each when n > 1), the logprobs after it on stderr. The local runtime
-    forks the samples from one prefill; the serial protocol carries one plain sample."""
+    line before each when n > 1), the logprobs after it on stderr. The runtime forks the
+    samples from one prefill, here or on the device (GENERATE's n= and logprobs=)."""
     from edgellama.devices.opener import open_device
-    if device.get("board") or device.get("host") or device.get("port"):  # refused before anything is built
-        flag = "--n" if params.n > 1 else "--logprobs"
-        raise EdgeLlamaError(f"{flag}: a board generates one sample without logprobs over its protocol; "
-                             f"run it here (without --board/--host/--port)")
     with open_device(say=lambda line: echo(line, err=True), **device) as dev:
-        out = dev.llm.generate(prompt, params, use_tqdm=False)[0]
+        out = dev.generate_samples(prompt, params)
         for c in out.outputs:
             if params.n > 1:
                 echo(f"--- sample {c.index + 1} of {params.n} (finish: {c.finish_reason}) ---")

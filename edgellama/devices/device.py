@@ -60,6 +60,12 @@ class Device:
         (kept between calls; see reset and set_system)."""
         raise NotImplementedError
 
+    def generate_samples(self, prompt: str, params: SamplingParams):
+        """The whole RequestOutput of one prompt once it ends: params.n samples (forks of
+        one prefill on the device), each with its logprobs when params.logprobs asks.
+        Token ids are known only where logprobs carried them."""
+        raise NotImplementedError
+
     def cancel(self):
         """Stop the reply being generated (safe to call from a signal handler's caller)."""
         raise NotImplementedError
@@ -129,6 +135,13 @@ class LocalDevice(Device):
             stats.prompt_tokens = after["prompt_tokens_computed"] - before["prompt_tokens_computed"]
         stats.finish_reason = "abort" if self._cancelled else None
         self.last_stats = stats
+
+    def generate_samples(self, prompt: str, params: SamplingParams):
+        out = self.llm.generate(prompt, params, use_tqdm=False)[0]
+        self.last_stats = Stats(prompt_tokens=len(out.prompt_token_ids),
+                                output_tokens=sum(len(c.token_ids) for c in out.outputs),
+                                finish_reason=out.outputs[0].finish_reason)
+        return out
 
     def cancel(self):
         self._cancelled = True

@@ -28,9 +28,11 @@ VERSION = 1
 
 HELLO, GENERATE, CANCEL, BENCH, PING, STATS, RESET = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
 INFO, TOKEN, DONE, ERROR, BENCH_RESULT, PONG, STATS_RESULT, OK = 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88
+SAMPLE_TOKEN, LOGPROB = 0x89, 0x8A
 NAMES = {HELLO: "HELLO", GENERATE: "GENERATE", CANCEL: "CANCEL", BENCH: "BENCH", PING: "PING", STATS: "STATS",
          RESET: "RESET", INFO: "INFO", TOKEN: "TOKEN", DONE: "DONE", ERROR: "ERROR", BENCH_RESULT: "BENCH_RESULT",
-         PONG: "PONG", STATS_RESULT: "STATS_RESULT", OK: "OK"}
+         PONG: "PONG", STATS_RESULT: "STATS_RESULT", OK: "OK", SAMPLE_TOKEN: "SAMPLE_TOKEN", LOGPROB: "LOGPROB"}
+MAX_SAMPLES = 8  # EL_SERVE_MAX_SAMPLES: the most samples (n) one GENERATE asks for
 
 # the start of the ERROR a device sends for a header announcing too long a payload: an
 # answer to line noise (the host never sends one), not to the request in flight
@@ -80,6 +82,22 @@ class Frame:
                                 "time")
         t, = struct.unpack_from("<I", self.payload)
         return t / 1e6, self.payload[4:]
+
+    def sample_token(self) -> tuple:
+        """(device time in seconds, sample index, text bytes) of a SAMPLE_TOKEN."""
+        if len(self.payload) < 5:
+            raise ProtocolError(f"a {self.name} frame of {len(self.payload)} payload bytes has no time and sample")
+        t, sample = struct.unpack_from("<IB", self.payload)
+        return t / 1e6, sample, self.payload[5:]
+
+    def logprob(self) -> tuple:
+        """(sample index, token, logprob, rank, [(top id, top logprob), ...]) of a LOGPROB."""
+        if len(self.payload) < 14 or len(self.payload) != 14 + 8 * self.payload[13]:
+            raise ProtocolError(f"a {self.name} frame of {len(self.payload)} payload bytes does not hold its "
+                                "figures")
+        sample, token, logprob, rank, n_top = struct.unpack_from("<BifiB", self.payload)
+        top = [struct.unpack_from("<if", self.payload, 14 + 8 * i) for i in range(n_top)]
+        return sample, token, logprob, rank, top
 
 
 class Decoder:
@@ -208,6 +226,10 @@ def generate_payload(prompt: str, params=None, chat: bool = False, reset: bool =
             pairs.append((key, value))
         if getattr(params, "ignore_eos", False):
             pairs.append(("ignore_eos", 1))
+        if getattr(params, "n", 1) != 1:
+            pairs.append(("n", params.n))
+        if getattr(params, "logprobs", None) is not None:
+            pairs.append(("logprobs", params.logprobs))
         stops = getattr(params, "stop", None) or []
         for stop in [stops] if isinstance(stops, str) else stops:
             pairs.append(("stop", stop))

@@ -198,6 +198,84 @@ class ProtocolDevice(Device):
         stats.extra["host_total_s"] = time.perf_counter() - start
         self.last_stats = stats
 
+    def generate_samples(self, prompt: str, params: SamplingParams):
+        """n samples and logprobs over the protocol (GENERATE's n= and logprobs= keys):
+        SAMPLE_TOKEN frames carry each sample's text (TOKEN when n = 1), a LOGPROB frame
+        comes before the token it describes, DONE says how each sample ended."""
+        from edgellama.runtime.outputs import CompletionOutput, RequestOutput
+        if params.n > P.MAX_SAMPLES:
+            raise EdgeLlamaError(f"n: a device takes at most {P.MAX_SAMPLES} samples a request, got {params.n}")
+        payload = P.generate_payload(prompt, params)
+        texts = [bytearray() for _ in range(params.n)]
+        figures = [[] for _ in range(params.n)]
+        self._cancelled = self._cancel_sent = False
+        self.frames.clear()
+        self.send(P.GENERATE, payload)
+        self._in_flight = True
+        done, received = None, 0
+        try:
+            while done is None:
+                frame = self.next_frame(self.timeout, "GENERATE")
+                if frame.type in (P.TOKEN, P.SAMPLE_TOKEN):
+                    if frame.type == P.SAMPLE_TOKEN:
+                        _, sample, data = frame.sample_token()
+                    else:
+                        (_, data), sample = frame.token(), 0
+                    if sample >= params.n:
+                        raise P.ProtocolError(f"a token of sample {sample} in a reply of {params.n}")
+                    texts[sample] += data
+                    received += len(data)
+                elif frame.type == P.LOGPROB:
+                    sample, *rest = frame.logprob()
+                    if sample >= params.n:
+                        raise P.ProtocolError(f"logprobs of sample {sample} in a reply of {params.n}")
+                    figures[sample].append(tuple(rest))
+                elif frame.type == P.DONE:
+                    done = frame.kv()
+                elif frame.type == P.ERROR:
+                    raise EdgeLlamaError(f"{self.stream.description}: {frame.payload.decode('utf-8', 'replace')}")
+        finally:
+            if done is None:
+                self._drain_after_abort()
+            self._in_flight = False
+        sent = _int(done.get("text_bytes"))
+        if sent is not None and sent != received:
+            raise EdgeLlamaError(f"{self.stream.description}: {sent - received} of the reply's {sent} bytes were "
+                                 "lost to line noise; the text is incomplete")
+        stats = Stats()
+        stats.prompt_tokens, stats.cached_tokens = _int(done.get("prompt"), 0), _int(done.get("cached"), 0)
+        stats.output_tokens, stats.finish_reason = _int(done.get("tokens"), 0), done.get("finish")
+        stats.extra.update({k: _int(v, v) for k, v in done.items()})
+        self.last_stats = stats
+        finishes = done["finishes"].split(",") if params.n > 1 and "finishes" in done else [done.get("finish")]
+        outputs = []
+        for i in range(params.n):
+            logprobs = [self._logprob_entry(f) for f in figures[i]] if params.logprobs is not None else None
+            outputs.append(CompletionOutput(i, texts[i].decode("utf-8", "replace"), [f[0] for f in figures[i]],
+                                            sum(f[1] for f in figures[i]) if logprobs is not None else None,
+                                            logprobs, finish_reason=finishes[i] if i < len(finishes) else None))
+        return RequestOutput("0", prompt, [], None, outputs, True)
+
+    def _logprob_entry(self, figures) -> dict:
+        """{token_id: Logprob} of one LOGPROB frame: the top tokens and the chosen one."""
+        from edgellama.runtime.outputs import Logprob
+        token, logprob, rank, top = figures
+        entry = {t: Logprob(lp, i + 1, self._token_text(t)) for i, (t, lp) in enumerate(top)}
+        entry.setdefault(token, Logprob(logprob, rank, self._token_text(token)))
+        return entry
+
+    def _token_text(self, token: int):
+        """A token's text from the board's model file (its build), or None without one."""
+        if not hasattr(self, "_vocab_runtime"):
+            model = self.info().get("model_path")
+            self._vocab_runtime = None
+            if model:
+                from edgellama.runtime import capi
+                self._vocab_runtime = capi.Runtime(model, max_seqs=1)
+        if self._vocab_runtime is None:
+            return None
+        return self._vocab_runtime.token_bytes(-1, token).decode("utf-8", "replace")
+
     def _send_cancel(self):
         self._cancel_sent = True
         try:

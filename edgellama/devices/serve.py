@@ -52,6 +52,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from edgellama.devices.device import Device, LocalDevice
+from edgellama.errors import EdgeLlamaError
 from edgellama.runtime.sampling_params import BeamSearchParams, SamplingParams
 
 MAX_BODY_BYTES = 4 << 20
@@ -431,22 +432,55 @@ class DeviceBackend:
         if not isinstance(prompt, str):
             raise bad("this device takes text prompts, not token ids", "prompt")
         self._check_max_tokens(params, max_field, beam)
+        if params.prompt_logprobs is not None:
+            raise bad("echo with logprobs: this device reports the logprobs of what it generates, not of the "
+                      "prompt", "echo")
+        if params.n != 1 or params.logprobs is not None:
+            return self._samples_run(prompt, params)
         return self._run(prompt, params, chat=False)
+
+    def _samples_run(self, prompt, params) -> _Run:
+        """n samples or logprobs (GENERATE's n= and logprobs=): each sample whole once the reply ends."""
+        self._check_request(prompt, params, False)
+        run = _Run(None, params.n)
+        run.prompt_text = prompt
+        run.token_text = self.token_text
+
+        def deltas():
+            try:
+                out = self.device.generate_samples(prompt, params)
+            except EdgeLlamaError as e:
+                message = str(e).split(": ", 1)[-1]
+                if message.startswith("n: "):
+                    raise bad(message, "n") from None
+                raise
+            run.prompt_tokens = self.device.last_stats.prompt_tokens or None
+            for c in out.outputs:
+                run.samples[c.index] = _Sample(len(c.token_ids) if c.logprobs is not None else None, c.finish_reason)
+                yield _Delta(c.index, c.text, c.logprobs, c.token_ids, True)
+
+        run._gen = deltas()
+        return run
+
+    def token_text(self, token: int) -> tuple:
+        """A token's text and bytes from the board's model file, or a marker with its id."""
+        text = getattr(self.device, "_token_text", lambda t: None)(token)
+        text = text if text is not None else f"<token {token}>"
+        return text, text.encode("utf-8")
 
     @staticmethod
     def _check_one_plain_sample(params):
-        """The serial protocol carries one sample without logprobs (the local runtime does both)."""
+        """A chat turn on a device is one sample without logprobs (completions take both)."""
         if params.n != 1:
-            raise bad(f"n: this device generates one sample per request, got n={params.n}", "n")
+            raise bad(f"n: a device's chat turn is one sample, got n={params.n}", "n")
         if params.logprobs is not None or params.prompt_logprobs is not None:
-            raise bad("logprobs: this device does not report log-probabilities", "logprobs")
+            raise bad("logprobs: a device's chat turn reports no log-probabilities (completions do)", "logprobs")
 
     def _check_max_tokens(self, params, max_field, beam=None):
         """The device counts the prompt itself; here only max_tokens alone past the context is caught."""
         if beam is not None:
             raise bad("use_beam_search: this device samples; beam search runs on the local runtime",
                       "use_beam_search")
-        self._check_one_plain_sample(params)
         if max_field and self.context_length and params.max_tokens is not None \
                 and params.max_tokens > self.context_length:
             raise bad(f"{max_field}: this model's maximum context length is {self.context_length} tokens, but "
@@ -454,6 +488,7 @@ class DeviceBackend:
 
     def chat(self, messages, params, max_field=None, beam=None) -> _Run:
         self._check_max_tokens(params, max_field, beam)
+        self._check_one_plain_sample(params)
         system_end = 0
         while system_end < len(messages) and messages[system_end]["role"] == "system":
             system_end += 1

@@ -139,9 +139,9 @@ def elf_interpreter(path) -> str | None:
 
 def option_flags(ctx: BuildContext, args: list) -> list:
     """The build's engine options as edgellama-run flags, except those args already give.
-    (edgellama-run runs one sequence at a time, so max_seqs has no flag: the plan for
-    more sequences is an upper bound. kv_cache_bytes has none either: the plan leaves it
-    0, the runtime's default. threads is the board's, compiled in as EL_DEFAULT_THREADS.)"""
+    (max_seqs: the sequences a request's n samples can fork into, as the plan counted.
+    kv_cache_bytes has no flag: the plan leaves it 0, the runtime's default. threads is
+    the board's, compiled in as EL_DEFAULT_THREADS.)"""
     options = ctx.options
     flags = []
 
@@ -153,6 +153,7 @@ def option_flags(ctx: BuildContext, args: list) -> list:
     add("--arena-mb", -(-options.arena_bytes // (1 << 20)))  # whole MiB, rounded up
     add("--max-model-len", options.max_model_len)
     add("--max-batch-tokens", options.max_batch_tokens)
+    add("--max-seqs", options.max_seqs)
     add("--kv-dtype", options.kv_dtype)
     return flags
 

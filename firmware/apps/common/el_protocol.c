@@ -2,11 +2,12 @@
  * firmware/PROTOCOL.md). C99, no libc, no malloc. */
 #include "el_protocol.h"
 #include "el_bench_prompt.h"
+#include "el_math.h"
 
 #ifndef EL_SERVE_MAX_TOKENS
 #define EL_SERVE_MAX_TOKENS 1088 /* a bench prompt or one chat turn (system text + message) */
 #endif
-#define SERVE_EVENTS 4
+#define SERVE_EVENTS (2 * EL_SERVE_MAX_SAMPLES) /* a request's forks report in one step */
 #define GAP_US 300000u /* a frame silent this long is dropped (a half frame after a cut) */
 #define TOO_LONG_TEXT "frame too long (the maximum payload is 512 bytes)"
 
@@ -233,6 +234,11 @@ typedef struct {
     uint32_t bench_count; /* the last BENCH call's number (el_bench_prompt) */
     uint64_t text_bytes;  /* the reply's text sent in TOKEN frames: DONE's text_bytes, so a host
                            * can tell a reply that lost a frame to line noise */
+    el_event events[SERVE_EVENTS];
+    int n_samples;        /* the request's samples: their sequences, finish reasons and token counts */
+    int sample_seq[EL_SERVE_MAX_SAMPLES];
+    el_finish_reason sample_finish[EL_SERVE_MAX_SAMPLES];
+    int sample_tokens[EL_SERVE_MAX_SAMPLES];
 } server;
 
 static server S;
@@ -284,8 +290,18 @@ static void send_error(const char *a, const char *b)
     send_frame(EL_MSG_ERROR, S.out, S.out_len);
 }
 
+/* The forks of the last request (samples 1 .. n-1; sample 0 is last_seq). */
+static void release_forks(void)
+{
+    int i;
+    for (i = 1; i < S.n_samples; i++)
+        if (S.sample_seq[i] >= 0) el_runtime_release(S.rt, S.sample_seq[i]);
+    S.n_samples = 0;
+}
+
 static void release_all(void)
 {
+    release_forks();
     if (S.conv_seq >= 0) el_runtime_release(S.rt, S.conv_seq);
     if (S.last_seq >= 0 && S.last_seq != S.conv_seq) el_runtime_release(S.rt, S.last_seq);
     S.conv_seq = S.last_seq = -1;
@@ -296,21 +312,54 @@ void el_serve_release(void)
     if (S.rt != NULL) release_all();
 }
 
-static void send_token(uint64_t t_us, const char *text, int n)
+static void put_u32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v & 0xFF);
+    p[1] = (uint8_t)((v >> 8) & 0xFF);
+    p[2] = (uint8_t)((v >> 16) & 0xFF);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+/* TOKEN (n = 1): time, text; SAMPLE_TOKEN (sample >= 0): time, the sample's index, text. */
+static void send_token(uint64_t t_us, int sample, const char *text, int n)
 {
     uint32_t t = (uint32_t)(t_us > 0xFFFFFFFFu ? 0xFFFFFFFFu : t_us);
-    int chunk;
-    do { /* a long text goes in several frames; the first carries the time */
-        chunk = n > EL_PROTO_MAX_PAYLOAD - 4 ? EL_PROTO_MAX_PAYLOAD - 4 : n;
-        S.out[0] = (uint8_t)(t & 0xFF);
-        S.out[1] = (uint8_t)((t >> 8) & 0xFF);
-        S.out[2] = (uint8_t)((t >> 16) & 0xFF);
-        S.out[3] = (uint8_t)(t >> 24);
-        el_memcpy(S.out + 4, text, (size_t)chunk);
-        send_frame(EL_MSG_TOKEN, S.out, chunk + 4);
+    int head = sample >= 0 ? 5 : 4, chunk;
+    do { /* a long text goes in several frames; each carries the time */
+        chunk = n > EL_PROTO_MAX_PAYLOAD - head ? EL_PROTO_MAX_PAYLOAD - head : n;
+        put_u32(S.out, t);
+        if (sample >= 0) S.out[4] = (uint8_t)sample;
+        el_memcpy(S.out + head, text, (size_t)chunk);
+        send_frame(sample >= 0 ? EL_MSG_SAMPLE_TOKEN : EL_MSG_TOKEN, S.out, chunk + head);
         text += chunk;
         n -= chunk;
     } while (n > 0);
+}
+
+/* LOGPROB: sample, token, logprob (IEEE-754 bits), rank, n_top, then n_top (id, logprob);
+ * every number 4 bytes little-endian, the counts one byte. */
+static void send_logprob(int sample, const el_logprob_entry *e)
+{
+    int i, at = 14;
+    S.out[0] = (uint8_t)sample;
+    put_u32(S.out + 1, (uint32_t)e->token);
+    put_u32(S.out + 5, el_float_bits(e->logprob));
+    put_u32(S.out + 9, (uint32_t)e->rank);
+    S.out[13] = (uint8_t)e->n_top;
+    for (i = 0; i < e->n_top; i++, at += 8) {
+        put_u32(S.out + at, (uint32_t)e->top_ids[i]);
+        put_u32(S.out + at + 4, el_float_bits(e->top_logprobs[i]));
+    }
+    send_frame(EL_MSG_LOGPROB, S.out, at);
+}
+
+/* The request `seq` started ends: it and every fork it made. */
+static void abort_request(int seq)
+{
+    int i;
+    el_runtime_abort(S.rt, seq);
+    for (i = 1; i < S.n_samples; i++)
+        if (S.sample_seq[i] >= 0) el_runtime_abort(S.rt, S.sample_seq[i]);
 }
 
 /* One parser result while a reply runs: CANCEL stops it (returns 1), PING is answered,
@@ -321,7 +370,7 @@ static int answer_while_busy(int r, int seq)
     if (r != EL_PROTO_FRAME) return 0;
     if (S.parser.type == EL_MSG_CANCEL) {
         S.cancelled = 1;
-        el_runtime_abort(S.rt, seq);
+        abort_request(seq);
         return 1; /* what follows is the next request: the main loop reads it */
     }
     if (S.parser.type == EL_MSG_PING) send_frame(EL_MSG_PONG, S.parser.payload, S.parser.len);
@@ -339,42 +388,83 @@ static void poll_input(int seq)
         if (S.ended || (c = S.io->read(S.io->user, 0)) == -1) return;
         if (c == -2) {
             S.ended = 1;
-            el_runtime_abort(S.rt, seq);
+            abort_request(seq);
             return;
         }
         r = el_proto_feed(&S.parser, c);
     }
 }
 
-/* Steps until seq finishes, streaming its text; returns the finish reason. */
+/* One event of the request's sample: its logprobs, its text, its end. Returns 1 when
+ * the sample just finished. */
+static int report_event(const el_event *ev, uint64_t t)
+{
+    int sample = ev->sample_index;
+    if (sample < 0 || sample >= S.n_samples) return 0;
+    S.sample_seq[sample] = ev->seq_id;
+    if (ev->token >= 0 && ev->prompt_pos == 0) S.sample_tokens[sample]++;
+    if (!S.ended) {
+        if (ev->logprobs != NULL) send_logprob(sample, ev->logprobs);
+        send_token(t, S.n_samples > 1 ? sample : -1, ev->text, ev->text_len);
+        S.text_bytes += (uint64_t)ev->text_len;
+    }
+    if (!ev->finished) return 0;
+    S.sample_finish[sample] = ev->finish;
+    return 1;
+}
+
+/* Steps until every sample of the request that sequence `seq` started has finished;
+ * returns sample 0's finish (an error in any sample is the request's). */
 static el_finish_reason run(int seq, uint64_t t0, uint64_t *first, int *generated)
 {
-    el_event events[SERVE_EVENTS];
-    int count, i;
+    int count, i, finished = 0;
     el_finish_reason finish = EL_FINISH_NONE;
     *generated = 0;
     S.text_bytes = 0;
+    for (i = 0; i < S.n_samples; i++) {
+        S.sample_seq[i] = i == 0 ? seq : -1;
+        S.sample_finish[i] = EL_FINISH_NONE;
+        S.sample_tokens[i] = 0;
+    }
     for (;;) {
-        count = el_runtime_step(S.rt, events, SERVE_EVENTS);
-        if (count == 0 && el_runtime_pending(S.rt) == 0) return finish != EL_FINISH_NONE ? finish : EL_FINISH_ABORT;
+        count = el_runtime_step(S.rt, S.events, SERVE_EVENTS);
+        if (count == 0 && el_runtime_pending(S.rt) == 0) break;
         for (i = 0; i < count; i++) {
             uint64_t t;
-            if (events[i].seq_id != seq) continue;
+            if (S.events[i].parent_id != seq) continue;
             t = now_us() - t0;
-            if ((*generated)++ == 0) *first = t;
-            if (!S.ended) {
-                send_token(t, events[i].text, events[i].text_len);
-                S.text_bytes += (uint64_t)events[i].text_len;
-            }
-            if (events[i].finished) return events[i].finish;
+            if (*generated == 0) *first = t;
+            if (S.events[i].token >= 0) (*generated)++;
+            finished += report_event(&S.events[i], t);
+            if (S.events[i].finished && S.events[i].finish == EL_FINISH_ERROR) finish = EL_FINISH_ERROR;
         }
+        if (finished >= S.n_samples) break;
         poll_input(seq);
     }
+    if (finish == EL_FINISH_ERROR) return finish;
+    return S.sample_finish[0] != EL_FINISH_NONE ? S.sample_finish[0] : EL_FINISH_ABORT;
 }
 
 static const char *finish_name(el_finish_reason f)
 {
     return f == EL_FINISH_STOP ? "stop" : f == EL_FINISH_LENGTH ? "length" : f == EL_FINISH_ERROR ? "error" : "abort";
+}
+
+/* n > 1: each sample's finish and token count, in sample order, comma-separated. */
+static void samples_kv(void)
+{
+    int i;
+    out_str("finishes=");
+    for (i = 0; i < S.n_samples; i++) {
+        if (i > 0) out_bytes(",", 1);
+        out_str(finish_name(S.sample_finish[i]));
+    }
+    out_str("\ntoken_counts=");
+    for (i = 0; i < S.n_samples; i++) {
+        if (i > 0) out_bytes(",", 1);
+        out_u64((uint64_t)S.sample_tokens[i]);
+    }
+    out_bytes("\n", 1);
 }
 
 static void memory_kv(void)
@@ -485,6 +575,8 @@ int el_proto_apply_option(el_request *r, const char *key, int key_len, const cha
     else if (el_proto_key_is(key, key_len, "max_tokens")) r->max_tokens = (int)v;
     else if (el_proto_key_is(key, key_len, "min_tokens")) r->min_tokens = (int)v;
     else if (el_proto_key_is(key, key_len, "ignore_eos") && (v == 0 || v == 1)) r->ignore_eos = (int)v;
+    else if (el_proto_key_is(key, key_len, "n")) r->n = (int)v;
+    else if (el_proto_key_is(key, key_len, "logprobs")) r->logprobs = (int)v;
     else return 0;
     return 1;
 }
@@ -525,7 +617,12 @@ static void handle_generate(const char *text, int n)
         send_error(err.message, NULL);
         return;
     }
+    if (request.n > EL_SERVE_MAX_SAMPLES || (chat && request.n > 1)) {
+        send_error(chat ? "n: a chat turn takes one sample" : "n: at most 8 samples a request", NULL);
+        return;
+    }
     if (reset) release_all();
+    release_forks();
     if (S.last_seq >= 0 && S.last_seq != S.conv_seq) el_runtime_release(S.rt, S.last_seq);
     S.last_seq = -1;
     el_runtime_stats(S.rt, &before);
@@ -555,6 +652,7 @@ static void handle_generate(const char *text, int n)
         }
         S.last_seq = seq;
     }
+    S.n_samples = request.n;
     S.cancelled = 0;
     finish = run(seq, t0, &first, &generated);
     if (finish == EL_FINISH_ERROR) { /* non-finite logits: an error, not a reply */
@@ -568,6 +666,7 @@ static void handle_generate(const char *text, int n)
     out_kv_str("finish", finish_name(finish), (int)el_strlen(finish_name(finish)));
     out_kv("tokens", (uint64_t)generated);
     out_kv("text_bytes", S.text_bytes);
+    if (S.n_samples > 1) samples_kv();
     out_kv("prompt", (uint64_t)n_prompt);
     out_kv("cached", (uint64_t)n_cached);
     out_kv("computed", (uint64_t)(after.prompt_tokens_computed - before.prompt_tokens_computed));
@@ -626,6 +725,7 @@ static void handle_bench(const char *text, int n)
         return;
     }
     S.last_seq = seq;
+    S.n_samples = 1;
     S.cancelled = 0;
     finish = run(seq, t0, &first, &generated);
     total = now_us() - t0;

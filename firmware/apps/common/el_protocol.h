@@ -35,6 +35,11 @@
 #define EL_MSG_PONG 0x86
 #define EL_MSG_STATS_RESULT 0x87
 #define EL_MSG_OK 0x88
+#define EL_MSG_SAMPLE_TOKEN 0x89 /* a TOKEN of sample i of a request with n > 1 */
+#define EL_MSG_LOGPROB 0x8A      /* the logprobs of the token whose TOKEN follows */
+
+/* The most samples one GENERATE may ask for (n), within the engine's max_seqs. */
+#define EL_SERVE_MAX_SAMPLES 8
 
 /* CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF, no reflection, no final xor);
  * pass 0xFFFF to start, the previous value to continue. */

@@ -49,6 +49,7 @@ static const char USAGE[] =
     "          --frequency-penalty F --presence-penalty P --seed S --max-tokens N --min-tokens N\n"
     "          --stop STR (up to 4) --ignore-eos\n"
     "engine:   --block-size B --kv-dtype f32|int8 --arena-mb N --max-model-len N --max-batch-tokens N\n"
+    "          --max-seqs N (sequences at once: a request's n samples, default 1)\n"
     "          --threads N (default: the board's, else every CPU)\n"
     "chat commands: /reset  /stats  /system TEXT  /help; end of input exits\n"
     "bench prints: model, model_bytes, prompt_tokens, gen_tokens, repetitions, load_ms,\n"
@@ -156,6 +157,7 @@ static int engine_flag(options *o, const char *flag, const char *v)
     if (strcmp(flag, "--block-size") == 0) e->block_size = (int)parse_long(flag, v, 1, 4096);
     else if (strcmp(flag, "--max-model-len") == 0) e->max_model_len = (int)parse_long(flag, v, 1, 1L << 24);
     else if (strcmp(flag, "--max-batch-tokens") == 0) e->max_batch_tokens = (int)parse_long(flag, v, 1, 1L << 16);
+    else if (strcmp(flag, "--max-seqs") == 0) e->max_seqs = (int)parse_long(flag, v, 1, 256);
     else if (strcmp(flag, "--arena-mb") == 0) o->arena_mb = parse_long(flag, v, 1, 1L << 20);
     else if (strcmp(flag, "--threads") == 0) o->threads = (int)parse_long(flag, v, 1, 1024);
     else if (strcmp(flag, "--kv-dtype") == 0) {
@@ -185,7 +187,7 @@ static void set_defaults(options *o)
     memset(o, 0, sizeof *o);
     el_request_defaults(&o->request);
     o->request.max_tokens = DEFAULT_MAX_TOKENS;
-    o->engine.max_seqs = 1; /* one conversation or prompt at a time */
+    o->engine.max_seqs = 1; /* one conversation or prompt at a time; serve's n samples and beams want more */
     o->engine.kv_dtype = EL_KV_F32;
     o->engine.check_values = 1; /* a file from anywhere: refuse NaN/Inf weights at load */
     o->template_name = "auto";
@@ -200,7 +202,7 @@ static int known_flag(const char *flag)
     static const char *const flags[] = {
         "--temperature", "--top-p", "--top-k", "--min-p", "--repetition-penalty", "--frequency-penalty",
         "--presence-penalty", "--seed", "--max-tokens", "--min-tokens", "--stop", "--block-size", "--max-model-len",
-        "--max-batch-tokens", "--arena-mb", "--kv-dtype", "--system", "--template", "--prompt", "--prompt-tokens",
+        "--max-batch-tokens", "--max-seqs", "--arena-mb", "--kv-dtype", "--system", "--template", "--prompt", "--prompt-tokens",
         "--gen-tokens", "--repetitions", "--serial", "--threads", "--sequences"};
     size_t i;
     for (i = 0; i < sizeof flags / sizeof flags[0]; i++)
