@@ -497,6 +497,7 @@ static void handle_hello(void)
     out_kv("arena_used", st.arena_used);
     out_kv("kv_total", (uint64_t)st.blocks_total);
     out_kv("block", (uint64_t)S.rt->engine.options.block_size);
+    out_kv("max_seqs", (uint64_t)S.rt->engine.options.max_seqs);
     out_kv("max_payload", EL_PROTO_MAX_PAYLOAD);
     out_kv("clock", S.io->now_us != NULL ? 1 : 0);
     out_kv_str("template", el_chat_template_name((int)S.tmpl), (int)el_strlen(el_chat_template_name((int)S.tmpl)));
