@@ -57,3 +57,11 @@ def test_generate_beam_search():
     assert [float(h[1]) for h in headers] == [round(s.cum_logprob, 4) for s in expected.sequences]
     bad = run("generate", "hi", "--beam-width", "2", "--n", "2")
     assert bad.returncode == 1 and bad.stderr.startswith("error: --beam-width: ")
+
+
+def test_chat_logprobs_after_each_reply():
+    r = run("chat", "--seed", "1", "--max-tokens", "5", "--ignore-eos", "--logprobs", "2",
+            stdin="once there was a dog.\nwhat did it do?\n")
+    assert r.returncode == 0, r.stderr
+    heads = re.findall(r"^\[logprobs\] 5 tokens, cumulative (-\d+\.\d+)$", r.stderr, re.M)
+    assert len(heads) == 2 and len(re.findall(r" rank \d+ +top: ", r.stderr)) == 10

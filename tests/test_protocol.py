@@ -214,6 +214,10 @@ def test_posix_n_samples_and_logprobs_equal_host(model_path, host_llm):
         assert "".join(dev.generate(PROMPT, greedy(12))) == reference(host_llm, PROMPT, 12)
         with pytest.raises(EdgeLlamaError, match="n: a chat turn takes one sample"):
             list(dev.generate("hi", SamplingParams(n=2, max_tokens=4), chat=True))
+        list(dev.generate("hi there", SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, logprobs=1),
+                          chat=True))
+        chat_logprobs = dev.last_stats.extra["logprobs"]  # a chat turn carries them too
+        assert len(chat_logprobs) == 6 and all(entry[token].rank == 1 for token, entry in chat_logprobs)
         assert dev.ping() == b"ping"
     finally:
         dev.close()

@@ -74,15 +74,19 @@ def stats_lines(counters: dict, info: dict, last=None) -> list:
 @click.option("--chat-template", type=click.Choice(["plain", "llama2", "chatml"]),
               help="Local runtime only. Default: the one the model's metadata names, else plain.")
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past the end-of-sequence token.")
+@click.option("--logprobs", type=int, default=None,
+              help="After each reply, its tokens' logprobs and ranks and this many top tokens (0-20), on stderr.")
 @sampling_options
-def command(board, host, port, local, model, threads, system, chat_template, ignore_eos, **options):
+def command(board, host, port, local, model, threads, system, chat_template, ignore_eos, logprobs, **options):
     """Multi-turn chat with the runtime or a device. Commands: /reset, /stats, /system TEXT, /quit.
 
     Replies print as they arrive. The conversation stays on the device between turns;
-    Ctrl-C stops the current reply, not the chat (a second Ctrl-C stops waiting for it)."""
+    Ctrl-C stops the current reply, not the chat (a second Ctrl-C stops waiting for it).
+    A conversation goes on with one reply a turn: samples (--n) and beam search are
+    generate's."""
     from edgellama.devices.device import LocalDevice
     from edgellama.devices.opener import open_device
-    params = dataclasses.replace(sampling_params(options), ignore_eos=ignore_eos)
+    params = dataclasses.replace(sampling_params(options, logprobs=logprobs), ignore_eos=ignore_eos)
     device = open_device(board=board, host=host, port=port, local=local, model=model, threads=threads)
     with device:
         info = device.info()
@@ -145,6 +149,14 @@ def _reply(device, line, params, system):
                 click.echo(text, nl=False)
         if interrupts.pressed:
             click.echo(" [stopped]", nl=False)
+        logprobs = device.last_stats.extra.get("logprobs") if device.last_stats is not None else None
+        if logprobs is not None:
+            from edgellama.cli.generate import logprob_lines
+            click.echo()
+            click.echo(f"[logprobs] {len(logprobs)} tokens, cumulative "
+                       f"{sum(entry[token].logprob for token, entry in logprobs):.4f}", err=True)
+            for text in logprob_lines(logprobs):
+                click.echo(text, err=True)
     except KeyboardInterrupt:
         # Pressed twice: the reply did not end; start the conversation over.
         try:

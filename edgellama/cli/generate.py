@@ -8,11 +8,12 @@ from edgellama.cli.sampling import sampling_options, sampling_params
 from edgellama.errors import EdgeLlamaError
 
 
-def logprob_lines(completion) -> list:
-    """One line per generated token: its text, logprob and rank, then the top tokens
-    (and the chosen one when it is not among them), most likely first."""
+def logprob_lines(tokens_and_entries) -> list:
+    """One line per generated token, given (token, {token_id: Logprob}) pairs: its text,
+    logprob and rank, then the top tokens (and the chosen one when it is not among them),
+    most likely first."""
     lines = []
-    for token, entry in zip(completion.token_ids, completion.logprobs):
+    for token, entry in tokens_and_entries:
         chosen = entry[token]
         top = "  ".join(f"{lp.decoded_token!r}={lp.logprob:.3f}"
                         for _, lp in sorted(entry.items(), key=lambda item: item[1].rank))
@@ -33,7 +34,7 @@ def generate_samples(prompt: str, params, echo=click.echo, **device):
             echo(prompt + c.text)
             if c.logprobs is not None:
                 echo(f"[logprobs] sample {c.index + 1}: cumulative {c.cumulative_logprob:.4f}", err=True)
-                for line in logprob_lines(c):
+                for line in logprob_lines(zip(c.token_ids, c.logprobs)):
                     echo(line, err=True)
 
 

@@ -17,7 +17,8 @@ from edgellama.runtime.sampling_params import SamplingParams
 
 @dataclass
 class Stats:
-    """What a device reports after a reply (device clock where it has one)."""
+    """What a device reports after a reply (device clock where it has one). With
+    logprobs asked, extra["logprobs"] holds (token, {token_id: Logprob}) per token."""
     prompt_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
@@ -133,6 +134,8 @@ class LocalDevice(Device):
         stats.arena_high_water, stats.kv_blocks_used = after["arena_high_water"], after["blocks_high_water"]
         if chat:
             stats.prompt_tokens = after["prompt_tokens_computed"] - before["prompt_tokens_computed"]
+            if self.session.last_logprobs is not None:
+                stats.extra["logprobs"] = self.session.last_logprobs
         stats.finish_reason = "abort" if self._cancelled else None
         self.last_stats = stats
 

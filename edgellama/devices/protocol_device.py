@@ -152,6 +152,7 @@ class ProtocolDevice(Device):
         self._cancelled = self._cancel_sent = False
         stats = Stats()
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        logprobs = []
         self.frames.clear()
         self.send(P.GENERATE, payload)
         self._in_flight = True
@@ -170,6 +171,9 @@ class ProtocolDevice(Device):
                     text = decoder.decode(data)
                     if text:
                         yield text
+                elif frame.type == P.LOGPROB:
+                    figures = frame.logprob()[1:]
+                    logprobs.append((figures[0], self._logprob_entry(figures)))
                 elif frame.type == P.DONE:
                     done = frame.kv()
                 elif frame.type == P.ERROR:
@@ -196,6 +200,8 @@ class ProtocolDevice(Device):
         stats.kv_blocks_used = _int(done.get("kv_blocks"))
         stats.extra.update({k: _int(v, v) for k, v in done.items()})
         stats.extra["host_total_s"] = time.perf_counter() - start
+        if params.logprobs is not None:
+            stats.extra["logprobs"] = logprobs
         self.last_stats = stats
 
     def generate_samples(self, prompt: str, params: SamplingParams):

@@ -374,6 +374,7 @@ class ChatSession:
         self.seq_id = -1
         self.turns = 0
         self.started_over = False  # whether the last turn started the conversation over (a full context)
+        self.last_logprobs = None  # the last reply's (token, {token_id: Logprob}) when logprobs were asked
 
     def send(self, user: str, sampling_params: SamplingParams | None = None):
         """Yield the reply's text as it arrives."""
@@ -387,10 +388,14 @@ class ChatSession:
                 self.seq_id = -1  # the runtime released the full conversation
             raise
         self.turns += 1
+        self.last_logprobs = [] if params.logprobs is not None else None  # (token, {token_id: Logprob}) each
         while True:
             events = rt.step()
             for event in events:
                 if event.seq_id == self.seq_id:
+                    figures = event.logprob_figures()
+                    if figures is not None and event.prompt_pos == 0:
+                        self.last_logprobs.append((figures[0], self.llm._logprobs(figures)))
                     yield event.text_bytes().decode("utf-8", "replace")
                     if event.finished and event.finish == capi.FINISH_ERROR:
                         raise EdgeLlamaError(f"the reply stopped: {capi.FINISH_ERROR_TEXT}")
