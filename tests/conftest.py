@@ -30,6 +30,18 @@ def private_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def stories260k_f32(shared_data, tmp_path_factory) -> Path:
+    """llama2.c's stories260K as an F32 GGUF file, written once a session."""
+    from edgellama.model.gguf_file import write_gguf
+    from edgellama.model.llama2c import read_llama2c
+    from edgellama.model.tokenizer import load_vocab
+    model = read_llama2c(shared_data / "stories260K.bin", load_vocab(shared_data / "tok512.model"))
+    path = tmp_path_factory.mktemp("stories260k") / "stories260K.gguf"
+    write_gguf(model, path, "f32")
+    return path
+
+
+@pytest.fixture(scope="session")
 def small_corpus(shared_data) -> Path:
     return shared_data / "tinystories_train_prefix_197k.txt"
 

@@ -9,10 +9,7 @@ and preempted beams recompute to the same result.
 import numpy as np
 import pytest
 
-from edgellama import BeamSearchParams, LLM, SamplingParams
-from edgellama.model.llama2c import read_llama2c
-from edgellama.model.tokenizer import load_vocab
-from edgellama.model.gguf_file import write_gguf
+from edgellama import LLM, BeamSearchParams, SamplingParams
 from edgellama.runtime import capi
 
 PROMPTS = ["Once upon a time", "The cat sat on the", "Lily wanted to"]
@@ -20,11 +17,8 @@ BOS, EOS = 1, 2
 
 
 @pytest.fixture(scope="module")
-def stories(shared_data, tmp_path_factory):
-    model = read_llama2c(shared_data / "stories260K.bin", load_vocab(shared_data / "tok512.model"))
-    path = tmp_path_factory.mktemp("beams") / "stories260K.gguf"
-    write_gguf(model, path, "f32")
-    return path
+def stories(stories260k_f32):
+    return stories260k_f32
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,12 @@ equals a request for one sample with that seed. Logprobs are log-softmax of the 
 logits, computed in C; they are checked against the PyTorch reference.
 """
 
-import math
 
 import numpy as np
 import pytest
 
 from edgellama import LLM, SamplingParams
-from edgellama.model.gguf_file import read_gguf, write_gguf
-from edgellama.model.llama2c import read_llama2c
-from edgellama.model.tokenizer import load_vocab
+from edgellama.model.gguf_file import read_gguf
 from edgellama.runtime import capi
 
 torch = pytest.importorskip("torch")
@@ -27,12 +24,8 @@ STORY = "Once upon a time, there was a little girl named Lily. She loved to play
 
 
 @pytest.fixture(scope="module")
-def stories(shared_data, tmp_path_factory):
-    """stories260K (llama2.c) as F32 GGUF."""
-    model = read_llama2c(shared_data / "stories260K.bin", load_vocab(shared_data / "tok512.model"))
-    path = tmp_path_factory.mktemp("forks") / "stories260K.gguf"
-    write_gguf(model, path, "f32")
-    return path
+def stories(stories260k_f32):
+    return stories260k_f32
 
 
 def step_all(rt: capi.Runtime, check=True) -> dict:

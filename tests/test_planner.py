@@ -15,9 +15,7 @@ from edgellama.boards.catalog import get_board
 from edgellama.errors import EdgeLlamaError
 from edgellama.model.gguf_file import write_gguf
 from edgellama.model.llama import LlamaConfig, LlamaModel, Vocab
-from edgellama.model.llama2c import read_llama2c
 from edgellama.model.loading import load_model
-from edgellama.model.tokenizer import load_vocab
 from edgellama.resources import DEFAULT_MODEL
 from edgellama.runtime.build import firmware_dir, host_compiler
 from edgellama.runtime.capi import Runtime, make_request
@@ -27,11 +25,8 @@ PROMPT = "once upon a time, there was a little dog named max. he liked to run â€
 
 
 @pytest.fixture(scope="module")
-def stories260k(shared_data, tmp_path_factory):
-    model = read_llama2c(shared_data / "stories260K.bin", load_vocab(shared_data / "tok512.model"))
-    path = tmp_path_factory.mktemp("plan") / "stories260K.gguf"
-    write_gguf(model, path, "f32")
-    return path
+def stories260k(stories260k_f32):
+    return stories260k_f32
 
 
 @pytest.fixture(scope="module")

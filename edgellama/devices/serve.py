@@ -764,7 +764,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._complete("chat" if path == "/v1/chat/completions" else "completion", body)
             except (APIError, OSError):
                 raise
-            except Exception as e:  # noqa: BLE001 -- a bug of ours: say so, keep serving
+            except Exception as e:
                 traceback.print_exc(file=sys.stderr)
                 self.close_connection = True
                 raise APIError(500, f"internal error: {type(e).__name__}") from None

@@ -19,8 +19,14 @@ from tqdm import tqdm
 from edgellama.errors import EdgeLlamaError
 from edgellama.model.loading import resolve
 from edgellama.runtime import capi
-from edgellama.runtime.outputs import (BeamSearchOutput, BeamSearchSequence, CompletionOutput, Logprob,
-                                       RequestMetrics, RequestOutput)
+from edgellama.runtime.outputs import (
+    BeamSearchOutput,
+    BeamSearchSequence,
+    CompletionOutput,
+    Logprob,
+    RequestMetrics,
+    RequestOutput,
+)
 from edgellama.runtime.sampling_params import BeamSearchParams, SamplingParams
 
 STOP_REASONS = {capi.STOP_NONE: None, capi.STOP_EOS: None}
