@@ -40,8 +40,10 @@ def binary(name: str) -> Path:
 
 def _frames() -> list:
     greedy = SamplingParams(temperature=0.0, max_tokens=4)
+    forked = SamplingParams(n=2, temperature=1.0, seed=3, max_tokens=4, logprobs=3)
     return [P.encode(P.HELLO), P.encode(P.PING, b"ping"), P.encode(P.STATS), P.encode(P.RESET),
             P.encode(P.GENERATE, P.generate_payload("once upon a time", greedy)),
+            P.encode(P.GENERATE, P.generate_payload("the dog", forked)),
             P.encode(P.GENERATE, P.generate_payload("hi", greedy, chat=True)),
             P.encode(P.BENCH, P.bench_payload(8, 4)), P.encode(P.CANCEL)]
 
