@@ -166,6 +166,19 @@ def test_short_token_is_a_protocol_error():
     assert P.Frame(P.TOKEN, b"\x40\x42\x0f\x00hi").token() == (1.0, b"hi")
 
 
+def test_sample_token_and_logprob_frames_are_checked():
+    """A device's SAMPLE_TOKEN and LOGPROB payloads: read exactly, anything shorter or
+    longer than its own counts say is a protocol error, not a struct.error."""
+    assert P.Frame(P.SAMPLE_TOKEN, b"\x40\x42\x0f\x00\x02hi").sample_token() == (1.0, 2, b"hi")
+    with pytest.raises(P.ProtocolError, match="no time and sample"):
+        P.Frame(P.SAMPLE_TOKEN, b"\x01\x02\x03\x04").sample_token()
+    one = struct.pack("<BifiB", 1, 42, -0.5, 3, 1) + struct.pack("<if", 7, -0.25)
+    assert P.Frame(P.LOGPROB, one).logprob() == (1, 42, -0.5, 3, [(7, -0.25)])
+    for bad in (one[:13], one[:-1], one + b"\x00", one[:13] + b"\x05" + one[14:]):
+        with pytest.raises(P.ProtocolError, match="does not hold its figures"):
+            P.Frame(P.LOGPROB, bad).logprob()
+
+
 # ---------------------------------------------------------------- the emulated board
 
 @pytest.mark.emulated
@@ -208,3 +221,4 @@ def connect(port):
         except OSError:
             time.sleep(0.1)
     raise AssertionError(f"QEMU does not accept a connection on port {port}")
+
