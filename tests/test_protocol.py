@@ -218,6 +218,14 @@ def test_posix_n_samples_and_logprobs_equal_host(model_path, host_llm):
                           chat=True))
         chat_logprobs = dev.last_stats.extra["logprobs"]  # a chat turn carries them too
         assert len(chat_logprobs) == 6 and all(entry[token].rank == 1 for token, entry in chat_logprobs)
+        from edgellama import BeamSearchParams
+        from edgellama.devices.device import LocalDevice
+        beams = BeamSearchParams(beam_width=2, max_tokens=10)
+        got = dev.beam_search(PROMPT, beams).sequences
+        want = LocalDevice(model_path).beam_search(PROMPT, beams).sequences
+        assert [(s.text, s.cum_logprob, s.finish_reason) for s in got] == \
+            [(s.text, s.cum_logprob, s.finish_reason) for s in want]  # the cumulative logprobs bit for bit
+        assert dev.last_stats.output_tokens == 20
         assert dev.ping() == b"ping"
     finally:
         dev.close()
@@ -443,12 +451,20 @@ def test_samples_and_logprobs_on_emulated_boards(board, builds, q8_llm):
             [e[t].logprob for e, t in zip(want.logprobs, want.token_ids)]
         assert got.logprobs[0][got.token_ids[0]].decoded_token == want.logprobs[0][want.token_ids[0]].decoded_token
         sampled = SamplingParams(n=2, temperature=1.0, seed=4, max_tokens=10)
+        from edgellama import BeamSearchParams
+        beams = BeamSearchParams(beam_width=2, max_tokens=8)
         if board == "mps2-an386":
             with pytest.raises(EdgeLlamaError, match="n: 2 samples need as many sequences.*max_seqs 1"):
                 dev.generate_samples(PROMPT, sampled)
+            with pytest.raises(EdgeLlamaError, match="beam_width: a beam search of width 2 holds twice"):
+                dev.beam_search(PROMPT, beams)
         else:
             texts = [c.text for c in dev.generate_samples(PROMPT, sampled).outputs]
             assert texts == [c.text for c in q8_llm.generate(PROMPT, sampled, use_tqdm=False)[0].outputs]
+            ids = q8_llm.get_tokenizer().encode(PROMPT)
+            want = q8_llm.beam_search({"prompt_token_ids": ids}, beams)[0].sequences
+            assert [(s.text, s.cum_logprob) for s in dev.beam_search(PROMPT, beams).sequences] == \
+                [(q8_llm.get_tokenizer().decode(s.tokens[len(ids):], previous=ids[-1]), s.cum_logprob) for s in want]
         assert "".join(dev.generate(PROMPT, greedy(6))) == reference(q8_llm, PROMPT, 6)
 
 

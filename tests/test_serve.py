@@ -414,7 +414,7 @@ def test_n_and_logprobs_through_a_protocol_device(llm):
     from edgellama.devices.protocol_device import ProtocolDevice
     from edgellama.devices.streams import ProcessStream
     from edgellama.runtime import build
-    device = ProtocolDevice(ProcessStream([build.host_program(), llm.model, "serve", "--max-seqs", "4"], "serve"),
+    device = ProtocolDevice(ProcessStream([build.host_program(), llm.model, "serve", "--max-seqs", "6"], "serve"),
                             timeout=30)
     server = start(device)
     try:
@@ -428,11 +428,18 @@ def test_n_and_logprobs_through_a_protocol_device(llm):
         assert r.choices[1].logprobs.token_logprobs == \
             [e[t].logprob for e, t in zip(expected.outputs[1].logprobs, expected.outputs[1].token_ids)]
         assert r.usage.completion_tokens == 16 and r.usage.prompt_tokens > 0
-        with pytest.raises(openai.BadRequestError, match="n: 5 samples need as many sequences") as e:
-            client.completions.create(model=model, prompt="hi", n=5)
+        with pytest.raises(openai.BadRequestError, match="n: 7 samples need as many sequences") as e:
+            client.completions.create(model=model, prompt="hi", n=7)
         assert e.value.body["param"] == "n"
         with pytest.raises(openai.BadRequestError, match="n: a device's chat turn is one sample"):
             client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], n=2)
+        beams = client.completions.create(model=model, prompt="once upon a time", n=3, max_tokens=8,
+                                          extra_body={"use_beam_search": True})
+        from edgellama import BeamSearchParams
+        ids = llm.get_tokenizer().encode("once upon a time")
+        local = llm.beam_search({"prompt_token_ids": ids}, BeamSearchParams(beam_width=3, max_tokens=8))[0]
+        assert [c.text for c in beams.choices] == [llm.get_tokenizer().decode(s.tokens[len(ids):], previous=ids[-1])
+                                                   for s in local.sequences]
     finally:
         server.shutdown()
         server.server_close()

@@ -40,18 +40,14 @@ def generate_samples(prompt: str, params, echo=click.echo, **device):
 
 def beam_search_on_device(prompt: str, params, echo=click.echo, **device):
     """The beams of a search, best first, each as the prompt and its continuation after a
-    header with its cumulative logprob (the local runtime only, like generate_samples)."""
+    header with its cumulative logprob, here or on the device (GENERATE's beam_width=)."""
     from edgellama.devices.opener import open_device
-    if device.get("board") or device.get("host") or device.get("port"):
-        raise EdgeLlamaError("--beam-width: a board samples over its protocol; run the beam search here "
-                             "(without --board/--host/--port)")
     with open_device(say=lambda line: echo(line, err=True), **device) as dev:
-        out = dev.llm.beam_search(prompt, params)[0]
-        ids = dev.llm.get_tokenizer().encode(prompt)
+        out = dev.beam_search(prompt, params)
         for i, seq in enumerate(out.sequences):
             echo(f"--- beam {i + 1} of {len(out.sequences)} (cumulative logprob {seq.cum_logprob:.4f}, "
                  f"finish: {seq.finish_reason}) ---")
-            echo(prompt + dev.llm.get_tokenizer().decode(seq.tokens[len(ids):], previous=ids[-1]))
+            echo(prompt + seq.text)
 
 
 def generate_on_device(prompt: str, params, echo=click.echo, stats: bool = False, **device):

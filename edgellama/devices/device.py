@@ -61,6 +61,11 @@ class Device:
         (kept between calls; see reset and set_system)."""
         raise NotImplementedError
 
+    def beam_search(self, prompt: str, params):
+        """A beam search (BeamSearchParams): BeamSearchOutput, best first; each sequence's
+        text is the continuation only (the prompt is the caller's), tokens where known."""
+        raise NotImplementedError
+
     def generate_samples(self, prompt: str, params: SamplingParams):
         """The whole RequestOutput of one prompt once it ends: params.n samples (forks of
         one prefill on the device), each with its logprobs when params.logprobs asks.
@@ -138,6 +143,15 @@ class LocalDevice(Device):
                 stats.extra["logprobs"] = self.session.last_logprobs
         stats.finish_reason = "abort" if self._cancelled else None
         self.last_stats = stats
+
+    def beam_search(self, prompt: str, params):
+        from edgellama.runtime.outputs import BeamSearchOutput, BeamSearchSequence
+        ids = self.llm.tokenizer.encode(prompt)
+        out = self.llm.beam_search({"prompt": prompt, "prompt_token_ids": ids}, params)[0]
+        return BeamSearchOutput([BeamSearchSequence(s.tokens, self.llm.tokenizer.decode(s.tokens[len(ids):],
+                                                                                        previous=ids[-1]),
+                                                    s.cum_logprob, finish_reason=s.finish_reason)
+                                 for s in out.sequences])
 
     def generate_samples(self, prompt: str, params: SamplingParams):
         out = self.llm.generate(prompt, params, use_tqdm=False)[0]

@@ -246,5 +246,26 @@ def generate_payload(prompt: str, params=None, chat: bool = False, reset: bool =
     return payload
 
 
+def beam_payload(prompt: str, params) -> bytes:
+    """GENERATE's payload for a beam search (BeamSearchParams): beam_width= and its keys."""
+    pairs = [("beam_width", params.beam_width), ("max_tokens", params.max_tokens),
+             ("temperature", float(params.temperature)), ("length_penalty", float(params.length_penalty))]
+    if params.ignore_eos:
+        pairs.append(("ignore_eos", 1))
+    payload = kv_lines(pairs) + b"\n" + prompt.encode("utf-8")
+    if len(payload) > MAX_PAYLOAD:
+        raise EdgeLlamaError(f"the request is {len(payload)} bytes; the device takes at most {MAX_PAYLOAD} "
+                             "(shorten the prompt)")
+    return payload
+
+
+def float_from_bits(text: str) -> float:
+    """A float sent as its IEEE-754 bits in 8 hex digits (DONE's cum_logprobs)."""
+    try:
+        return struct.unpack("<f", struct.pack("<I", int(text, 16)))[0]
+    except (ValueError, struct.error):
+        raise ProtocolError(f"{text!r} is not a float's 8 hex digits") from None
+
+
 def bench_payload(prompt_tokens: int, gen_tokens: int) -> bytes:
     return kv_lines([("prompt_tokens", int(prompt_tokens)), ("gen_tokens", int(gen_tokens))])

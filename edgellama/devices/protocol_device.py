@@ -211,9 +211,36 @@ class ProtocolDevice(Device):
         from edgellama.runtime.outputs import CompletionOutput, RequestOutput
         if params.n > P.MAX_SAMPLES:
             raise EdgeLlamaError(f"n: a device takes at most {P.MAX_SAMPLES} samples a request, got {params.n}")
-        payload = P.generate_payload(prompt, params)
-        texts = [bytearray() for _ in range(params.n)]
-        figures = [[] for _ in range(params.n)]
+        texts, figures, done = self._samples_reply(P.generate_payload(prompt, params), params.n)
+        finishes = done["finishes"].split(",") if params.n > 1 and "finishes" in done else [done.get("finish")]
+        outputs = []
+        for i in range(params.n):
+            logprobs = [self._logprob_entry(f) for f in figures[i]] if params.logprobs is not None else None
+            outputs.append(CompletionOutput(i, texts[i].decode("utf-8", "replace"), [f[0] for f in figures[i]],
+                                            sum(f[1] for f in figures[i]) if logprobs is not None else None,
+                                            logprobs, finish_reason=finishes[i] if i < len(finishes) else None))
+        return RequestOutput("0", prompt, [], None, outputs, True)
+
+    def beam_search(self, prompt: str, params):
+        """A beam search on the device (GENERATE's beam_width=): each beam's generated text
+        whole at the end, best first, with its cum_logprob (DONE's exact float bits).
+        Token ids do not cross the link: `tokens` is empty."""
+        from edgellama.runtime.outputs import BeamSearchOutput, BeamSearchSequence
+        texts, _, done = self._samples_reply(P.beam_payload(prompt, params), params.beam_width)
+        finishes = done.get("finishes", "").split(",")
+        cums = [P.float_from_bits(bits) for bits in done.get("cum_logprobs", "").split(",") if bits]
+        if len(finishes) != params.beam_width or len(cums) != params.beam_width:
+            raise P.ProtocolError(f"DONE of a beam search of width {params.beam_width}: {done}")
+        # a beam the search did not fill (fewer candidates than beams) ends without a reason
+        return BeamSearchOutput([BeamSearchSequence([], texts[i].decode("utf-8", "replace"), cums[i],
+                                                    finish_reason=finishes[i])
+                                 for i in range(params.beam_width) if finishes[i] in ("stop", "length")])
+
+    def _samples_reply(self, payload: bytes, n: int) -> tuple:
+        """Send a GENERATE for n samples and read its reply: (each sample's text bytes, each
+        sample's LOGPROB figures, DONE's keys). last_stats gets DONE's figures."""
+        texts = [bytearray() for _ in range(n)]
+        figures = [[] for _ in range(n)]
         self._cancelled = self._cancel_sent = False
         self.frames.clear()
         self.send(P.GENERATE, payload)
@@ -227,14 +254,14 @@ class ProtocolDevice(Device):
                         _, sample, data = frame.sample_token()
                     else:
                         (_, data), sample = frame.token(), 0
-                    if sample >= params.n:
-                        raise P.ProtocolError(f"a token of sample {sample} in a reply of {params.n}")
+                    if sample >= n:
+                        raise P.ProtocolError(f"a token of sample {sample} in a reply of {n}")
                     texts[sample] += data
                     received += len(data)
                 elif frame.type == P.LOGPROB:
                     sample, *rest = frame.logprob()
-                    if sample >= params.n:
-                        raise P.ProtocolError(f"logprobs of sample {sample} in a reply of {params.n}")
+                    if sample >= n:
+                        raise P.ProtocolError(f"logprobs of sample {sample} in a reply of {n}")
                     figures[sample].append(tuple(rest))
                 elif frame.type == P.DONE:
                     done = frame.kv()
@@ -253,14 +280,7 @@ class ProtocolDevice(Device):
         stats.output_tokens, stats.finish_reason = _int(done.get("tokens"), 0), done.get("finish")
         stats.extra.update({k: _int(v, v) for k, v in done.items()})
         self.last_stats = stats
-        finishes = done["finishes"].split(",") if params.n > 1 and "finishes" in done else [done.get("finish")]
-        outputs = []
-        for i in range(params.n):
-            logprobs = [self._logprob_entry(f) for f in figures[i]] if params.logprobs is not None else None
-            outputs.append(CompletionOutput(i, texts[i].decode("utf-8", "replace"), [f[0] for f in figures[i]],
-                                            sum(f[1] for f in figures[i]) if logprobs is not None else None,
-                                            logprobs, finish_reason=finishes[i] if i < len(finishes) else None))
-        return RequestOutput("0", prompt, [], None, outputs, True)
+        return texts, figures, done
 
     def _logprob_entry(self, figures) -> dict:
         """{token_id: Logprob} of one LOGPROB frame: the top tokens and the chosen one."""

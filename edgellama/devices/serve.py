@@ -431,13 +431,37 @@ class DeviceBackend:
     def completion(self, prompt, params, max_field=None, beam=None) -> _Run:
         if not isinstance(prompt, str):
             raise bad("this device takes text prompts, not token ids", "prompt")
-        self._check_max_tokens(params, max_field, beam)
+        self._check_max_tokens(params, max_field)
+        if beam is not None:
+            return self._beam_run(prompt, beam)
         if params.prompt_logprobs is not None:
             raise bad("echo with logprobs: this device reports the logprobs of what it generates, not of the "
                       "prompt", "echo")
         if params.n != 1 or params.logprobs is not None:
             return self._samples_run(prompt, params)
         return self._run(prompt, params, chat=False)
+
+    def _beam_run(self, prompt, beam) -> _Run:
+        """A beam search on the device (GENERATE's beam_width=): its beams, best first, whole."""
+        self._check_request(prompt, beam, False)
+        run = _Run(None, beam.beam_width)
+        run.prompt_text = prompt
+
+        def deltas():
+            try:
+                out = self.device.beam_search(prompt, beam)
+            except EdgeLlamaError as e:
+                message = str(e).split(": ", 1)[-1]
+                if message.startswith("beam_width: "):
+                    raise bad(message.replace("beam_width", "n (the beam width)", 1), "n") from None
+                raise
+            run.prompt_tokens = self.device.last_stats.prompt_tokens or None
+            run.samples = [_Sample(None, s.finish_reason) for s in out.sequences]
+            for i, s in enumerate(out.sequences):
+                yield _Delta(i, s.text, None, [], True)
+
+        run._gen = deltas()
+        return run
 
     def _samples_run(self, prompt, params) -> _Run:
         """n samples or logprobs (GENERATE's n= and logprobs=): each sample whole once the reply ends."""
@@ -476,19 +500,19 @@ class DeviceBackend:
         if params.logprobs is not None or params.prompt_logprobs is not None:
             raise bad("logprobs: a device's chat turn reports no log-probabilities (completions do)", "logprobs")
 
-    def _check_max_tokens(self, params, max_field, beam=None):
+    def _check_max_tokens(self, params, max_field):
         """The device counts the prompt itself; here only max_tokens alone past the context is caught."""
-        if beam is not None:
-            raise bad("use_beam_search: this device samples; beam search runs on the local runtime",
-                      "use_beam_search")
         if max_field and self.context_length and params.max_tokens is not None \
                 and params.max_tokens > self.context_length:
             raise bad(f"{max_field}: this model's maximum context length is {self.context_length} tokens, but "
                       f"{params.max_tokens} were requested for the completion alone; reduce {max_field}", max_field)
 
     def chat(self, messages, params, max_field=None, beam=None) -> _Run:
-        self._check_max_tokens(params, max_field, beam)
+        self._check_max_tokens(params, max_field)
         self._check_one_plain_sample(params)
+        if beam is not None:
+            raise bad("use_beam_search: a device's chat turn samples (completions take beam search)",
+                      "use_beam_search")
         system_end = 0
         while system_end < len(messages) and messages[system_end]["role"] == "system":
             system_end += 1
@@ -508,10 +532,12 @@ class DeviceBackend:
         lines) is the client's to fix: 400, before the device is touched."""
         if type(self.device).__name__ != "ProtocolDevice":
             return
-        from edgellama.devices.protocol import generate_payload
-        from edgellama.errors import EdgeLlamaError
+        from edgellama.devices.protocol import beam_payload, generate_payload
         try:
-            generate_payload(prompt, params, chat=chat)
+            if isinstance(params, BeamSearchParams):
+                beam_payload(prompt, params)
+            else:
+                generate_payload(prompt, params, chat=chat)
         except EdgeLlamaError as e:
             raise bad(str(e), "messages" if chat else "prompt") from None
 

@@ -239,6 +239,8 @@ typedef struct {
     int sample_seq[EL_SERVE_MAX_SAMPLES];
     el_finish_reason sample_finish[EL_SERVE_MAX_SAMPLES];
     int sample_tokens[EL_SERVE_MAX_SAMPLES];
+    int beam;             /* the request is a beam search: its beams come whole at its end */
+    float sample_cum_logprob[EL_SERVE_MAX_SAMPLES];
 } server;
 
 static server S;
@@ -290,12 +292,14 @@ static void send_error(const char *a, const char *b)
     send_frame(EL_MSG_ERROR, S.out, S.out_len);
 }
 
-/* The forks of the last request (samples 1 .. n-1; sample 0 is last_seq). */
+/* The other sequences of the last request: its forks, or a beam search's beams (the
+ * sequence that started it is last_seq or conv_seq, released with them). */
 static void release_forks(void)
 {
     int i;
-    for (i = 1; i < S.n_samples; i++)
-        if (S.sample_seq[i] >= 0) el_runtime_release(S.rt, S.sample_seq[i]);
+    for (i = 0; i < S.n_samples; i++)
+        if (S.sample_seq[i] >= 0 && S.sample_seq[i] != S.last_seq && S.sample_seq[i] != S.conv_seq)
+            el_runtime_release(S.rt, S.sample_seq[i]);
     S.n_samples = 0;
 }
 
@@ -402,7 +406,14 @@ static int report_event(const el_event *ev, uint64_t t)
     int sample = ev->sample_index;
     if (sample < 0 || sample >= S.n_samples) return 0;
     S.sample_seq[sample] = ev->seq_id;
-    if (ev->token >= 0 && ev->prompt_pos == 0) S.sample_tokens[sample]++;
+    if (S.beam) { /* the whole beam at once: count its tokens */
+        const int32_t *tokens;
+        int n_prompt, n_cached, n = el_runtime_tokens(S.rt, ev->seq_id, &tokens, &n_prompt, &n_cached);
+        S.sample_tokens[sample] = n > n_prompt ? n - n_prompt : 0;
+        S.sample_cum_logprob[sample] = ev->cumulative_logprob;
+    } else if (ev->token >= 0 && ev->prompt_pos == 0) {
+        S.sample_tokens[sample]++;
+    }
     if (!S.ended) {
         if (ev->logprobs != NULL) send_logprob(sample, ev->logprobs);
         send_token(t, S.n_samples > 1 ? sample : -1, ev->text, ev->text_len);
@@ -441,6 +452,8 @@ static el_finish_reason run(int seq, uint64_t t0, uint64_t *first, int *generate
         if (finished >= S.n_samples) break;
         poll_input(seq);
     }
+    if (S.beam) /* one event per beam, each holding all its tokens */
+        for (*generated = 0, i = 0; i < S.n_samples; i++) *generated += S.sample_tokens[i];
     if (finish == EL_FINISH_ERROR) return finish;
     return S.sample_finish[0] != EL_FINISH_NONE ? S.sample_finish[0] : EL_FINISH_ABORT;
 }
@@ -463,6 +476,16 @@ static void samples_kv(void)
     for (i = 0; i < S.n_samples; i++) {
         if (i > 0) out_bytes(",", 1);
         out_u64((uint64_t)S.sample_tokens[i]);
+    }
+    out_bytes("\n", 1);
+    if (!S.beam) return;
+    out_str("cum_logprobs="); /* exact: each float's IEEE-754 bits, 8 hex digits */
+    for (i = 0; i < S.n_samples; i++) {
+        static const char hex[] = "0123456789abcdef";
+        uint32_t bits = el_float_bits(S.sample_cum_logprob[i]);
+        int shift;
+        if (i > 0) out_bytes(",", 1);
+        for (shift = 28; shift >= 0; shift -= 4) out_bytes(&hex[(bits >> shift) & 0xF], 1);
     }
     out_bytes("\n", 1);
 }
@@ -570,6 +593,7 @@ int el_proto_apply_option(el_request *r, const char *key, int key_len, const cha
     else if (el_proto_key_is(key, key_len, "repetition_penalty")) s->repetition_penalty = (float)v;
     else if (el_proto_key_is(key, key_len, "frequency_penalty")) s->frequency_penalty = (float)v;
     else if (el_proto_key_is(key, key_len, "presence_penalty")) s->presence_penalty = (float)v;
+    else if (el_proto_key_is(key, key_len, "length_penalty")) r->length_penalty = (float)v;
     else if (v < -1.0 || v > 2147483647.0 || v != (double)(long long)v) return 0; /* the rest are integers */
     else if (el_proto_key_is(key, key_len, "top_k")) s->top_k = (int)v;
     else if (el_proto_key_is(key, key_len, "seed") && v >= 0) s->seed = (uint64_t)v;
@@ -578,6 +602,7 @@ int el_proto_apply_option(el_request *r, const char *key, int key_len, const cha
     else if (el_proto_key_is(key, key_len, "ignore_eos") && (v == 0 || v == 1)) r->ignore_eos = (int)v;
     else if (el_proto_key_is(key, key_len, "n")) r->n = (int)v;
     else if (el_proto_key_is(key, key_len, "logprobs")) r->logprobs = (int)v;
+    else if (el_proto_key_is(key, key_len, "beam_width")) r->beam_width = (int)v;
     else return 0;
     return 1;
 }
@@ -618,8 +643,9 @@ static void handle_generate(const char *text, int n)
         send_error(err.message, NULL);
         return;
     }
-    if (request.n > EL_SERVE_MAX_SAMPLES || (chat && request.n > 1)) {
-        send_error(chat ? "n: a chat turn takes one sample" : "n: at most 8 samples a request", NULL);
+    if (request.n > EL_SERVE_MAX_SAMPLES || (chat && (request.n > 1 || request.beam_width > 0))) {
+        send_error(chat ? "n: a chat turn takes one sample (and no beam search)" : "n: at most 8 samples a request",
+                   NULL);
         return;
     }
     if (reset) release_all();
@@ -653,7 +679,8 @@ static void handle_generate(const char *text, int n)
         }
         S.last_seq = seq;
     }
-    S.n_samples = request.n;
+    S.n_samples = request.beam_width > 0 ? request.beam_width : request.n; /* a search reports W beams */
+    S.beam = request.beam_width > 0;
     S.cancelled = 0;
     finish = run(seq, t0, &first, &generated);
     if (finish == EL_FINISH_ERROR) { /* non-finite logits: an error, not a reply */
@@ -667,7 +694,7 @@ static void handle_generate(const char *text, int n)
     out_kv_str("finish", finish_name(finish), (int)el_strlen(finish_name(finish)));
     out_kv("tokens", (uint64_t)generated);
     out_kv("text_bytes", S.text_bytes);
-    if (S.n_samples > 1) samples_kv();
+    if (S.n_samples > 1 || S.beam) samples_kv();
     out_kv("prompt", (uint64_t)n_prompt);
     out_kv("cached", (uint64_t)n_cached);
     out_kv("computed", (uint64_t)(after.prompt_tokens_computed - before.prompt_tokens_computed));
@@ -727,6 +754,7 @@ static void handle_bench(const char *text, int n)
     }
     S.last_seq = seq;
     S.n_samples = 1;
+    S.beam = 0;
     S.cancelled = 0;
     finish = run(seq, t0, &first, &generated);
     total = now_us() - t0;
