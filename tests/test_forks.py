@@ -11,6 +11,8 @@ logits, computed in C; they are checked against the PyTorch reference.
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edgellama import LLM, SamplingParams
 from edgellama.model.gguf_file import read_gguf
@@ -233,3 +235,38 @@ def test_max_logprobs_is_the_headers():
     header = (build.firmware_dir() / "core" / "el_logprobs.h").read_text()
     assert f"#define EL_MAX_LOGPROBS {sampling_params.MAX_LOGPROBS}\n" in header
     assert capi.MAX_LOGPROBS == sampling_params.MAX_LOGPROBS
+
+
+# ---------------------------------------------------------------- the block books, in any schedule
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(block_size=st.sampled_from([2, 5, 16]), pool_tokens=st.integers(48, 200),
+       requests=st.lists(st.tuples(st.integers(1, 4), st.integers(1, 40), st.integers(1, 30), st.booleans()),
+                         min_size=1, max_size=3),
+       kv_dtype=st.sampled_from(["f32", "int8"]))
+def test_block_books_balance_in_any_schedule(stories, block_size, pool_tokens, requests, kv_dtype):
+    """Requests of n samples, beam searches and plain ones in a pool small enough to
+    preempt: after every step each block's reference count equals the block tables that
+    hold it, and once everything is released no block is in use."""
+    probe = capi.Runtime(stories, block_size=block_size, kv_dtype=kv_dtype)
+    rt = capi.Runtime(stories, max_seqs=8, block_size=block_size, kv_dtype=kv_dtype,
+                      kv_cache_bytes=-(-pool_tokens // block_size) * probe.kv_block_bytes)
+    story = rt.tokenize(STORY * 3)
+    for n, prompt_len, max_tokens, beam in requests:
+        prompt = story[:prompt_len]
+        request = capi.make_request({"temperature": 1.0, "seed": prompt_len}, max_tokens, ignore_eos=True,
+                                    **({"beam_width": min(n, 2)} if beam else {"n": n}))
+        try:
+            rt.add(prompt, request)
+        except ValueError as e:  # all slots busy, or a prompt the pool cannot hold: refused whole
+            assert "slots are busy" in str(e) or "too long" in str(e), e
+        for _ in range(3):
+            rt.step()
+            rt.check_blocks()
+    while rt.pending():
+        rt.step()
+        rt.check_blocks()
+    for seq in range(8):
+        rt.release(seq)
+    rt.check_blocks()
+    assert rt.stats()["blocks_used"] == 0
