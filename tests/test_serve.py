@@ -221,9 +221,9 @@ def test_a_device_error_is_a_500():
 
 
 def test_the_serve_command():
+    import socket
     import subprocess
     import sys
-    import socket
     p = subprocess.Popen([sys.executable, "-m", "edgellama", "serve", "--local", "--listen", "127.0.0.1:0",
                           "--request-timeout", "1"], stderr=subprocess.PIPE, text=True)
     try:

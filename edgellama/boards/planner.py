@@ -68,10 +68,10 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from edgellama.boards.catalog import Board, get_board
 from edgellama.errors import EdgeLlamaError
 from edgellama.model import gguf_file as G
-from edgellama.runtime.sampling_params import MAX_BEAM_WIDTH, MAX_LOGPROBS
 from edgellama.model import quant as Q
 from edgellama.model.loading import load_model, resolve
 from edgellama.runtime.engine_options import KV_DTYPES, EngineOptions
+from edgellama.runtime.sampling_params import MAX_BEAM_WIDTH, MAX_LOGPROBS
 
 KiB, MiB = 1 << 10, 1 << 20
 MCU_OS = ("baremetal", "platformio")

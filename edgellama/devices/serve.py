@@ -451,10 +451,7 @@ class DeviceBackend:
             try:
                 out = self.device.beam_search(prompt, beam)
             except EdgeLlamaError as e:
-                message = str(e).split(": ", 1)[-1]
-                if message.startswith("beam_width: "):
-                    raise bad(message.replace("beam_width", "n (the beam width)", 1), "n") from None
-                raise
+                raise _refusal(e, "beam_width", "n (the beam width)") from None
             run.prompt_tokens = self.device.last_stats.prompt_tokens or None
             run.samples = [_Sample(None, s.finish_reason) for s in out.sequences]
             for i, s in enumerate(out.sequences):
@@ -474,10 +471,7 @@ class DeviceBackend:
             try:
                 out = self.device.generate_samples(prompt, params)
             except EdgeLlamaError as e:
-                message = str(e).split(": ", 1)[-1]
-                if message.startswith("n: "):
-                    raise bad(message, "n") from None
-                raise
+                raise _refusal(e, "n", "n") from None
             run.prompt_tokens = self.device.last_stats.prompt_tokens or None
             for c in out.outputs:
                 run.samples[c.index] = _Sample(len(c.token_ids) if c.logprobs is not None else None, c.finish_reason)
@@ -980,6 +974,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             if run is not None:
                 run.close()
+
+
+def _refusal(e: EdgeLlamaError, field: str, shown: str) -> Exception:
+    """A device's error: a 400 on `n` when the device refused the request for `field` (more
+    samples or beams than its max_seqs holds: the client's to change), else e itself."""
+    message = str(e).split(": ", 1)[-1]
+    if message.startswith(field + ": "):
+        return bad(shown + message[len(field):], "n")
+    return e
 
 
 def _chain_first(first, rest):
