@@ -413,7 +413,7 @@ class LocalBackend:
 
     def token_text(self, token: int) -> tuple:
         """A token's text and bytes on its own (a leading space kept), for logprobs."""
-        data = self.llm._rt.token_bytes(-1, token)
+        data = self.llm.token_bytes(token)
         return data.decode("utf-8", "replace"), data
 
 
@@ -443,39 +443,39 @@ class DeviceBackend:
 
     def _beam_run(self, prompt, beam) -> _Run:
         """A beam search on the device (GENERATE's beam_width=): its beams, best first, whole."""
-        self._check_request(prompt, beam, False)
-        run = _Run(None, beam.beam_width)
-        run.prompt_text = prompt
+        def reply():
+            out = self.device.beam_search(prompt, beam)
+            return [(_Sample(None, s.finish_reason), _Delta(i, s.text, None, [], True))
+                    for i, s in enumerate(out.sequences)]
 
-        def deltas():
-            try:
-                out = self.device.beam_search(prompt, beam)
-            except EdgeLlamaError as e:
-                raise _refusal(e, "beam_width", "n (the beam width)") from None
-            run.prompt_tokens = self.device.last_stats.prompt_tokens or None
-            run.samples = [_Sample(None, s.finish_reason) for s in out.sequences]
-            for i, s in enumerate(out.sequences):
-                yield _Delta(i, s.text, None, [], True)
-
-        run._gen = deltas()
-        return run
+        return self._whole_reply_run(prompt, beam, beam.beam_width, reply, "beam_width", "n (the beam width)")
 
     def _samples_run(self, prompt, params) -> _Run:
         """n samples or logprobs (GENERATE's n= and logprobs=): each sample whole once the reply ends."""
+        def reply():
+            out = self.device.generate_samples(prompt, params)
+            return [(_Sample(len(c.token_ids) if c.logprobs is not None else None, c.finish_reason),
+                     _Delta(c.index, c.text, c.logprobs, c.token_ids, True)) for c in out.outputs]
+
+        return self._whole_reply_run(prompt, params, params.n, reply, "n", "n")
+
+    def _whole_reply_run(self, prompt, params, n, reply, field, shown) -> _Run:
+        """A run whose samples all come at the end of the device's reply: reply() gives
+        (_Sample, _Delta) per sample; the device refusing `field` is a 400 on n."""
         self._check_request(prompt, params, False)
-        run = _Run(None, params.n)
+        run = _Run(None, n)
         run.prompt_text = prompt
         run.token_text = self.token_text
 
         def deltas():
             try:
-                out = self.device.generate_samples(prompt, params)
+                samples = reply()
             except EdgeLlamaError as e:
-                raise _refusal(e, "n", "n") from None
+                raise _refusal(e, field, shown) from None
             run.prompt_tokens = self.device.last_stats.prompt_tokens or None
-            for c in out.outputs:
-                run.samples[c.index] = _Sample(len(c.token_ids) if c.logprobs is not None else None, c.finish_reason)
-                yield _Delta(c.index, c.text, c.logprobs, c.token_ids, True)
+            run.samples = [sample for sample, _ in samples]
+            for _, delta in samples:
+                yield delta
 
         run._gen = deltas()
         return run

@@ -105,7 +105,7 @@ class LLM:
         self.seed = seed
         self._request_counter = itertools.count()
         self.tokenizer = Tokenizer(self._rt)
-        self._token_texts = {}  # token id -> its text, for Logprob.decoded_token
+        self._token_bytes = {}  # token id -> its bytes on their own, for Logprob.decoded_token and serve
 
     def get_tokenizer(self) -> Tokenizer:
         return self.tokenizer
@@ -156,10 +156,14 @@ class LLM:
         now = time.time()
         return seq, _Active(index, str(number), text, ids, params, RequestMetrics(now, now, first_scheduled_time=now))
 
+    def token_bytes(self, token: int) -> bytes:
+        """A token's bytes on their own (a leading space kept), cached."""
+        if token not in self._token_bytes:
+            self._token_bytes[token] = self._rt.token_bytes(-1, token)
+        return self._token_bytes[token]
+
     def _token_text(self, token: int) -> str:
-        if token not in self._token_texts:
-            self._token_texts[token] = self._rt.token_bytes(-1, token).decode("utf-8", "replace")
-        return self._token_texts[token]
+        return self.token_bytes(token).decode("utf-8", "replace")
 
     def _logprobs(self, figures) -> dict:
         """{token_id: Logprob} of one position: the top tokens, and the chosen one too."""

@@ -21,6 +21,16 @@ static int is_beam_of(const el_sequence *seq, uint64_t group)
 
 static int is_live(const el_sequence *seq) { return seq->state == EL_SEQ_RUNNING || seq->state == EL_SEQ_WAITING; }
 
+int el_beam_search_running(const el_engine *e, const el_sequence *seq)
+{
+    int i;
+    if (!is_beam_of(seq, seq->group)) return 0;
+    for (i = 0; i < e->options.max_seqs; i++)
+        if (is_beam_of(&e->seqs[i], seq->group) && (is_live(&e->seqs[i]) || e->seqs[i].state == EL_SEQ_RESERVED))
+            return 1;
+    return 0;
+}
+
 static el_sequence *reserved_slot(el_engine *e, uint64_t group)
 {
     int i;

@@ -30,6 +30,9 @@ int el_beam_advance(el_engine *engine, el_event *events, int n_events, int max_e
 /* Scratch bytes the engine gives the searches (one search's candidates at a time). */
 size_t el_beam_scratch_bytes(int max_width);
 
+/* Whether seq belongs to a beam search still going (a live beam or a reserved slot of it). */
+int el_beam_search_running(const el_engine *engine, const el_sequence *seq);
+
 /* Free every slot of the beam search that sequence `group_slot` belongs to. */
 void el_beam_free_group(el_engine *engine, int group_slot);
 

@@ -90,13 +90,13 @@ el_status el_engine_init(el_engine *e, const el_model *model, const el_engine_op
     e->rows = (el_batch_row *)el_arena_alloc(arena, sizeof(el_batch_row) * (size_t)o->max_batch_tokens, 8);
     e->row_seq = (int32_t *)el_arena_alloc(arena, sizeof(int32_t) * (size_t)o->max_batch_tokens, 4);
     e->text_scratch = (char *)el_arena_alloc(arena, el_sequence_scratch_bytes(&e->tokenizer), 1);
-    e->fork_logits = (float *)el_arena_alloc(arena, sizeof(float) * (size_t)c->vocab_size, 16);
+    e->raw_logits = (float *)el_arena_alloc(arena, sizeof(float) * (size_t)c->vocab_size, 16);
     e->logprob_entries = (el_logprob_entry *)el_arena_alloc(
         arena, sizeof(el_logprob_entry) * (size_t)el_engine_max_events(e), 8);
     e->max_beam_width = o->max_seqs / 2 < EL_MAX_BEAM_WIDTH ? o->max_seqs / 2 : EL_MAX_BEAM_WIDTH;
     if (e->max_beam_width > 0)
         e->beam_scratch = el_arena_alloc(arena, el_beam_scratch_bytes(e->max_beam_width), 8);
-    if (e->rows == NULL || e->row_seq == NULL || e->text_scratch == NULL || e->fork_logits == NULL ||
+    if (e->rows == NULL || e->row_seq == NULL || e->text_scratch == NULL || e->raw_logits == NULL ||
         e->logprob_entries == NULL || (e->max_beam_width > 0 && e->beam_scratch == NULL))
         return el_fail(err, EL_ERR_NO_MEMORY, "engine: the arena is too small for the batch", "", "");
     e->scheduler.seqs = e->seqs;
@@ -433,11 +433,11 @@ static void report_prompt_logprob(el_engine *e, el_sequence *seq, int pos, const
 static int sample_with_forks(el_engine *e, el_sequence *seq, float *logits, el_event *events, int n_events,
                              int max_events)
 {
-    int vocab = e->model->config.vocab_size, i;
+    int vocab = e->model->config.vocab_size, i, forked = 0;
     int keep_raw = seq->forks_pending > 0 || seq->request.logprobs >= 0;
     float shift = 0.0f;
     if (keep_raw) {
-        el_memcpy(e->fork_logits, logits, sizeof(float) * (size_t)vocab);
+        el_memcpy(e->raw_logits, logits, sizeof(float) * (size_t)vocab);
         if (seq->request.logprobs >= 0) shift = el_logprob_shift(logits, vocab);
     }
     /* the forks first, while the parent holds just the prompt: each is a copy of it */
@@ -448,16 +448,18 @@ static int sample_with_forks(el_engine *e, el_sequence *seq, float *logits, el_e
         el_rng_seed(&child->rng, seq->request.sampling.seed + (uint64_t)child->sample_index);
         child->fork_fresh = 1;
         seq->forks_pending--;
+        forked++;
     }
-    sample_row(e, seq, logits, e->fork_logits, shift, event_at(events, n_events, max_events),
+    sample_row(e, seq, logits, e->raw_logits, shift, event_at(events, n_events, max_events),
                &e->logprob_entries[n_events]);
     n_events += n_events < max_events;
-    for (i = 0; i < e->options.max_seqs; i++) {
+    for (i = 0; i < e->options.max_seqs && forked > 0; i++) { /* a decode step forks nothing */
         el_sequence *child = &e->seqs[i];
         if (!child->fork_fresh || child->parent != seq->id) continue;
+        forked--;
         child->fork_fresh = 0;
-        el_memcpy(logits, e->fork_logits, sizeof(float) * (size_t)vocab);
-        sample_row(e, child, logits, e->fork_logits, shift, event_at(events, n_events, max_events),
+        el_memcpy(logits, e->raw_logits, sizeof(float) * (size_t)vocab);
+        sample_row(e, child, logits, e->raw_logits, shift, event_at(events, n_events, max_events),
                    &e->logprob_entries[n_events]);
         n_events += n_events < max_events;
     }
@@ -520,26 +522,12 @@ int el_engine_step(el_engine *e, el_event *events, int max_events)
 
 /* ------------------------------------------------------------ bookkeeping */
 
-/* Whether seq belongs to a beam search still going (a live beam or a reserved slot of it). */
-static int beam_search_running(const el_engine *e, const el_sequence *seq)
-{
-    int i;
-    if (seq->request.beam_width <= 0 || seq->state == EL_SEQ_FREE) return 0;
-    for (i = 0; i < e->options.max_seqs; i++) {
-        const el_sequence *s = &e->seqs[i];
-        if (s->request.beam_width > 0 && s->group == seq->group &&
-            (s->state == EL_SEQ_RUNNING || s->state == EL_SEQ_WAITING || s->state == EL_SEQ_RESERVED))
-            return 1;
-    }
-    return 0;
-}
-
 void el_engine_abort(el_engine *e, int seq_id)
 {
     el_sequence *seq;
     if (seq_id < 0 || seq_id >= e->options.max_seqs) return;
     seq = &e->seqs[seq_id];
-    if (beam_search_running(e, seq)) { /* the whole search ends: nothing it found is reported */
+    if (el_beam_search_running(e, seq)) { /* the whole search ends: nothing it found is reported */
         el_beam_free_group(e, seq_id);
         return;
     }
@@ -555,7 +543,7 @@ void el_engine_release(el_engine *e, int seq_id)
     el_sequence *seq;
     if (seq_id < 0 || seq_id >= e->options.max_seqs) return;
     seq = &e->seqs[seq_id];
-    if (beam_search_running(e, seq)) {
+    if (el_beam_search_running(e, seq)) {
         el_beam_free_group(e, seq_id);
         return;
     }
