@@ -96,8 +96,7 @@ PARTS = {
     "tokenizer": "piece hash table",
     "KV pool": "",
     "activations": "",
-    "sampler": "probabilities, integer weights and counts over the vocabulary; the radix select's buckets; "
-               "the logits row that forks and logprobs keep",
+    "sampler": "probabilities, integer weights and counts over the vocabulary; the radix select's buckets",
     "sequences": "",
     "prompt scratch": "",
     "other": "runtime struct, batch rows, token text scratch, alignment",
@@ -143,7 +142,7 @@ def struct_sizes(pointer_bytes: int) -> dict:
     el_sampler_scratch = _struct(I, P, P, P, P)
     el_scheduler = _struct(P, I, P, I, I, I, U64, I, U64)
     el_engine = _struct(P, el_engine_options, el_tokenizer, el_kv_cache, el_forward_state, el_sampler_scratch,
-                        el_scheduler, P, P, P, P, P, P, P, U64, U64, U64, U64, U64, P, I)
+                        el_scheduler, P, P, P, P, P, P, U64, U64, U64, U64, U64, P, I)
     el_runtime = _struct(el_arena, el_model, el_engine, Z)
     el_sampling = _struct(I, I, I, I, I, I, I, U64)
     el_request = _struct(el_sampling, I, I, I, I, _array(I, 8), I, _array(B, 4 * 32), _array(I, 4), I, I, I, I, I)
@@ -381,16 +380,17 @@ def arena_parts(info: ModelInfo, ctx: int, block_size: int, max_seqs: int, max_b
     a.take("other", s["el_batch_row"] * max_batch_tokens, 8)
     a.take("other", 4 * max_batch_tokens, 4)
     a.take("other", 2 * max(info.max_piece_len, 5) + 8, 1)
-    # forks (n > 1) and logprobs: one logits row kept, one logprob entry per event;
-    # beam search: one search's candidates (2W for each of W beams, W <= max_seqs / 2)
-    a.take("sampler", info.n_tokens * 4, 16)
+    # logprobs: one entry per event; beam search: one search's candidates (2W for each
+    # of W beams, W <= max_seqs / 2)
     a.take("other", s["el_logprob_entry"] * 2 * max_seqs, 8)
     beam_width = min(MAX_BEAM_WIDTH, max_seqs // 2)
     if beam_width > 0:
         a.take("other", s["beam_candidate"] * 2 * beam_width * beam_width, 8)
     # above the engine's share: the largest scratch one call takes (tokenizing a prompt
-    # or chat turn; el_runtime_logits' block table is smaller)
-    scratch = max(tokenize_scratch_bytes(prompt_bytes, info.has_unused, pointer_bytes), 4 * n_blocks + 4)
+    # or chat turn; the logits row a step with forks or logprobs keeps; el_runtime_logits'
+    # block table is smaller)
+    scratch = max(tokenize_scratch_bytes(prompt_bytes, info.has_unused, pointer_bytes), 4 * n_blocks + 4,
+                  4 * info.n_tokens + 16)
     a.take("prompt scratch", scratch, 1)
     return a.parts, n_blocks, block_bytes
 
@@ -591,7 +591,8 @@ def plan(board, model_path=None, ctx=None, quant=None, max_seqs=None, kv_dtype="
                                  f"{ctx} attention scores x {group} head(s) of a kv group x {threads} thread(s)")
     part_notes["sequences"] = (f"{max_seqs} x (struct, {ctx} tokens, {-(-ctx // block_size)}-entry block table, "
                                f"{ctx * (info.max_piece_len + 4) + 8:,} bytes of text)")
-    part_notes["prompt scratch"] = f"tokenizing a prompt or chat turn of {prompt_for(ctx):,} bytes"
+    part_notes["prompt scratch"] = (f"tokenizing a prompt or chat turn of {prompt_for(ctx):,} bytes, or the "
+                                    f"logits row a step with forks or logprobs keeps")
     part_notes["tokenizer"] = f"piece hash table for {info.n_tokens:,} pieces"
     return Plan(
         board=board.name, os=board.os, arch=board.arch, pointer_bytes=pointer_bytes, model=info.path,

@@ -90,13 +90,12 @@ el_status el_engine_init(el_engine *e, const el_model *model, const el_engine_op
     e->rows = (el_batch_row *)el_arena_alloc(arena, sizeof(el_batch_row) * (size_t)o->max_batch_tokens, 8);
     e->row_seq = (int32_t *)el_arena_alloc(arena, sizeof(int32_t) * (size_t)o->max_batch_tokens, 4);
     e->text_scratch = (char *)el_arena_alloc(arena, el_sequence_scratch_bytes(&e->tokenizer), 1);
-    e->raw_logits = (float *)el_arena_alloc(arena, sizeof(float) * (size_t)c->vocab_size, 16);
     e->logprob_entries = (el_logprob_entry *)el_arena_alloc(
         arena, sizeof(el_logprob_entry) * (size_t)el_engine_max_events(e), 8);
     e->max_beam_width = o->max_seqs / 2 < EL_MAX_BEAM_WIDTH ? o->max_seqs / 2 : EL_MAX_BEAM_WIDTH;
     if (e->max_beam_width > 0)
         e->beam_scratch = el_arena_alloc(arena, el_beam_scratch_bytes(e->max_beam_width), 8);
-    if (e->rows == NULL || e->row_seq == NULL || e->text_scratch == NULL || e->raw_logits == NULL ||
+    if (e->rows == NULL || e->row_seq == NULL || e->text_scratch == NULL ||
         e->logprob_entries == NULL || (e->max_beam_width > 0 && e->beam_scratch == NULL))
         return el_fail(err, EL_ERR_NO_MEMORY, "engine: the arena is too small for the batch", "", "");
     e->scheduler.seqs = e->seqs;
@@ -429,15 +428,26 @@ static void report_prompt_logprob(el_engine *e, el_sequence *seq, int pos, const
 }
 
 /* The row that samples seq's next token, and at a request's first token its forks:
- * each samples from the same logits, reported after it. Returns the event count. */
+ * each samples from the same logits, reported after it. Returns the event count.
+ * The sampler changes the row it is given, so forks and logprobs keep the model's row
+ * in arena scratch for the step (the planner counts it): a plain decode step keeps
+ * nothing and touches no more memory than before. */
 static int sample_with_forks(el_engine *e, el_sequence *seq, float *logits, el_event *events, int n_events,
                              int max_events)
 {
     int vocab = e->model->config.vocab_size, i, forked = 0;
-    int keep_raw = seq->forks_pending > 0 || seq->request.logprobs >= 0;
-    float shift = 0.0f;
-    if (keep_raw) {
-        el_memcpy(e->raw_logits, logits, sizeof(float) * (size_t)vocab);
+    size_t mark = el_arena_mark(e->arena);
+    float shift = 0.0f, *raw = NULL;
+    if (seq->forks_pending > 0 || seq->request.logprobs >= 0) {
+        raw = (float *)el_arena_alloc(e->arena, sizeof(float) * (size_t)vocab, 16);
+        if (raw == NULL) { /* an arena made smaller than the plan: the request cannot go on */
+            el_engine_finish(seq, EL_FINISH_ABORT);
+            free_reserved(e, seq);
+            seq->forks_pending = 0;
+            if (n_events < max_events) el_engine_event(&events[n_events++], seq, -1);
+            return n_events;
+        }
+        el_memcpy(raw, logits, sizeof(float) * (size_t)vocab);
         if (seq->request.logprobs >= 0) shift = el_logprob_shift(logits, vocab);
     }
     /* the forks first, while the parent holds just the prompt: each is a copy of it */
@@ -450,7 +460,7 @@ static int sample_with_forks(el_engine *e, el_sequence *seq, float *logits, el_e
         seq->forks_pending--;
         forked++;
     }
-    sample_row(e, seq, logits, e->raw_logits, shift, event_at(events, n_events, max_events),
+    sample_row(e, seq, logits, raw, shift, event_at(events, n_events, max_events),
                &e->logprob_entries[n_events]);
     n_events += n_events < max_events;
     for (i = 0; i < e->options.max_seqs && forked > 0; i++) { /* a decode step forks nothing */
@@ -458,11 +468,12 @@ static int sample_with_forks(el_engine *e, el_sequence *seq, float *logits, el_e
         if (!child->fork_fresh || child->parent != seq->id) continue;
         forked--;
         child->fork_fresh = 0;
-        el_memcpy(logits, e->raw_logits, sizeof(float) * (size_t)vocab);
-        sample_row(e, child, logits, e->raw_logits, shift, event_at(events, n_events, max_events),
+        el_memcpy(logits, raw, sizeof(float) * (size_t)vocab);
+        sample_row(e, child, logits, raw, shift, event_at(events, n_events, max_events),
                    &e->logprob_entries[n_events]);
         n_events += n_events < max_events;
     }
+    el_arena_reset(e->arena, mark);
     return n_events;
 }
 

@@ -76,8 +76,6 @@ typedef struct {
     el_batch_row *rows;
     int32_t *row_seq;
     char *text_scratch;     /* el_sequence_scratch_bytes: one token's text on its way in */
-    float *raw_logits;      /* one logits row as the model gave it: the forks of a request sample
-                             * from it, logprobs describe it */
     el_logprob_entry *logprob_entries; /* one per event a step can report */
     el_arena *arena;
     long long prompt_tokens_computed, tokens_generated, steps, rows_run;
