@@ -243,7 +243,7 @@ int main(void)
 {
     static const uint32_t types[] = {EL_TYPE_F32, EL_TYPE_F16, EL_TYPE_Q8_0, EL_TYPE_Q4_0};
     static const uint32_t row_counts[] = {1, 3, 8, 13, 16, 17, 33, 64, 100};
-    static const uint32_t col_counts[] = {32, 64, 96, 128, 160, 288, 384, 768};
+    static const uint32_t col_counts[] = {32, 64, 96, 128, 160, 288, 384, 768, 1056};
     static const int batches[] = {1, 2, 3, 4, 5, 8, 9};
     size_t t, r, c, b;
     int n;
