@@ -36,7 +36,8 @@ class Error(C.Structure):
 class EngineOptions(C.Structure):
     _fields_ = [("max_model_len", C.c_int), ("block_size", C.c_int), ("kv_cache_bytes", C.c_longlong),
                 ("max_seqs", C.c_int), ("max_batch_tokens", C.c_int), ("kv_dtype", C.c_int),
-                ("no_prefix_caching", C.c_int), ("threads", C.c_int), ("check_values", C.c_int)]
+                ("no_prefix_caching", C.c_int), ("threads", C.c_int), ("check_values", C.c_int),
+                ("weights_writable", C.c_int)]
 
 
 class Sampling(C.Structure):
@@ -175,7 +176,8 @@ class Runtime:
             raise ValueError(f"threads must be 1 to 1024, got {threads!r}")
         self.path = Path(model_path)
         try:
-            self._model = np.memmap(self.path, dtype=np.uint8, mode="r")
+            # copy-on-write: the kernels may rearrange matrices in place (weights_writable)
+            self._model = np.memmap(self.path, dtype=np.uint8, mode="c")
         except (OSError, ValueError) as e:
             raise EdgeLlamaError(f"{self.path}: cannot map the model ({e})") from None
         # The arena: pages are only touched as the runtime carves them, so a generous
@@ -184,7 +186,8 @@ class Runtime:
         size = memory_bytes or (64 << 20) + 2 * int(kv_cache_bytes or 0) + 8 * self._model.size
         options = EngineOptions(max_model_len, block_size, int(kv_cache_bytes or 0), max_seqs, max_batch_tokens,
                                 KV_DTYPES[kv_dtype], int(not enable_prefix_caching), self.threads,
-                                check_values=1)  # refuse NaN/Inf weights at load
+                                check_values=1,  # refuse NaN/Inf weights at load
+                                weights_writable=1)
         for _ in range(4):
             self._memory = np.zeros(size, dtype=np.uint8)
             err = Error()

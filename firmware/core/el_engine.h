@@ -38,6 +38,9 @@ typedef struct {
     int threads;            /* the most workers a parallel hook may use (sizes per-worker scratch); 0 = 1 */
     int check_values;       /* 1: el_runtime_open scans every weight for NaN/Inf (one pass over the file);
                              * hosts set it, a bare-metal image verified by checksum may leave it 0 */
+    int weights_writable;   /* 1: the model's bytes are writable and private to this runtime (a
+                             * copy-on-write mapping), so the kernels may rearrange matrices in place
+                             * at open (el_arrange_weights); 0 (flash, a shared buffer) keeps them */
 } el_engine_options;
 
 typedef struct {

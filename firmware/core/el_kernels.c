@@ -3,6 +3,8 @@
 
 #include "el_math.h"
 
+static uint16_t read_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
 const char *el_kernels_name(void) { return EL_KERNELS_NAME; }
 
 /* ------------------------------------------------------------ matmul */
@@ -107,13 +109,29 @@ void el_value_sum_by_axpy(float *out, const float *weights, const float *values,
 
 /* ------------------------------------------------------------ the embedding row */
 
-static uint16_t read_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+/* Row `row` of a Q8_0 matrix in groups of eight (el_kernels_avx2.c has the layout): in
+ * each block of its group, its scale is the j-th of eight, and its bytes 4s..4s+3 sit in
+ * step s at 4j. */
+static void grouped_q8_0_row(float *out, const el_matrix *w, uint32_t row)
+{
+    uint32_t blocks = w->cols / EL_QBLOCK, j = row % 8, b, s, i;
+    const uint8_t *group = (const uint8_t *)w->data + (size_t)(row - j) * el_row_bytes(w->type, w->cols);
+    for (b = 0; b < blocks; b++) {
+        const uint8_t *block = group + (size_t)b * 8 * 34;
+        float d = el_fp16_to_f32(read_u16(block + 2 * j));
+        for (s = 0; s < 8; s++)
+            for (i = 0; i < 4; i++) out[b * EL_QBLOCK + 4 * s + i] = d * (float)(int8_t)block[16 + 32 * s + 4 * j + i];
+    }
+}
 
 void el_matrix_row(float *out, const el_matrix *w, uint32_t row)
 {
     const uint8_t *p = (const uint8_t *)w->data + (size_t)row * el_row_bytes(w->type, w->cols);
     uint32_t i, b;
-    if (w->type == EL_TYPE_F32) {
+    if (w->layout == EL_LAYOUT_GROUPS_OF_8 && row < w->rows / 8 * 8) {
+        grouped_q8_0_row(out, w, row);
+    } else if (w->type == EL_TYPE_F32) {
         const float *f = (const float *)(const void *)p;
         for (i = 0; i < w->cols; i++) out[i] = f[i];
     } else if (w->type == EL_TYPE_F16) {
@@ -131,6 +149,33 @@ void el_matrix_row(float *out, const el_matrix *w, uint32_t row)
             }
         }
     }
+}
+
+/* ------------------------------------------------------------ rearranging at load */
+
+static void arrange(el_matrix *w, uint8_t *writable_file, const uint8_t *file)
+{
+    if (w->layout == EL_LAYOUT_ROWS)
+        el_kernel_arrange(w, writable_file + ((const uint8_t *)w->data - file));
+}
+
+void el_arrange_weights(el_model *model, uint8_t *writable_file)
+{
+    const uint8_t *file = model->gguf.file;
+    int l;
+    for (l = 0; l < model->config.n_layers; l++) {
+        el_layer_weights *w = &model->layers[l];
+        arrange(&w->attn_q, writable_file, file);
+        arrange(&w->attn_k, writable_file, file);
+        arrange(&w->attn_v, writable_file, file);
+        arrange(&w->attn_output, writable_file, file);
+        arrange(&w->ffn_gate, writable_file, file);
+        arrange(&w->ffn_down, writable_file, file);
+        arrange(&w->ffn_up, writable_file, file);
+    }
+    arrange(&model->output, writable_file, file);
+    /* tied: the embedding reads the same bytes, now in the classifier's layout */
+    if (model->token_embd.data == model->output.data) model->token_embd.layout = model->output.layout;
 }
 
 /* ------------------------------------------------------------ the rest */

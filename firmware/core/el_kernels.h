@@ -37,8 +37,14 @@ void el_matmuls(float *const *ys, const el_matrix *const *ws, int n, const float
  * cache's keys, before their scale). */
 float el_dot_int8(const float *a, const int8_t *b, int n);
 
-/* One row of a matrix as floats (the embedding lookup). */
+/* One row of a matrix as floats (the embedding lookup), in either layout. */
 void el_matrix_row(float *out, const el_matrix *w, uint32_t row);
+
+/* Let the kernels rearrange every weight matrix in place for their own layout, once, at
+ * load (el_kernel_arrange): writable_file is the bytes the model was loaded from,
+ * writable and private to it (a copy-on-write mapping). A matrix shared by two names
+ * (a tied classifier) is rearranged once and both names see the new layout. */
+void el_arrange_weights(el_model *model, uint8_t *writable_file);
 
 void el_rmsnorm(float *out, const float *x, const float *weight, int n, float eps);
 /* The rotation of position pos: cos and sin of pos * freqs[i] for i < head_dim / 2

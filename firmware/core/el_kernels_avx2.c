@@ -181,8 +181,9 @@ typedef struct {
 
 /* Eight rows' blocks turned into eight steps: an 8 x 8 transpose of 32-bit words in
  * three rounds of unpacks (words, then pairs of words, then 128-bit halves), written
- * out so every value stays in a register; then each step's magnitudes and the scales. */
-static inline __attribute__((always_inline)) void turn_sideways(sideways_block *out, const uint8_t *const *row, size_t at, int q4)
+ * out so every value stays in a register. */
+static inline __attribute__((always_inline)) void transpose_to_steps(__m256i *w, const uint8_t *const *row, size_t at,
+                                                                     int q4)
 {
     __m256i r0 = load_block(row[0] + at, q4), r1 = load_block(row[1] + at, q4);
     __m256i r2 = load_block(row[2] + at, q4), r3 = load_block(row[3] + at, q4);
@@ -199,8 +200,6 @@ static inline __attribute__((always_inline)) void turn_sideways(sideways_block *
     __m256i s4 = _mm256_unpacklo_epi64(t45, t67), s5 = _mm256_unpackhi_epi64(t45, t67);
     __m256i s6 = _mm256_unpacklo_epi64(h45, h67), s7 = _mm256_unpackhi_epi64(h45, h67);
     /* halves: step s = word s of rows 0..7 */
-    __m256i w[8];
-    int s;
     w[0] = _mm256_permute2x128_si256(s0, s4, 0x20);
     w[4] = _mm256_permute2x128_si256(s0, s4, 0x31);
     w[1] = _mm256_permute2x128_si256(s1, s5, 0x20);
@@ -209,6 +208,15 @@ static inline __attribute__((always_inline)) void turn_sideways(sideways_block *
     w[6] = _mm256_permute2x128_si256(s2, s6, 0x31);
     w[3] = _mm256_permute2x128_si256(s3, s7, 0x20);
     w[7] = _mm256_permute2x128_si256(s3, s7, 0x31);
+}
+
+/* The steps, their magnitudes and the scales of one block of a row group. */
+static inline __attribute__((always_inline)) void turn_sideways(sideways_block *out, const uint8_t *const *row, size_t at,
+                                                                int q4)
+{
+    __m256i w[8];
+    int s;
+    transpose_to_steps(w, row, at, q4);
     for (s = 0; s < 8; s++) {
         _mm256_store_si256(&out->w[s], w[s]);
         _mm256_store_si256(&out->magnitude[s], _mm256_sign_epi8(w[s], w[s]));
@@ -322,7 +330,112 @@ static void matmul_quantized(const el_matmul_task *t, uint32_t r0, uint32_t r1, 
     }
 }
 
-void el_kernel_matmul_q8_0(const el_matmul_task *t, uint32_t r0, uint32_t r1) { matmul_quantized(t, r0, r1, 0); }
+/* ---- Q8_0 kept in groups of eight rows (rearranged once, at load) ----
+ *
+ * Where the model's memory is writable (a host's copy-on-write mapping), each group of
+ * eight rows is stored the way the sideways kernel above builds it for a batch, so one
+ * row of activations gets the same speed without the transpose: per block, 16 bytes of
+ * the eight rows' fp16 scales, then eight steps of 32 bytes (step s: bytes 4s..4s+3 of
+ * rows 0..7, row j at 4j). Same size as the eight rows; the rows after the last whole
+ * group keep the file's layout. el_matrix_row (el_kernels.c) reads a row back. */
+
+#define EL_GROUP_BLOCK_BYTES (8 * 34)
+/* Rearranging goes through a copy of one group on the stack: rows of at most this many
+ * blocks (4096 values); a longer row keeps the file's layout. */
+#define EL_GROUP_MAX_BLOCKS 128
+
+int el_kernel_arrange(el_matrix *w, uint8_t *data)
+{
+    uint8_t copy[8 * 34 * EL_GROUP_MAX_BLOCKS];
+    uint32_t blocks = w->cols / EL_QBLOCK, r, j, k, s;
+    size_t row_bytes = (size_t)blocks * 34;
+    const uint8_t *row[8];
+    __m256i steps[8];
+    if (w->type != EL_TYPE_Q8_0 || blocks > EL_GROUP_MAX_BLOCKS || w->rows < 8) return 0;
+    for (j = 0; j < 8; j++) row[j] = copy + j * row_bytes;
+    for (r = 0; r + 8 <= w->rows; r += 8) {
+        uint8_t *group = data + (size_t)r * row_bytes;
+        memcpy(copy, group, 8 * row_bytes);
+        for (k = 0; k < blocks; k++) {
+            uint8_t *out = group + (size_t)k * EL_GROUP_BLOCK_BYTES;
+            for (j = 0; j < 8; j++) memcpy(out + 2 * j, row[j] + (size_t)k * 34, 2);
+            transpose_to_steps(steps, row, (size_t)k * 34, 0);
+            for (s = 0; s < 8; s++) _mm256_storeu_si256((__m256i *)(void *)(out + 16 + 32 * s), steps[s]);
+        }
+    }
+    w->layout = EL_LAYOUT_GROUPS_OF_8;
+    return 1;
+}
+
+/* One step of a stored group: as sideways_step, with |w| computed here. */
+static inline __attribute__((always_inline)) __m256i grouped_step(__m256i acc, const uint8_t *steps, const int8_t *xq,
+                                                                  int s)
+{
+    __m256i w = _mm256_loadu_si256((const __m256i *)(const void *)(steps + 32 * s)), x;
+    int32_t four;
+    memcpy(&four, xq + 4 * s, 4);
+    x = _mm256_sign_epi8(_mm256_set1_epi32(four), w);
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), x),
+                                                   _mm256_set1_epi16(1)));
+}
+
+/* One stored block against one activation block: lane j, row j's exact sum. */
+static __m256i grouped_sums(const uint8_t *block, const int8_t *xq)
+{
+    const uint8_t *steps = block + 16;
+    __m256i a = grouped_step(_mm256_setzero_si256(), steps, xq, 0), b = grouped_step(_mm256_setzero_si256(), steps, xq, 1);
+    a = grouped_step(a, steps, xq, 2);
+    b = grouped_step(b, steps, xq, 3);
+    a = grouped_step(a, steps, xq, 4);
+    b = grouped_step(b, steps, xq, 5);
+    a = grouped_step(a, steps, xq, 6);
+    b = grouped_step(b, steps, xq, 7);
+    return _mm256_add_epi32(a, b);
+}
+
+/* Rows r0..r1 of a Q8_0 matrix in groups of eight. A range that starts or ends inside a
+ * group (the tests split anywhere; the workers split at tiles of 16) computes the whole
+ * group and keeps its rows of the range. */
+static void matmul_q8_0_grouped(const el_matmul_task *t, uint32_t r0, uint32_t r1)
+{
+    uint32_t cols = t->w->cols, blocks = cols / EL_QBLOCK, grouped = t->w->rows / 8 * 8, r, k, j;
+    size_t row_bytes = (size_t)blocks * 34;
+    const uint8_t *base = (const uint8_t *)t->w->data, *end = base + (size_t)grouped * row_bytes;
+    int b;
+    for (r = r0 / 8 * 8; r < r1 && r < grouped; r += 8) {
+        const uint8_t *group = base + (size_t)r * row_bytes;
+        const uint8_t *ahead = group + EL_PREFETCH_GROUPS * 8 * row_bytes, *next = ahead;
+        for (b = 0; b < t->batch; b++) {
+            const int8_t *xq = t->xq + (size_t)b * cols;
+            const float *xs = t->xs + (size_t)b * blocks;
+            float *y = t->y + (size_t)b * t->w->rows, out[8];
+            __m256 sum = _mm256_setzero_ps();
+            for (k = 0; k < blocks; k++) {
+                const uint8_t *block = group + (size_t)k * EL_GROUP_BLOCK_BYTES;
+                __m256 scales = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)block));
+                __m256i sums;
+                if (b == 0) prefetch_until(&next, ahead + (k + 1) * EL_GROUP_BLOCK_BYTES, end);
+                sums = grouped_sums(block, xq + (size_t)k * EL_QBLOCK);
+                sum = _mm256_add_ps(sum, _mm256_mul_ps(_mm256_mul_ps(scales, _mm256_set1_ps(xs[k])),
+                                                       _mm256_cvtepi32_ps(sums)));
+            }
+            if (r >= r0 && r + 8 <= r1) {
+                _mm256_storeu_ps(y + r, sum);
+            } else {
+                _mm256_storeu_ps(out, sum);
+                for (j = 0; j < 8; j++)
+                    if (r + j >= r0 && r + j < r1) y[r + j] = out[j];
+            }
+        }
+    }
+    if (r1 > grouped) matmul_quantized(t, r0 > grouped ? r0 : grouped, r1, 0);
+}
+
+void el_kernel_matmul_q8_0(const el_matmul_task *t, uint32_t r0, uint32_t r1)
+{
+    if (t->w->layout == EL_LAYOUT_GROUPS_OF_8) matmul_q8_0_grouped(t, r0, r1);
+    else matmul_quantized(t, r0, r1, 0);
+}
 void el_kernel_matmul_q4_0(const el_matmul_task *t, uint32_t r0, uint32_t r1) { matmul_quantized(t, r0, r1, 1); }
 
 /* ------------------------------------------------------------ activations to int8 */

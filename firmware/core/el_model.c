@@ -308,6 +308,7 @@ static el_status load_matrix(const el_gguf *gguf, const char *name, int cols, in
     m->type = t->type;
     m->rows = (uint32_t)rows;
     m->cols = (uint32_t)cols;
+    m->layout = EL_LAYOUT_ROWS;
     m->data = t->data;
     return EL_OK;
 }

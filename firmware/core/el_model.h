@@ -13,10 +13,16 @@ typedef struct {
     float norm_eps, rope_theta;
 } el_config;
 
+/* How a matrix's bytes are laid out: as in the file (one row after another), or
+ * rearranged in place at load by this target's kernels (el_kernel_arrange), where the
+ * model's memory is writable and private to the runtime. */
+enum { EL_LAYOUT_ROWS = 0, EL_LAYOUT_GROUPS_OF_8 = 1 };
+
 /* A weight matrix of rows x cols (cols = the row length, ggml's ne[0]). */
 typedef struct {
     uint32_t type;
     uint32_t rows, cols;
+    uint32_t layout;        /* EL_LAYOUT_ROWS unless the kernels rearranged it */
     const void *data;
 } el_matrix;
 

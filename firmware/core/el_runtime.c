@@ -18,6 +18,10 @@ el_runtime *el_runtime_open(void *memory, size_t memory_size, const uint8_t *mod
     if (el_model_load(&rt->model, model, model_size, &rt->arena, err) != EL_OK) return NULL;
     if (options != NULL && options->check_values && el_model_check_values(&rt->model, err) != EL_OK) return NULL;
     if (el_engine_init(&rt->engine, &rt->model, options, &rt->arena, err) != EL_OK) return NULL;
+    /* Last, so an open that fails leaves the bytes as the file has them (a caller may
+     * retry with more memory). The caller vouched that they are writable, so dropping
+     * const is sound; opening them again needs the file's bytes again (a fresh mapping). */
+    if (options != NULL && options->weights_writable) el_arrange_weights(&rt->model, (uint8_t *)(uintptr_t)model);
     rt->scratch_mark = el_arena_mark(&rt->arena);
     return rt;
 }

@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "el_kernel_ops.h"
+#include "el_kernels.h"
 
 static uint64_t rng_state = 0x853c49e6748fea9bull;
 
@@ -89,6 +89,34 @@ static size_t row_bytes(uint32_t type, uint32_t cols)
 
 typedef void (*matmul_fn)(const el_matmul_task *, uint32_t, uint32_t);
 
+/* Where the target rearranges this matrix at load (el_kernel_arrange), the kernel on the
+ * rearranged bytes gives `want` too, whole and split, and every row reads back (el_matrix_row)
+ * as from the file's layout. w and data are rearranged in place. */
+static void check_arranged(el_matmul_task *t, el_matrix *w, uint8_t *data, matmul_fn kernel, const char *name,
+                           float *got, const float *want)
+{
+    size_t bytes = sizeof(float) * w->rows * (size_t)t->batch;
+    float *row_want = (float *)malloc(sizeof(float) * w->cols * w->rows), *row_got = (float *)malloc(sizeof(float) * w->cols);
+    uint32_t r, split;
+    for (r = 0; r < w->rows; r++) el_matrix_row(row_want + (size_t)r * w->cols, w, r);
+    if (el_kernel_arrange(w, data)) {
+        memset(got, 0xff, bytes);
+        kernel(t, 0, w->rows);
+        compare(name, (int)w->rows, (int)w->cols * 1000 + t->batch, got, want, bytes);
+        split = w->rows > 1 ? 1 + next_u32() % (w->rows - 1) : 0;
+        memset(got, 0xff, bytes);
+        kernel(t, 0, split);
+        kernel(t, split, w->rows);
+        compare(name, (int)w->rows, -1000 - (int)split, got, want, bytes);
+        for (r = 0; r < w->rows; r++) {
+            el_matrix_row(row_got, w, r);
+            compare("matrix_row (rearranged)", (int)r, (int)w->cols, row_got, row_want + (size_t)r * w->cols,
+                    sizeof(float) * w->cols);
+        }
+    }
+    free(row_want), free(row_got);
+}
+
 static void check_matmul(uint32_t type, uint32_t rows, uint32_t cols, int batch)
 {
     static const char *names[] = {"matmul_f32", "matmul_f16", "", "", "", "", "", "", "matmul_q8_0", "", "matmul_q4_0"};
@@ -114,6 +142,7 @@ static void check_matmul(uint32_t type, uint32_t rows, uint32_t cols, int batch)
     w.type = type;
     w.rows = rows;
     w.cols = cols;
+    w.layout = EL_LAYOUT_ROWS;
     w.data = data;
     t.w = &w;
     t.x = x;
@@ -132,6 +161,7 @@ static void check_matmul(uint32_t type, uint32_t rows, uint32_t cols, int batch)
     kernel(&t, 0, split);
     kernel(&t, split, rows);
     compare(names[type], (int)rows, -(int)split, got, want, sizeof(float) * rows * (size_t)batch);
+    check_arranged(&t, &w, data, kernel, names[type], got, want);
     free(data), free(x), free(xq), free(xs), free(got), free(want);
 }
 

@@ -190,6 +190,7 @@ static void set_defaults(options *o)
     o->engine.max_seqs = 1; /* one conversation or prompt at a time; serve's n samples and beams want more */
     o->engine.kv_dtype = EL_KV_F32;
     o->engine.check_values = 1; /* a file from anywhere: refuse NaN/Inf weights at load */
+    o->engine.weights_writable = 1; /* map_model's mapping is copy-on-write */
     o->template_name = "auto";
     o->prompt_tokens = 64;
     o->gen_tokens = 128;
@@ -293,8 +294,10 @@ static mapped_file map_model(const char *path)
     if (fstat(fd, &st) != 0) die("cannot read model '%s': %s", path, strerror(errno));
     if (!S_ISREG(st.st_mode)) die("model '%s' is not a regular file", path);
     if (st.st_size == 0) die("model '%s' is empty", path);
-    /* read-only and private: the weights stay in the page cache, shared and never copied */
-    p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    /* private and copy-on-write: the file never changes, and a matrix the kernels
+     * rearrange at open (weights_writable) becomes this process's own pages, in place of
+     * the page cache's, so the resident size stays the same */
+    p = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) die("cannot map model '%s': %s", path, strerror(errno));
     close(fd);
     m.data = (const uint8_t *)p;
@@ -318,12 +321,18 @@ static double now_ms(void)
     return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
 }
 
-/* (Re)opens the runtime inside the session's memory block: everything is reset. */
+/* (Re)opens the runtime inside the session's memory block: everything is reset. A
+ * reopen maps the model afresh: the last runtime rearranged its matrices in place
+ * (weights_writable), and a new one must start from the file's layout. */
 static void open_runtime(session *s, const options *o)
 {
     el_error err;
     double start = now_ms();
     memset(&err, 0, sizeof err);
+    if (s->rt != NULL) {
+        munmap((void *)s->model.data, s->model.size);
+        s->model = map_model(o->model_path);
+    }
     s->rt = el_runtime_open(s->memory, s->memory_size, s->model.data, s->model.size, &o->engine, &err);
     if (s->rt == NULL) die("%s: %s", o->model_path, err.message);
     if (s->pool != NULL && el_thread_pool_attach(s->pool, s->rt, &err) != EL_OK) die("%s", err.message);
@@ -336,6 +345,7 @@ static void open_session(session *s, const options *o)
      * size (room for a larger model's scratch) costs what is used; stats report that */
     s->model = map_model(o->model_path);
     s->memory_size = o->arena_mb > 0 ? (size_t)o->arena_mb << 20 : ((size_t)64 << 20) + s->model.size;
+    s->rt = NULL;
     s->memory = xmalloc(s->memory_size);
     s->pool = NULL;
     if (o->threads > 1 && (s->pool = el_thread_pool_create(o->threads)) == NULL)
