@@ -393,39 +393,92 @@ static __m256i grouped_sums(const uint8_t *block, const int8_t *xq)
     return _mm256_add_epi32(a, b);
 }
 
-/* Rows r0..r1 of a Q8_0 matrix in groups of eight. A range that starts or ends inside a
- * group (the tests split anywhere; the workers split at tiles of 16) computes the whole
- * group and keeps its rows of the range. */
+/* One step for two activation rows: the weights' load and magnitudes are shared. */
+static inline __attribute__((always_inline)) void grouped_step2(__m256i *acc0, __m256i *acc1, const uint8_t *steps,
+                                                                const int8_t *xq0, const int8_t *xq1, int s)
+{
+    __m256i w = _mm256_loadu_si256((const __m256i *)(const void *)(steps + 32 * s)), magnitude = _mm256_sign_epi8(w, w);
+    const __m256i ones = _mm256_set1_epi16(1);
+    int32_t four0, four1;
+    memcpy(&four0, xq0 + 4 * s, 4);
+    memcpy(&four1, xq1 + 4 * s, 4);
+    *acc0 = _mm256_add_epi32(*acc0, _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude,
+                                    _mm256_sign_epi8(_mm256_set1_epi32(four0), w)), ones));
+    *acc1 = _mm256_add_epi32(*acc1, _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude,
+                                    _mm256_sign_epi8(_mm256_set1_epi32(four1), w)), ones));
+}
+
+/* One stored block against two activation blocks. */
+static void grouped_sums2(__m256i *sums0, __m256i *sums1, const uint8_t *block, const int8_t *xq0, const int8_t *xq1)
+{
+    const uint8_t *steps = block + 16;
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0;
+    int s;
+    for (s = 0; s < 8; s++) grouped_step2(&a0, &a1, steps, xq0, xq1, s);
+    *sums0 = a0;
+    *sums1 = a1;
+}
+
+/* sum += (weight scales * activation scale) * block sums, per lane (the portable order). */
+static __m256 add_scaled(__m256 sum, __m256 scales, float x_scale, __m256i sums)
+{
+    return _mm256_add_ps(sum, _mm256_mul_ps(_mm256_mul_ps(scales, _mm256_set1_ps(x_scale)), _mm256_cvtepi32_ps(sums)));
+}
+
+/* Rows r..r+7 of the output of activation row b: all eight, or those inside r0..r1. */
+static void store_group(const el_matmul_task *t, int b, uint32_t r, uint32_t r0, uint32_t r1, __m256 sum)
+{
+    float *y = t->y + (size_t)b * t->w->rows, out[8];
+    uint32_t j;
+    if (r >= r0 && r + 8 <= r1) {
+        _mm256_storeu_ps(y + r, sum);
+        return;
+    }
+    _mm256_storeu_ps(out, sum);
+    for (j = 0; j < 8; j++)
+        if (r + j >= r0 && r + j < r1) y[r + j] = out[j];
+}
+
+/* Rows r0..r1 of a Q8_0 matrix in groups of eight, activation rows two at a time (a
+ * group's weights stay in L1 while the batch passes). A range that starts or ends inside
+ * a group (the tests split anywhere; the workers split at tiles of 16) computes the
+ * whole group and keeps its rows of the range. */
 static void matmul_q8_0_grouped(const el_matmul_task *t, uint32_t r0, uint32_t r1)
 {
-    uint32_t cols = t->w->cols, blocks = cols / EL_QBLOCK, grouped = t->w->rows / 8 * 8, r, k, j;
+    uint32_t cols = t->w->cols, blocks = cols / EL_QBLOCK, grouped = t->w->rows / 8 * 8, r, k;
     size_t row_bytes = (size_t)blocks * 34;
     const uint8_t *base = (const uint8_t *)t->w->data, *end = base + (size_t)grouped * row_bytes;
     int b;
     for (r = r0 / 8 * 8; r < r1 && r < grouped; r += 8) {
         const uint8_t *group = base + (size_t)r * row_bytes;
         const uint8_t *ahead = group + EL_PREFETCH_GROUPS * 8 * row_bytes, *next = ahead;
-        for (b = 0; b < t->batch; b++) {
+        for (b = 0; b + 2 <= t->batch; b += 2) {
+            const int8_t *xq0 = t->xq + (size_t)b * cols, *xq1 = xq0 + cols;
+            const float *xs0 = t->xs + (size_t)b * blocks, *xs1 = xs0 + blocks;
+            __m256 sum0 = _mm256_setzero_ps(), sum1 = sum0;
+            for (k = 0; k < blocks; k++) {
+                const uint8_t *block = group + (size_t)k * EL_GROUP_BLOCK_BYTES;
+                __m256 scales = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)block));
+                __m256i sums0, sums1;
+                if (b == 0) prefetch_until(&next, ahead + (k + 1) * EL_GROUP_BLOCK_BYTES, end);
+                grouped_sums2(&sums0, &sums1, block, xq0 + (size_t)k * EL_QBLOCK, xq1 + (size_t)k * EL_QBLOCK);
+                sum0 = add_scaled(sum0, scales, xs0[k], sums0);
+                sum1 = add_scaled(sum1, scales, xs1[k], sums1);
+            }
+            store_group(t, b, r, r0, r1, sum0);
+            store_group(t, b + 1, r, r0, r1, sum1);
+        }
+        if (b < t->batch) { /* one row: alone, or the last of an odd batch */
             const int8_t *xq = t->xq + (size_t)b * cols;
             const float *xs = t->xs + (size_t)b * blocks;
-            float *y = t->y + (size_t)b * t->w->rows, out[8];
             __m256 sum = _mm256_setzero_ps();
             for (k = 0; k < blocks; k++) {
                 const uint8_t *block = group + (size_t)k * EL_GROUP_BLOCK_BYTES;
                 __m256 scales = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)block));
-                __m256i sums;
                 if (b == 0) prefetch_until(&next, ahead + (k + 1) * EL_GROUP_BLOCK_BYTES, end);
-                sums = grouped_sums(block, xq + (size_t)k * EL_QBLOCK);
-                sum = _mm256_add_ps(sum, _mm256_mul_ps(_mm256_mul_ps(scales, _mm256_set1_ps(xs[k])),
-                                                       _mm256_cvtepi32_ps(sums)));
+                sum = add_scaled(sum, scales, xs[k], grouped_sums(block, xq + (size_t)k * EL_QBLOCK));
             }
-            if (r >= r0 && r + 8 <= r1) {
-                _mm256_storeu_ps(y + r, sum);
-            } else {
-                _mm256_storeu_ps(out, sum);
-                for (j = 0; j < 8; j++)
-                    if (r + j >= r0 && r + j < r1) y[r + j] = out[j];
-            }
+            store_group(t, b, r, r0, r1, sum);
         }
     }
     if (r1 > grouped) matmul_quantized(t, r0 > grouped ? r0 : grouped, r1, 0);
