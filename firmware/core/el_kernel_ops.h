@@ -69,7 +69,7 @@ void el_kernel_matmul_q8_0(const el_matmul_task *t, uint32_t r0, uint32_t r1);
 void el_kernel_matmul_q4_0(const el_matmul_task *t, uint32_t r0, uint32_t r1);
 /* Rearrange a matrix's bytes in place into this target's faster layout, once, at load:
  * data is w->data's bytes, writable. Returns 1 and sets w->layout when it did, 0 when
- * the target keeps the file's layout (every target but AVX2, and AVX2 for all but Q8_0). */
+ * the target keeps the file's layout (every target but AVX2, and AVX2 for all but Q8_0 and Q4_0). */
 int el_kernel_arrange(el_matrix *w, uint8_t *data);
 /* n_blocks blocks of 32 floats to int8, each with scale max|x| / 127 (el_quantize_int8). */
 void el_kernel_quantize_blocks(int8_t *q, float *scales, const float *x, int n_blocks);

@@ -110,18 +110,27 @@ void el_value_sum_by_axpy(float *out, const float *weights, const float *values,
 /* ------------------------------------------------------------ the embedding row */
 
 
-/* Row `row` of a Q8_0 matrix in groups of eight (el_kernels_avx2.c has the layout): in
- * each block of its group, its scale is the j-th of eight, and its bytes 4s..4s+3 sit in
- * step s at 4j. */
-static void grouped_q8_0_row(float *out, const el_matrix *w, uint32_t row)
+/* Row `row` of a Q8_0 or Q4_0 matrix in groups of eight (the layout is described in
+ * el_kernels_avx2.c): in each block of its group, its scale is the j-th of eight and its
+ * bytes 4s..4s+3 sit at 4j of step s (Q4_0: of pair s, low nibbles then high ones). */
+static void grouped_row(float *out, const el_matrix *w, uint32_t row)
 {
     uint32_t blocks = w->cols / EL_QBLOCK, j = row % 8, b, s, i;
+    int q4 = w->type == EL_TYPE_Q4_0;
     const uint8_t *group = (const uint8_t *)w->data + (size_t)(row - j) * el_row_bytes(w->type, w->cols);
     for (b = 0; b < blocks; b++) {
-        const uint8_t *block = group + (size_t)b * 8 * 34;
-        float d = el_fp16_to_f32(read_u16(block + 2 * j));
-        for (s = 0; s < 8; s++)
-            for (i = 0; i < 4; i++) out[b * EL_QBLOCK + 4 * s + i] = d * (float)(int8_t)block[16 + 32 * s + 4 * j + i];
+        const uint8_t *block = group + (size_t)b * 8 * (q4 ? 18 : 34), *bytes = block + 16 + 4 * j;
+        float d = el_fp16_to_f32(read_u16(block + 2 * j)), *o = out + b * EL_QBLOCK;
+        for (s = 0; s < (q4 ? 4u : 8u); s++)
+            for (i = 0; i < 4; i++) {
+                uint8_t v = bytes[32 * s + i];
+                if (q4) {
+                    o[4 * s + i] = d * (float)((int)(v & 0x0f) - 8);
+                    o[16 + 4 * s + i] = d * (float)((int)(v >> 4) - 8);
+                } else {
+                    o[4 * s + i] = d * (float)(int8_t)v;
+                }
+            }
     }
 }
 
@@ -130,7 +139,7 @@ void el_matrix_row(float *out, const el_matrix *w, uint32_t row)
     const uint8_t *p = (const uint8_t *)w->data + (size_t)row * el_row_bytes(w->type, w->cols);
     uint32_t i, b;
     if (w->layout == EL_LAYOUT_GROUPS_OF_8 && row < w->rows / 8 * 8) {
-        grouped_q8_0_row(out, w, row);
+        grouped_row(out, w, row);
     } else if (w->type == EL_TYPE_F32) {
         const float *f = (const float *)(const void *)p;
         for (i = 0; i < w->cols; i++) out[i] = f[i];

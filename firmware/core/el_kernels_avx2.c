@@ -330,91 +330,132 @@ static void matmul_quantized(const el_matmul_task *t, uint32_t r0, uint32_t r1, 
     }
 }
 
-/* ---- Q8_0 kept in groups of eight rows (rearranged once, at load) ----
+/* ---- Q8_0 and Q4_0 kept in groups of eight rows (rearranged once, at load) ----
  *
  * Where the model's memory is writable (a host's copy-on-write mapping), each group of
  * eight rows is stored the way the sideways kernel above builds it for a batch, so one
- * row of activations gets the same speed without the transpose: per block, 16 bytes of
- * the eight rows' fp16 scales, then eight steps of 32 bytes (step s: bytes 4s..4s+3 of
- * rows 0..7, row j at 4j). Same size as the eight rows; the rows after the last whole
- * group keep the file's layout. el_matrix_row (el_kernels.c) reads a row back. */
+ * row of activations gets the same speed without the transpose. Per block, 16 bytes of
+ * the eight rows' fp16 scales, then:
+ *   Q8_0: eight steps of 32 bytes; step s holds bytes 4s..4s+3 of rows 0..7, row j at 4j.
+ *   Q4_0: four pairs of 32 bytes; pair p holds packed bytes 4p..4p+3 of rows 0..7, row j
+ *         at 4j. A Q4_0 byte i carries value i in its low nibble and value i + 16 in its
+ *         high one, so the low nibbles of pair p are step p and the high ones step p + 4.
+ * The same size as the eight rows; the rows after the last whole group keep the file's
+ * layout. el_matrix_row (el_kernels.c) reads a row back. */
 
-#define EL_GROUP_BLOCK_BYTES (8 * 34)
+static uint32_t group_block_bytes(int q4) { return q4 ? 8 * 18 : 8 * 34; }
+
 /* Rearranging goes through a copy of one group on the stack: rows of at most this many
  * blocks (4096 values); a longer row keeps the file's layout. */
 #define EL_GROUP_MAX_BLOCKS 128
 
+/* One block of a group of eight Q8_0 rows, from `row` (the file's layout) to `out`. */
+static void arrange_q8_0_block(uint8_t *out, const uint8_t *const *row, size_t at)
+{
+    __m256i steps[8];
+    int j, s;
+    for (j = 0; j < 8; j++) memcpy(out + 2 * j, row[j] + at, 2);
+    transpose_to_steps(steps, row, at, 0);
+    for (s = 0; s < 8; s++) _mm256_storeu_si256((__m256i *)(void *)(out + 16 + 32 * s), steps[s]);
+}
+
+static void arrange_q4_0_block(uint8_t *out, const uint8_t *const *row, size_t at)
+{
+    int j, p;
+    for (j = 0; j < 8; j++) {
+        memcpy(out + 2 * j, row[j] + at, 2);
+        for (p = 0; p < 4; p++) memcpy(out + 16 + 32 * p + 4 * j, row[j] + at + 2 + 4 * p, 4);
+    }
+}
+
 int el_kernel_arrange(el_matrix *w, uint8_t *data)
 {
     uint8_t copy[8 * 34 * EL_GROUP_MAX_BLOCKS];
-    uint32_t blocks = w->cols / EL_QBLOCK, r, j, k, s;
-    size_t row_bytes = (size_t)blocks * 34;
+    int q4 = w->type == EL_TYPE_Q4_0;
+    uint32_t blocks = w->cols / EL_QBLOCK, in_bytes = q4 ? 18u : 34u, r, j, k;
+    size_t row_bytes = (size_t)blocks * in_bytes;
     const uint8_t *row[8];
-    __m256i steps[8];
-    if (w->type != EL_TYPE_Q8_0 || blocks > EL_GROUP_MAX_BLOCKS || w->rows < 8) return 0;
+    if ((w->type != EL_TYPE_Q8_0 && !q4) || blocks > EL_GROUP_MAX_BLOCKS || w->rows < 8) return 0;
     for (j = 0; j < 8; j++) row[j] = copy + j * row_bytes;
     for (r = 0; r + 8 <= w->rows; r += 8) {
         uint8_t *group = data + (size_t)r * row_bytes;
         memcpy(copy, group, 8 * row_bytes);
         for (k = 0; k < blocks; k++) {
-            uint8_t *out = group + (size_t)k * EL_GROUP_BLOCK_BYTES;
-            for (j = 0; j < 8; j++) memcpy(out + 2 * j, row[j] + (size_t)k * 34, 2);
-            transpose_to_steps(steps, row, (size_t)k * 34, 0);
-            for (s = 0; s < 8; s++) _mm256_storeu_si256((__m256i *)(void *)(out + 16 + 32 * s), steps[s]);
+            uint8_t *out = group + (size_t)k * group_block_bytes(q4);
+            if (q4) arrange_q4_0_block(out, row, (size_t)k * in_bytes);
+            else arrange_q8_0_block(out, row, (size_t)k * in_bytes);
         }
     }
     w->layout = EL_LAYOUT_GROUPS_OF_8;
     return 1;
 }
 
-/* One step of a stored group: as sideways_step, with |w| computed here. */
-static inline __attribute__((always_inline)) __m256i grouped_step(__m256i acc, const uint8_t *steps, const int8_t *xq,
-                                                                  int s)
+/* Step s of a stored block as 32 int8 (Q4_0 unpacked from its pair, minus 8). */
+static inline __attribute__((always_inline)) __m256i step_at(const uint8_t *block, int s, int q4)
 {
-    __m256i w = _mm256_loadu_si256((const __m256i *)(const void *)(steps + 32 * s)), x;
+    const uint8_t *steps = block + 16;
+    __m256i v;
+    if (!q4) return _mm256_loadu_si256((const __m256i *)(const void *)(steps + 32 * s));
+    v = _mm256_loadu_si256((const __m256i *)(const void *)(steps + 32 * (s % 4)));
+    if (s >= 4) v = _mm256_srli_epi16(v, 4);
+    return _mm256_sub_epi8(_mm256_and_si256(v, _mm256_set1_epi8(0x0f)), _mm256_set1_epi8(8));
+}
+
+/* acc + step s's four activations (xq[4s..4s+3], to every lane) times its bytes: row
+ * j's four products land in lane j, exactly (as sideways_step). */
+static inline __attribute__((always_inline)) __m256i add_step(__m256i acc, __m256i w, __m256i magnitude,
+                                                              const int8_t *xq, int s)
+{
     int32_t four;
     memcpy(&four, xq + 4 * s, 4);
-    x = _mm256_sign_epi8(_mm256_set1_epi32(four), w);
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), x),
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude,
+                                                   _mm256_sign_epi8(_mm256_set1_epi32(four), w)),
                                                    _mm256_set1_epi16(1)));
 }
 
-/* One stored block against one activation block: lane j, row j's exact sum. */
-static __m256i grouped_sums(const uint8_t *block, const int8_t *xq)
+static inline __attribute__((always_inline)) __m256i add_stored_step(__m256i acc, const uint8_t *block,
+                                                                     const int8_t *xq, int s, int q4)
 {
-    const uint8_t *steps = block + 16;
-    __m256i a = grouped_step(_mm256_setzero_si256(), steps, xq, 0), b = grouped_step(_mm256_setzero_si256(), steps, xq, 1);
-    a = grouped_step(a, steps, xq, 2);
-    b = grouped_step(b, steps, xq, 3);
-    a = grouped_step(a, steps, xq, 4);
-    b = grouped_step(b, steps, xq, 5);
-    a = grouped_step(a, steps, xq, 6);
-    b = grouped_step(b, steps, xq, 7);
+    __m256i w = step_at(block, s, q4);
+    return add_step(acc, w, _mm256_sign_epi8(w, w), xq, s);
+}
+
+/* One stored block against one activation block: lane j, row j's exact sum. Written
+ * out, two sums alternating so their chains of adds overlap. */
+static inline __attribute__((always_inline)) __m256i grouped_sums(const uint8_t *block, const int8_t *xq, int q4)
+{
+    __m256i a = add_stored_step(_mm256_setzero_si256(), block, xq, 0, q4);
+    __m256i b = add_stored_step(_mm256_setzero_si256(), block, xq, 1, q4);
+    a = add_stored_step(a, block, xq, 2, q4);
+    b = add_stored_step(b, block, xq, 3, q4);
+    a = add_stored_step(a, block, xq, 4, q4);
+    b = add_stored_step(b, block, xq, 5, q4);
+    a = add_stored_step(a, block, xq, 6, q4);
+    b = add_stored_step(b, block, xq, 7, q4);
     return _mm256_add_epi32(a, b);
 }
 
-/* One step for two activation rows: the weights' load and magnitudes are shared. */
-static inline __attribute__((always_inline)) void grouped_step2(__m256i *acc0, __m256i *acc1, const uint8_t *steps,
-                                                                const int8_t *xq0, const int8_t *xq1, int s)
+/* One step for two activation blocks: the step's bytes and magnitudes are shared. */
+static inline __attribute__((always_inline)) void add_stored_step2(__m256i *acc0, __m256i *acc1, const uint8_t *block,
+                                                                   const int8_t *xq0, const int8_t *xq1, int s, int q4)
 {
-    __m256i w = _mm256_loadu_si256((const __m256i *)(const void *)(steps + 32 * s)), magnitude = _mm256_sign_epi8(w, w);
-    const __m256i ones = _mm256_set1_epi16(1);
-    int32_t four0, four1;
-    memcpy(&four0, xq0 + 4 * s, 4);
-    memcpy(&four1, xq1 + 4 * s, 4);
-    *acc0 = _mm256_add_epi32(*acc0, _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude,
-                                    _mm256_sign_epi8(_mm256_set1_epi32(four0), w)), ones));
-    *acc1 = _mm256_add_epi32(*acc1, _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude,
-                                    _mm256_sign_epi8(_mm256_set1_epi32(four1), w)), ones));
+    __m256i w = step_at(block, s, q4), magnitude = _mm256_sign_epi8(w, w);
+    *acc0 = add_step(*acc0, w, magnitude, xq0, s);
+    *acc1 = add_step(*acc1, w, magnitude, xq1, s);
 }
 
-/* One stored block against two activation blocks. */
-static void grouped_sums2(__m256i *sums0, __m256i *sums1, const uint8_t *block, const int8_t *xq0, const int8_t *xq1)
+static inline __attribute__((always_inline)) void grouped_sums2(__m256i *sums0, __m256i *sums1, const uint8_t *block,
+                                                                const int8_t *xq0, const int8_t *xq1, int q4)
 {
-    const uint8_t *steps = block + 16;
     __m256i a0 = _mm256_setzero_si256(), a1 = a0;
-    int s;
-    for (s = 0; s < 8; s++) grouped_step2(&a0, &a1, steps, xq0, xq1, s);
+    add_stored_step2(&a0, &a1, block, xq0, xq1, 0, q4);
+    add_stored_step2(&a0, &a1, block, xq0, xq1, 1, q4);
+    add_stored_step2(&a0, &a1, block, xq0, xq1, 2, q4);
+    add_stored_step2(&a0, &a1, block, xq0, xq1, 3, q4);
+    add_stored_step2(&a0, &a1, block, xq0, xq1, 4, q4);
+    add_stored_step2(&a0, &a1, block, xq0, xq1, 5, q4);
+    add_stored_step2(&a0, &a1, block, xq0, xq1, 6, q4);
+    add_stored_step2(&a0, &a1, block, xq0, xq1, 7, q4);
     *sums0 = a0;
     *sums1 = a1;
 }
@@ -423,6 +464,11 @@ static void grouped_sums2(__m256i *sums0, __m256i *sums1, const uint8_t *block, 
 static __m256 add_scaled(__m256 sum, __m256 scales, float x_scale, __m256i sums)
 {
     return _mm256_add_ps(sum, _mm256_mul_ps(_mm256_mul_ps(scales, _mm256_set1_ps(x_scale)), _mm256_cvtepi32_ps(sums)));
+}
+
+static __m256 block_scales(const uint8_t *block)
+{
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)block));
 }
 
 /* Rows r..r+7 of the output of activation row b: all eight, or those inside r0..r1. */
@@ -439,14 +485,16 @@ static void store_group(const el_matmul_task *t, int b, uint32_t r, uint32_t r0,
         if (r + j >= r0 && r + j < r1) y[r + j] = out[j];
 }
 
-/* Rows r0..r1 of a Q8_0 matrix in groups of eight, activation rows two at a time (a
- * group's weights stay in L1 while the batch passes). A range that starts or ends inside
- * a group (the tests split anywhere; the workers split at tiles of 16) computes the
- * whole group and keeps its rows of the range. */
-static void matmul_q8_0_grouped(const el_matmul_task *t, uint32_t r0, uint32_t r1)
+/* Rows r0..r1 of a matrix in groups of eight, activation rows two at a time (a group's
+ * weights stay in L1 while the batch passes). A range that starts or ends inside a group
+ * (the tests split anywhere; the workers split at tiles of 16) computes the whole group
+ * and keeps its rows of the range. */
+static inline __attribute__((always_inline)) void matmul_grouped(const el_matmul_task *t, uint32_t r0, uint32_t r1,
+                                                                 int q4)
 {
     uint32_t cols = t->w->cols, blocks = cols / EL_QBLOCK, grouped = t->w->rows / 8 * 8, r, k;
-    size_t row_bytes = (size_t)blocks * 34;
+    uint32_t block_bytes = group_block_bytes(q4);
+    size_t row_bytes = (size_t)blocks * (q4 ? 18u : 34u);
     const uint8_t *base = (const uint8_t *)t->w->data, *end = base + (size_t)grouped * row_bytes;
     int b;
     for (r = r0 / 8 * 8; r < r1 && r < grouped; r += 8) {
@@ -457,13 +505,12 @@ static void matmul_q8_0_grouped(const el_matmul_task *t, uint32_t r0, uint32_t r
             const float *xs0 = t->xs + (size_t)b * blocks, *xs1 = xs0 + blocks;
             __m256 sum0 = _mm256_setzero_ps(), sum1 = sum0;
             for (k = 0; k < blocks; k++) {
-                const uint8_t *block = group + (size_t)k * EL_GROUP_BLOCK_BYTES;
-                __m256 scales = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)block));
+                const uint8_t *block = group + (size_t)k * block_bytes;
                 __m256i sums0, sums1;
-                if (b == 0) prefetch_until(&next, ahead + (k + 1) * EL_GROUP_BLOCK_BYTES, end);
-                grouped_sums2(&sums0, &sums1, block, xq0 + (size_t)k * EL_QBLOCK, xq1 + (size_t)k * EL_QBLOCK);
-                sum0 = add_scaled(sum0, scales, xs0[k], sums0);
-                sum1 = add_scaled(sum1, scales, xs1[k], sums1);
+                if (b == 0) prefetch_until(&next, ahead + (k + 1) * block_bytes, end);
+                grouped_sums2(&sums0, &sums1, block, xq0 + (size_t)k * EL_QBLOCK, xq1 + (size_t)k * EL_QBLOCK, q4);
+                sum0 = add_scaled(sum0, block_scales(block), xs0[k], sums0);
+                sum1 = add_scaled(sum1, block_scales(block), xs1[k], sums1);
             }
             store_group(t, b, r, r0, r1, sum0);
             store_group(t, b + 1, r, r0, r1, sum1);
@@ -473,23 +520,27 @@ static void matmul_q8_0_grouped(const el_matmul_task *t, uint32_t r0, uint32_t r
             const float *xs = t->xs + (size_t)b * blocks;
             __m256 sum = _mm256_setzero_ps();
             for (k = 0; k < blocks; k++) {
-                const uint8_t *block = group + (size_t)k * EL_GROUP_BLOCK_BYTES;
-                __m256 scales = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)block));
-                if (b == 0) prefetch_until(&next, ahead + (k + 1) * EL_GROUP_BLOCK_BYTES, end);
-                sum = add_scaled(sum, scales, xs[k], grouped_sums(block, xq + (size_t)k * EL_QBLOCK));
+                const uint8_t *block = group + (size_t)k * block_bytes;
+                if (b == 0) prefetch_until(&next, ahead + (k + 1) * block_bytes, end);
+                sum = add_scaled(sum, block_scales(block), xs[k], grouped_sums(block, xq + (size_t)k * EL_QBLOCK, q4));
             }
             store_group(t, b, r, r0, r1, sum);
         }
     }
-    if (r1 > grouped) matmul_quantized(t, r0 > grouped ? r0 : grouped, r1, 0);
+    if (r1 > grouped) matmul_quantized(t, r0 > grouped ? r0 : grouped, r1, q4);
 }
 
 void el_kernel_matmul_q8_0(const el_matmul_task *t, uint32_t r0, uint32_t r1)
 {
-    if (t->w->layout == EL_LAYOUT_GROUPS_OF_8) matmul_q8_0_grouped(t, r0, r1);
+    if (t->w->layout == EL_LAYOUT_GROUPS_OF_8) matmul_grouped(t, r0, r1, 0);
     else matmul_quantized(t, r0, r1, 0);
 }
-void el_kernel_matmul_q4_0(const el_matmul_task *t, uint32_t r0, uint32_t r1) { matmul_quantized(t, r0, r1, 1); }
+
+void el_kernel_matmul_q4_0(const el_matmul_task *t, uint32_t r0, uint32_t r1)
+{
+    if (t->w->layout == EL_LAYOUT_GROUPS_OF_8) matmul_grouped(t, r0, r1, 1);
+    else matmul_quantized(t, r0, r1, 1);
+}
 
 /* ------------------------------------------------------------ activations to int8 */
 
