@@ -704,7 +704,7 @@ static inline __attribute__((always_inline)) __m256 expf8(__m256 x)
     __m256i n = _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), h));
     __m256 nf = _mm256_cvtepi32_ps(n), r, p, factor;
     __m256i low = _mm256_cmpgt_epi32(_mm256_set1_epi32(-126), n), high = _mm256_cmpgt_epi32(n, _mm256_set1_epi32(127));
-    __m256i e;
+    __m256i e, special = _mm256_or_si256(low, high);
     r = _mm256_sub_ps(_mm256_sub_ps(x, _mm256_mul_ps(nf, _mm256_set1_ps(ln2_hi))),
                       _mm256_mul_ps(nf, _mm256_set1_ps(ln2_lo)));
     p = _mm256_add_ps(_mm256_set1_ps(1.0f / 720), _mm256_mul_ps(r, _mm256_set1_ps(1.0f / 5040)));
@@ -714,6 +714,11 @@ static inline __attribute__((always_inline)) __m256 expf8(__m256 x)
     p = _mm256_add_ps(_mm256_set1_ps(0.5f), _mm256_mul_ps(r, p));
     p = _mm256_add_ps(_mm256_set1_ps(1.0f), _mm256_mul_ps(r, p));
     p = _mm256_add_ps(_mm256_set1_ps(1.0f), _mm256_mul_ps(r, p));
+    /* Every lane with -126 <= n <= 127 (the usual case): p * 2^n is all there is, since
+     * the rest below picks n itself and multiplies by 1. A NaN's n is INT_MIN (low), an x
+     * past either early return has n past either end: they take the long way. */
+    if (_mm256_testz_si256(special, special))
+        return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23)));
     /* p * 2^n, or (p * 2^(n+100)) * 2^-100 below -126, or (p * 2^(n-1)) * 2 above 127 */
     e = _mm256_blendv_epi8(n, _mm256_add_epi32(n, _mm256_set1_epi32(100)), low);
     e = _mm256_blendv_epi8(e, _mm256_sub_epi32(n, _mm256_set1_epi32(1)), high);

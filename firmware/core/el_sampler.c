@@ -259,9 +259,11 @@ static void float_weights(const el_sampling *params, float *logits, float *w, in
     /* dividing by t > 0 keeps the order, so the max of x / t is the max's x / t */
     float top = logits[argmax(logits, n)] / t;
     int i, k, whole = n - n % 8;
-    for (i = 0; i < whole; i += 8)
-        for (k = 0; k < 8; k++) logits[i + k] /= t;
-    for (; i < n; i++) logits[i] /= t;
+    if (t != 1.0f) { /* x / 1 is x, bit for bit (NaN, Inf and -0 included) */
+        for (i = 0; i < whole; i += 8)
+            for (k = 0; k < 8; k++) logits[i + k] /= t;
+        for (; i < n; i++) logits[i] /= t;
+    }
     if (top - top == 0.0f) { /* finite: the vector kernel (NaN logits give NaN, dropped below) */
         el_kernel_exp_shifted(w, logits, top, n);
         return;
