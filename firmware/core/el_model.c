@@ -309,6 +309,7 @@ static el_status load_matrix(const el_gguf *gguf, const char *name, int cols, in
     m->rows = (uint32_t)rows;
     m->cols = (uint32_t)cols;
     m->layout = EL_LAYOUT_ROWS;
+    m->streamed = 0;
     m->data = t->data;
     return EL_OK;
 }
@@ -411,6 +412,39 @@ static el_status load_ends(el_model *model, el_error *err)
 
 /* ------------------------------------------------------------ loading */
 
+static size_t matrix_bytes(const el_matrix *m) { return (size_t)m->rows * el_row_bytes(m->type, m->cols); }
+
+static void set_streamed(el_matrix *m, uint32_t streamed) { m->streamed = streamed; }
+
+/* Every matrix gets the model's verdict: all of them are read each token, so whether one
+ * comes from a cache depends on the total, not on its own size. */
+static void mark_streamed(el_model *model)
+{
+    size_t total = model->output.data == model->token_embd.data ? 0 : matrix_bytes(&model->token_embd);
+    uint32_t streamed;
+    int i;
+    total += matrix_bytes(&model->output);
+    for (i = 0; i < model->config.n_layers; i++) {
+        const el_layer_weights *w = &model->layers[i];
+        total += matrix_bytes(&w->attn_q) + matrix_bytes(&w->attn_k) + matrix_bytes(&w->attn_v) +
+                 matrix_bytes(&w->attn_output) + matrix_bytes(&w->ffn_gate) + matrix_bytes(&w->ffn_up) +
+                 matrix_bytes(&w->ffn_down);
+    }
+    streamed = total > EL_CACHED_WEIGHT_BYTES;
+    set_streamed(&model->token_embd, streamed);
+    set_streamed(&model->output, streamed);
+    for (i = 0; i < model->config.n_layers; i++) {
+        el_layer_weights *w = &model->layers[i];
+        set_streamed(&w->attn_q, streamed);
+        set_streamed(&w->attn_k, streamed);
+        set_streamed(&w->attn_v, streamed);
+        set_streamed(&w->attn_output, streamed);
+        set_streamed(&w->ffn_gate, streamed);
+        set_streamed(&w->ffn_up, streamed);
+        set_streamed(&w->ffn_down, streamed);
+    }
+}
+
 el_status el_model_load(el_model *model, const uint8_t *file, size_t size, el_arena *arena, el_error *err)
 {
     size_t mark;
@@ -429,6 +463,7 @@ el_status el_model_load(el_model *model, const uint8_t *file, size_t size, el_ar
     if (status == EL_OK) status = get_optional_str(&model->gguf, "tokenizer.chat_template", &model->chat_template, err);
     if (status == EL_OK) status = load_ends(model, err);
     if (status == EL_OK) status = load_layers(model, arena, err);
+    if (status == EL_OK) mark_streamed(model);
     if (status != EL_OK) el_arena_reset(arena, mark); /* a failed load leaves the arena as it found it */
     return status;
 }

@@ -18,11 +18,18 @@ typedef struct {
  * model's memory is writable and private to the runtime. */
 enum { EL_LAYOUT_ROWS = 0, EL_LAYOUT_GROUPS_OF_8 = 1 };
 
+/* Above this many bytes of matrices a model is taken to stream from DRAM every token (a
+ * typical last-level cache a core gets; a hint for the kernels, never for a value). */
+#define EL_CACHED_WEIGHT_BYTES (8u << 20)
+
 /* A weight matrix of rows x cols (cols = the row length, ggml's ne[0]). */
 typedef struct {
     uint32_t type;
     uint32_t rows, cols;
     uint32_t layout;        /* EL_LAYOUT_ROWS unless the kernels rearranged it */
+    uint32_t streamed;      /* 1: the model's matrices together are too large to stay in a cache
+                             * between tokens (EL_CACHED_WEIGHT_BYTES), so every read comes from
+                             * DRAM; kernels may pick a loop that suits streaming */
     const void *data;
 } el_matrix;
 
