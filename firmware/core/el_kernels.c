@@ -220,15 +220,33 @@ void el_rope(float *x, int n_heads, int head_dim, const float *cos_sin)
     }
 }
 
+/* The largest of x[0..n) as the loop `max = x[0]; if (x[i] > max) max = x[i]` finds it
+ * (NaNs skipped unless x[0] is one), in eight lanes that -O2 takes as one vector
+ * register. Which of +0 and -0 wins a tie can differ from that loop; exp(x - max) cannot. */
+static float max_of(const float *x, int n)
+{
+    float lane[8], max;
+    int i, k, whole = n - n % 8;
+    for (k = 0; k < 8; k++) lane[k] = x[0];
+    for (i = 0; i < whole; i += 8)
+        for (k = 0; k < 8; k++) lane[k] = x[i + k] > lane[k] ? x[i + k] : lane[k];
+    max = lane[0];
+    for (k = 1; k < 8; k++) max = lane[k] > max ? lane[k] : max;
+    for (i = whole; i < n; i++) max = x[i] > max ? x[i] : max;
+    return max;
+}
+
+/* The sum runs in index order (llama2.c's softmax, whose tokens the tests match); the
+ * division is exact per element, so it goes eight at a time. */
 void el_softmax(float *x, int n)
 {
-    float max = x[0], sum = 0.0f;
-    int i;
-    for (i = 1; i < n; i++)
-        if (x[i] > max) max = x[i];
+    float max = max_of(x, n), sum = 0.0f;
+    int i, k, whole = n - n % 8;
     el_kernel_exp_shifted(x, x, max, n);
     for (i = 0; i < n; i++) sum += x[i];
-    for (i = 0; i < n; i++) x[i] /= sum;
+    for (i = 0; i < whole; i += 8)
+        for (k = 0; k < 8; k++) x[i + k] /= sum;
+    for (; i < n; i++) x[i] /= sum;
 }
 
 void el_swiglu(float *gate, const float *up, int n) { el_kernel_swiglu(gate, up, n); }
