@@ -109,7 +109,6 @@ void el_value_sum_by_axpy(float *out, const float *weights, const float *values,
 
 /* ------------------------------------------------------------ the embedding row */
 
-
 /* Row `row` of a Q8_0 or Q4_0 matrix in groups of eight (the layout is described in
  * el_kernels_avx2.c): in each block of its group, its scale is the j-th of eight and its
  * bytes 4s..4s+3 sit at 4j of step s (Q4_0: of pair s, low nibbles then high ones). */
@@ -162,27 +161,12 @@ void el_matrix_row(float *out, const el_matrix *w, uint32_t row)
 
 /* ------------------------------------------------------------ rearranging at load */
 
-static void arrange(el_matrix *w, uint8_t *writable_file, const uint8_t *file)
-{
-    if (w->layout == EL_LAYOUT_ROWS)
-        el_kernel_arrange(w, writable_file + ((const uint8_t *)w->data - file));
-}
-
 void el_arrange_weights(el_model *model, uint8_t *writable_file)
 {
-    const uint8_t *file = model->gguf.file;
-    int l;
-    for (l = 0; l < model->config.n_layers; l++) {
-        el_layer_weights *w = &model->layers[l];
-        arrange(&w->attn_q, writable_file, file);
-        arrange(&w->attn_k, writable_file, file);
-        arrange(&w->attn_v, writable_file, file);
-        arrange(&w->attn_output, writable_file, file);
-        arrange(&w->ffn_gate, writable_file, file);
-        arrange(&w->ffn_down, writable_file, file);
-        arrange(&w->ffn_up, writable_file, file);
-    }
-    arrange(&model->output, writable_file, file);
+    el_matrix *w;
+    int i;
+    for (i = 0; (w = el_model_matrix(model, i)) != NULL; i++)
+        el_kernel_arrange(w, writable_file + ((const uint8_t *)w->data - model->gguf.file));
     /* tied: the embedding reads the same bytes, now in the classifier's layout */
     if (model->token_embd.data == model->output.data) model->token_embd.layout = model->output.layout;
 }

@@ -412,37 +412,35 @@ static el_status load_ends(el_model *model, el_error *err)
 
 /* ------------------------------------------------------------ loading */
 
-static size_t matrix_bytes(const el_matrix *m) { return (size_t)m->rows * el_row_bytes(m->type, m->cols); }
-
-static void set_streamed(el_matrix *m, uint32_t streamed) { m->streamed = streamed; }
+el_matrix *el_model_matrix(el_model *model, int index)
+{
+    el_layer_weights *w;
+    if (index == 0) return &model->output;
+    if (index < 1 || index > 7 * model->config.n_layers) return NULL;
+    w = &model->layers[(index - 1) / 7];
+    switch ((index - 1) % 7) {
+    case 0: return &w->attn_q;
+    case 1: return &w->attn_k;
+    case 2: return &w->attn_v;
+    case 3: return &w->attn_output;
+    case 4: return &w->ffn_gate;
+    case 5: return &w->ffn_up;
+    default: return &w->ffn_down;
+    }
+}
 
 /* Every matrix gets the model's verdict: all of them are read each token, so whether one
- * comes from a cache depends on the total, not on its own size. */
+ * comes from a cache depends on their total, not on its own size. */
 static void mark_streamed(el_model *model)
 {
-    size_t total = model->output.data == model->token_embd.data ? 0 : matrix_bytes(&model->token_embd);
+    size_t total = 0;
     uint32_t streamed;
+    el_matrix *m;
     int i;
-    total += matrix_bytes(&model->output);
-    for (i = 0; i < model->config.n_layers; i++) {
-        const el_layer_weights *w = &model->layers[i];
-        total += matrix_bytes(&w->attn_q) + matrix_bytes(&w->attn_k) + matrix_bytes(&w->attn_v) +
-                 matrix_bytes(&w->attn_output) + matrix_bytes(&w->ffn_gate) + matrix_bytes(&w->ffn_up) +
-                 matrix_bytes(&w->ffn_down);
-    }
+    for (i = 0; (m = el_model_matrix(model, i)) != NULL; i++) total += (size_t)m->rows * el_row_bytes(m->type, m->cols);
     streamed = total > EL_CACHED_WEIGHT_BYTES;
-    set_streamed(&model->token_embd, streamed);
-    set_streamed(&model->output, streamed);
-    for (i = 0; i < model->config.n_layers; i++) {
-        el_layer_weights *w = &model->layers[i];
-        set_streamed(&w->attn_q, streamed);
-        set_streamed(&w->attn_k, streamed);
-        set_streamed(&w->attn_v, streamed);
-        set_streamed(&w->attn_output, streamed);
-        set_streamed(&w->ffn_gate, streamed);
-        set_streamed(&w->ffn_up, streamed);
-        set_streamed(&w->ffn_down, streamed);
-    }
+    for (i = 0; (m = el_model_matrix(model, i)) != NULL; i++) m->streamed = streamed;
+    model->token_embd.streamed = streamed;
 }
 
 el_status el_model_load(el_model *model, const uint8_t *file, size_t size, el_arena *arena, el_error *err)

@@ -59,6 +59,9 @@ typedef struct {
 } el_model;
 
 el_status el_model_load(el_model *model, const uint8_t *file, size_t size, el_arena *arena, el_error *err);
+/* The matrices a decode step multiplies by, one by one: index 0 the classifier, then
+ * each layer's seven; NULL past the last. (The embedding is only looked up.) */
+el_matrix *el_model_matrix(el_model *model, int index);
 
 /* One pass over every tensor of a loaded model: an error naming the first tensor with
  * a NaN or Inf value (F32, F16) or block scale (Q8_0, Q4_0). It reads the whole file,
