@@ -35,6 +35,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memset(&options, 0, sizeof options);
     options.max_model_len = 16;
     options.max_seqs = 1;
+    options.weights_writable = 1; /* `file` is this call's own copy: the kernels may rearrange it */
     rt = el_runtime_open(memory, MEMORY_BYTES, file, size, &options, &err);
     if (rt != NULL) generate_two(rt);
     else if (err.message[0] == '\0') abort(); /* a refusal always says why */
