@@ -170,12 +170,25 @@ def test_the_device_opens_the_runtime_with_the_build_options(tmp_path):
 def test_a_build_with_other_engine_options_is_stale(tmp_path):
     built = EngineOptions(max_model_len=256, block_size=16, kv_dtype="f32", max_seqs=1, max_batch_tokens=8)
     (tmp_path / builder.MANIFEST).write_text(json.dumps({"kind": "build", "board": "mps2-an386", "quant": "q8_0",
-                                                         "engine": built.to_dict()}))
+                                                         "engine": built.to_dict(),
+                                                         "runtime_digest": builder.runtime_digest()}))
     assert builder.stale_reason(tmp_path, "mps2-an386") is None  # no options asked for: the build serves
     assert builder.stale_reason(tmp_path, "mps2-an386", options=EngineOptions(block_size=16)) is None
     assert builder.stale_reason(tmp_path, "mps2-an386", options=EngineOptions()) is None  # f32 is what it has
     for asked in (EngineOptions(kv_dtype="int8"), EngineOptions(block_size=8), EngineOptions(max_model_len=128)):
         assert builder.stale_reason(tmp_path, "mps2-an386", options=asked) == "it was built with other engine options"
+
+
+def test_a_build_from_other_runtime_sources_is_stale(tmp_path):
+    """A build an older edgellama made (its manifest has no digest, or another one) is rebuilt
+    rather than run against today's protocol, which it may not speak."""
+    manifest = {"kind": "build", "board": "mps2-an386", "quant": "q8_0", "engine": EngineOptions().to_dict()}
+    (tmp_path / builder.MANIFEST).write_text(json.dumps(manifest))
+    assert builder.stale_reason(tmp_path, "mps2-an386") == "it was built from other runtime sources"
+    (tmp_path / builder.MANIFEST).write_text(json.dumps(manifest | {"runtime_digest": "0" * 64}))
+    assert builder.stale_reason(tmp_path, "mps2-an386") == "it was built from other runtime sources"
+    (tmp_path / builder.MANIFEST).write_text(json.dumps(manifest | {"runtime_digest": builder.runtime_digest()}))
+    assert builder.stale_reason(tmp_path, "mps2-an386") is None
 
 
 def test_generate_opens_the_runtime_here_with_the_engine_options():

@@ -17,6 +17,7 @@ runtime with, and manifest.json records them under "engine" (EngineOptions.to_di
 import contextlib
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -63,6 +64,16 @@ def runtime_version() -> str:
     return m.group(1) if m else "unknown"
 
 
+def runtime_digest() -> str:
+    """sha256 over every file of firmware/ (path and bytes): a build from other runtime
+    sources (an older edgellama's) is rebuilt rather than run against today's protocol."""
+    digest = hashlib.sha256()
+    root = firmware_dir()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def default_out_dir(board_name: str) -> Path:
     return Path("build") / board_name
 
@@ -80,6 +91,8 @@ def stale_reason(out_dir: Path, board_name: str, model=None, quant: str | None =
         what = "a build" if manifest.get("kind") == "build" else "exported sources"
         raise EdgeLlamaError(f"{out_dir}: holds {what} for {manifest.get('board')}, not {board_name}; "
                              "choose another -o")
+    if manifest.get("runtime_digest") != runtime_digest():
+        return "it was built from other runtime sources"
     if model and str(resolve(model)) != manifest.get("model", {}).get("source"):
         return "it carries another model"
     if quant and manifest.get("quant") != quant:
@@ -205,6 +218,7 @@ def _make(board_name: str, model, quant: str | None, out_dir, requested: EngineO
                           "version": toolchain.version() if toolchain.installed() else ""},
             **context.manifest,
             "runtime_version": runtime_version(),
+            "runtime_digest": runtime_digest(),
             "engine": context.options.to_dict(),
             "quant": quant,
             "model": {"source": str(source), "file": MODEL_FILE},
