@@ -219,9 +219,7 @@ static __m256i block_sums8(const uint8_t *const *row, size_t at, __m256i x, int 
 #define EL_SIDEWAYS_BLOCKS 16
 /* From this many activation rows on, the sideways kernel is faster (measured on a
  * Zen 3: the prompt's 64 rows 1.4x, eight sequences' 8 rows 1.1x; one row is slower). */
-#ifndef EL_SIDEWAYS_MIN_BATCH
 #define EL_SIDEWAYS_MIN_BATCH 2
-#endif
 
 typedef struct {
     __m256i w[8];       /* step s: bytes 4s..4s+3 of rows 0..7, row j in lane j */
@@ -274,29 +272,36 @@ static inline __attribute__((always_inline)) void turn_sideways(sideways_block *
     out->scales = gather_scales(row, at);
 }
 
-/* Step s of a block: the four activations xq[4s..4s+3] times the four bytes of every
- * row (lane j, row j), added exactly to that row's lane of acc. */
-static inline __attribute__((always_inline)) __m256i sideways_step(__m256i acc, const sideways_block *blk,
-                                                                   const int8_t *xq, int s)
+/* acc + step s's four activations (xq[4s..4s+3], to every lane) times its bytes: row
+ * j's four products land in lane j, exactly. */
+static inline __attribute__((always_inline)) __m256i add_step(__m256i acc, __m256i w, __m256i magnitude,
+                                                              const int8_t *xq, int s)
 {
     int32_t four;
-    __m256i x;
     memcpy(&four, xq + 4 * s, 4);
-    x = _mm256_sign_epi8(_mm256_set1_epi32(four), blk->w[s]);
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(blk->magnitude[s], x), _mm256_set1_epi16(1)));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude,
+                                                   _mm256_sign_epi8(_mm256_set1_epi32(four), w)),
+                                                   _mm256_set1_epi16(1)));
+}
+
+/* sum += (weight scales * activation scale) * block sums, per lane (the portable order). */
+static __m256 add_scaled(__m256 sum, __m256 scales, float x_scale, __m256i sums)
+{
+    return _mm256_add_ps(sum, _mm256_mul_ps(_mm256_mul_ps(scales, _mm256_set1_ps(x_scale)), _mm256_cvtepi32_ps(sums)));
 }
 
 /* One block of one activation row against a sideways block: lane j, row j's exact sum.
  * The eight steps are written out: as a loop, its counters cost as much as its work. */
 static __m256i sideways_sums(const sideways_block *blk, const int8_t *xq)
 {
-    __m256i a = sideways_step(_mm256_setzero_si256(), blk, xq, 0), b = sideways_step(_mm256_setzero_si256(), blk, xq, 1);
-    a = sideways_step(a, blk, xq, 2);
-    b = sideways_step(b, blk, xq, 3);
-    a = sideways_step(a, blk, xq, 4);
-    b = sideways_step(b, blk, xq, 5);
-    a = sideways_step(a, blk, xq, 6);
-    b = sideways_step(b, blk, xq, 7);
+    __m256i a = add_step(_mm256_setzero_si256(), blk->w[0], blk->magnitude[0], xq, 0);
+    __m256i b = add_step(_mm256_setzero_si256(), blk->w[1], blk->magnitude[1], xq, 1);
+    a = add_step(a, blk->w[2], blk->magnitude[2], xq, 2);
+    b = add_step(b, blk->w[3], blk->magnitude[3], xq, 3);
+    a = add_step(a, blk->w[4], blk->magnitude[4], xq, 4);
+    b = add_step(b, blk->w[5], blk->magnitude[5], xq, 5);
+    a = add_step(a, blk->w[6], blk->magnitude[6], xq, 6);
+    b = add_step(b, blk->w[7], blk->magnitude[7], xq, 7);
     return _mm256_add_epi32(a, b);
 }
 
@@ -324,11 +329,8 @@ static void matmul_quantized_batch(const el_matmul_task *t, uint32_t r0, uint32_
                 const int8_t *xq = t->xq + (size_t)b * cols + (size_t)k0 * EL_QBLOCK;
                 const float *xs = t->xs + (size_t)b * blocks + k0;
                 __m256 sum = k0 == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(y);
-                for (k = 0; k < n; k++) {
-                    __m256i sums = sideways_sums(&side[k], xq + (size_t)k * EL_QBLOCK);
-                    __m256 scale = _mm256_mul_ps(side[k].scales, _mm256_set1_ps(xs[k]));
-                    sum = _mm256_add_ps(sum, _mm256_mul_ps(scale, _mm256_cvtepi32_ps(sums)));
-                }
+                for (k = 0; k < n; k++)
+                    sum = add_scaled(sum, side[k].scales, xs[k], sideways_sums(&side[k], xq + (size_t)k * EL_QBLOCK));
                 _mm256_storeu_ps(y, sum);
             }
         }
@@ -363,8 +365,7 @@ static void matmul_quantized(const el_matmul_task *t, uint32_t r0, uint32_t r1, 
                 for (b = 0; b < nb; b++) {
                     const int8_t *xq = t->xq + (size_t)(b0 + b) * cols + (size_t)k * EL_QBLOCK;
                     __m256i sums = block_sums8(row, at, _mm256_loadu_si256((const __m256i *)(const void *)xq), q4);
-                    __m256 scale = _mm256_mul_ps(weight_scales, _mm256_set1_ps(t->xs[(size_t)(b0 + b) * blocks + k]));
-                    sum[b] = _mm256_add_ps(sum[b], _mm256_mul_ps(scale, _mm256_cvtepi32_ps(sums)));
+                    sum[b] = add_scaled(sum[b], weight_scales, t->xs[(size_t)(b0 + b) * blocks + k], sums);
                 }
             }
             for (b = 0; b < nb; b++) {
@@ -451,18 +452,6 @@ static inline __attribute__((always_inline)) __m256i step_at(const uint8_t *bloc
     return _mm256_sub_epi8(_mm256_and_si256(v, _mm256_set1_epi8(0x0f)), _mm256_set1_epi8(8));
 }
 
-/* acc + step s's four activations (xq[4s..4s+3], to every lane) times its bytes: row
- * j's four products land in lane j, exactly (as sideways_step). */
-static inline __attribute__((always_inline)) __m256i add_step(__m256i acc, __m256i w, __m256i magnitude,
-                                                              const int8_t *xq, int s)
-{
-    int32_t four;
-    memcpy(&four, xq + 4 * s, 4);
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude,
-                                                   _mm256_sign_epi8(_mm256_set1_epi32(four), w)),
-                                                   _mm256_set1_epi16(1)));
-}
-
 static inline __attribute__((always_inline)) __m256i add_stored_step(__m256i acc, const uint8_t *block,
                                                                      const int8_t *xq, int s, int q4)
 {
@@ -508,12 +497,6 @@ static inline __attribute__((always_inline)) void grouped_sums2(__m256i *sums0, 
     add_stored_step2(&a0, &a1, block, xq0, xq1, 7, q4);
     *sums0 = a0;
     *sums1 = a1;
-}
-
-/* sum += (weight scales * activation scale) * block sums, per lane (the portable order). */
-static __m256 add_scaled(__m256 sum, __m256 scales, float x_scale, __m256i sums)
-{
-    return _mm256_add_ps(sum, _mm256_mul_ps(_mm256_mul_ps(scales, _mm256_set1_ps(x_scale)), _mm256_cvtepi32_ps(sums)));
 }
 
 static __m256 block_scales(const uint8_t *block)
