@@ -264,6 +264,15 @@ def test_serve_an_emulated_board(board_builds):
         assert first.choices[0].message.content and second.choices[0].message.content
         with pytest.raises(openai.BadRequestError, match="shorten the prompt"):
             client.completions.create(model=model, prompt="a " * 400, max_tokens=4)
+        # the board's model file is here, so prompt + max_tokens is checked before the device is asked
+        context = client.models.list().data[0].model_extra["max_model_len"]
+        with pytest.raises(openai.BadRequestError, match=r"max_tokens: .*maximum context length is "
+                           rf"{context} tokens, but {whole.usage.prompt_tokens + context - 1} were requested"):
+            client.completions.create(model=model, prompt="once upon a time", max_tokens=context - 1)
+        edge = client.completions.create(model=model, prompt="once upon a time", temperature=0,
+                                         max_tokens=context - whole.usage.prompt_tokens,
+                                         extra_body={"ignore_eos": True})
+        assert edge.usage.total_tokens == context
         assert client.completions.create(model=model, prompt="the cat", max_tokens=3).usage.completion_tokens == 3
     finally:
         server.shutdown()

@@ -72,6 +72,11 @@ class Device:
         Token ids are known only where logprobs carried them."""
         raise NotImplementedError
 
+    def count_prompt_tokens(self, prompt: str):
+        """How many tokens a completion of `prompt` starts from (BOS included), as the
+        device will count them; None where this side cannot know."""
+        return None
+
     def cancel(self):
         """Stop the reply being generated (safe to call from a signal handler's caller)."""
         raise NotImplementedError

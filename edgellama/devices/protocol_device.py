@@ -290,17 +290,24 @@ class ProtocolDevice(Device):
         entry.setdefault(token, Logprob(logprob, rank, self._token_text(token)))
         return entry
 
-    def _token_text(self, token: int):
-        """A token's text from the board's model file (its build), or None without one."""
+    def _model_runtime(self):
+        """The board's model file (its build) opened here, for its vocabulary; None without one."""
         if not hasattr(self, "_vocab_runtime"):
             model = self.info().get("model_path")
             self._vocab_runtime = None
             if model:
                 from edgellama.runtime import capi
                 self._vocab_runtime = capi.Runtime(model, max_seqs=1)
-        if self._vocab_runtime is None:
-            return None
-        return self._vocab_runtime.token_bytes(-1, token).decode("utf-8", "replace")
+        return self._vocab_runtime
+
+    def _token_text(self, token: int):
+        """A token's text from the board's model file, or None without one."""
+        runtime = self._model_runtime()
+        return None if runtime is None else runtime.token_bytes(-1, token).decode("utf-8", "replace")
+
+    def count_prompt_tokens(self, prompt: str):
+        runtime = self._model_runtime()
+        return None if runtime is None else len(runtime.tokenize(prompt))
 
     def _send_cancel(self):
         self._cancel_sent = True

@@ -24,7 +24,9 @@ Hostile input is refused before it costs anything: the Content-Length must be on
 decimal number no larger than MAX_BODY_BYTES (the body is read only then, with a socket
 timeout), JSON may not hold Infinity or NaN or nest past Python's recursion limit, every
 number must fit the C type it travels in (SamplingParams checks), and a prompt plus
-max_tokens must fit the context. A client that goes away is no error worth a traceback.
+max_tokens must fit the context (on a protocol device, counted with the board's model
+file where its build is here; without it, and for a chat turn the device adds to its own
+conversation, max_tokens alone is checked and the device stops at its context). A client that goes away is no error worth a traceback.
 
 A device answers one request at a time, so requests take turns on a lock.
 
@@ -376,13 +378,7 @@ class LocalBackend:
             if message.startswith("n: "):
                 raise bad(message, "n") from None
             raise bad(f"{field}: {message}", field) from None
-        limit = self.llm.max_model_len
-        if params.max_tokens is not None and len(ids) + params.max_tokens > limit:
-            if max_field:  # asked for: refused, as vLLM does
-                raise bad(f"{max_field}: this model's maximum context length is {limit} tokens, but "
-                          f"{len(ids) + params.max_tokens} were requested ({len(ids)} in the {field}, "
-                          f"{params.max_tokens} in the completion); reduce {max_field} or the {field}", max_field)
-            params = dataclasses.replace(params, max_tokens=limit - len(ids))  # the default: what room there is
+        params = fit_context(params, len(ids), self.llm.max_model_len, max_field, field)
         run = _Run(None, params.n)
         run.prompt_tokens, run.prompt_token_ids = len(ids), ids
         run.prompt_text = item["prompt"] if item.get("prompt") is not None else self.llm.tokenizer.decode(ids)
@@ -417,6 +413,19 @@ class LocalBackend:
         return data.decode("utf-8", "replace"), data
 
 
+def fit_context(params, prompt_tokens: int, limit: int, max_field, field: str = "prompt"):
+    """params whose max_tokens fits the context after a prompt of prompt_tokens: a
+    max_tokens the client asked for that does not fit is a 400, as vLLM answers; the
+    default shrinks to the room there is."""
+    if params.max_tokens is not None and prompt_tokens + params.max_tokens > limit:
+        if max_field:
+            raise bad(f"{max_field}: this model's maximum context length is {limit} tokens, but "
+                      f"{prompt_tokens + params.max_tokens} were requested ({prompt_tokens} in the {field}, "
+                      f"{params.max_tokens} in the completion); reduce {max_field} or the {field}", max_field)
+        params = dataclasses.replace(params, max_tokens=max(limit - prompt_tokens, 0))
+    return params
+
+
 class DeviceBackend:
     """Any Device (serial, SSH, emulated board): completions are plain generate calls;
     a chat goes through the device's own conversation (see the module's docstring)."""
@@ -432,6 +441,12 @@ class DeviceBackend:
         if not isinstance(prompt, str):
             raise bad("this device takes text prompts, not token ids", "prompt")
         self._check_max_tokens(params, max_field)
+        counted = self.device.count_prompt_tokens(prompt) if self.context_length else None
+        if counted is not None:  # the board's model file is here: the whole request is checked
+            if counted >= self.context_length:
+                raise bad(f"prompt: {counted} tokens leave no room in this model's maximum context length of "
+                          f"{self.context_length} tokens; shorten the prompt", "prompt")
+            params = fit_context(params, counted, self.context_length, max_field)
         if beam is not None:
             return self._beam_run(prompt, beam)
         if params.prompt_logprobs is not None:
@@ -495,7 +510,8 @@ class DeviceBackend:
             raise bad("logprobs: a device's chat turn reports no log-probabilities (completions do)", "logprobs")
 
     def _check_max_tokens(self, params, max_field):
-        """The device counts the prompt itself; here only max_tokens alone past the context is caught."""
+        """max_tokens alone past the context (a chat turn's prompt, or a completion's where
+        the board's model file is not here, only the device can count)."""
         if max_field and self.context_length and params.max_tokens is not None \
                 and params.max_tokens > self.context_length:
             raise bad(f"{max_field}: this model's maximum context length is {self.context_length} tokens, but "
