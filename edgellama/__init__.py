@@ -4,13 +4,14 @@ from importlib.metadata import PackageNotFoundError, version
 
 from edgellama.runtime.outputs import BeamSearchOutput, BeamSearchSequence, CompletionOutput, RequestOutput
 from edgellama.runtime.sampling_params import BeamSearchParams, SamplingParams
+from edgellama.runtime.structured import StructuredOutputsParams
 
 try:
     __version__ = version("edgellama")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
-__all__ = ["LLM", "SamplingParams", "BeamSearchParams", "RequestOutput", "CompletionOutput", "BeamSearchOutput",
+__all__ = ["LLM", "SamplingParams", "BeamSearchParams", "StructuredOutputsParams", "RequestOutput", "CompletionOutput", "BeamSearchOutput",
            "BeamSearchSequence"]
 
 

@@ -21,7 +21,7 @@ FINISH_REASONS = {0: None, 1: "stop", 2: "length", 3: "abort", 4: "error"}
 FINISH_ERROR = 4
 # EL_FINISH_ERROR_TEXT (el_sequence.h): why a sequence finished with "error"
 FINISH_ERROR_TEXT = "the model's logits became NaN or infinite (its activations overflowed)"
-STOP_NONE, STOP_EOS, STOP_TOKEN, STOP_STRING = 0, 1, 2, 3
+STOP_NONE, STOP_EOS, STOP_TOKEN, STOP_STRING, STOP_CONSTRAINT = 0, 1, 2, 3, 4
 STATUS_NAMES = {1: "argument", 2: "format", 3: "unsupported", 4: "no memory", 5: "capacity"}
 NO_MEMORY = 4
 
@@ -51,7 +51,8 @@ class Request(C.Structure):
                 ("n_stop_token_ids", C.c_int), ("stop_token_ids", C.c_int32 * MAX_STOP_TOKENS),
                 ("n_stop", C.c_int), ("stop", (C.c_char * MAX_STOP_LEN) * MAX_STOP_STRINGS),
                 ("stop_len", C.c_int * MAX_STOP_STRINGS), ("n", C.c_int), ("logprobs", C.c_int),
-                ("prompt_logprobs", C.c_int), ("beam_width", C.c_int), ("length_penalty", C.c_float)]
+                ("prompt_logprobs", C.c_int), ("beam_width", C.c_int), ("length_penalty", C.c_float),
+                ("constraint", C.c_void_p), ("constraint_len", C.c_int)]
 
 
 class LogprobEntry(C.Structure):
@@ -107,6 +108,7 @@ def library() -> C.CDLL:
         "el_runtime_tokenize": (I, [P, C.c_char_p, I, I, C.POINTER(C.c_int32), I, C.POINTER(Error)]),
         "el_tokenize_bound": (C.c_size_t, [C.c_size_t]),
         "el_runtime_token_text": (I, [P, I, I, C.c_char_p, I]),
+        "el_runtime_allowed_tokens": (I, [P, C.c_char_p, I, I, I, C.POINTER(C.c_uint8), C.POINTER(Error)]),
         "el_runtime_add": (I, [P, C.POINTER(C.c_int32), I, C.POINTER(Request), C.POINTER(Error)]),
         "el_runtime_max_events": (I, [P]),
         "el_runtime_check_blocks": (I, [P, C.POINTER(Error)]),
@@ -238,6 +240,15 @@ class Runtime:
             if n < capacity:
                 return buf.raw[:n]
             capacity *= 4
+
+    def allowed_tokens(self, constraint: bytes, state: int, previous: int) -> list:
+        """0/1 per token: what the constraint's mask keeps after `previous` in `state`."""
+        err = Error()
+        allowed = (C.c_uint8 * self.config.vocab_size)()
+        if self.lib.el_runtime_allowed_tokens(self._rt, constraint, len(constraint), state, previous, allowed,
+                                              C.byref(err)) < 0:
+            raise ValueError(err.text())
+        return list(allowed)
 
     # -------------------------------------------------------------- requests
 
@@ -372,11 +383,13 @@ class Chat:
 
 
 def make_request(sampling: dict, max_tokens: int, min_tokens=0, ignore_eos=False, stop=(), stop_token_ids=(), n=1,
-                 logprobs=None, prompt_logprobs=None, beam_width=0, length_penalty=1.0):
+                 logprobs=None, prompt_logprobs=None, beam_width=0, length_penalty=1.0, constraint=None):
     """A C request from plain values (SamplingParams does the validation first).
 
     Fields not named in `sampling` keep the C defaults (temperature 1, top_p 1, ...);
-    the C side checks the values again when the request is added."""
+    the C side checks the values again when the request is added. `constraint` (bytes:
+    a compiled DFA) is read in place by the engine, so the caller keeps it alive until
+    the request ends (SamplingParams holds it)."""
     r = Request()
     library().el_request_defaults(C.byref(r))
     known = {name for name, _ in Sampling._fields_}
@@ -403,4 +416,6 @@ def make_request(sampling: dict, max_tokens: int, min_tokens=0, ignore_eos=False
     r.logprobs = -1 if logprobs is None else logprobs
     r.prompt_logprobs = -1 if prompt_logprobs is None else prompt_logprobs
     r.beam_width, r.length_penalty = beam_width, length_penalty
+    if constraint is not None:
+        r.constraint, r.constraint_len = C.cast(C.c_char_p(constraint), C.c_void_p), len(constraint)
     return r

@@ -135,7 +135,7 @@ class LLM:
                         presence_penalty=params.presence_penalty, seed=seed)
         return capi.make_request(sampling, params.max_tokens or self.max_model_len, params.min_tokens,
                                  params.ignore_eos, params.stop, params.stop_token_ids, params.n, params.logprobs,
-                                 params.prompt_logprobs)
+                                 params.prompt_logprobs, constraint=params.constraint)
 
     def _check_fits(self, index: int, prompt_token_ids: list, params: SamplingParams):
         if len(prompt_token_ids) + 1 > self.max_model_len:
@@ -182,6 +182,8 @@ class LLM:
             stop_reason = event.stop_value
         elif event.stop_kind == capi.STOP_STRING:
             stop_reason = active.params.stop[event.stop_value]
+        elif event.stop_kind == capi.STOP_CONSTRAINT:
+            stop_reason = "no token of the vocabulary continues the structured output"
         else:
             stop_reason = None
         sample = active.samples[event.sample_index]

@@ -8,6 +8,8 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
+from edgellama.runtime.structured import StructuredOutputsParams, compile_constraint
+
 GREEDY_TEMPERATURE = 1e-5
 # The C request's types (capi.Sampling, capi.Request): past these, a value would wrap or
 # turn into inf on its way across.
@@ -36,6 +38,7 @@ class SamplingParams:
     skip_special_tokens: bool = True
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    structured_outputs: StructuredOutputsParams | None = None
     extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -98,6 +101,15 @@ class SamplingParams:
             fail(f"stop must be a string or a list of strings, got {self.stop!r}.")
         if any(not s for s in self.stop):
             fail("stop cannot contain an empty string.")
+        if self.structured_outputs is not None:
+            if not isinstance(self.structured_outputs, StructuredOutputsParams):
+                fail("structured_outputs must be a StructuredOutputsParams.")
+            self.structured_outputs.compiled = compile_constraint(self.structured_outputs)
+
+    @property
+    def constraint(self) -> bytes | None:
+        """The compiled structured-outputs DFA the C core masks with (el_constraint.h), or None."""
+        return None if self.structured_outputs is None else self.structured_outputs.compiled
 
     @property
     def greedy(self) -> bool:

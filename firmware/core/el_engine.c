@@ -2,6 +2,7 @@
 #include "el_engine.h"
 
 #include "el_beam.h"
+#include "el_constraint.h"
 
 #define EL_MASKED_LOGIT (-3.0e38f)
 
@@ -161,6 +162,13 @@ static el_status check_request(const el_engine *e, const el_request *request, el
             el_error_num(err, e->model->config.vocab_size);
             return EL_ERR_ARGUMENT;
         }
+    if (request->constraint != NULL) {
+        el_constraint c;
+        if (request->beam_width > 0)
+            return el_fail(err, EL_ERR_ARGUMENT, "structured outputs: not with beam search", "", "");
+        if (request->constraint_len < 0) return el_fail(err, EL_ERR_ARGUMENT, "constraint: negative length", "", "");
+        return el_constraint_parse(&c, request->constraint, (size_t)request->constraint_len, err);
+    }
     return EL_OK;
 }
 
@@ -178,6 +186,7 @@ static void start_turn(el_engine *e, el_sequence *seq, const el_request *request
     seq->text_len = seq->text_emitted = 0;
     seq->cum_logprob = 0.0f;
     seq->beam_ready = 0;
+    seq->constraint_state = 0;
     el_utf8_stream_init(&seq->utf8);
     el_rng_seed(&seq->rng, request->sampling.seed);
     seq->arrival = e->scheduler.next_arrival++;
@@ -277,12 +286,24 @@ static int is_stop_token(const el_request *r, int token)
     return 0;
 }
 
+/* A constrained sequence's mask (el_constraint.h); how many tokens it leaves. */
+static int mask_constrained(el_engine *e, const el_sequence *seq, float *logits)
+{
+    el_constraint c;
+    el_constraint_parse(&c, seq->request.constraint, (size_t)seq->request.constraint_len, NULL); /* checked at add */
+    return el_constraint_mask(&c, seq->constraint_state, &e->tokenizer, seq->tokens[seq->n_tokens - 1], logits,
+                              EL_MASKED_LOGIT, e->text_scratch, el_sequence_scratch_bytes(&e->tokenizer));
+}
+
+/* The next token, or -1 when a constraint leaves none. Under a constraint, the
+ * constraint alone says where the text may end (min_tokens does not hold EOS back). */
 static int sample_next(el_engine *e, el_sequence *seq, float *logits)
 {
     const el_request *r = &seq->request;
     int i, n_output = el_sequence_output_len(seq);
+    if (r->constraint != NULL && mask_constrained(e, seq, logits) == 0) return -1;
     if (n_output < r->min_tokens) {
-        if (!r->ignore_eos) {
+        if (!r->ignore_eos && r->constraint == NULL) {
             logits[e->model->vocab.eos_id] = EL_MASKED_LOGIT;
             logits[e->model->vocab.bos_id] = EL_MASKED_LOGIT;
         }
@@ -305,11 +326,19 @@ static void append_token(el_engine *e, el_sequence *seq, int token)
 {
     const el_request *r = &seq->request;
     int previous = seq->tokens[seq->n_tokens - 1];
+    int end_of_text = token == e->model->vocab.eos_id || token == e->model->vocab.bos_id;
     seq->tokens[seq->n_tokens++] = token;
     e->tokens_generated++;
+    if (r->constraint != NULL && !end_of_text) {
+        el_constraint c;
+        size_t n = el_token_text(&e->tokenizer, previous, token, e->text_scratch, el_sequence_scratch_bytes(&e->tokenizer));
+        el_constraint_parse(&c, r->constraint, (size_t)r->constraint_len, NULL);
+        seq->constraint_state = el_constraint_walk(&c, seq->constraint_state, e->text_scratch, n);
+    }
     /* A generated BOS ends a sequence like EOS: models trained on BOS-separated
-     * documents (llama2.c's convention) end a text by starting the next one. */
-    if ((token == e->model->vocab.eos_id || token == e->model->vocab.bos_id) && !r->ignore_eos) {
+     * documents (llama2.c's convention) end a text by starting the next one. Under a
+     * constraint, EOS comes only where the text is whole, and ends it. */
+    if (end_of_text && (!r->ignore_eos || r->constraint != NULL)) {
         seq->stop_kind = EL_STOP_EOS;
         el_engine_finish(seq, EL_FINISH_STOP);
     } else if (is_stop_token(r, token)) {
@@ -398,9 +427,14 @@ static void sample_row(el_engine *e, el_sequence *seq, float *logits, const floa
         el_engine_finish(seq, EL_FINISH_ERROR);
     } else {
         token = sample_next(e, seq, logits);
-        if (ev != NULL && seq->request.logprobs >= 0)
-            el_logprob_fill(entry, raw, vocab, shift, token, seq->request.logprobs);
-        append_token(e, seq, token);
+        if (token < 0) { /* a constraint the vocabulary cannot continue */
+            seq->stop_kind = EL_STOP_CONSTRAINT;
+            el_engine_finish(seq, EL_FINISH_STOP);
+        } else {
+            if (ev != NULL && seq->request.logprobs >= 0)
+                el_logprob_fill(entry, raw, vocab, shift, token, seq->request.logprobs);
+            append_token(e, seq, token);
+        }
     }
     if (ev == NULL) return;
     el_engine_event(ev, seq, token);

@@ -1,5 +1,6 @@
 /* el_runtime.c: opening a model inside one memory block, and the flat API. */
 #include "el_runtime.h"
+#include "el_constraint.h"
 
 const char *el_runtime_version(void) { return EL_RUNTIME_VERSION; }
 
@@ -39,6 +40,25 @@ int el_runtime_token_text(const el_runtime *rt, int previous, int token, char *o
 {
     if (token < 0 || token >= rt->model.config.vocab_size || capacity < 0) return 0;
     return (int)el_token_text(&rt->engine.tokenizer, previous, token, out, (size_t)capacity);
+}
+
+int el_runtime_allowed_tokens(el_runtime *rt, const uint8_t *constraint, int len, int state, int previous,
+                              uint8_t *allowed, el_error *err)
+{
+    el_engine *e = &rt->engine;
+    el_constraint c;
+    int n_vocab = rt->model.config.vocab_size, t, kept;
+    float *logits = e->sampler.probs; /* scratch of n_vocab floats, free between steps */
+    if (len < 0 || el_constraint_parse(&c, constraint, (size_t)len, err) != EL_OK) return -1;
+    if (state < 0 || state >= c.n_states) {
+        el_fail(err, EL_ERR_ARGUMENT, "constraint: no such state", "", "");
+        return -1;
+    }
+    for (t = 0; t < n_vocab; t++) logits[t] = 0.0f;
+    kept = el_constraint_mask(&c, state, &e->tokenizer, previous, logits, -1.0f, e->text_scratch,
+                              el_sequence_scratch_bytes(&e->tokenizer));
+    for (t = 0; t < n_vocab; t++) allowed[t] = logits[t] == 0.0f;
+    return kept;
 }
 
 int el_runtime_add(el_runtime *rt, const int32_t *prompt, int n, const el_request *request, el_error *err)

@@ -27,6 +27,11 @@ const char *el_runtime_version(void);
 int el_runtime_tokenize(el_runtime *rt, const char *text, int len, int add_bos, int32_t *out, int capacity,
                         el_error *err);
 int el_runtime_token_text(const el_runtime *rt, int previous, int token, char *out, int capacity);
+/* Structured outputs: which tokens the constraint (el_constraint.h) lets follow
+ * `previous` from DFA state `state`: allowed[t] = 1 or 0 for every token, as the
+ * sampler masks them. Returns how many are allowed, or -1 with err set for bad bytes. */
+int el_runtime_allowed_tokens(el_runtime *rt, const uint8_t *constraint, int len, int state, int previous,
+                              uint8_t *allowed, el_error *err);
 
 int el_runtime_add(el_runtime *rt, const int32_t *prompt, int n, const el_request *request, el_error *err);
 el_status el_runtime_continue(el_runtime *rt, int seq_id, const int32_t *tokens, int n, const el_request *request,

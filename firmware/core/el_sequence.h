@@ -40,6 +40,9 @@ typedef struct {
     int prompt_logprobs;  /* -1: none; k >= 0: the same for every prompt token after the first */
     int beam_width;       /* 0: sample; W >= 1: beam search of width W (el_beam.h), holding 2W sequences */
     float length_penalty; /* beam search: a hypothesis scores cum_logprob / length ** length_penalty */
+    const uint8_t *constraint; /* structured output: a compiled DFA (el_constraint.h) the output must
+                                * follow, owned by the caller until the request ends; NULL: none */
+    int constraint_len;
 } el_request;
 
 /* EL_SEQ_RESERVED: a slot held for a fork of another sequence (its `parent`), not scheduled */
@@ -48,7 +51,9 @@ typedef enum { EL_SEQ_FREE = 0, EL_SEQ_WAITING, EL_SEQ_RUNNING, EL_SEQ_FINISHED,
  * token could be drawn; nothing is appended in that step. */
 typedef enum { EL_FINISH_NONE = 0, EL_FINISH_STOP, EL_FINISH_LENGTH, EL_FINISH_ABORT, EL_FINISH_ERROR } el_finish_reason;
 #define EL_FINISH_ERROR_TEXT "the model's logits became NaN or infinite (its activations overflowed)"
-typedef enum { EL_STOP_NONE = 0, EL_STOP_EOS, EL_STOP_TOKEN, EL_STOP_STRING } el_stop_kind;
+/* EL_STOP_CONSTRAINT: no token of the vocabulary continues the request's constraint
+ * (only where the vocabulary has no byte tokens to spell what it needs). */
+typedef enum { EL_STOP_NONE = 0, EL_STOP_EOS, EL_STOP_TOKEN, EL_STOP_STRING, EL_STOP_CONSTRAINT } el_stop_kind;
 
 typedef struct {
     int id;
@@ -79,6 +84,7 @@ typedef struct {
     float beam_score;          /* beam search, a finished hypothesis: its score */
     int beam_order;            /* beam search, a live beam: its place among the beams kept last */
     int beam_ready;            /* beam search: its candidates for the next token are in */
+    int constraint_state;      /* structured output: the DFA's state after this turn's text */
     int n_candidates;
     int32_t candidate_ids[2 * EL_MAX_BEAM_WIDTH];
     float candidate_logprobs[2 * EL_MAX_BEAM_WIDTH];

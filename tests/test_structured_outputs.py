@@ -1,0 +1,231 @@
+"""Structured outputs: the regex/JSON-schema/grammar compiler against Python's own
+matchers, the C core's token mask against a Python walk of the same DFA over the real
+vocabulary, and seeded samples of the real model that must all satisfy their constraint."""
+
+import json
+import random
+import re
+
+import pytest
+
+from edgellama.runtime import automaton as A
+from edgellama.runtime.structured import StructuredOutputsParams as S
+from edgellama.runtime.structured import structured_complete, to_tree
+from edgellama.sampling_params import SamplingParams
+
+PATTERNS = [r"(yes|no)", r"[a-z]+@[a-z]+\.com", r"\d{3}-\d{4}", r"(ab|a)*b?", r'"[^"\\]*"', r"x{2,5}y",
+            r"caf\u00e9|é+", r".{0,3}", r"(a|b){2,}c", r"\w+\s\W", r"[\]a-]+", r"a{,2}", r"^(?:on|off)$"]
+ALPHABET = 'abcyesno@.com-0123459xy"{},\\ é\n]'
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_regex_dfa_matches_as_python_re_does(pattern):
+    dfa = A.compile_regex(pattern)
+    rx = re.compile(pattern, re.ASCII)  # \d \w \s are ASCII classes here, as with re.ASCII
+    rnd = random.Random(pattern)
+    words = ["yes", "no", "ab", "a@b.com", "123-4567", "xxy", "café", "abc", '"ok"', "on", "off"]
+    for _ in range(3000):
+        text = "".join(rnd.choice(ALPHABET) for _ in range(rnd.randint(0, 7))) if rnd.random() < 0.7 else \
+            rnd.choice(words) + "".join(rnd.choice("abcy") for _ in range(rnd.randint(0, 2)))
+        assert dfa.fullmatch(text.encode()) == (rx.fullmatch(text) is not None), (pattern, text)
+
+
+def test_the_dfa_is_minimal_and_its_bytes_are_the_c_format():
+    dfa = A.compile_regex(r"(yes|yea)h?")
+    assert dfa.n_states == 5  # start, y, ye, yes/yea (one state), ...h
+    data = dfa.to_bytes()
+    assert data[:4] == b"ELD1" and int.from_bytes(data[4:6], "little") == dfa.n_states
+    assert len(data) == 264 + dfa.n_states + 2 * dfa.n_states * dfa.n_classes
+
+
+@pytest.mark.parametrize("pattern, message", [
+    (r"(a|b)*a(a|b){12}", "automaton states"), (r"a{2000}", "out of range"), (r"(?=a)", "lookaround"),
+    (r"(a)\1", "unsupported escape"), (r"[é-ü]", "non-ASCII"), (r"*a", "nothing to repeat"), (r"(ab", "missing")])
+def test_bad_or_too_large_regexes_are_refused_by_name(pattern, message):
+    with pytest.raises(ValueError, match=message):
+        SamplingParams(structured_outputs=S(regex=pattern))
+
+
+def test_exactly_one_kind():
+    with pytest.raises(ValueError, match="exactly one"):
+        S(choice=["a"], regex="b")
+    with pytest.raises(ValueError, match="exactly one"):
+        S()
+    with pytest.raises(ValueError, match="non-empty"):
+        S(choice=[])
+
+
+@pytest.mark.parametrize("low, high", [(0, 9), (5, 120), (-15, 7), (-120, -3), (None, 12), (-7, None), (0, 0), (99, 100)])
+def test_integer_bounds_are_exact(low, high):
+    schema = {"type": "integer"}
+    if low is not None:
+        schema["minimum"] = low
+    if high is not None:
+        schema["maximum"] = high
+    dfa = A.compile_ast(to_tree(S(json=schema)))
+    for n in range(-300, 301):
+        ok = (low is None or n >= low) and (high is None or n <= high)
+        assert dfa.fullmatch(str(n).encode()) == ok, (schema, n)
+    for bad in ("01", "-0", "+3", "1.0", "", "-"):
+        assert not dfa.fullmatch(bad.encode()) or bad == "-0" and low is None
+
+
+def test_bounded_numbers_stay_in_bounds():
+    dfa = A.compile_ast(to_tree(S(json={"type": "number", "minimum": -2.5, "maximum": 10})))
+    rnd = random.Random(3)
+    accepted = 0
+    for _ in range(5000):
+        text = rnd.choice(["", "-"]) + str(rnd.randint(0, 12)) + rnd.choice(["", "." + str(rnd.randint(0, 999))])
+        if dfa.fullmatch(text.encode()):
+            accepted += 1
+            assert -2.5 <= float(text) <= 10, text
+    assert accepted > 1000
+    for text in ("10", "9.75", "0.5", "-2", "-1.5"):
+        assert dfa.fullmatch(text.encode()), text
+
+
+PERSON = {"type": "object", "properties": {
+    "name": {"type": "string", "maxLength": 12},
+    "age": {"type": "integer", "minimum": 0, "maximum": 120},
+    "pet": {"enum": ["dog", "cat", None]},
+    "tags": {"type": "array", "items": {"type": "string", "enum": ["a", "b"]}, "maxItems": 2},
+    "home": {"$ref": "#/$defs/place"}},
+    "required": ["name", "age"], "$defs": {"place": {"type": "object", "properties": {
+        "town": {"type": "string"}}, "required": ["town"]}}}
+
+
+def validate_person(value):
+    assert set(value) <= set(PERSON["properties"]) and {"name", "age"} <= set(value)
+    assert isinstance(value["name"], str) and len(value["name"]) <= 12
+    assert isinstance(value["age"], int) and 0 <= value["age"] <= 120
+    assert value.get("pet", "dog") in ("dog", "cat", None)
+    assert all(t in ("a", "b") for t in value.get("tags", [])) and len(value.get("tags", [])) <= 2
+    assert isinstance(value.get("home", {"town": ""})["town"], str)
+
+
+def test_json_schema_accepts_valid_documents_and_refuses_others():
+    dfa = A.compile_ast(to_tree(S(json=PERSON)))
+    good = ['{"name":"bo","age":7}', '{"name": "bo", "age": 120, "pet": null}',
+            '{"name":"é\\n\\"x","age":0,"tags":["a","b"],"home":{"town":"oslo"}}']
+    bad = ['{"name":"bo","age":121}', '{"age":7}', '{"name":"bo","age":7,"x":1}', '{"age":7,"name":"bo"}',
+           '{"name":"thirteen char","age":1}', '{"name":"bo","age":7,"tags":["a","b","a"]}', '{"name":"bo",}']
+    for text in good:
+        assert dfa.fullmatch(text.encode()), text
+        validate_person(json.loads(text))
+    for text in bad:
+        assert not dfa.fullmatch(text.encode()), text
+
+
+@pytest.mark.parametrize("schema, message", [
+    ({"type": "integer", "minimum": 5, "maximum": 3}, "above maximum"),
+    ({"type": "object", "properties": {"a": {"$ref": "#/$defs/a"}}, "$defs": {"a": {"$ref": "#/$defs/a"}}},
+     "recursive"),
+    ({"type": "string", "format": "email"}, "format"), ({"type": "tuple"}, "not supported"),
+    ({"type": "object", "properties": {}, "required": ["x"]}, "not defined")])
+def test_unsupported_or_impossible_schemas_are_refused(schema, message):
+    with pytest.raises(ValueError, match=message):
+        SamplingParams(structured_outputs=S(json=schema))
+
+
+GRAMMAR = '''
+# a greeting
+root ::= greeting " " name ("!" | "?")?
+greeting ::= "hello" | "hi"   # the short one too
+name ::= [A-Z] [a-z]{1,8}
+'''
+
+
+def test_gbnf_subset():
+    dfa = A.compile_ast(to_tree(S(grammar=GRAMMAR)))
+    for text, ok in [("hello Bob", True), ("hi Al!", True), ("hi al", False), ("hey Bob", False), ("hi A", False)]:
+        assert dfa.fullmatch(text.encode()) == ok, text
+    with pytest.raises(ValueError, match="recursive"):
+        SamplingParams(structured_outputs=S(grammar='root ::= "(" root ")" | "x"'))
+    with pytest.raises(ValueError, match="not defined"):
+        SamplingParams(structured_outputs=S(grammar="root ::= missing"))
+
+
+# ---------------------------------------------------------------- the C mask and real samples
+
+@pytest.fixture(scope="module")
+def llm():
+    from edgellama import LLM
+    return LLM()
+
+
+def python_allowed(llm, dfa, state, previous):
+    """The mask's rule, in Python: a token's bytes must stay in the language; EOS/BOS only where it may end."""
+    rt = llm._rt
+    bos, eos = 1, 2  # the default model's (llama2.c's)
+    out = []
+    for token in range(rt.vocab_size):
+        if token in (eos, bos):
+            out.append(int(dfa.accepting[state]))
+            continue
+        data = rt.token_bytes(previous, token)
+        out.append(int(bool(data) and dfa.walk(data, state) >= 0))
+    return out
+
+
+def test_the_c_mask_is_the_python_rule_on_the_real_vocabulary(llm):
+    for params in (S(choice=["yes", "no", "maybe"]), S(json=PERSON), S(regex=r"[a-z ]+\.")):
+        dfa = A.compile_ast(to_tree(params))
+        data = dfa.to_bytes()
+        rnd = random.Random(7)
+        for state in sorted({0, *rnd.sample(range(dfa.n_states), min(5, dfa.n_states))}):
+            for previous in (1, 29, 300):
+                allowed = llm._rt.allowed_tokens(data, state, previous)
+                assert allowed == python_allowed(llm, dfa, state, previous), (params.kind(), state, previous)
+                assert sum(allowed) > 0
+    with pytest.raises(ValueError, match="ELD1"):
+        llm._rt.allowed_tokens(b"nonsense" * 40, 0, 1)
+
+
+@pytest.mark.parametrize("params, check", [
+    (S(choice=["yes", "no", "maybe"]), lambda t: t in ("yes", "no", "maybe")),
+    (S(regex=r"[a-z]+ is \d{1,2} years old\."), lambda t: re.fullmatch(r"[a-z]+ is \d{1,2} years old\.", t)),
+    (S(json=PERSON), lambda t: validate_person(json.loads(t)) is None),
+    (S(grammar=GRAMMAR), lambda t: re.fullmatch(r"(hello|hi) [A-Z][a-z]{1,8}[!?]?", t)),
+    (S(json_object=True), lambda t: isinstance(json.loads(t), dict))])
+def test_seeded_samples_all_satisfy_their_constraint(llm, params, check):
+    whole = 0
+    for seed in range(12):
+        out = llm.generate("the answer is", SamplingParams(temperature=1.0, seed=seed, max_tokens=120,
+                                                           structured_outputs=params), use_tqdm=False)[0].outputs[0]
+        if out.finish_reason == "stop":
+            whole += 1
+            assert check(out.text), out.text
+            assert structured_complete(params, out.text)
+        else:  # cut by max_tokens: still a prefix of the language
+            assert out.finish_reason == "length" and not structured_complete(params, out.text)
+            assert A.compile_ast(to_tree(params)).walk(out.text.encode()) >= 0
+    assert whole >= (6 if params.kind() != "json_object" else 0)
+
+
+def test_greedy_constrained_output_is_repeatable_and_n_samples_fork(llm):
+    bounded = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
+                                                "age": {"type": "integer", "minimum": 1, "maximum": 99}},
+               "required": ["name", "age"]}  # bounded: greedy finishes it well within 60 tokens
+    params = SamplingParams(temperature=0, max_tokens=60, structured_outputs=S(json=bounded))
+    a = llm.generate("once upon a time", params, use_tqdm=False)[0].outputs[0]
+    b = llm.generate("once upon a time", params, use_tqdm=False)[0].outputs[0]
+    assert a.text == b.text and a.finish_reason == "stop"
+    value = json.loads(a.text)
+    assert set(value) == {"name", "age"} and len(value["name"]) <= 8 and 1 <= value["age"] <= 99
+    forked = llm.generate("once upon a time", SamplingParams(n=3, seed=5, max_tokens=60, structured_outputs=S(
+        choice=["red", "green", "blue"])), use_tqdm=False)[0].outputs
+    assert len(forked) == 3 and all(o.text in ("red", "green", "blue") for o in forked)
+
+
+def test_a_constraint_cut_by_max_tokens_ends_with_length(llm):
+    params = S(regex=r"(a|b){40}")
+    out = llm.generate("x", SamplingParams(max_tokens=5, seed=1, structured_outputs=params),
+                       use_tqdm=False)[0].outputs[0]
+    assert out.finish_reason == "length" and not structured_complete(params, out.text)
+    assert re.fullmatch(r"[ab]*", out.text)
+
+
+def test_the_constraint_decides_where_the_text_ends_even_with_min_tokens(llm):
+    out = llm.generate("x", SamplingParams(min_tokens=10, max_tokens=20, seed=2, ignore_eos=True,
+                                           structured_outputs=S(choice=["ok"])), use_tqdm=False)[0].outputs[0]
+    assert out.text == "ok" and out.finish_reason == "stop"
