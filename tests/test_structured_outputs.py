@@ -7,6 +7,7 @@ import random
 import re
 
 import pytest
+from conftest import require_board
 
 from edgellama.runtime import automaton as A
 from edgellama.runtime.structured import StructuredOutputsParams as S
@@ -229,3 +230,125 @@ def test_the_constraint_decides_where_the_text_ends_even_with_min_tokens(llm):
     out = llm.generate("x", SamplingParams(min_tokens=10, max_tokens=20, seed=2, ignore_eos=True,
                                            structured_outputs=S(choice=["ok"])), use_tqdm=False)[0].outputs[0]
     assert out.text == "ok" and out.finish_reason == "stop"
+
+
+# ---------------------------------------------------------------- over the serial protocol
+
+CONSTRAINTS = [S(json=PERSON), S(choice=["yes", "no", "maybe"]), S(grammar=GRAMMAR)]
+
+
+def same_tokens_as_host(dev, host, prompts=("the answer is", "once upon a time")):
+    """Seeded constrained samples on the device give the host's text, and greedy too."""
+    for params in CONSTRAINTS:
+        for prompt in prompts:
+            for seed in (0, 1):
+                sp = SamplingParams(temperature=1.0 if seed else 0.0, seed=seed, max_tokens=60,
+                                    structured_outputs=params)
+                want = host.generate(prompt, sp, use_tqdm=False)[0].outputs[0]
+                assert "".join(dev.generate(prompt, sp)) == want.text, (params.kind(), prompt, seed)
+                assert dev.last_stats.finish_reason == want.finish_reason
+
+
+def test_the_planner_counts_the_constraint_buffer():
+    from edgellama.boards import planner
+    from edgellama.boards.catalog import MCU_CONSTRAINT_BYTES, get_board, protocol_constraint_bytes
+    assert get_board("rpi4").constraint_bytes == protocol_constraint_bytes() == 16384
+    pico = get_board("rpi-pico2")
+    assert pico.constraint_bytes == MCU_CONSTRAINT_BYTES
+    assert "automaton is at most 8,192 bytes" in planner.format_plan(planner.plan(pico, quant="q8_0", kv_dtype="int8"))
+    # the buffer is RAM the arena cannot have: a bigger one leaves a smaller budget
+    import dataclasses
+    small = planner.plan(dataclasses.replace(pico, arena=0), quant="q8_0")
+    big = planner.plan(dataclasses.replace(pico, arena=0, constraint_bytes=64 << 10), quant="q8_0")
+    assert small.arena_budget - big.arena_budget == (64 << 10) - MCU_CONSTRAINT_BYTES
+
+
+def test_the_posix_program_takes_constraints_over_the_protocol(llm):
+    from edgellama.devices import protocol as P
+    from edgellama.devices.protocol_device import ProtocolDevice
+    from edgellama.devices.streams import ProcessStream
+    from edgellama.errors import EdgeLlamaError
+    from edgellama.runtime import build as runtime_build
+    dev = ProtocolDevice(ProcessStream([runtime_build.host_program(), llm.model, "serve"], "edgellama-run serve"),
+                         timeout=30)
+    try:
+        assert dev.info()["constraint_bytes"] == 16384
+        same_tokens_as_host(dev, llm)
+        # an automaton past the device's buffer is refused before anything is sent, with the numbers
+        with pytest.raises(EdgeLlamaError, match=r"automaton is 36,980 bytes and this device holds 16,384"):
+            list(dev.generate("x", SamplingParams(structured_outputs=S(json_object=True))))
+        # the device checks that what GENERATE names is what it holds
+        dev._constraint_held = SamplingParams(structured_outputs=S(choice=["a", "b"])).constraint
+        with pytest.raises(EdgeLlamaError, match="holds a different constraint"):
+            list(dev.generate("x", SamplingParams(structured_outputs=S(choice=["a", "b"]))))
+        assert "".join(dev.generate("x", SamplingParams(structured_outputs=S(choice=["a", "b"])))) in ("a", "b")
+        with pytest.raises(EdgeLlamaError, match="out of order"):
+            dev._request(P.CONSTRAINT, b"\x10\x00\x00\x00abc", P.OK)
+        assert dev.ping(b"still here") == b"still here"
+    finally:
+        dev.close()
+
+
+@pytest.mark.emulated
+def test_constraints_on_an_emulated_bare_metal_board_give_the_hosts_tokens(board_builds):
+    from edgellama import LLM
+    from edgellama.devices.opener import open_device
+    require_board("mps2-an386")
+    out_dir = board_builds("mps2-an386", "q8_0").out_dir
+    host = LLM(str(out_dir / "model.gguf"))
+    with open_device(board="mps2-an386", output=out_dir, timeout=120) as dev:
+        assert dev.info()["constraint_bytes"] == 32 << 10  # its board file's
+        same_tokens_as_host(dev, host, prompts=("the answer is",))
+
+
+# ---------------------------------------------------------------- the command line
+
+def run_cli(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "edgellama", *map(str, args)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_generate_and_chat_take_the_constraint_flags(tmp_path):
+    schema = tmp_path / "person.json"
+    schema.write_text(json.dumps(PERSON))
+    grammar = tmp_path / "greeting.gbnf"
+    grammar.write_text(GRAMMAR)
+    r = run_cli("generate", "the answer is", "--json-schema", schema, "--seed", "3", "--max-tokens", "120")
+    assert r.returncode == 0, r.stderr
+    text = r.stdout.rstrip("\n")[len("the answer is"):]
+    assert validate_person(json.loads(text)) is None
+    r = run_cli("generate", "hi", "--choice", "yes", "--choice", "no", "--temperature", "0")
+    assert r.returncode == 0 and r.stdout.strip() in ("hiyes", "hino")
+    r = run_cli("generate", "hi", "--grammar", grammar, "--n", "3")
+    samples = [line for line in r.stdout.splitlines() if not line.startswith("---")]
+    assert r.returncode == 0 and len(samples) == 3
+    assert all(re.fullmatch(r"hi(hello|hi) [A-Z][a-z]{1,8}[!?]?", s) for s in samples), samples
+    r = run_cli("generate", "x", "--regex", "(ab){30}", "--max-tokens", "5")
+    assert r.returncode == 0 and "before its regex constraint was complete" in r.stderr
+    r = subprocess_chat("give me a name\n/quit\n", "--regex", "[A-Z][a-z]{2,6}\\.", "--seed", "1")
+    assert re.search(r"^> [A-Z][a-z]{2,6}\.$", r.stdout, re.M), r.stdout
+
+
+def subprocess_chat(lines, *args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "edgellama", "chat", *args], input=lines, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--regex", "a(b"], ["--regex", "missing )"]),
+    (["--choice", "a", "--regex", "b"], ["--choice and --regex", "one structured-output constraint"]),
+    (["--json-schema", "MISSING.json"], ["--json-schema", "MISSING.json", "cannot read"]),
+    (["--grammar", "RECURSIVE"], ["--grammar", "recursive"]),
+    (["--regex", "(a|b)*a(a|b){12}"], ["--regex", "automaton states"])])
+def test_a_bad_constraint_flag_is_one_line_naming_it(tmp_path, args, needles):
+    recursive = tmp_path / "r.gbnf"
+    recursive.write_text('root ::= "(" root ")" | "x"')
+    args = [str(recursive) if a == "RECURSIVE" else str(tmp_path / a) if a.endswith(".json") else a for a in args]
+    r = run_cli("generate", "x", *args)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.stderr and all(n in lines[0] for n in needles), lines[0]

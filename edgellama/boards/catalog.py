@@ -16,6 +16,17 @@ from edgellama.resources import share_dir
 OS_KINDS = ("linux", "baremetal", "platformio")
 REACH_KINDS = ("ssh", "serial", "emulator")
 UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+MCU_CONSTRAINT_BYTES = 8 << 10  # a microcontroller's structured-output buffer unless its file says
+
+
+def protocol_constraint_bytes() -> int:
+    """EL_SERVE_CONSTRAINT_BYTES's default, read from el_protocol.h (its one source): the
+    structured-output buffer of the protocol server on this machine and Linux boards."""
+    header = share_dir("firmware") / "apps" / "common" / "el_protocol.h"
+    for line in header.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#define EL_SERVE_CONSTRAINT_BYTES "):
+            return int(line.split()[2])
+    raise EdgeLlamaError(f"{header}: no EL_SERVE_CONSTRAINT_BYTES")
 
 
 @dataclass
@@ -48,6 +59,7 @@ class Board:
     threads: int = 1
     kv_block_size: int = 16
     arena: int = 0
+    constraint_bytes: int = 0        # the largest structured-output automaton its server holds (0: default)
     platformio: dict = field(default_factory=dict)
     port: str = ""                   # bare metal: the folder in firmware/ports/ (default: the name)
     path: Path | None = None
@@ -145,12 +157,17 @@ def load_board(path) -> Board:
         threads=_get(runtime, "threads", int, run_where, 1, False),
         kv_block_size=_get(runtime, "kv_block_size", int, run_where, 16, False),
         arena=parse_size(runtime.get("arena", 0), f"{run_where}: field 'arena'"),
+        constraint_bytes=parse_size(runtime.get("constraint_bytes", 0), f"{run_where}: field 'constraint_bytes'"),
         platformio=_get(data, "platformio", dict, where, {}, os_kind == "platformio"),
         port=_port(data, os_kind, where), path=path)
     if board.name != path.stem:
         raise EdgeLlamaError(f"{where}: field 'name' is {board.name!r} but the file is named {path.stem}.toml")
     if board.kv_block_size < 1:
         raise EdgeLlamaError(f"{run_where}: field 'kv_block_size' must be at least 1")
+    if not board.constraint_bytes:
+        board.constraint_bytes = protocol_constraint_bytes() if os_kind == "linux" else MCU_CONSTRAINT_BYTES
+    if not 264 < board.constraint_bytes <= 1 << 24:
+        raise EdgeLlamaError(f"{run_where}: field 'constraint_bytes' must be above 264 bytes and at most 16 MiB")
     return board
 
 

@@ -52,8 +52,9 @@ program itself takes (the runtime is about 42 KB of Cortex-M4 code at -O2; the r
 the port, libgcc and, for PlatformIO, the framework and bootloader); RAM_RESERVE (64 KiB
 bare metal, 96 KiB PlatformIO) is RAM for the stack, the program's data and the
 framework's heap (plus FLASH_PROGRAM_RESERVE on a board without flash, which runs its
-program from RAM), counted where the board sets no arena and to check that its arena
-fits; LINUX_OS_RESERVE (128 MiB) is what the OS and its services keep.
+program from RAM), plus the protocol server's static memory (SERVE_STATIC_BYTES and the
+board's structured-output buffer, constraint_bytes), counted where the board sets no
+arena and to check that its arena fits; LINUX_OS_RESERVE (128 MiB) is what the OS and its services keep.
 """
 
 import ctypes as C
@@ -76,7 +77,13 @@ from edgellama.runtime.sampling_params import MAX_BEAM_WIDTH, MAX_LOGPROBS
 KiB, MiB = 1 << 10, 1 << 20
 MCU_OS = ("baremetal", "platformio")
 FLASH_PROGRAM_RESERVE = {"baremetal": 256 * KiB, "platformio": 512 * KiB}
-RAM_RESERVE = {"baremetal": 64 * KiB, "platformio": 96 * KiB}
+
+# the RAM a microcontroller keeps beside the arena and the weights: stack, program data,
+# the framework's heap, and the protocol server's static memory (its frames, token buffer
+# and system prompt: SERVE_STATIC_BYTES; its structured-output buffer is the board's
+# constraint_bytes, added where it is counted)
+SERVE_STATIC_BYTES = 10 * KiB
+RAM_RESERVE = {"baremetal": 64 * KiB + SERVE_STATIC_BYTES, "platformio": 96 * KiB + SERVE_STATIC_BYTES}
 LINUX_OS_RESERVE = 128 * MiB
 MCU_MAX_SEQS, LINUX_MAX_SEQS = 1, 8
 MCU_MAX_BATCH_TOKENS = 8
@@ -434,6 +441,7 @@ class Plan:
     # max_seqs full sequences holds them); a beam search of width W holds 2W of them.
     max_samples: int = 1
     max_beam_width: int = 0
+    constraint_bytes: int = 0  # the largest structured-output automaton its protocol server holds
 
     @property
     def verdict(self) -> str:
@@ -474,7 +482,8 @@ def _placement(board: Board, weights: int) -> dict:
         return out
     flash_free = max(board.flash - FLASH_PROGRAM_RESERVE[board.os], 0) if board.flash else 0
     # a board without flash runs its program from RAM too
-    ram_reserve = RAM_RESERVE[board.os] + (0 if board.flash else FLASH_PROGRAM_RESERVE[board.os])
+    ram_reserve = RAM_RESERVE[board.os] + board.constraint_bytes + (0 if board.flash else
+                                                                     FLASH_PROGRAM_RESERVE[board.os])
     ram_free = max(board.ram - ram_reserve, 0)
     arena_in_ram = arena_in_psram = 0
     if board.arena:
@@ -604,7 +613,8 @@ def plan(board, model_path=None, ctx=None, quant=None, max_seqs=None, kv_dtype="
         weights_room=place["weights_room"], kv_blocks=n_blocks, kv_block_bytes=block_bytes, parts=parts,
         part_notes=part_notes, arena_total=arena_total, arena_budget=budget,
         arena_location=place["arena_location"], largest_ctx=largest, fits=not reasons, reasons=reasons,
-        notes=notes, max_samples=max_seqs, max_beam_width=min(MAX_BEAM_WIDTH, max_seqs // 2))
+        notes=notes, max_samples=max_seqs, max_beam_width=min(MAX_BEAM_WIDTH, max_seqs // 2),
+        constraint_bytes=board.constraint_bytes)
 
 
 def planned_options(board: Board, requested: EngineOptions, model_ctx: int) -> EngineOptions:
@@ -677,6 +687,8 @@ def format_plan(p: Plan) -> str:
     beams = (f"beam search up to width {p.max_beam_width}" if p.max_beam_width
              else "no beam search (width W holds 2W sequences: --max-seqs 2 or more)")
     lines.append(f"samples  up to n={p.max_samples} per request (forks of one prefill), {beams}")
+    lines.append(f"outputs  structured outputs whose automaton is at most {p.constraint_bytes:,} bytes "
+                 "(static, beside the arena)")
     lines.append(f"verdict  {p.verdict}")
     lines += [f"note     {n}" for n in p.notes]
     return "\n".join(lines)

@@ -149,6 +149,11 @@ def _reply(device, line, params, system):
                 click.echo(text, nl=False)
         if interrupts.pressed:
             click.echo(" [stopped]", nl=False)
+        elif device.last_stats is not None and params.structured_outputs is not None \
+                and device.last_stats.finish_reason == "length":
+            from edgellama.cli.generate import say_if_cut
+            click.echo()
+            say_if_cut(params, "length")
         logprobs = device.last_stats.extra.get("logprobs") if device.last_stats is not None else None
         if logprobs is not None:
             from edgellama.cli.generate import logprob_lines

@@ -21,6 +21,13 @@ def logprob_lines(tokens_and_entries) -> list:
     return lines
 
 
+def say_if_cut(params, finish_reason, echo=click.echo):
+    """A structured output that max_tokens cut short is not a whole one: say so."""
+    if params.structured_outputs is not None and finish_reason == "length":
+        echo(f"note: the output stopped at max_tokens ({params.max_tokens}) before its "
+             f"{params.structured_outputs.kind()} constraint was complete", err=True)
+
+
 def generate_samples(prompt: str, params, echo=click.echo, **device):
     """n samples, or logprobs: each sample as the prompt and its continuation (a header
     line before each when n > 1), the logprobs after it on stderr. The runtime forks the
@@ -32,6 +39,7 @@ def generate_samples(prompt: str, params, echo=click.echo, **device):
             if params.n > 1:
                 echo(f"--- sample {c.index + 1} of {params.n} (finish: {c.finish_reason}) ---")
             echo(prompt + c.text)
+            say_if_cut(params, c.finish_reason, echo)
             if c.logprobs is not None:
                 echo(f"[logprobs] sample {c.index + 1}: cumulative {c.cumulative_logprob:.4f}", err=True)
                 for line in logprob_lines(zip(c.token_ids, c.logprobs)):
@@ -63,6 +71,8 @@ def generate_on_device(prompt: str, params, echo=click.echo, stats: bool = False
                 echo(text, nl=False)
         finally:
             echo()  # an error, if any, starts on its own line
+        if dev.last_stats is not None:
+            say_if_cut(params, dev.last_stats.finish_reason, echo)
         if stats and dev.last_stats is not None:
             echo(f"[stats] {dev.last_stats.summary()}", err=True)
 

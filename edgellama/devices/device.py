@@ -122,11 +122,18 @@ class LocalDevice(Device):
         self._cancelled = False
         start = time.perf_counter()
         stats = Stats()
+        last = []  # the last RequestOutput of a completion: how it finished
+
+        def texts():
+            for out in self.llm.generate_stream(prompt, params):
+                last[:] = [out]
+                yield out.outputs[0].text
+
         if chat:
             before = self.llm.stats()
             chunks = self.session.send(prompt, params)
         else:
-            chunks = (out.outputs[0].text for out in self.llm.generate_stream(prompt, params))
+            chunks = texts()
         for text in chunks:
             now = time.perf_counter() - start
             stats.token_times_s.append(now)
@@ -146,7 +153,12 @@ class LocalDevice(Device):
             stats.prompt_tokens = after["prompt_tokens_computed"] - before["prompt_tokens_computed"]
             if self.session.last_logprobs is not None:
                 stats.extra["logprobs"] = self.session.last_logprobs
-        stats.finish_reason = "abort" if self._cancelled else None
+        if self._cancelled:
+            stats.finish_reason = "abort"
+        elif chat:
+            stats.finish_reason = self.session.last_finish_reason
+        elif last:
+            stats.finish_reason = last[0].outputs[0].finish_reason
         self.last_stats = stats
 
     def beam_search(self, prompt: str, params):

@@ -26,11 +26,11 @@ HOST_GAP_S = 2.0
 NOISE_KEPT = 256  # the last bytes outside frames a Decoder keeps, for error messages
 VERSION = 1
 
-HELLO, GENERATE, CANCEL, BENCH, PING, STATS, RESET = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
+HELLO, GENERATE, CANCEL, BENCH, PING, STATS, RESET, CONSTRAINT = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08
 INFO, TOKEN, DONE, ERROR, BENCH_RESULT, PONG, STATS_RESULT, OK = 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88
 SAMPLE_TOKEN, LOGPROB = 0x89, 0x8A
 NAMES = {HELLO: "HELLO", GENERATE: "GENERATE", CANCEL: "CANCEL", BENCH: "BENCH", PING: "PING", STATS: "STATS",
-         RESET: "RESET", INFO: "INFO", TOKEN: "TOKEN", DONE: "DONE", ERROR: "ERROR", BENCH_RESULT: "BENCH_RESULT",
+         RESET: "RESET", CONSTRAINT: "CONSTRAINT", INFO: "INFO", TOKEN: "TOKEN", DONE: "DONE", ERROR: "ERROR", BENCH_RESULT: "BENCH_RESULT",
          PONG: "PONG", STATS_RESULT: "STATS_RESULT", OK: "OK", SAMPLE_TOKEN: "SAMPLE_TOKEN", LOGPROB: "LOGPROB"}
 MAX_SAMPLES = 8  # EL_SERVE_MAX_SAMPLES: the most samples (n) one GENERATE asks for
 
@@ -233,6 +233,9 @@ def generate_payload(prompt: str, params=None, chat: bool = False, reset: bool =
         stops = getattr(params, "stop", None) or []
         for stop in [stops] if isinstance(stops, str) else stops:
             pairs.append(("stop", stop))
+        constraint = getattr(params, "constraint", None)
+        if constraint is not None:  # uploaded before, in CONSTRAINT frames (constraint_chunks)
+            pairs += [("constraint", len(constraint)), ("constraint_crc", crc16(constraint))]
     if chat:
         pairs.append(("chat", 1))
     if reset:
@@ -244,6 +247,13 @@ def generate_payload(prompt: str, params=None, chat: bool = False, reset: bool =
         raise EdgeLlamaError(f"the request is {len(payload)} bytes; the device takes at most {MAX_PAYLOAD} "
                              "(shorten the prompt)")
     return payload
+
+
+def constraint_chunks(constraint: bytes) -> list:
+    """CONSTRAINT payloads that upload a structured-output automaton: each a 4-byte offset
+    (LE), then up to MAX_PAYLOAD - 4 of its bytes, in order."""
+    step = MAX_PAYLOAD - 4
+    return [struct.pack("<I", at) + constraint[at:at + step] for at in range(0, len(constraint), step)]
 
 
 def beam_payload(prompt: str, params) -> bytes:

@@ -145,10 +145,29 @@ class ProtocolDevice(Device):
                 out["model_path"] = str(model_file)
         return out
 
+    def upload_constraint(self, constraint: bytes | None):
+        """Put a structured-output automaton on the device (CONSTRAINT frames) unless it
+        holds it already from this link; GENERATE names it by length and CRC, and the
+        device refuses one that does not match what it holds."""
+        if constraint is None or constraint == getattr(self, "_constraint_held", None):
+            return
+        room = _int(self._info.get("constraint_bytes"))
+        if not room:
+            raise EdgeLlamaError(f"{self.stream.description}: this device's firmware takes no structured outputs "
+                                 "(build it again with this edgellama)")
+        if len(constraint) > room:
+            raise EdgeLlamaError(f"structured_outputs: the constraint's automaton is {len(constraint):,} bytes and "
+                                 f"this device holds {room:,}; simplify it (fewer states)")
+        self._constraint_held = None
+        for chunk in P.constraint_chunks(constraint):
+            self._request(P.CONSTRAINT, chunk, P.OK)
+        self._constraint_held = constraint
+
     def generate(self, prompt: str, params: SamplingParams | None = None, chat: bool = False, reset: bool = False,
                  system: str | None = None):
         params = params if params is not None else SamplingParams()
         payload = P.generate_payload(prompt, params, chat=chat, reset=reset, system=system)
+        self.upload_constraint(params.constraint)
         self._cancelled = self._cancel_sent = False
         stats = Stats()
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -177,7 +196,8 @@ class ProtocolDevice(Device):
                 elif frame.type == P.DONE:
                     done = frame.kv()
                 elif frame.type == P.ERROR:
-                    raise EdgeLlamaError(f"{self.stream.description}: {frame.payload.decode('utf-8', 'replace')}")
+                    done = {}  # the reply ended with it: nothing to drain
+                    raise self._reply_error(frame)
             tail = decoder.decode(b"", final=True)
             if tail:
                 yield tail
@@ -211,7 +231,9 @@ class ProtocolDevice(Device):
         from edgellama.runtime.outputs import CompletionOutput, RequestOutput
         if params.n > P.MAX_SAMPLES:
             raise EdgeLlamaError(f"n: a device takes at most {P.MAX_SAMPLES} samples a request, got {params.n}")
-        texts, figures, done = self._samples_reply(P.generate_payload(prompt, params), params.n)
+        payload = P.generate_payload(prompt, params)
+        self.upload_constraint(params.constraint)
+        texts, figures, done = self._samples_reply(payload, params.n)
         finishes = done["finishes"].split(",") if params.n > 1 and "finishes" in done else [done.get("finish")]
         outputs = []
         for i in range(params.n):
@@ -266,7 +288,8 @@ class ProtocolDevice(Device):
                 elif frame.type == P.DONE:
                     done = frame.kv()
                 elif frame.type == P.ERROR:
-                    raise EdgeLlamaError(f"{self.stream.description}: {frame.payload.decode('utf-8', 'replace')}")
+                    done = {}  # the reply ended with it: nothing to drain
+                    raise self._reply_error(frame)
         finally:
             if done is None:
                 self._drain_after_abort()
@@ -315,6 +338,12 @@ class ProtocolDevice(Device):
             self.send(P.CANCEL)
         except EdgeLlamaError:
             pass
+
+    def _reply_error(self, frame) -> EdgeLlamaError:
+        """An ERROR that ended a reply; the device's constraint is then uploaded again next
+        time (the error may be that it holds another one, after a restart)."""
+        self._constraint_held = None
+        return EdgeLlamaError(f"{self.stream.description}: {frame.payload.decode('utf-8', 'replace')}")
 
     def _drain_after_abort(self):
         """The caller stopped reading mid-reply: cancel it and read up to its DONE."""

@@ -387,6 +387,7 @@ class ChatSession:
         self.turns = 0
         self.started_over = False  # whether the last turn started the conversation over (a full context)
         self.last_logprobs = None  # the last reply's (token, {token_id: Logprob}) when logprobs were asked
+        self.last_finish_reason = None  # how the last reply ended: "stop", "length", "abort"
 
     def send(self, user: str, sampling_params: SamplingParams | None = None):
         """Yield the reply's text as it arrives."""
@@ -412,6 +413,7 @@ class ChatSession:
                     if event.finished and event.finish == capi.FINISH_ERROR:
                         raise EdgeLlamaError(f"the reply stopped: {capi.FINISH_ERROR_TEXT}")
                     if event.finished:
+                        self.last_finish_reason = capi.FINISH_REASONS[event.finish]
                         return
             if not events and not rt.pending():
                 return

@@ -168,6 +168,7 @@ def config_text(ctx: BuildContext) -> str:
         ("ARENA_BYTES", str(arena)),
         *engine_config(ctx),
         ("MAX_TOKENS", str(DEFAULT_MAX_TOKENS)),
+        ("CONSTRAINT_BYTES", str(board.constraint_bytes)),
     ]
     lines = [f"# {board.name}: {board.description}",
              "# Written by edgellama (build / export-c); the Makefile reads it. Any of these can be",
@@ -175,6 +176,7 @@ def config_text(ctx: BuildContext) -> str:
              "# The engine options (manifest.json's \"engine\"): MAX_MODEL_LEN 0 = the model's context;",
              "# KV_DTYPE 0 = f32, 1 = int8; KV_CACHE_BYTES 0 = MAX_SEQS full sequences.",
              "# MAX_TOKENS = a request's default max_tokens; OUT = where firmware.elf/.bin go.",
+             "# CONSTRAINT_BYTES = the largest structured-output automaton a request may upload.",
              "# MODEL_CRC32 = the model file's CRC-32: the firmware checks its image against it at boot",
              "# (a different MODEL needs its own; empty skips the check)."]
     lines += [f"{key} = {value}" for key, value in pairs]

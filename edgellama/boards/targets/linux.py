@@ -34,7 +34,8 @@ def cflags(ctx: BuildContext) -> list:
     flags = list(runtime_build.C_FLAGS)
     if "-O2" not in flags:
         flags.append("-O2")
-    return [*flags, "-pthread", *ctx.board.cflags, f"-DEL_DEFAULT_THREADS={ctx.board.threads}"]
+    return [*flags, "-pthread", *ctx.board.cflags, f"-DEL_DEFAULT_THREADS={ctx.board.threads}",
+            f"-DEL_SERVE_CONSTRAINT_BYTES={ctx.board.constraint_bytes}"]
 
 
 def makefile_text(ctx: BuildContext, sources: list) -> str:

@@ -120,6 +120,7 @@ def src_flags(ctx: BuildContext) -> list:
         _define("EL_ARENA_PSRAM", int(arena_in_psram(ctx))),
         *engine_defines(ctx),
         _define("EL_BAUD", ctx.board.reach.baud),
+        _define("EL_SERVE_CONSTRAINT_BYTES", ctx.board.constraint_bytes),
         f"-DEL_MODEL_CRC32=0x{baremetal_model_crc32(ctx.model_path):08x}u",  # checked at boot (main.c)
     ]
 

@@ -241,6 +241,8 @@ typedef struct {
     int sample_tokens[EL_SERVE_MAX_SAMPLES];
     int beam;             /* the request is a beam search: its beams come whole at its end */
     float sample_cum_logprob[EL_SERVE_MAX_SAMPLES];
+    uint8_t constraint[EL_SERVE_CONSTRAINT_BYTES]; /* the automaton CONSTRAINT frames uploaded */
+    int constraint_len;
 } server;
 
 static server S;
@@ -522,6 +524,7 @@ static void handle_hello(void)
     out_kv("block", (uint64_t)S.rt->engine.options.block_size);
     out_kv("max_seqs", (uint64_t)S.rt->engine.options.max_seqs);
     out_kv("max_payload", EL_PROTO_MAX_PAYLOAD);
+    out_kv("constraint_bytes", EL_SERVE_CONSTRAINT_BYTES);
     out_kv("clock", S.io->now_us != NULL ? 1 : 0);
     out_kv_str("template", el_chat_template_name((int)S.tmpl), (int)el_strlen(el_chat_template_name((int)S.tmpl)));
     send_frame(EL_MSG_INFO, S.out, S.out_len);
@@ -607,6 +610,52 @@ int el_proto_apply_option(el_request *r, const char *key, int key_len, const cha
     return 1;
 }
 
+/* CONSTRAINT: 4 bytes of offset (LE), then the automaton's bytes from there. Offset 0
+ * starts a new one; the chunks come in order, each answered with OK. */
+static void handle_constraint(const uint8_t *payload, int n)
+{
+    uint32_t offset;
+    if (n < 4) {
+        send_error("constraint: a chunk starts with its 4-byte offset", NULL);
+        return;
+    }
+    offset = (uint32_t)payload[0] | (uint32_t)payload[1] << 8 | (uint32_t)payload[2] << 16 |
+             (uint32_t)payload[3] << 24;
+    if (offset == 0) S.constraint_len = 0;
+    if (offset != (uint32_t)S.constraint_len) {
+        S.constraint_len = 0;
+        send_error("constraint: a chunk out of order (upload it again from offset 0)", NULL);
+        return;
+    }
+    if (n - 4 > EL_SERVE_CONSTRAINT_BYTES - S.constraint_len) {
+        S.constraint_len = 0;
+        S.out_len = 0;
+        out_str("constraint: more than this device's ");
+        out_u64(EL_SERVE_CONSTRAINT_BYTES);
+        out_str(" bytes");
+        send_frame(EL_MSG_ERROR, S.out, S.out_len);
+        return;
+    }
+    el_memcpy(S.constraint + S.constraint_len, payload + 4, (size_t)(n - 4));
+    S.constraint_len += n - 4;
+    S.out[0] = EL_MSG_CONSTRAINT;
+    send_frame(EL_MSG_OK, S.out, 1);
+}
+
+/* GENERATE's constraint=LEN and constraint_crc=CRC name the automaton uploaded last: the
+ * request reads it in place. 1, or 0 after an ERROR saying what does not match. */
+static int use_constraint(el_request *request, long long len, long long crc)
+{
+    if (len < 0 && crc < 0) return 1;
+    if (len != S.constraint_len || crc != (long long)el_proto_crc16(0xFFFFu, S.constraint, S.constraint_len)) {
+        send_error("constraint: the device holds a different constraint (upload it again)", NULL);
+        return 0;
+    }
+    request->constraint = S.constraint;
+    request->constraint_len = S.constraint_len;
+    return 1;
+}
+
 static void handle_generate(const char *text, int n)
 {
     el_request request;
@@ -616,6 +665,8 @@ static void handle_generate(const char *text, int n)
     const int32_t *all;
     int pos = 0, key_len, value_len, chat = 0, reset = 0, started_over, n_tokens = 0, seq, generated;
     int n_prompt = 0, n_cached = 0;
+    long long constraint_len = -1, constraint_crc = -1;
+    double v;
     el_finish_reason finish;
     uint64_t t0 = now_us(), first = 0, total;
 
@@ -628,6 +679,10 @@ static void handle_generate(const char *text, int n)
         else if (el_proto_key_is(key, key_len, "reset")) reset = value_len == 1 && value[0] == '1';
         else if (el_proto_key_is(key, key_len, "system")) {
             set_system(value, value_len);
+        } else if ((el_proto_key_is(key, key_len, "constraint") || el_proto_key_is(key, key_len, "constraint_crc")) &&
+                   el_proto_parse_number(value, value_len, &v) && v >= 0 && v <= 2147483647.0) {
+            if (key_len == 10) constraint_len = (long long)v;
+            else constraint_crc = (long long)v;
         } else if (!el_proto_apply_option(&request, key, key_len, value, value_len)) {
             S.out_len = 0;
             out_str("bad option '");
@@ -639,6 +694,7 @@ static void handle_generate(const char *text, int n)
             return;
         }
     }
+    if (!use_constraint(&request, constraint_len, constraint_crc)) return;
     if (el_request_check(&request, &err) != EL_OK) {
         send_error(err.message, NULL);
         return;
@@ -786,6 +842,7 @@ static void handle_frame(void)
     case EL_MSG_BENCH: handle_bench(text, n); break;
     case EL_MSG_PING: send_frame(EL_MSG_PONG, S.parser.payload, n); break;
     case EL_MSG_STATS: handle_stats(); break;
+    case EL_MSG_CONSTRAINT: handle_constraint(S.parser.payload, n); break;
     case EL_MSG_CANCEL: break; /* nothing running: nothing to stop */
     case EL_MSG_RESET:
         set_system(text, n);

@@ -26,6 +26,7 @@
 #define EL_MSG_PING 0x05
 #define EL_MSG_STATS 0x06
 #define EL_MSG_RESET 0x07
+#define EL_MSG_CONSTRAINT 0x08 /* a chunk of a structured-output automaton (el_constraint.h) */
 /* device to host */
 #define EL_MSG_INFO 0x81
 #define EL_MSG_TOKEN 0x82
@@ -40,6 +41,12 @@
 
 /* The most samples one GENERATE may ask for (n), within the engine's max_seqs. */
 #define EL_SERVE_MAX_SAMPLES 8
+
+/* The largest structured-output automaton the server holds (static memory, beside the
+ * arena; the planner reads this line): a JSON schema of a few fields is 2-12 KB. */
+#ifndef EL_SERVE_CONSTRAINT_BYTES
+#define EL_SERVE_CONSTRAINT_BYTES 16384
+#endif
 
 /* CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF, no reflection, no final xor);
  * pass 0xFFFF to start, the previous value to continue. */
