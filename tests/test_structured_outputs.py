@@ -352,3 +352,89 @@ def test_a_bad_constraint_flag_is_one_line_naming_it(tmp_path, args, needles):
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert "Traceback" not in r.stderr and all(n in lines[0] for n in needles), lines[0]
+
+
+# ---------------------------------------------------------------- the OpenAI server
+
+@pytest.fixture(scope="module")
+def server():
+    import threading
+
+    from edgellama.devices import serve
+    from edgellama.devices.opener import open_device
+    device = open_device(local=True)
+    server = serve.make_server(device, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    device.close()
+
+
+def test_response_format_and_vllms_fields_through_the_openai_client(server, client, model):
+    import openai
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
+                                               "age": {"type": "integer", "minimum": 1, "maximum": 9}},
+              "required": ["name", "age"]}
+    for seed in range(3):
+        r = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "who is the girl?"}], seed=seed, max_tokens=60,
+            response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema}})
+        value = json.loads(r.choices[0].message.content)
+        assert set(value) == {"name", "age"} and 1 <= value["age"] <= 9 and r.choices[0].finish_reason == "stop"
+    r = client.completions.create(model=model, prompt="the color is", max_tokens=10, n=3, seed=1,
+                                  extra_body={"structured_outputs": {"choice": ["red", "green", "blue"]}})
+    assert all(c.text in ("red", "green", "blue") for c in r.choices)
+    r = client.completions.create(model=model, prompt="age:", max_tokens=10, extra_body={"guided_regex": r"\d{2}"})
+    assert re.fullmatch(r"\d{2}", r.choices[0].text)
+    chunks = client.completions.create(model=model, prompt="x", max_tokens=40, stream=True, seed=2,
+                                       extra_body={"response_format": {"type": "json_object"}})
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert A.compile_ast(to_tree(S(json_object=True))).walk(text.encode()) >= 0
+    for extra, field, needle in [
+            ({"guided_regex": "a(b"}, "guided_regex", "missing )"),
+            ({"response_format": {"type": "xml"}}, "response_format", "json_schema"),
+            ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format", "schema"),
+            ({"structured_outputs": {"choice": ["a"], "regex": "b"}}, "structured_outputs", "exactly one"),
+            ({"structured_outputs": {"colour": "red"}}, "structured_outputs", "colour"),
+            ({"guided_choice": ["a"], "guided_regex": "b"}, "guided_choice", "one structured-output constraint"),
+            ({"guided_choice": ["a"], "use_beam_search": True, "n": 2}, "use_beam_search", "constraint")]:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model=model, prompt="x", max_tokens=4, extra_body=extra)
+        error = e.value.body
+        assert error["param"] == field and needle in error["message"], error
+    assert client.completions.create(model=model, prompt="x", max_tokens=2).choices[0].text is not None
+
+
+@pytest.mark.emulated
+def test_serve_on_an_emulated_linux_board_takes_response_format(board_builds):
+    import threading
+
+    import openai
+
+    from edgellama import LLM
+    from edgellama.devices import serve
+    from edgellama.devices.opener import open_device
+    require_board("qemu-aarch64")
+    out_dir = board_builds("qemu-aarch64", "q8_0").out_dir
+    device = open_device(board="qemu-aarch64", output=str(out_dir), timeout=60)
+    server = serve.make_server(device, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        model = client.models.list().data[0].id
+        r = client.completions.create(model=model, prompt="the answer is", max_tokens=60, temperature=0,
+                                      extra_body={"response_format": {"type": "json_schema",
+                                                                      "json_schema": {"schema": PERSON}}})
+        host = LLM(str(out_dir / "model.gguf"))
+        want = host.generate("the answer is", SamplingParams(temperature=0, max_tokens=60,
+                                                             structured_outputs=S(json=PERSON)), use_tqdm=False)
+        assert r.choices[0].text == want[0].outputs[0].text
+        with pytest.raises(openai.BadRequestError, match=r"response_format: the constraint's automaton is 36,980 "
+                                                         r"bytes and this device holds 16,384"):
+            client.completions.create(model=model, prompt="x", max_tokens=4,
+                                      extra_body={"response_format": {"type": "json_object"}})
+    finally:
+        server.shutdown()
+        server.server_close()
+        device.close()

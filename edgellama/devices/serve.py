@@ -13,7 +13,10 @@ true, with top_logprobs), echo (completions: the prompt, with its logprobs when 
 stream, stream_options.include_usage) and vLLM's extra sampling fields (top_k, min_p,
 repetition_penalty, presence_penalty, frequency_penalty, min_tokens, ignore_eos,
 stop_token_ids, skip_special_tokens, use_beam_search with n as the beam width and
-length_penalty). The n samples of a prompt are one engine request (forks of one
+length_penalty). Structured outputs: OpenAI's response_format ({"type": "json_object"} or
+{"type": "json_schema", "json_schema": {"schema": ...}}), vLLM's structured_outputs
+object (choice, regex, json, grammar, json_object) or its older guided_choice,
+guided_regex, guided_json and guided_grammar; one per request. The n samples of a prompt are one engine request (forks of one
 prefill); choice i*n + j is sample j of prompt i (with beam search: its j-th best beam).
 Errors
 come back as OpenAI error bodies: 400 naming the bad field, 404 for an unknown route or
@@ -66,7 +69,9 @@ INT_FIELDS = ("top_k", "min_tokens", "seed", "n")
 BOOL_FIELDS = ("ignore_eos", "skip_special_tokens")
 FIELD_NAMES = FLOAT_FIELDS + INT_FIELDS + BOOL_FIELDS + ("max_tokens", "stop", "stop_token_ids", "prompt", "messages",
                                                          "logprobs", "top_logprobs", "echo", "use_beam_search",
-                                                         "length_penalty")
+                                                         "length_penalty", "response_format", "structured_outputs",
+                                                         "guided_json", "guided_regex", "guided_choice",
+                                                         "guided_grammar")
 # Fields that would change what comes back in ways this server does not do: refused, not ignored.
 UNSUPPORTED = ("suffix", "tools", "functions", "logit_bias")
 
@@ -156,10 +161,7 @@ def sampling_params(body: dict, default_max_tokens: int | None, kind: str = "com
             raise bad(f"{name} is not supported by this server", name)
     if body.get("best_of") not in (None, 1):
         raise bad("best_of must be 1", "best_of")
-    fmt = body.get("response_format")
-    if fmt not in (None, {}) and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
-        raise bad("response_format: only {\"type\": \"text\"} is supported", "response_format")
-    values = {}
+    values = {"structured_outputs": structured_outputs(body)}
     for name in FLOAT_FIELDS:
         if body.get(name) is not None:
             v = body[name]
@@ -217,6 +219,53 @@ def sampling_params(body: dict, default_max_tokens: int | None, kind: str = "com
     return params
 
 
+GUIDED_FIELDS = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice",
+                 "guided_grammar": "grammar"}  # vLLM's older names for structured_outputs' fields
+
+
+def structured_outputs(body: dict):
+    """StructuredOutputsParams from OpenAI's response_format (json_object, json_schema),
+    vLLM's structured_outputs object, or its older guided_* fields; None without one.
+    Compiled here, so an impossible or too large constraint is a 400 naming its field."""
+    from edgellama.runtime.structured import StructuredOutputsParams, compile_constraint
+    found = []
+    fmt = body.get("response_format")
+    if fmt not in (None, {}):
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        if kind == "json_object":
+            found.append(("response_format", {"json_object": True}))
+        elif kind == "json_schema":
+            spec = fmt.get("json_schema")
+            schema = spec.get("schema") if isinstance(spec, dict) else None
+            if not isinstance(schema, dict):
+                raise bad("response_format.json_schema.schema must be a JSON schema object", "response_format")
+            found.append(("response_format", {"json": schema}))
+        elif kind != "text":
+            raise bad('response_format: type must be "text", "json_object" or "json_schema"', "response_format")
+    given = body.get("structured_outputs")
+    if given is not None:
+        if not isinstance(given, dict):
+            raise bad("structured_outputs must be an object", "structured_outputs")
+        found.append(("structured_outputs", given))
+    for name, field in GUIDED_FIELDS.items():
+        if body.get(name) is not None:
+            found.append((name, {field: body[name]}))
+    if not found:
+        return None
+    if len(found) > 1:
+        raise bad(f"{' and '.join(name for name, _ in found)}: give one structured-output constraint", found[1][0])
+    name, fields = found[0]
+    try:
+        params = StructuredOutputsParams(**fields)
+        compile_constraint(params)
+        params.source = name  # the field a device's refusal names
+    except TypeError as e:  # a field StructuredOutputsParams does not have
+        raise bad(f"{name}: {e}".replace("StructuredOutputsParams.__init__() ", ""), name) from None
+    except ValueError as e:
+        raise bad(f"{name}: {e}", name) from None
+    return params
+
+
 def beam_search_params(body: dict, params: SamplingParams):
     """vLLM's extras use_beam_search (the beam width is n; the n best beams come back as the
     choices) and length_penalty: BeamSearchParams, or None for sampling."""
@@ -228,6 +277,8 @@ def beam_search_params(body: dict, params: SamplingParams):
         raise bad(f"length_penalty must be a number, got {penalty!r}", "length_penalty")
     if not use:
         return None
+    if params.structured_outputs is not None:
+        raise bad("use_beam_search: a beam search takes no structured-output constraint", "use_beam_search")
     if params.logprobs is not None or params.prompt_logprobs is not None:
         raise bad("logprobs: a beam search reports each beam's cumulative logprob only", "logprobs")
     try:
@@ -539,9 +590,16 @@ class DeviceBackend:
 
     def _check_request(self, prompt, params, chat):
         """A request the serial protocol cannot carry (too long, a stop string over two
-        lines) is the client's to fix: 400, before the device is touched."""
+        lines, a constraint past the device's buffer) is the client's to fix: 400, before
+        the device is touched."""
         if type(self.device).__name__ != "ProtocolDevice":
             return
+        constraint = getattr(params, "constraint", None)
+        room = self.device.info().get("constraint_bytes")
+        if constraint is not None and len(constraint) > (room or 0):
+            source = getattr(params.structured_outputs, "source", "structured_outputs")
+            raise bad(f"{source}: the constraint's automaton is {len(constraint):,} bytes and this device holds "
+                      f"{room or 0:,}; simplify it (fewer states)", source)
         from edgellama.devices.protocol import beam_payload, generate_payload
         try:
             if isinstance(params, BeamSearchParams):
