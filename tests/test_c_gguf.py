@@ -452,6 +452,9 @@ REJECTED = {
                     ERR_FORMAT, ["layer_norm_rms_epsilon"]),
     "rope base infinite": (lambda p, b: build(p.set_kv("llama.rope.freq_base", FLOAT64, float("inf"))), ERR_FORMAT,
                            ["llama.rope.freq_base"]),
+    # found by fuzz_model: a tiny base made RoPE's angles overflow the reduction's integer
+    "rope base below one": (lambda p, b: build(p.set_kv("llama.rope.freq_base", FLOAT32, 1e-20)), ERR_FORMAT,
+                            ["llama.rope.freq_base must be at least 1"]),
     "float64 beyond float": (lambda p, b: build(p.set_kv("llama.rope.freq_base", FLOAT64, 1e300)), ERR_FORMAT,
                              ["llama.rope.freq_base", "float range"]),
     "tokens not strings": (lambda p, b: build(p.set_kv("tokenizer.ggml.tokens", ARRAY, (INT32, list(range(512))))),

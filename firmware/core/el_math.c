@@ -82,8 +82,17 @@ void el_sincosf(float angle, float *sine, float *cosine)
     const double pio2_1 = 1.57079632673412561417e+00, pio2_2 = 6.07710050650619224932e-11,
                  pio2_3 = 2.02226624879595063154e-21;
     double x = angle, r, r2, s, c;
-    long k = (long)(x * 0.63661977236758134308 + (x >= 0 ? 0.5 : -0.5));
+    long k;
     int quadrant;
+    /* RoPE's angles are positions times frequencies of at most 1 (el_model.c refuses a
+     * base below 1), so |x| < 2^31 and k fits a 32-bit long; anything else is not an
+     * angle this runtime makes, and gets a defined answer instead of an overflow */
+    if (!(x > -2147483647.0 && x < 2147483647.0)) {
+        *sine = 0.0f;
+        *cosine = 1.0f;
+        return;
+    }
+    k = (long)(x * 0.63661977236758134308 + (x >= 0 ? 0.5 : -0.5));
     r = ((x - (double)k * pio2_1) - (double)k * pio2_2) - (double)k * pio2_3;
     r2 = r * r;
     s = r * (1.0 - r2 / 6 * (1.0 - r2 / 20 * (1.0 - r2 / 42 * (1.0 - r2 / 72 * (1.0 - r2 / 110 * (1.0 - r2 / 156))))));

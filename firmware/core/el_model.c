@@ -87,6 +87,10 @@ static el_status read_config(const el_gguf *gguf, el_config *cfg, el_error *err)
     cfg->rope_theta = 10000.0f;
     if (status == EL_OK && el_gguf_find(gguf, "llama.rope.freq_base") != NULL)
         status = get_positive_float(gguf, "llama.rope.freq_base", &cfg->rope_theta, err);
+    /* A base below 1 makes RoPE's frequencies grow past 1 and its angles past what
+     * el_sincosf reduces (position x frequency stays below 2^31 from a base of 1 on) */
+    if (status == EL_OK && cfg->rope_theta < 1.0f)
+        status = el_fail(err, EL_ERR_FORMAT, "metadata key llama.rope.freq_base must be at least 1", "", "");
     return status;
 }
 
