@@ -16,6 +16,8 @@ from edgellama.runtime import bench_suite
 CASES = ["15M shape Q8_0 decode", "15M shape Q4_0 decode", "15M shape F32 decode", "stories260K shape F32 decode",
          "default model F32 decode", "default model Q8_0 decode", "15M shape Q8_0 prefill (64 tokens)",
          "15M shape Q8_0, 8 sequences", "sampling T=1, top_p=0.9, 32,000 tokens", "greedy (argmax), 32,000 tokens",
+         "15M shape Q8_0, n-gram speculation (its greedy text loops)",
+         "default model Q8_0, n-gram speculation, a repeated passage",
          "peak RSS, 15M shape Q8_0, 256 tokens", "peak RSS, default model, 256 tokens"]
 
 
@@ -37,6 +39,8 @@ def test_the_suite_runs_every_case_and_keeps_the_run(tmp_path, monkeypatch):
                                                             + CASES[3:])
     for case in run["cases"]:
         assert case["figure"] > 0, case
+        if "speculation" in case["name"]:
+            assert "the same tokens" in case["note"] and "drafts accepted" in case["note"]
         if case["bound"] is not None:
             assert case["ratio"] == case["figure"] / case["bound"]
     assert run["bandwidth_gb_s"]["dram"] > 0 and run["machine"]["cores"] >= 1 and run["machine"]["kernels"]

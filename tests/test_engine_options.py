@@ -34,7 +34,8 @@ def test_round_trips_through_manifest_json():
     assert EngineOptions.from_dict(json.loads(json.dumps(options.to_dict()))) == options
     assert EngineOptions.from_dict({}) == EngineOptions() == EngineOptions.from_dict({"threads": None})
     assert list(options.to_dict()) == ["max_model_len", "block_size", "kv_dtype", "max_seqs", "max_batch_tokens",
-                                       "kv_cache_bytes", "arena_bytes", "threads"]
+                                       "kv_cache_bytes", "arena_bytes", "threads", "speculative_tokens",
+                                       "prompt_lookup_max", "prompt_lookup_min"]
     assert options.kv_dtype_code == 1 and planner.KV_DTYPES is KV_DTYPES
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.max_seqs = 2

@@ -142,20 +142,20 @@ def struct_sizes(pointer_bytes: int) -> dict:
     el_gguf_tensor = _struct(el_str, I, _array(U64, 4), I, U64, P, U64)
     el_gguf = _struct(P, Z, I, I, U64, U64, P, P, U64)
     el_model = _struct(el_config, el_matrix, el_matrix, P, P, el_vocab, el_str, el_str, el_gguf)
-    el_engine_options = _struct(I, I, U64, I, I, I, I, I, I, I)
+    el_engine_options = _struct(I, I, U64, I, I, I, I, I, I, I, I, I, I)
     el_tokenizer = _struct(el_vocab, _array(I, 256), P, I, I, I, I, I)
     el_kv_cache = _struct(*[I] * 7, P, P, P, P, P, P, P, I, I, I, P, P, P, P, P, I, U64, U64, U64, U64, I)
     el_forward_state = _struct(I, I, I, I, *[P] * 11, _struct(P, P), P, _struct(P, P, I))
     el_sampler_scratch = _struct(I, P, P, P, P)
     el_scheduler = _struct(P, I, P, I, I, I, U64, I, U64)
     el_engine = _struct(P, el_engine_options, el_tokenizer, el_kv_cache, el_forward_state, el_sampler_scratch,
-                        el_scheduler, P, P, P, P, P, P, U64, U64, U64, U64, U64, P, I)
+                        el_scheduler, P, P, P, P, P, P, U64, U64, U64, U64, U64, U64, U64, P, I)
     el_runtime = _struct(el_arena, el_model, el_engine, Z)
     el_sampling = _struct(I, I, I, I, I, I, I, U64)
     el_request = _struct(el_sampling, I, I, I, I, _array(I, 8), I, _array(B, 4 * 32), _array(I, 4), I, I, I, I, I,
                          P, I)
     el_sequence = _struct(I, I, U64, el_request, P, I, I, I, I, P, I, I, I, I, _struct(U64, U64), I, I, I, P,
-                          I, I, I, _struct(_array(B, 4), I), I, I, I, I, I, U64, I, I, I, I, I, I,
+                          I, I, I, _struct(_array(B, 4), I), I, I, I, I, I, U64, I, I, I, I, I, I, I,
                           _array(I, 2 * MAX_BEAM_WIDTH), _array(I, 2 * MAX_BEAM_WIDTH))
     el_logprob_entry = _struct(I, I, I, I, _array(I, MAX_LOGPROBS), _array(I, MAX_LOGPROBS))
     beam_candidate = _struct(I, I, I, I)
@@ -354,8 +354,10 @@ def tokenize_scratch_bytes(prompt_bytes: int, has_unused: bool, pointer_bytes: i
 
 
 def arena_parts(info: ModelInfo, ctx: int, block_size: int, max_seqs: int, max_batch_tokens: int, kv_dtype: str,
-                prompt_bytes: int, pointer_bytes: int, threads: int = 1) -> tuple:
-    """(parts dict, kv blocks, kv block bytes): the arena el_runtime_open carves, in its order."""
+                prompt_bytes: int, pointer_bytes: int, threads: int = 1, speculative_tokens: int = 0) -> tuple:
+    """(parts dict, kv blocks, kv block bytes): the arena el_runtime_open carves, in its order.
+    Each sequence's step holds a logits row, and one per speculative draft."""
+    max_logits = max_seqs * (1 + speculative_tokens)
     s, cfg = struct_sizes(pointer_bytes), info.config
     a = _Arena()
     a.take("other", s["el_runtime"], 16)
@@ -375,7 +377,7 @@ def arena_parts(info: ModelInfo, ctx: int, block_size: int, max_seqs: int, max_b
     blocks_per_seq = -(-ctx // block_size)
     n_blocks = max_seqs * blocks_per_seq
     a.take("KV pool", n_blocks * block_bytes + KV_ALIGN_SLACK, 16)
-    a.take("activations", forward_bytes(cfg, max_batch_tokens, max_seqs, ctx, threads), 16)
+    a.take("activations", forward_bytes(cfg, max_batch_tokens, max_logits, ctx, threads), 16)
     for _ in range(3):
         a.take("sampler", info.n_tokens * 4, 4)
     a.take("sampler", SAMPLER_BUCKETS * 8, 8)
@@ -390,7 +392,7 @@ def arena_parts(info: ModelInfo, ctx: int, block_size: int, max_seqs: int, max_b
     a.take("other", 2 * max(info.max_piece_len, 5) + 8, 1)
     # logprobs: one entry per event; beam search: one search's candidates (2W for each
     # of W beams, W <= max_seqs / 2)
-    a.take("other", s["el_logprob_entry"] * 2 * max_seqs, 8)
+    a.take("other", s["el_logprob_entry"] * max_seqs * (2 + speculative_tokens), 8)  # el_engine_max_events
     beam_width = min(MAX_BEAM_WIDTH, max_seqs // 2)
     if beam_width > 0:
         a.take("other", s["beam_candidate"] * 2 * beam_width * beam_width, 8)
@@ -442,6 +444,9 @@ class Plan:
     max_samples: int = 1
     max_beam_width: int = 0
     constraint_bytes: int = 0  # the largest structured-output automaton its protocol server holds
+    speculative_tokens: int = 0  # n-gram drafts a sequence verifies per step, and the n-grams looked up
+    prompt_lookup_max: int = 0
+    prompt_lookup_min: int = 0
 
     @property
     def verdict(self) -> str:
@@ -454,7 +459,9 @@ class Plan:
         (the KV pool is the runtime's default, kv_cache_bytes 0: max_seqs full sequences)."""
         return EngineOptions(max_model_len=self.ctx, block_size=self.block_size, kv_dtype=self.kv_dtype,
                              max_seqs=self.max_seqs, max_batch_tokens=self.max_batch_tokens, kv_cache_bytes=0,
-                             arena_bytes=self.arena_budget, threads=self.threads)
+                             arena_bytes=self.arena_budget, threads=self.threads,
+                             speculative_tokens=self.speculative_tokens, prompt_lookup_max=self.prompt_lookup_max,
+                             prompt_lookup_min=self.prompt_lookup_min)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -523,7 +530,8 @@ def _placement(board: Board, weights: int) -> dict:
 
 
 def plan(board, model_path=None, ctx=None, quant=None, max_seqs=None, kv_dtype="f32", *, block_size=None,
-         max_batch_tokens=None, prompt_bytes=None, threads=None, info=None) -> Plan:
+         max_batch_tokens=None, prompt_bytes=None, threads=None, speculative_tokens=0, prompt_lookup_max=0,
+         prompt_lookup_min=0, info=None) -> Plan:
     """The plan for running the model (None: the embedded default) on `board` (a Board or
     its name). quant None plans the model as stored, else as `edgellama export --quant`
     would write it. Defaults for the rest (None or 0) are in the module docstring; every
@@ -532,7 +540,9 @@ def plan(board, model_path=None, ctx=None, quant=None, max_seqs=None, kv_dtype="
     board = _board(board)
     requested = EngineOptions(max_model_len=ctx or 0, block_size=block_size or 0, kv_dtype=kv_dtype,
                               max_seqs=max_seqs or 0, max_batch_tokens=max_batch_tokens or 0,
-                              threads=threads or 0)  # checks every value before any arithmetic
+                              threads=threads or 0, speculative_tokens=speculative_tokens or 0,
+                              prompt_lookup_max=prompt_lookup_max or 0,
+                              prompt_lookup_min=prompt_lookup_min or 0)  # checks every value before any arithmetic
     if quant is not None and quant not in Q.QUANT_NAMES:
         close = difflib.get_close_matches(quant, list(Q.QUANT_NAMES), n=1)
         raise EdgeLlamaError(f"--quant: unknown type {quant!r}; use one of {', '.join(Q.QUANT_NAMES)}"
@@ -554,7 +564,7 @@ def plan(board, model_path=None, ctx=None, quant=None, max_seqs=None, kv_dtype="
 
     def total(c, dtype):
         parts, _, _ = arena_parts(info, c, block_size, max_seqs, max_batch_tokens, dtype, prompt_for(c),
-                                  pointer_bytes, threads)
+                                  pointer_bytes, threads, speculative_tokens or 0)
         return sum(parts.values())
 
     def largest_ctx(dtype):
@@ -566,7 +576,7 @@ def plan(board, model_path=None, ctx=None, quant=None, max_seqs=None, kv_dtype="
         return lo
 
     parts, n_blocks, block_bytes = arena_parts(info, ctx, block_size, max_seqs, max_batch_tokens, kv_dtype,
-                                               prompt_for(ctx), pointer_bytes, threads)
+                                               prompt_for(ctx), pointer_bytes, threads, speculative_tokens or 0)
     arena_total = sum(parts.values())
     place = _placement(board, info.file_bytes)
     budget = place["arena_budget"]
@@ -597,7 +607,8 @@ def plan(board, model_path=None, ctx=None, quant=None, max_seqs=None, kv_dtype="
     part_notes["KV pool"] = (f"{n_blocks} blocks x {block_bytes:,} bytes ({block_size} tokens x "
                              f"{info.config['n_layers']} layers, {kv_dtype}, bookkeeping included)")
     group = info.config["n_heads"] // info.config["n_kv_heads"]
-    part_notes["activations"] = (f"forward pass: {max_batch_tokens} rows, {max_seqs} logits row(s), "
+    part_notes["activations"] = (f"forward pass: {max_batch_tokens} rows, "
+                                 f"{max_seqs * (1 + (speculative_tokens or 0))} logits row(s), "
                                  f"{ctx} attention scores x {group} head(s) of a kv group x {threads} thread(s)")
     part_notes["sequences"] = (f"{max_seqs} x (struct, {ctx} tokens, {-(-ctx // block_size)}-entry block table, "
                                f"{ctx * (info.max_piece_len + 4) + 8:,} bytes of text)")
@@ -614,7 +625,8 @@ def plan(board, model_path=None, ctx=None, quant=None, max_seqs=None, kv_dtype="
         part_notes=part_notes, arena_total=arena_total, arena_budget=budget,
         arena_location=place["arena_location"], largest_ctx=largest, fits=not reasons, reasons=reasons,
         notes=notes, max_samples=max_seqs, max_beam_width=min(MAX_BEAM_WIDTH, max_seqs // 2),
-        constraint_bytes=board.constraint_bytes)
+        constraint_bytes=board.constraint_bytes, speculative_tokens=requested.speculative_tokens,
+        prompt_lookup_max=requested.prompt_lookup_max, prompt_lookup_min=requested.prompt_lookup_min)
 
 
 def planned_options(board: Board, requested: EngineOptions, model_ctx: int) -> EngineOptions:
@@ -642,7 +654,9 @@ def plan_engine(board, model_path=None, quant=None, requested: EngineOptions | N
                                  f"not per build; got {getattr(requested, name)}")
     return plan(board, model_path, requested.max_model_len or None, quant, requested.max_seqs or None,
                 requested.kv_dtype, block_size=requested.block_size or None,
-                max_batch_tokens=requested.max_batch_tokens or None, threads=requested.threads or None, info=info)
+                max_batch_tokens=requested.max_batch_tokens or None, threads=requested.threads or None,
+                speculative_tokens=requested.speculative_tokens, prompt_lookup_max=requested.prompt_lookup_max,
+                prompt_lookup_min=requested.prompt_lookup_min, info=info)
 
 
 def require_fits(p: Plan) -> Plan:
@@ -689,6 +703,9 @@ def format_plan(p: Plan) -> str:
     lines.append(f"samples  up to n={p.max_samples} per request (forks of one prefill), {beams}")
     lines.append(f"outputs  structured outputs whose automaton is at most {p.constraint_bytes:,} bytes "
                  "(static, beside the arena)")
+    if p.speculative_tokens:
+        lines.append(f"drafts   n-gram speculation: {p.speculative_tokens} drafts a step per sequence, each a "
+                     "logits row of the activations")
     lines.append(f"verdict  {p.verdict}")
     lines += [f"note     {n}" for n in p.notes]
     return "\n".join(lines)

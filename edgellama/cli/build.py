@@ -36,7 +36,8 @@ def build_options(f):
 @click.command("build")
 @build_options
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Output directory (default: build/BOARD).")
-def command(board, model, quant, ctx, max_seqs, kv_dtype, block_size, output):
+def command(board, model, quant, ctx, max_seqs, kv_dtype, block_size, speculative_tokens, output):
     """Cross-compile the runtime for a board: program or image, model, manifest.json."""
-    result = build(board, model, quant, output, ctx, requested_engine(kv_dtype, block_size, max_seqs))
+    result = build(board, model, quant, output, ctx, requested_engine(kv_dtype, block_size, max_seqs,
+                                                                          speculative_tokens))
     click.echo(describe(result, "built"))

@@ -33,6 +33,9 @@ def build_options(f):
         click.option("--kv-dtype", type=click.Choice(list(KV_DTYPES)), help="KV cache type [default: the build's]."),
         click.option("--block-size", type=click.IntRange(min=1), help="Tokens per KV block [default: the build's]."),
         click.option("--max-seqs", type=click.IntRange(min=1), help="Sequences at once [default: the build's]."),
+        click.option("--speculative-tokens", type=click.IntRange(0, 16),
+                     help="N-gram speculation: drafts verified per step (the same tokens, fewer passes) "
+                          "[default: the build's, 0 here]."),
         click.option("--quant", type=click.Choice(list(QUANT_NAMES)),
                      help="Emulated boards: build with this type (default: the build's, q8_0 for a new one)."),
         click.option("-o", "--output", type=click.Path(file_okay=False),
@@ -48,8 +51,9 @@ def requested_engine(options: dict):
     """The engine options popped from the flags build_options adds: None when none was
     given (a build is used as it is), else EngineOptions with the rest at 0 (the default)."""
     from edgellama.runtime.engine_options import EngineOptions
-    ctx, kv_dtype, block_size, max_seqs = (options.pop(k) for k in ("ctx", "kv_dtype", "block_size", "max_seqs"))
-    if not any((ctx, kv_dtype, block_size, max_seqs)):
+    ctx, kv_dtype, block_size, max_seqs, speculative = (
+        options.pop(k) for k in ("ctx", "kv_dtype", "block_size", "max_seqs", "speculative_tokens"))
+    if not any((ctx, kv_dtype, block_size, max_seqs, speculative)):
         return None
     return EngineOptions(max_model_len=ctx or 0, kv_dtype=kv_dtype or "f32", block_size=block_size or 0,
-                         max_seqs=max_seqs or 0)
+                         max_seqs=max_seqs or 0, speculative_tokens=speculative or 0)

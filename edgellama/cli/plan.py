@@ -16,14 +16,18 @@ def engine_options(f):
         click.option("--kv-dtype", type=click.Choice(list(KV_DTYPES)), default="f32", show_default=True,
                      help="Element type of the KV cache (int8 needs about a third of f32's memory)."),
         click.option("--block-size", type=click.IntRange(min=1), help="Tokens per KV block [default: the board's]."),
+        click.option("--speculative-tokens", type=click.IntRange(0, 16), default=0,
+                     help="N-gram speculation: drafts a sequence verifies per step [default: 0, none]."),
     ]):
         f = option(f)
     return f
 
 
-def requested_engine(kv_dtype: str, block_size: int | None, max_seqs: int | None) -> EngineOptions:
+def requested_engine(kv_dtype: str, block_size: int | None, max_seqs: int | None,
+                     speculative_tokens: int = 0) -> EngineOptions:
     """The engine options given on the command line (0: the planner's default); --ctx travels apart."""
-    return EngineOptions(kv_dtype=kv_dtype, block_size=block_size or 0, max_seqs=max_seqs or 0)
+    return EngineOptions(kv_dtype=kv_dtype, block_size=block_size or 0, max_seqs=max_seqs or 0,
+                         speculative_tokens=speculative_tokens or 0)
 
 
 @click.command("plan")
@@ -34,9 +38,10 @@ def requested_engine(kv_dtype: str, block_size: int | None, max_seqs: int | None
               help="Plan the model as `export --quant` would write it [default: as stored].")
 @engine_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def command(board_name, model, ctx, quant, max_seqs, kv_dtype, block_size, as_json):
+def command(board_name, model, ctx, quant, max_seqs, kv_dtype, block_size, speculative_tokens, as_json):
     """Where the weights live, what the arena holds, the largest context, and whether it fits.
 
     Prints the plan and exits 0 whether or not the model fits; `build` refuses one that does not."""
-    p = plan(board_name, model, ctx=ctx, quant=quant, max_seqs=max_seqs, kv_dtype=kv_dtype, block_size=block_size)
+    p = plan(board_name, model, ctx=ctx, quant=quant, max_seqs=max_seqs, kv_dtype=kv_dtype, block_size=block_size,
+             speculative_tokens=speculative_tokens)
     click.echo(plan_json(p) if as_json else format_plan(p))

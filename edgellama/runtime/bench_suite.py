@@ -42,6 +42,11 @@ PROMPT_TOKENS, GEN_TOKENS = 64, 128
 MiB = 1 << 20
 SAMPLED = ["--temperature", "1", "--top-p", "0.9"]
 GREEDY = ["--temperature", "0"]
+# n-gram speculation as the suite measures it: 4 drafts a step, suffixes of 1 to 4 tokens
+NGRAM = ["--speculative-tokens", "4", "--prompt-lookup-max", "4", "--prompt-lookup-min", "1"]
+# repetitive text for the default model: a passage it has seen twice, to continue
+REPETITIVE = ("lily had a red ball. she liked to play with it in the park. one day the ball rolled into the pond. "
+              "lily was sad. ") * 2
 # The models whose decode has a bandwidth bound: the 15M shape, whose weights are large
 # enough that reading them sets the pace.
 BOUNDED = ("15m-q8_0", "15m-q4_0", "15m-f32")
@@ -157,6 +162,9 @@ def run_suite(repetitions: int = 3, threads: int = 2, progress=None) -> dict:
             "q8_threads": ("15m-q8_0", "--threads", str(threads), *GREEDY),
             "q8_seqs": ("15m-q8_0", *one, *GREEDY, "--sequences", "8"),
             "q8_sampled": ("15m-q8_0", *one, *SAMPLED),
+            "q8_ngram": ("15m-q8_0", *one, *GREEDY, *NGRAM),
+            "d_q8_text": ("default-q8_0", *one, *GREEDY, "--prompt", REPETITIVE),
+            "d_q8_text_ngram": ("default-q8_0", *one, *GREEDY, "--prompt", REPETITIVE, *NGRAM),
             "s260": ("260k-f32", *one, *GREEDY),
             "d_f32": ("default-f32", *one, *GREEDY),
             "d_q8": ("default-q8_0", *one, *GREEDY),
@@ -178,8 +186,8 @@ def run_suite(repetitions: int = 3, threads: int = 2, progress=None) -> dict:
                 taken[key].append(run_bench(program, models[model], *flags, repetitions=3))
         rate = {key: statistics.median(values) for key, values in rates.items()}
         dram, cache = rate["dram"], rate["cache"]
-        q8, q4, f32, q8_threads, q8_seqs, q8_sampled, s260, d_f32, d_q8, rss_15m, rss_default = (
-            _medians(taken[key]) for key in runs)
+        (q8, q4, f32, q8_threads, q8_seqs, q8_sampled, q8_ngram, d_q8_text, d_q8_text_ngram, s260, d_f32, d_q8,
+         rss_15m, rss_default) = (_medians(taken[key]) for key in runs)
 
         def decode_bound(model):
             return rate[model] * 1e9 / sizes[model]
@@ -216,6 +224,16 @@ def run_suite(repetitions: int = 3, threads: int = 2, progress=None) -> dict:
                           "≤ 5% of a step", share <= 0.05, note=f"{100 * share:.1f}% of a {step_us:,.0f} µs step"))
         cases.append(Case("greedy (argmax), 32,000 tokens", q8["sample_us"], "µs a token",
                           note=f"{100 * q8['sample_us'] / step_us:.1f}% of a step"))
+        for name, plain, fast, goal in (
+                ("15M shape Q8_0, n-gram speculation (its greedy text loops)", q8, q8_ngram, 1.5),
+                ("default model Q8_0, n-gram speculation, a repeated passage", d_q8_text, d_q8_text_ngram, None)):
+            ratio = fast["decode_tokens_per_s"] / plain["decode_tokens_per_s"]
+            accepted = fast["draft_accepted"] / fast["draft_tokens"] if fast["draft_tokens"] else 0.0
+            same = fast["tokens_fnv1a64"] == plain["tokens_fnv1a64"]  # the digest of the tokens generated
+            note = (f"{ratio:.2f}x plain greedy decoding, {'the same tokens' if same else 'OTHER TOKENS'}; "
+                    f"{100 * accepted:.0f}% of {fast['draft_tokens']:.0f} drafts accepted")
+            text = f"≥ {goal}x plain, the same tokens" if goal else "the same tokens"
+            cases.append(Case(name, fast["decode_tokens_per_s"], tg, text, same and ratio >= (goal or 0), note=note))
         cases.append(Case("peak RSS, 15M shape Q8_0, 256 tokens", rss_15m["max_rss_bytes"] / MiB, "MiB",
                           "≤ 23", rss_15m["max_rss_bytes"] / MiB <= 23.0))
         cases.append(Case("peak RSS, default model, 256 tokens", rss_default["max_rss_bytes"] / MiB, "MiB",

@@ -37,7 +37,8 @@ class EngineOptions(C.Structure):
     _fields_ = [("max_model_len", C.c_int), ("block_size", C.c_int), ("kv_cache_bytes", C.c_longlong),
                 ("max_seqs", C.c_int), ("max_batch_tokens", C.c_int), ("kv_dtype", C.c_int),
                 ("no_prefix_caching", C.c_int), ("threads", C.c_int), ("check_values", C.c_int),
-                ("weights_writable", C.c_int)]
+                ("weights_writable", C.c_int), ("speculative_tokens", C.c_int), ("prompt_lookup_max", C.c_int),
+                ("prompt_lookup_min", C.c_int)]
 
 
 class Sampling(C.Structure):
@@ -85,7 +86,7 @@ class Stats(C.Structure):
                 ("blocks_used", C.c_int), ("blocks_cached", C.c_int), ("blocks_high_water", C.c_int),
                 ("prefix_queries", C.c_longlong), ("prefix_hits", C.c_longlong), ("preemptions", C.c_longlong),
                 ("arena_used", C.c_size_t), ("arena_high_water", C.c_size_t), ("arena_size", C.c_size_t),
-                ("blocks_copied", C.c_longlong)]
+                ("blocks_copied", C.c_longlong), ("draft_tokens", C.c_longlong), ("draft_accepted", C.c_longlong)]
 
     def as_dict(self) -> dict:
         return {name: getattr(self, name) for name, _ in self._fields_}
@@ -168,7 +169,8 @@ class Runtime:
     """One model opened in the C runtime, with its own memory block and engine."""
 
     def __init__(self, model_path, max_model_len=0, block_size=16, kv_cache_bytes=0, max_seqs=8,
-                 max_batch_tokens=0, kv_dtype="f32", memory_bytes=None, enable_prefix_caching=True, threads=None):
+                 max_batch_tokens=0, kv_dtype="f32", memory_bytes=None, enable_prefix_caching=True, threads=None,
+                 speculative_tokens=0, prompt_lookup_max=0, prompt_lookup_min=0):
         if kv_dtype not in KV_DTYPES:
             raise ValueError(f"kv_dtype must be one of {sorted(KV_DTYPES)}, got {kv_dtype!r}")
         self.lib = library()
@@ -189,7 +191,8 @@ class Runtime:
         options = EngineOptions(max_model_len, block_size, int(kv_cache_bytes or 0), max_seqs, max_batch_tokens,
                                 KV_DTYPES[kv_dtype], int(not enable_prefix_caching), self.threads,
                                 check_values=1,  # refuse NaN/Inf weights at load
-                                weights_writable=1)
+                                weights_writable=1, speculative_tokens=speculative_tokens,
+                                prompt_lookup_max=prompt_lookup_max, prompt_lookup_min=prompt_lookup_min)
         for _ in range(4):
             self._memory = np.zeros(size, dtype=np.uint8)
             err = Error()

@@ -31,6 +31,9 @@ class EngineOptions:
     kv_cache_bytes: int = 0     # the KV pool; 0 = enough for max_seqs full sequences
     arena_bytes: int = 0        # the one block the runtime allocates from; 0 = the board's
     threads: int = 0            # workers of the parallel hook (sizes per-worker scratch); 0 = 1
+    speculative_tokens: int = 0  # n-gram drafts a sequence verifies per step (el_speculate.h); 0 = none
+    prompt_lookup_max: int = 0  # the longest n-gram looked up for drafts; 0 = 5
+    prompt_lookup_min: int = 0  # the shortest; 0 = prompt_lookup_max
 
     def __post_init__(self):
         for name, limit in INT_LIMITS.items():
@@ -42,6 +45,9 @@ class EngineOptions:
         # el_engine_init's rule, checked where both are given (0 leaves it to the runtime)
         if self.max_seqs and self.max_batch_tokens and self.max_batch_tokens < self.max_seqs:
             _fail("max_batch_tokens", f"must be at least max_seqs ({self.max_seqs})", self.max_batch_tokens)
+        if self.prompt_lookup_min and self.prompt_lookup_max and self.prompt_lookup_min > self.prompt_lookup_max:
+            _fail("prompt_lookup_min", f"must be at most prompt_lookup_max ({self.prompt_lookup_max})",
+                  self.prompt_lookup_min)
 
     @property
     def kv_dtype_code(self) -> int:
@@ -59,6 +65,11 @@ class EngineOptions:
                  "threads": "threads"}
         arguments = {names[k]: v for k, v in self.to_dict().items() if k in names and v}
         arguments["kv_dtype"] = self.kv_dtype
+        if self.speculative_tokens:
+            arguments["speculative_config"] = {
+                "method": "ngram", "num_speculative_tokens": self.speculative_tokens,
+                **{k: v for k, v in (("prompt_lookup_max", self.prompt_lookup_max),
+                                     ("prompt_lookup_min", self.prompt_lookup_min)) if v}}
         return arguments
 
     @classmethod
@@ -77,7 +88,7 @@ FIELD_NAMES_ORDERED = tuple(f.name for f in fields(EngineOptions))
 FIELD_NAMES = frozenset(FIELD_NAMES_ORDERED)
 INT_LIMITS = {"max_model_len": C_INT_MAX, "block_size": C_INT_MAX, "max_seqs": C_INT_MAX,
               "max_batch_tokens": C_INT_MAX, "kv_cache_bytes": C_LONG_LONG_MAX, "arena_bytes": C_LONG_LONG_MAX,
-              "threads": C_INT_MAX}
+              "threads": C_INT_MAX, "speculative_tokens": 16, "prompt_lookup_max": 1024, "prompt_lookup_min": 1024}
 
 
 def _fail(name: str, rule: str, value):

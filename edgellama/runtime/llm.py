@@ -96,10 +96,13 @@ class _Active:
 class LLM:
     def __init__(self, model=None, *, max_model_len: int | None = None, block_size: int = 16,
                  kv_cache_bytes: int | None = None, kv_dtype: str = "f32", max_num_seqs: int = 8,
-                 max_num_batched_tokens: int | None = None, seed: int = 0, threads: int | None = None):
+                 max_num_batched_tokens: int | None = None, seed: int = 0, threads: int | None = None,
+                 speculative_config: dict | None = None):
+        from edgellama.runtime.speculative import engine_options
         self.model = str(resolve(model))
         self._rt = capi.Runtime(self.model, max_model_len or 0, block_size, kv_cache_bytes or 0, max_num_seqs,
-                                max_num_batched_tokens or 0, kv_dtype, threads=threads)
+                                max_num_batched_tokens or 0, kv_dtype, threads=threads,
+                                **engine_options(speculative_config))
         self.max_model_len = max_model_len or self._rt.config.context_length
         self.max_num_seqs = max_num_seqs
         self.seed = seed

@@ -3,6 +3,7 @@
 
 #include "el_beam.h"
 #include "el_constraint.h"
+#include "el_speculate.h"
 
 #define EL_MASKED_LOGIT (-3.0e38f)
 
@@ -15,7 +16,12 @@ static void apply_defaults(el_engine_options *o, const el_config *c)
     if (o->max_seqs <= 0) o->max_seqs = 8;
     if (o->max_batch_tokens <= 0) o->max_batch_tokens = o->max_seqs > 32 ? o->max_seqs : 32;
     if (o->threads <= 0) o->threads = 1;
+    if (o->prompt_lookup_max <= 0) o->prompt_lookup_max = 5;  /* vLLM's defaults */
+    if (o->prompt_lookup_min <= 0) o->prompt_lookup_min = o->prompt_lookup_max;
 }
+
+/* Logits rows one step holds: a row per sequence, and one per draft it verifies. */
+static int max_logits_rows(const el_engine_options *o) { return o->max_seqs * (1 + o->speculative_tokens); }
 
 static int blocks_for(int tokens, int block_size) { return (tokens + block_size - 1) / block_size; }
 
@@ -68,6 +74,11 @@ el_status el_engine_init(el_engine *e, const el_model *model, const el_engine_op
     if (o->max_batch_tokens < o->max_seqs)
         return el_fail(err, EL_ERR_ARGUMENT, "max_batch_tokens must be at least max_seqs", "", "");
     if (o->threads > 1024) return el_fail(err, EL_ERR_ARGUMENT, "threads must be 1 to 1024", "", "");
+    if (o->speculative_tokens < 0 || o->speculative_tokens > EL_MAX_SPECULATIVE_TOKENS)
+        return el_fail(err, EL_ERR_ARGUMENT, "speculative_tokens must be 0 to 16", "", "");
+    if (o->prompt_lookup_min > o->prompt_lookup_max || o->prompt_lookup_max > 1024)
+        return el_fail(err, EL_ERR_ARGUMENT, "prompt_lookup_min must be at most prompt_lookup_max (at most 1024)",
+                       "", "");
     n_blocks = o->kv_cache_bytes > 0
                    ? o->kv_cache_bytes / (long long)el_kv_block_bytes(c, o->block_size, o->kv_dtype)
                    : (long long)o->max_seqs * blocks_for(o->max_model_len, o->block_size);
@@ -82,8 +93,8 @@ el_status el_engine_init(el_engine *e, const el_model *model, const el_engine_op
         return el_fail(err, EL_ERR_ARGUMENT, "kv_cache_bytes is too large", "", "");
     if ((status = el_tokenizer_init(&e->tokenizer, &model->vocab, arena, err)) != EL_OK) return status;
     if ((status = el_kv_init(&e->kv, c, o->block_size, (int)n_blocks, o->kv_dtype, arena, err)) != EL_OK) return status;
-    if ((status = el_forward_init(&e->forward, c, o->max_batch_tokens, o->max_seqs, o->max_model_len, o->threads, arena,
-                                   err)) !=
+    if ((status = el_forward_init(&e->forward, c, o->max_batch_tokens, max_logits_rows(o), o->max_model_len,
+                                   o->threads, arena, err)) !=
         EL_OK)
         return status;
     if ((status = el_sampler_scratch_init(&e->sampler, c->vocab_size, arena, err)) != EL_OK) return status;
@@ -103,7 +114,7 @@ el_status el_engine_init(el_engine *e, const el_model *model, const el_engine_op
     e->scheduler.max_seqs = o->max_seqs;
     e->scheduler.kv = &e->kv;
     e->scheduler.max_rows = o->max_batch_tokens;
-    e->scheduler.max_logits = o->max_seqs; /* el_forward_init's max_logits */
+    e->scheduler.max_logits = max_logits_rows(o); /* el_forward_init's max_logits */
     e->scheduler.max_model_len = o->max_model_len;
     e->scheduler.next_arrival = 1;
     e->scheduler.prefix_caching = !o->no_prefix_caching;
@@ -187,6 +198,7 @@ static void start_turn(el_engine *e, el_sequence *seq, const el_request *request
     seq->cum_logprob = 0.0f;
     seq->beam_ready = 0;
     seq->constraint_state = 0;
+    seq->n_draft = 0;
     el_utf8_stream_init(&seq->utf8);
     el_rng_seed(&seq->rng, request->sampling.seed);
     seq->arrival = e->scheduler.next_arrival++;
@@ -409,7 +421,7 @@ static void free_reserved(el_engine *e, const el_sequence *parent)
 
 /* ------------------------------------------------------------ the step */
 
-int el_engine_max_events(const el_engine *e) { return 2 * e->options.max_seqs; }
+int el_engine_max_events(const el_engine *e) { return e->options.max_seqs * (2 + e->options.speculative_tokens); }
 
 /* Event n, or NULL past the caller's array (then the step reports no more; nothing
  * else changes). logprob_entries[n] goes with it: max_events is capped to their count. */
@@ -417,8 +429,8 @@ static el_event *event_at(el_event *events, int n, int max_events) { return n < 
 
 /* Sample seq's next token from its logits row (`raw`: the same row as the model gave
  * it, for the logprobs; `shift` its log-softmax shift) and report it in ev. */
-static void sample_row(el_engine *e, el_sequence *seq, float *logits, const float *raw, float shift, el_event *ev,
-                       el_logprob_entry *entry)
+static int sample_row(el_engine *e, el_sequence *seq, float *logits, const float *raw, float shift, el_event *ev,
+                      el_logprob_entry *entry)
 {
     int vocab = e->model->config.vocab_size, token = -1;
     /* NaN or Inf logits (activations that overflowed, or NaN weights nothing scanned):
@@ -436,9 +448,11 @@ static void sample_row(el_engine *e, el_sequence *seq, float *logits, const floa
             append_token(e, seq, token);
         }
     }
-    if (ev == NULL) return;
-    el_engine_event(ev, seq, token);
-    if (token >= 0 && seq->request.logprobs >= 0) ev->logprobs = entry;
+    if (ev != NULL) {
+        el_engine_event(ev, seq, token);
+        if (token >= 0 && seq->request.logprobs >= 0) ev->logprobs = entry;
+    }
+    return token;
 }
 
 /* A logits row of a prompt position: the logprob of the prompt token after it. */
@@ -527,9 +541,66 @@ static int abort_stuck(el_engine *e, el_event *events, int max_events)
     return n;
 }
 
+/* ------------------------------------------------------------ speculative decoding */
+
+/* Whether seq may verify drafts: a plain decoding sample (el_speculate.h). */
+static int may_speculate(const el_engine *e, const el_sequence *seq)
+{
+    return e->options.speculative_tokens > 0 && seq->state == EL_SEQ_RUNNING && seq->n_computed == seq->n_tokens - 1 &&
+           seq->request.beam_width == 0 && seq->request.logprobs < 0 && seq->forks_pending == 0;
+}
+
+/* After a step: drafts for every sequence that decodes next, as many as its limits
+ * leave room for (the tokens it may still generate, less the one the last row gives). */
+static void propose_drafts(el_engine *e)
+{
+    int i, k, room;
+    for (i = 0; i < e->options.max_seqs; i++) {
+        el_sequence *seq = &e->seqs[i];
+        seq->n_draft = 0;
+        if (!may_speculate(e, seq)) continue;
+        k = e->options.speculative_tokens;
+        room = seq->request.max_tokens - el_sequence_output_len(seq) - 1;
+        if (room > el_engine_sequence_limit(e) - seq->n_tokens - 1) room = el_engine_sequence_limit(e) - seq->n_tokens - 1;
+        if (k > room) k = room;
+        if (k > 0)
+            seq->n_draft = el_speculate_ngram(seq->tokens, seq->n_tokens, k, e->options.prompt_lookup_max,
+                                              e->options.prompt_lookup_min, seq->tokens + seq->n_tokens);
+    }
+}
+
+/* Row 0 of seq's k + 1 logits rows is its next token's; row i + 1 was computed for draft
+ * i. Sample row by row while each sampled token is the draft the next row assumed; every
+ * token sampled is reported. Keys and values of the accepted drafts become computed; the
+ * blocks past the sequence's end (rejected drafts only) are given back. */
+static int verify_drafts(el_engine *e, el_sequence *seq, float *logits, el_event *events, int n_events,
+                         int max_events, int reserve)
+{
+    int vocab = e->model->config.vocab_size, n_draft = seq->n_draft, i;
+    seq->n_draft = 0;
+    /* a draft is taken only while its token's event has room beside the `reserve`
+     * events the step's other sequences may still report: taking fewer drafts never
+     * changes a token, losing an event would lose text */
+    for (i = 0; i <= n_draft && (i == 0 || n_events + reserve < max_events); i++) {
+        int draft = i < n_draft ? seq->tokens[seq->n_tokens] : -1, before = seq->n_computed, token;
+        token = sample_row(e, seq, logits + (size_t)i * (size_t)vocab, NULL, 0.0f,
+                           event_at(events, n_events, max_events), &e->logprob_entries[n_events]);
+        n_events += n_events < max_events;
+        if (token < 0 || token != draft || seq->state != EL_SEQ_RUNNING) break;
+        e->draft_accepted++;
+        seq->n_computed++; /* the draft's keys and values were the right ones */
+        if (seq->n_computed / e->kv.block_size > before / e->kv.block_size)
+            el_scheduler_register_blocks(&e->scheduler, seq, before);
+    }
+    el_scheduler_trim_blocks(&e->scheduler, seq);
+    return n_events;
+}
+
+/* ------------------------------------------------------------ the step */
+
 int el_engine_step(el_engine *e, el_event *events, int max_events)
 {
-    int n_rows, r, n_logits, logit = 0, n_events = 0;
+    int n_rows, r, n_logits, logit = 0, n_events = 0, vocab = e->model->config.vocab_size, samplers = 0;
     if (max_events > el_engine_max_events(e)) max_events = el_engine_max_events(e);
     n_rows = el_schedule(&e->scheduler, e->rows, e->row_seq);
     if (n_rows == 0) return el_engine_pending(e) ? abort_stuck(e, events, max_events) : 0;
@@ -538,17 +609,29 @@ int el_engine_step(el_engine *e, el_event *events, int max_events)
     for (r = 0; r < n_rows; r++) {
         el_sequence *seq = &e->seqs[e->row_seq[r]];
         int before = seq->n_computed;
+        if (e->rows[r].pos >= seq->n_tokens) { /* a draft's row: computed once it is accepted */
+            e->draft_tokens++;
+            continue;
+        }
         seq->n_computed = e->rows[r].pos + 1;
         if (seq->n_computed - 1 < seq->n_prompt) e->prompt_tokens_computed++;
         if (seq->n_computed / e->kv.block_size > before / e->kv.block_size)
             el_scheduler_register_blocks(&e->scheduler, seq, before);
     }
+    for (r = 0; r < n_rows; r++) /* the rows that sample: one event each, at least */
+        samplers += e->rows[r].want_logits && e->rows[r].pos == e->seqs[e->row_seq[r]].n_tokens - 1;
     for (r = 0; r < n_rows; r++) {
         el_sequence *seq = &e->seqs[e->row_seq[r]];
         float *logits;
         if (!e->rows[r].want_logits) continue;
-        logits = e->forward.logits + (size_t)logit++ * (size_t)e->model->config.vocab_size;
+        logits = e->forward.logits + (size_t)logit++ * (size_t)vocab;
+        samplers -= e->rows[r].pos == seq->n_tokens - 1;
         if (seq->state != EL_SEQ_RUNNING) continue; /* ended by an earlier row of this step */
+        if (seq->n_draft > 0) { /* its draft rows follow this one: verified together */
+            n_events = verify_drafts(e, seq, logits, events, n_events, max_events, samplers);
+            while (r + 1 < n_rows && e->row_seq[r + 1] == e->row_seq[r]) r++, logit++;
+            continue;
+        }
         if (e->rows[r].pos < seq->n_tokens - 1) {
             report_prompt_logprob(e, seq, e->rows[r].pos, logits, event_at(events, n_events, max_events),
                                   &e->logprob_entries[n_events]);
@@ -560,6 +643,7 @@ int el_engine_step(el_engine *e, el_event *events, int max_events)
         }
     }
     n_events = el_beam_advance(e, events, n_events, max_events);
+    propose_drafts(e);
     e->steps++;
     e->rows_run += n_rows;
     return n_events;
@@ -630,6 +714,8 @@ void el_engine_stats_get(const el_engine *e, el_engine_stats *s)
     s->arena_high_water = e->arena->high_water;
     s->arena_size = e->arena->size;
     s->blocks_copied = e->kv.copies;
+    s->draft_tokens = e->draft_tokens;
+    s->draft_accepted = e->draft_accepted;
 }
 
 static el_status block_books_off(el_error *err, const char *what, int block)

@@ -41,6 +41,9 @@ typedef struct {
     int weights_writable;   /* 1: the model's bytes are writable and private to this runtime (a
                              * copy-on-write mapping), so the kernels may rearrange matrices in place
                              * at open (el_arrange_weights); 0 (flash, a shared buffer) keeps them */
+    int speculative_tokens; /* n-gram drafts a sequence may verify per step (el_speculate.h); 0: none */
+    int prompt_lookup_max;  /* the longest suffix looked up for drafts; 0 = 5 */
+    int prompt_lookup_min;  /* the shortest; 0 = prompt_lookup_max */
 } el_engine_options;
 
 typedef struct {
@@ -65,6 +68,8 @@ typedef struct {
     long long prefix_queries, prefix_hits, preemptions;
     size_t arena_used, arena_high_water, arena_size;
     long long blocks_copied;  /* copy-on-write copies of blocks shared with a fork */
+    long long draft_tokens;   /* speculative drafts computed, and of them those accepted */
+    long long draft_accepted;
 } el_engine_stats;
 
 typedef struct {
@@ -81,7 +86,7 @@ typedef struct {
     char *text_scratch;     /* el_sequence_scratch_bytes: one token's text on its way in */
     el_logprob_entry *logprob_entries; /* one per event a step can report */
     el_arena *arena;
-    long long prompt_tokens_computed, tokens_generated, steps, rows_run;
+    long long prompt_tokens_computed, tokens_generated, steps, rows_run, draft_tokens, draft_accepted;
     uint64_t next_group;
     void *beam_scratch;     /* el_beam.c: the candidates of one beam search's step */
     int max_beam_width;     /* the widest beam search the slots and the scratch allow */
@@ -96,7 +101,8 @@ int el_engine_add(el_engine *engine, const int32_t *prompt, int n_prompt, const 
 /* Append tokens (the next chat turn) to a finished sequence, keeping its cached KV. */
 el_status el_engine_continue(el_engine *engine, int seq_id, const int32_t *tokens, int n, const el_request *request,
                              el_error *err);
-/* The most events one step reports: one per logits row (max_seqs) plus one per fork. */
+/* The most events one step reports: one per token a sequence samples (1 + its drafts)
+ * plus one per fork. */
 int el_engine_max_events(const el_engine *engine);
 /* For el_beam.c, the engine's own steps: `to` (a reserved slot) becomes a copy of
  * `from` (tokens, text, sampler state; its blocks shared by reference when

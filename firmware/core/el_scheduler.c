@@ -32,6 +32,13 @@ void el_scheduler_release_blocks(el_scheduler *s, el_sequence *seq)
     for (i = seq->n_blocks - 1; i >= 0; i--) el_kv_release(s->kv, seq->block_table[i]);
     seq->n_blocks = 0;
     seq->n_computed = 0;
+    seq->n_draft = 0;
+}
+
+void el_scheduler_trim_blocks(el_scheduler *s, el_sequence *seq)
+{
+    int needed = (seq->n_tokens + s->kv->block_size - 1) / s->kv->block_size;
+    while (seq->n_blocks > needed) el_kv_release(s->kv, seq->block_table[--seq->n_blocks]);
 }
 
 /* A beam whose candidates are in, waiting for the rest of its search: it computes
@@ -106,16 +113,18 @@ static int own_block_at(el_scheduler *s, el_sequence *seq, int pos)
     return 1;
 }
 
-/* Blocks so that positions 0..n_positions-1 have a home, and the block of the next
- * position to compute its own; 0 when the pool is short. */
+/* Blocks so that positions 0..n_positions-1 have a home, and the blocks of the
+ * positions still to compute its own; 0 when the pool is short. */
 static int grow_table(el_scheduler *s, el_sequence *seq, int n_positions)
 {
-    int needed = (n_positions + s->kv->block_size - 1) / s->kv->block_size;
+    int needed = (n_positions + s->kv->block_size - 1) / s->kv->block_size, pos;
     while (seq->n_blocks < needed) {
         int block = el_kv_allocate(s->kv);
         if (block < 0) return 0;
         seq->block_table[seq->n_blocks++] = block;
     }
+    for (pos = seq->n_computed; pos < n_positions; pos += s->kv->block_size - pos % s->kv->block_size)
+        if (!own_block_at(s, seq, pos)) return 0;
     return own_block_at(s, seq, seq->n_computed);
 }
 
@@ -187,11 +196,11 @@ static int admit(el_scheduler *s, el_sequence *seq)
     return 1;
 }
 
-/* Whether the logits of position pos are needed: to sample the next token, or for
- * the logprob of the prompt token after it. */
+/* Whether the logits of position pos are needed: to sample the next token (or one
+ * after a draft), or for the logprob of the prompt token after it. */
 static int wants_logits(const el_sequence *seq, int pos)
 {
-    return pos == seq->n_tokens - 1 ||
+    return pos >= seq->n_tokens - 1 ||
            (wants_prompt_logits(seq) && pos + 1 >= seq->prompt_logprob_next && pos + 1 < seq->n_prompt);
 }
 
@@ -219,18 +228,32 @@ int el_schedule(el_scheduler *s, el_batch_row *rows, int32_t *row_seq)
     int n = 0, found = 1, logit_room = s->max_logits;
     uint64_t after = 0;
     el_sequence *seq;
-    /* 1. decoding sequences: one row each, oldest first; preempt the newest on shortage */
+    /* 1. decoding sequences: one row each and one per draft (el_speculate.h), oldest
+     * first; preempt the newest on shortage. The drafts are cut to the rows left. */
     while (n < s->max_rows && (seq = next_by_arrival(s, EL_SEQ_RUNNING, after, &found)) != NULL) {
+        int first = n;
         after = seq->arrival;
-        if (seq->n_computed != seq->n_tokens - 1) continue; /* still prefilling: below */
-        while (!grow_table(s, seq, seq->n_tokens)) {
+        if (seq->n_computed != seq->n_tokens - 1) { /* still prefilling: below */
+            seq->n_draft = 0;
+            continue;
+        }
+        if (seq->n_draft > s->max_rows - n - 1) seq->n_draft = s->max_rows - n - 1;
+        if (seq->n_draft > logit_room - 1) seq->n_draft = logit_room > 0 ? logit_room - 1 : 0;
+        while (!grow_table(s, seq, seq->n_tokens + seq->n_draft)) {
             el_sequence *victim;
+            if (seq->n_draft > 0) { /* drafts are the first thing to give up */
+                seq->n_draft = 0;
+                el_scheduler_trim_blocks(s, seq);
+                continue;
+            }
             if (reclaim(s, NULL)) continue;
             victim = newest_running(s);
             preempt(s, victim);
             if (victim == seq) break;
         }
-        if (seq->state == EL_SEQ_RUNNING) n = add_rows(rows, row_seq, n, seq, (int)(seq - s->seqs), 1, &logit_room);
+        if (seq->state != EL_SEQ_RUNNING) continue;
+        n = add_rows(rows, row_seq, n, seq, (int)(seq - s->seqs), 1 + seq->n_draft, &logit_room);
+        seq->n_draft = n - first - 1 > 0 ? n - first - 1 : 0;
     }
     /* 2. prefill: sequences part-way through their prompt, then new ones in arrival order */
     after = 0;

@@ -41,6 +41,10 @@ int el_schedule(el_scheduler *sched, el_batch_row *rows, int32_t *row_seq);
 /* Give a sequence's blocks back (finished, aborted or preempted). */
 void el_scheduler_release_blocks(el_scheduler *sched, el_sequence *seq);
 
+/* Give back the blocks past what the sequence's tokens need (those only rejected
+ * speculative drafts were written to). */
+void el_scheduler_trim_blocks(el_scheduler *sched, el_sequence *seq);
+
 /* After a step: register the sequence's newly completed full blocks for prefix sharing. */
 void el_scheduler_register_blocks(el_scheduler *sched, el_sequence *seq, int n_computed_before);
 

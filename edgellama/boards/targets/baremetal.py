@@ -136,6 +136,9 @@ def engine_config(ctx: BuildContext) -> list:
         ("MAX_BATCH_TOKENS", str(options.max_batch_tokens or MCU_MAX_BATCH_TOKENS)),
         ("KV_DTYPE", str(options.kv_dtype_code)),
         ("KV_CACHE_BYTES", str(options.kv_cache_bytes)),
+        ("SPECULATIVE_TOKENS", str(options.speculative_tokens)),
+        ("PROMPT_LOOKUP_MAX", str(options.prompt_lookup_max)),
+        ("PROMPT_LOOKUP_MIN", str(options.prompt_lookup_min)),
     ]
 
 
@@ -174,7 +177,8 @@ def config_text(ctx: BuildContext) -> str:
              "# Written by edgellama (build / export-c); the Makefile reads it. Any of these can be",
              "# overridden on make's command line, e.g. `make ARENA_BYTES=2097152`.",
              "# The engine options (manifest.json's \"engine\"): MAX_MODEL_LEN 0 = the model's context;",
-             "# KV_DTYPE 0 = f32, 1 = int8; KV_CACHE_BYTES 0 = MAX_SEQS full sequences.",
+             "# KV_DTYPE 0 = f32, 1 = int8; KV_CACHE_BYTES 0 = MAX_SEQS full sequences;",
+             "# SPECULATIVE_TOKENS 0 = no n-gram speculation (PROMPT_LOOKUP_MAX/MIN 0 = 5 and the max).",
              "# MAX_TOKENS = a request's default max_tokens; OUT = where firmware.elf/.bin go.",
              "# CONSTRAINT_BYTES = the largest structured-output automaton a request may upload.",
              "# MODEL_CRC32 = the model file's CRC-32: the firmware checks its image against it at boot",

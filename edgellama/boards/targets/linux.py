@@ -156,6 +156,9 @@ def option_flags(ctx: BuildContext, args: list) -> list:
     add("--max-batch-tokens", options.max_batch_tokens)
     add("--max-seqs", options.max_seqs)
     add("--kv-dtype", options.kv_dtype)
+    add("--speculative-tokens", options.speculative_tokens)
+    add("--prompt-lookup-max", options.prompt_lookup_max)
+    add("--prompt-lookup-min", options.prompt_lookup_min)
     return flags
 
 

@@ -136,6 +136,9 @@ def engine_defines(ctx: BuildContext) -> list:
         _define("EL_MAX_SEQS", options.max_seqs or MCU_MAX_SEQS),
         _define("EL_MAX_BATCH_TOKENS", options.max_batch_tokens or MCU_MAX_BATCH_TOKENS),
         _define("EL_KV_CACHE_BYTES", options.kv_cache_bytes),
+        _define("EL_SPECULATIVE_TOKENS", options.speculative_tokens),
+        _define("EL_PROMPT_LOOKUP_MAX", options.prompt_lookup_max),
+        _define("EL_PROMPT_LOOKUP_MIN", options.prompt_lookup_min),
     ]
 
 

@@ -59,6 +59,15 @@
 #ifndef EL_MAX_SEQS
 #define EL_MAX_SEQS 1 /* one prompt at a time: the planner's MCU default */
 #endif
+#ifndef EL_SPECULATIVE_TOKENS
+#define EL_SPECULATIVE_TOKENS 0 /* n-gram drafts verified per step (el_speculate.h); 0: none */
+#endif
+#ifndef EL_PROMPT_LOOKUP_MAX
+#define EL_PROMPT_LOOKUP_MAX 0 /* 0 = the runtime's default (5) */
+#endif
+#ifndef EL_PROMPT_LOOKUP_MIN
+#define EL_PROMPT_LOOKUP_MIN 0 /* 0 = EL_PROMPT_LOOKUP_MAX */
+#endif
 #ifndef EL_KV_CACHE_BYTES
 #define EL_KV_CACHE_BYTES 0 /* the KV pool; 0 = EL_MAX_SEQS full sequences */
 #endif
@@ -71,7 +80,8 @@
 #ifndef EL_BOARD_NAME
 #define EL_BOARD_NAME "unknown"
 #endif
-#define MAX_EVENTS 4
+/* a step's events (el_engine_max_events): a token per sequence and per accepted draft, and forks */
+#define MAX_EVENTS (EL_MAX_SEQS * (2 + EL_SPECULATIVE_TOKENS))
 
 extern const uint8_t el_model_start[], el_model_end[];
 
@@ -488,6 +498,9 @@ int main(void)
     options.max_batch_tokens = EL_MAX_BATCH_TOKENS;
     options.max_model_len = EL_MAX_MODEL_LEN;
     options.kv_dtype = EL_KV_DTYPE ? EL_KV_INT8 : EL_KV_F32;
+    options.speculative_tokens = EL_SPECULATIVE_TOKENS;
+    options.prompt_lookup_max = EL_PROMPT_LOOKUP_MAX;
+    options.prompt_lookup_min = EL_PROMPT_LOOKUP_MIN;
     err.status = EL_OK;
     err.message[0] = '\0';
     t0 = port_ticks();

@@ -548,6 +548,8 @@ static void handle_stats(void)
     out_kv("blocks_used", (uint64_t)st.blocks_used);
     out_kv("blocks_cached", (uint64_t)st.blocks_cached);
     out_kv("blocks_high_water", (uint64_t)st.blocks_high_water);
+    out_kv("draft_tokens", (uint64_t)st.draft_tokens);
+    out_kv("draft_accepted", (uint64_t)st.draft_accepted);
     send_frame(EL_MSG_STATS_RESULT, S.out, S.out_len);
 }
 

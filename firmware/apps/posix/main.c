@@ -35,7 +35,6 @@
 #include "el_runtime.h"
 #include "el_thread_pool.h"
 
-#define MAX_EVENTS 8
 #define DEFAULT_MAX_TOKENS 128
 
 static const char USAGE[] =
@@ -51,13 +50,15 @@ static const char USAGE[] =
     "engine:   --block-size B --kv-dtype f32|int8 --arena-mb N --max-model-len N --max-batch-tokens N\n"
     "          --max-seqs N (sequences at once: a request's n samples, default 1)\n"
     "          --threads N (default: the board's, else every CPU)\n"
+    "          --speculative-tokens K (n-gram drafts verified per step, 0-16; the same tokens, fewer passes)\n"
+    "          --prompt-lookup-max N --prompt-lookup-min N (the n-grams looked up; default 5 and the max)\n"
     "chat commands: /reset  /stats  /system TEXT  /help; end of input exits\n"
     "bench prints: model, model_bytes, prompt_tokens, gen_tokens, repetitions, load_ms,\n"
     "  prefill_tokens_per_s, decode_tokens_per_s, ttft_ms, tpot_ms (medians over repetitions),\n"
     "  sample_us (one el_sample call with the sampling options), kernels, threads, sequences,\n"
     "  tokens_generated, arena_bytes_used, arena_bytes_high_water, arena_bytes_size, max_rss_bytes,\n"
     "  kv_blocks_used, kv_blocks_total, kv_blocks_high_water, kv_blocks_cached, kv_block_size,\n"
-    "  kv_dtype, prefix_queries, prefix_hits, preemptions\n";
+    "  kv_dtype, prefix_queries, prefix_hits, preemptions, draft_tokens, draft_accepted\n";
 
 /* ------------------------------------------------------------ errors */
 
@@ -160,6 +161,9 @@ static int engine_flag(options *o, const char *flag, const char *v)
     else if (strcmp(flag, "--max-seqs") == 0) e->max_seqs = (int)parse_long(flag, v, 1, 256);
     else if (strcmp(flag, "--arena-mb") == 0) o->arena_mb = parse_long(flag, v, 1, 1L << 20);
     else if (strcmp(flag, "--threads") == 0) o->threads = (int)parse_long(flag, v, 1, 1024);
+    else if (strcmp(flag, "--speculative-tokens") == 0) e->speculative_tokens = (int)parse_long(flag, v, 0, 16);
+    else if (strcmp(flag, "--prompt-lookup-max") == 0) e->prompt_lookup_max = (int)parse_long(flag, v, 1, 1024);
+    else if (strcmp(flag, "--prompt-lookup-min") == 0) e->prompt_lookup_min = (int)parse_long(flag, v, 1, 1024);
     else if (strcmp(flag, "--kv-dtype") == 0) {
         if (strcmp(v, "f32") == 0) e->kv_dtype = EL_KV_F32;
         else if (strcmp(v, "int8") == 0) e->kv_dtype = EL_KV_INT8;
@@ -204,7 +208,8 @@ static int known_flag(const char *flag)
         "--temperature", "--top-p", "--top-k", "--min-p", "--repetition-penalty", "--frequency-penalty",
         "--presence-penalty", "--seed", "--max-tokens", "--min-tokens", "--stop", "--block-size", "--max-model-len",
         "--max-batch-tokens", "--max-seqs", "--arena-mb", "--kv-dtype", "--system", "--template", "--prompt", "--prompt-tokens",
-        "--gen-tokens", "--repetitions", "--serial", "--threads", "--sequences"};
+        "--gen-tokens", "--repetitions", "--serial", "--threads", "--sequences", "--speculative-tokens",
+        "--prompt-lookup-max", "--prompt-lookup-min"};
     size_t i;
     for (i = 0; i < sizeof flags / sizeof flags[0]; i++)
         if (strcmp(flag, flags[i]) == 0) return 1;
@@ -383,14 +388,31 @@ static void write_text(const char *text, int len)
     fflush(stdout);
 }
 
+/* A buffer for one step's events: el_runtime_max_events of them, so none is lost
+ * (speculative decoding reports a token per accepted draft). */
+static el_event *step_events(el_runtime *rt, int *capacity)
+{
+    static el_event *buffer;
+    static int size;
+    int want = el_runtime_max_events(rt);
+    if (want > size) {
+        free(buffer);
+        buffer = (el_event *)malloc(sizeof(el_event) * (size_t)want);
+        if (buffer == NULL) die("out of memory for %d events", want);
+        size = want;
+    }
+    *capacity = size;
+    return buffer;
+}
+
 /* Steps until sequence `seq` finishes, printing its text as it comes (when `print`).
  * Returns the finish reason; `first_ms` gets the time of its first event. */
 static el_finish_reason run_sequence(el_runtime *rt, int seq, int print, double *first_ms)
 {
-    el_event events[MAX_EVENTS];
-    int n, i;
+    int n, i, max_events;
+    el_event *events = step_events(rt, &max_events);
     for (;;) {
-        n = el_runtime_step(rt, events, MAX_EVENTS);
+        n = el_runtime_step(rt, events, max_events);
         /* a step that only prefilled part of a long prompt samples nothing */
         if (n == 0 && el_engine_pending(&rt->engine) == 0) die("the engine stopped before the sequence finished");
         for (i = 0; i < n; i++) {
@@ -585,8 +607,18 @@ static int32_t *bench_prompt(el_runtime *rt, int want, uint32_t call)
     return tokens;
 }
 
+/* FNV-1a over bytes: a digest (of logits, of tokens) that any machine computes the same way. */
+static uint64_t fnv1a(uint64_t h, const void *data, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)data;
+    size_t i;
+    for (i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ull;
+    return h;
+}
+
 typedef struct {
     double prefill_tps, decode_tps, ttft_ms, tpot_ms;
+    uint64_t tokens_digest; /* FNV-1a of the first sequence's generated tokens */
 } bench_run;
 
 /* `sequences` copies of the prompt at once (the first gets the request's seed, the
@@ -606,20 +638,23 @@ static double median(double *values, int n)
 
 static bench_run bench_once(el_runtime *rt, const int32_t *prompt, int n_prompt, const el_request *r, int sequences)
 {
-    el_event events[MAX_EVENTS];
+    int max_events;
+    el_event *events = step_events(rt, &max_events);
     el_error err;
     el_request each = *r;
     bench_run b;
     double start, first = -1.0, end;
-    int i, n, started = 0, finished = 0;
+    int i, n, started = 0, finished = 0, first_seq = 0, n_all, n_prompt_of, n_cached;
+    const int32_t *all;
     memset(&err, 0, sizeof err);
     start = now_ms();
     for (i = 0; i < sequences; i++) {
         each.sampling.seed = r->sampling.seed + (uint64_t)i;
-        if (el_runtime_add(rt, prompt, n_prompt, &each, &err) < 0) die("%s", err.message);
+        if ((n = el_runtime_add(rt, prompt, n_prompt, &each, &err)) < 0) die("%s", err.message);
+        if (i == 0) first_seq = n;
     }
     while (finished < sequences) {
-        n = el_runtime_step(rt, events, MAX_EVENTS);
+        n = el_runtime_step(rt, events, max_events);
         if (n == 0 && el_runtime_pending(rt) == 0) die("the engine stopped before the bench finished");
         for (i = 0; i < n; i++) {
             const el_sequence *seq = el_engine_sequence(&rt->engine, events[i].seq_id);
@@ -632,6 +667,8 @@ static bench_run bench_once(el_runtime *rt, const int32_t *prompt, int n_prompt,
         }
     }
     end = now_ms();
+    n_all = el_runtime_tokens(rt, first_seq, &all, &n_prompt_of, &n_cached);
+    b.tokens_digest = fnv1a(14695981039346656037ull, all + n_prompt_of, sizeof(int32_t) * (size_t)(n_all - n_prompt_of));
     b.ttft_ms = first - start;
     b.prefill_tps = (double)n_prompt * sequences / ((first - start) / 1e3);
     b.tpot_ms = (end - first) / (r->max_tokens - 1);
@@ -705,7 +742,7 @@ static long long max_rss_bytes(void)
 }
 
 static void print_bench(const options *o, const session *s, int n_prompt, double *v[4], double sample_us,
-                        long long rss, const el_engine_stats *st)
+                        long long rss, const el_engine_stats *st, uint64_t tokens_digest)
 {
     int n = o->repetitions;
     printf("{\"model\": ");
@@ -724,8 +761,11 @@ static void print_bench(const options *o, const session *s, int n_prompt, double
            "\"kv_block_size\": %d, \"kv_dtype\": \"%s\", ",
            st->blocks_used, st->blocks_total, st->blocks_high_water, st->blocks_cached,
            o->engine.block_size > 0 ? o->engine.block_size : 16, o->engine.kv_dtype == EL_KV_INT8 ? "int8" : "f32");
-    printf("\"prefix_queries\": %lld, \"prefix_hits\": %lld, \"preemptions\": %lld}\n", st->prefix_queries,
+    printf("\"prefix_queries\": %lld, \"prefix_hits\": %lld, \"preemptions\": %lld, ", st->prefix_queries,
            st->prefix_hits, st->preemptions);
+    printf("\"speculative_tokens\": %d, \"draft_tokens\": %lld, \"draft_accepted\": %lld, "
+           "\"tokens_fnv1a64\": \"%016llx\"}\n",
+           o->engine.speculative_tokens, st->draft_tokens, st->draft_accepted, (unsigned long long)tokens_digest);
 }
 
 static int run_bench(const options *o)
@@ -763,7 +803,7 @@ static int run_bench(const options *o)
     rss = max_rss_bytes(); /* the generation's peak, before the sampler's own measurement */
     s.load_ms = load_ms;
     open_runtime(&s, o); /* after the stats: the sampler's logits come from a fresh cache */
-    print_bench(o, &s, n_prompt, v, bench_sampler(s.rt, prompt, n_prompt, &r), rss, &st);
+    print_bench(o, &s, n_prompt, v, bench_sampler(s.rt, prompt, n_prompt, &r), rss, &st, b.tokens_digest);
     for (i = 0; i < 4; i++) free(v[i]);
     free(prompt);
     close_session(&s);
@@ -771,15 +811,6 @@ static int run_bench(const options *o)
 }
 
 /* ------------------------------------------------------------ logits */
-
-/* FNV-1a over bytes: a digest of the logits that any machine computes the same way. */
-static uint64_t fnv1a(uint64_t h, const void *data, size_t n)
-{
-    const unsigned char *p = (const unsigned char *)data;
-    size_t i;
-    for (i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ull;
-    return h;
-}
 
 /* The logits at every position of the prompt (default: the bench's 64 tokens), as
  * one JSON line with their FNV-1a 64 digest and each position's argmax. */
