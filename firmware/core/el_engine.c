@@ -343,7 +343,8 @@ static void append_token(el_engine *e, el_sequence *seq, int token)
     e->tokens_generated++;
     if (r->constraint != NULL && !end_of_text) {
         el_constraint c;
-        size_t n = el_token_text(&e->tokenizer, previous, token, e->text_scratch, el_sequence_scratch_bytes(&e->tokenizer));
+        size_t n = el_token_text(&e->tokenizer, previous, token, e->text_scratch,
+                                 el_sequence_scratch_bytes(&e->tokenizer));
         el_constraint_parse(&c, r->constraint, (size_t)r->constraint_len, NULL);
         seq->constraint_state = el_constraint_walk(&c, seq->constraint_state, e->text_scratch, n);
     }
@@ -554,14 +555,15 @@ static int may_speculate(const el_engine *e, const el_sequence *seq)
  * leave room for (the tokens it may still generate, less the one the last row gives). */
 static void propose_drafts(el_engine *e)
 {
-    int i, k, room;
+    int i, k, room, limit;
     for (i = 0; i < e->options.max_seqs; i++) {
         el_sequence *seq = &e->seqs[i];
         seq->n_draft = 0;
         if (!may_speculate(e, seq)) continue;
         k = e->options.speculative_tokens;
         room = seq->request.max_tokens - el_sequence_output_len(seq) - 1;
-        if (room > el_engine_sequence_limit(e) - seq->n_tokens - 1) room = el_engine_sequence_limit(e) - seq->n_tokens - 1;
+        limit = el_engine_sequence_limit(e) - seq->n_tokens - 1;
+        if (room > limit) room = limit;
         if (k > room) k = room;
         if (k > 0)
             seq->n_draft = el_speculate_ngram(seq->tokens, seq->n_tokens, k, e->options.prompt_lookup_max,
@@ -629,7 +631,7 @@ int el_engine_step(el_engine *e, el_event *events, int max_events)
         if (seq->state != EL_SEQ_RUNNING) continue; /* ended by an earlier row of this step */
         if (seq->n_draft > 0) { /* its draft rows follow this one: verified together */
             n_events = verify_drafts(e, seq, logits, events, n_events, max_events, samplers);
-            while (r + 1 < n_rows && e->row_seq[r + 1] == e->row_seq[r]) r++, logit++;
+            while (r + 1 < n_rows && e->row_seq[r + 1] == e->row_seq[r]) logit += e->rows[++r].want_logits;
             continue;
         }
         if (e->rows[r].pos < seq->n_tokens - 1) {
