@@ -11,8 +11,8 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
-__all__ = ["LLM", "SamplingParams", "BeamSearchParams", "StructuredOutputsParams", "RequestOutput", "CompletionOutput", "BeamSearchOutput",
-           "BeamSearchSequence"]
+__all__ = ["LLM", "SamplingParams", "BeamSearchParams", "StructuredOutputsParams", "RequestOutput",
+           "CompletionOutput", "BeamSearchOutput", "BeamSearchSequence"]
 
 
 def __getattr__(name):

@@ -56,7 +56,8 @@ def test_exactly_one_kind():
         S(choice=[])
 
 
-@pytest.mark.parametrize("low, high", [(0, 9), (5, 120), (-15, 7), (-120, -3), (None, 12), (-7, None), (0, 0), (99, 100)])
+@pytest.mark.parametrize("low, high", [(0, 9), (5, 120), (-15, 7), (-120, -3), (None, 12), (-7, None), (0, 0),
+                                       (99, 100)])
 def test_integer_bounds_are_exact(low, high):
     schema = {"type": "integer"}
     if low is not None:

@@ -155,7 +155,7 @@ def struct_sizes(pointer_bytes: int) -> dict:
     el_request = _struct(el_sampling, I, I, I, I, _array(I, 8), I, _array(B, 4 * 32), _array(I, 4), I, I, I, I, I,
                          P, I)
     el_sequence = _struct(I, I, U64, el_request, P, I, I, I, I, P, I, I, I, I, _struct(U64, U64), I, I, I, P,
-                          I, I, I, _struct(_array(B, 4), I), I, I, I, I, I, U64, I, I, I, I, I, I, I,
+                          I, I, I, _struct(_array(B, 4), I), I, I, I, I, I, U64, I, I, I, I, I, I, I, I,
                           _array(I, 2 * MAX_BEAM_WIDTH), _array(I, 2 * MAX_BEAM_WIDTH))
     el_logprob_entry = _struct(I, I, I, I, _array(I, MAX_LOGPROBS), _array(I, MAX_LOGPROBS))
     beam_candidate = _struct(I, I, I, I)

@@ -16,10 +16,9 @@ stop_token_ids, skip_special_tokens, use_beam_search with n as the beam width an
 length_penalty). Structured outputs: OpenAI's response_format ({"type": "json_object"} or
 {"type": "json_schema", "json_schema": {"schema": ...}}), vLLM's structured_outputs
 object (choice, regex, json, grammar, json_object) or its older guided_choice,
-guided_regex, guided_json and guided_grammar; one per request. The n samples of a prompt are one engine request (forks of one
-prefill); choice i*n + j is sample j of prompt i (with beam search: its j-th best beam).
-Errors
-come back as OpenAI error bodies: 400 naming the bad field, 404 for an unknown route or
+guided_regex, guided_json and guided_grammar; one per request. The n samples of a
+prompt are one engine request (forks of one prefill); choice i*n + j is sample j of
+prompt i (with beam search: its j-th best beam). Errors come back as OpenAI error bodies: 400 naming the bad field, 404 for an unknown route or
 model, 405 (with Allow) for a method a route does not take, 408 for a body that does not
 arrive, 413 for one over MAX_BODY_BYTES, 500 when the device fails.
 
@@ -29,7 +28,8 @@ timeout), JSON may not hold Infinity or NaN or nest past Python's recursion limi
 number must fit the C type it travels in (SamplingParams checks), and a prompt plus
 max_tokens must fit the context (on a protocol device, counted with the board's model
 file where its build is here; without it, and for a chat turn the device adds to its own
-conversation, max_tokens alone is checked and the device stops at its context). A client that goes away is no error worth a traceback.
+conversation, max_tokens alone is checked and the device stops at its context). A
+client that goes away is no error worth a traceback.
 
 A device answers one request at a time, so requests take turns on a lock.
 

@@ -199,6 +199,7 @@ static void start_turn(el_engine *e, el_sequence *seq, const el_request *request
     seq->beam_ready = 0;
     seq->constraint_state = 0;
     seq->n_draft = 0;
+    seq->draft_limit = e->options.speculative_tokens;
     el_utf8_stream_init(&seq->utf8);
     el_rng_seed(&seq->rng, request->sampling.seed);
     seq->arrival = e->scheduler.next_arrival++;
@@ -560,7 +561,7 @@ static void propose_drafts(el_engine *e)
         el_sequence *seq = &e->seqs[i];
         seq->n_draft = 0;
         if (!may_speculate(e, seq)) continue;
-        k = e->options.speculative_tokens;
+        k = seq->draft_limit;
         room = seq->request.max_tokens - el_sequence_output_len(seq) - 1;
         limit = el_engine_sequence_limit(e) - seq->n_tokens - 1;
         if (room > limit) room = limit;
@@ -578,7 +579,7 @@ static void propose_drafts(el_engine *e)
 static int verify_drafts(el_engine *e, el_sequence *seq, float *logits, el_event *events, int n_events,
                          int max_events, int reserve)
 {
-    int vocab = e->model->config.vocab_size, n_draft = seq->n_draft, i;
+    int vocab = e->model->config.vocab_size, n_draft = seq->n_draft, i, accepted = 0;
     seq->n_draft = 0;
     /* a draft is taken only while its token's event has room beside the `reserve`
      * events the step's other sequences may still report: taking fewer drafts never
@@ -590,11 +591,15 @@ static int verify_drafts(el_engine *e, el_sequence *seq, float *logits, el_event
         n_events += n_events < max_events;
         if (token < 0 || token != draft || seq->state != EL_SEQ_RUNNING) break;
         e->draft_accepted++;
+        accepted++;
         seq->n_computed++; /* the draft's keys and values were the right ones */
         if (seq->n_computed / e->kv.block_size > before / e->kv.block_size)
             el_scheduler_register_blocks(&e->scheduler, seq, before);
     }
     el_scheduler_trim_blocks(&e->scheduler, seq);
+    /* the next step proposes one draft more than this one got accepted: drafts that keep
+     * failing cost a row each, and on a model bound by arithmetic rows are not free */
+    seq->draft_limit = accepted + 1 < e->options.speculative_tokens ? accepted + 1 : e->options.speculative_tokens;
     return n_events;
 }
 

@@ -86,6 +86,7 @@ typedef struct {
     int beam_ready;            /* beam search: its candidates for the next token are in */
     int constraint_state;      /* structured output: the DFA's state after this turn's text */
     int n_draft;               /* speculative drafts waiting in tokens[n_tokens..] (el_speculate.h) */
+    int draft_limit;           /* the most drafts its next step proposes: one more than it last accepted */
     int n_candidates;
     int32_t candidate_ids[2 * EL_MAX_BEAM_WIDTH];
     float candidate_logprobs[2 * EL_MAX_BEAM_WIDTH];

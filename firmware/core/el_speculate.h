@@ -4,7 +4,8 @@
  * After a sequence samples a token, the engine looks for the longest suffix of its
  * tokens (prompt_lookup_max down to prompt_lookup_min tokens) that occurred earlier in
  * them, at its earliest occurrence, and proposes the tokens that followed it there as
- * drafts (at most speculative_tokens). They wait in the sequence's token array past its
+ * drafts: at most speculative_tokens, and at most one more than its last step had
+ * accepted (a draft that fails costs a row, which a model bound by arithmetic pays for). They wait in the sequence's token array past its
  * end. The next step computes the last token and the drafts together, k + 1 rows of one
  * forward pass, so each weight is read once for all of them.
  *

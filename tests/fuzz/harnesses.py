@@ -39,12 +39,17 @@ def binary(name: str) -> Path:
 
 
 def _frames() -> list:
+    from edgellama.runtime.structured import StructuredOutputsParams
     greedy = SamplingParams(temperature=0.0, max_tokens=4)
     forked = SamplingParams(n=2, temperature=1.0, seed=3, max_tokens=4, logprobs=3)
+    constrained = SamplingParams(temperature=1.0, seed=1, max_tokens=4,
+                                 structured_outputs=StructuredOutputsParams(regex=r"(yes|no) [a-z]{1,3}"))
+    upload = b"".join(P.encode(P.CONSTRAINT, chunk) for chunk in P.constraint_chunks(constrained.constraint))
     return [P.encode(P.HELLO), P.encode(P.PING, b"ping"), P.encode(P.STATS), P.encode(P.RESET),
             P.encode(P.GENERATE, P.generate_payload("once upon a time", greedy)),
             P.encode(P.GENERATE, P.generate_payload("the dog", forked)),
             P.encode(P.GENERATE, P.generate_payload("hi", greedy, chat=True)),
+            upload + P.encode(P.GENERATE, P.generate_payload("is it", constrained)),
             P.encode(P.BENCH, P.bench_payload(8, 4)), P.encode(P.CANCEL)]
 
 
