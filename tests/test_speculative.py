@@ -170,3 +170,17 @@ def test_an_emulated_bare_metal_board_built_to_speculate(tmp_path):
             want = host.generate(REPETITIVE, params, use_tqdm=False)[0].outputs[0].text
             assert "".join(dev.generate(REPETITIVE, params)) == want
         assert dev.stats()["draft_accepted"] > 0
+
+
+def test_edgellama_bench_reports_the_drafts(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from edgellama.cli import main
+    monkeypatch.setenv("EDGELLAMA_HOME", str(tmp_path))
+    result = CliRunner().invoke(main, ["bench", "-r", "1", "-n", "48", "--warmup", "0", "--speculative-tokens", "4",
+                                       "--no-history", "--output", "json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)["info"]
+    assert 0 < info["draft_accepted"] <= info["draft_tokens"]
+    plain = CliRunner().invoke(main, ["bench", "-r", "1", "-n", "16", "--warmup", "0", "--no-history"])
+    assert plain.exit_code == 0 and "drafts accepted" not in plain.stdout

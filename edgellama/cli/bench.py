@@ -6,10 +6,13 @@ from edgellama.cli.devices import device_options
 from edgellama.errors import EdgeLlamaError
 
 
-def _open(board, host, port, local, model, threads=None):
+def _open(board, host, port, local, model, threads=None, speculative_tokens=0):
     from edgellama.devices.opener import open_device
+    from edgellama.runtime.engine_options import EngineOptions
+    engine = EngineOptions(speculative_tokens=speculative_tokens) if speculative_tokens else None
     try:
-        return open_device(board=board, host=host, port=port, local=local, model=model, threads=threads)
+        return open_device(board=board, host=host, port=port, local=local, model=model, threads=threads,
+                           engine=engine)
     except ImportError as e:
         raise EdgeLlamaError(f"bench: this device kind is not available here ({e})") from None
     except (OSError, ValueError) as e:
@@ -24,11 +27,14 @@ def _open(board, host, port, local, model, threads=None):
 @click.option("--warmup", type=int, default=1, show_default=True, help="Warm-up runs, not measured.")
 @click.option("--output", "output", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @click.option("--no-history", is_flag=True, help="Do not record this run in the bench history.")
+@click.option("--speculative-tokens", type=click.IntRange(0, 16), default=0,
+              help="N-gram speculation with this many drafts a step (here, or an emulated board built so); "
+                   "the table adds how many drafts were accepted.")
 @click.option("--suite", is_flag=True, help="The speed and memory goals on this machine (edgellama.runtime.bench_suite): "
               "its own models, one process per case, a table with bounds, JSON with --output json.")
 @click.pass_context
 def command(ctx, board, host, port, local, model, threads, prompt_tokens, gen_tokens, repetitions, warmup, output,
-            no_history, suite):
+            no_history, speculative_tokens, suite):
     """Prefill and decode tokens/s, latencies, memory and sizes on a device, llama-bench style.
 
     Results go into the bench history ($EDGELLAMA_HOME/bench.sqlite); `edgellama bench
@@ -47,7 +53,7 @@ def command(ctx, board, host, port, local, model, threads, prompt_tokens, gen_to
         from pathlib import Path
         if not Path(model).is_file():
             raise EdgeLlamaError(f"{model}: no such model file")
-    with _open(board, host, port, local, model, threads) as device:
+    with _open(board, host, port, local, model, threads, speculative_tokens) as device:
         def progress(i, total):
             if sys.stderr.isatty():
                 click.echo(f"\rbench: run {i}/{total}", err=True, nl=(i == total))

@@ -254,6 +254,9 @@ def run(device, prompt_tokens: int = 64, gen_tokens: int = 128, repetitions: int
         if progress:
             progress(i + 1, warmup + repetitions)
     figures = summarize_run(prompt_tokens, gen_tokens, measurements, walls)
+    counters = device.stats() if hasattr(device, "stats") else {}
+    if counters.get("draft_tokens"):  # speculative decoding: how many drafts the runs took
+        info.update(draft_tokens=int(counters["draft_tokens"]), draft_accepted=int(counters["draft_accepted"]))
 
     def peak(key):
         values = [m.get(key) for m in measurements if m.get(key) is not None]
@@ -320,6 +323,9 @@ def format_table(result: BenchResult) -> str:
              ("program size", "", _bytes(r.program_bytes)),
              ("model size", "", _bytes(r.model_bytes)),
              ("KV blocks used", "", "n/a" if r.kv_blocks_used is None else str(r.kv_blocks_used))]
+    if r.info.get("draft_tokens"):
+        drafts, accepted = r.info["draft_tokens"], r.info["draft_accepted"]
+        rows.append(("speculative drafts accepted", "", f"{accepted:,} of {drafts:,} ({100 * accepted / drafts:.0f}%)"))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = [head, ""]
     for j, row in enumerate(rows):
