@@ -118,6 +118,16 @@ def test_json_schema_accepts_valid_documents_and_refuses_others():
         assert not dfa.fullmatch(text.encode()), text
 
 
+def test_optional_members_grow_the_automaton_linearly():
+    sizes = []
+    for n in (4, 8, 16):
+        props = {f"p{i}": {"type": "integer", "minimum": 0, "maximum": 9} for i in range(n)}
+        dfa = A.compile_ast(to_tree(S(json={"type": "object", "properties": props})))
+        sizes.append(dfa.n_states)
+        assert dfa.fullmatch(b'{"p1":3, "p3":0}') and dfa.fullmatch(b"{}") and not dfa.fullmatch(b'{"p3":1,"p1":2}')
+    assert sizes[1] <= 2.5 * sizes[0] and sizes[2] <= 2.5 * sizes[1]  # twice the members, about twice the states
+
+
 @pytest.mark.parametrize("schema, message", [
     ({"type": "integer", "minimum": 5, "maximum": 3}, "above maximum"),
     ({"type": "object", "properties": {"a": {"$ref": "#/$defs/a"}}, "$defs": {"a": {"$ref": "#/$defs/a"}}},

@@ -248,10 +248,17 @@ def parse_regex(pattern: str) -> tuple:
 # ---------------------------------------------------------------- NFA
 
 class _Nfa:
-    """States are ints; eps[s] the epsilon moves, moves[s] a list of (byteset, target)."""
+    """States are ints; eps[s] the epsilon moves, moves[s] a list of (byteset, target).
+
+    A subtree built again towards the same end state is not built twice: its fragment
+    (entered only at its start, left only at that end) is shared through an epsilon
+    move. A JSON object's optional members make such trees: each suffix of the member
+    list follows several prefixes, and without sharing the automaton would double with
+    every optional member."""
 
     def __init__(self):
         self.eps, self.moves = [], []
+        self.built = {}  # (id of a subtree, end state) -> the start of its fragment
 
     def state(self) -> int:
         self.eps.append([])
@@ -259,6 +266,16 @@ class _Nfa:
         return len(self.eps) - 1
 
     def build(self, tree, start: int, end: int):
+        if tree[0] != "set":
+            key = (id(tree), end)
+            if key not in self.built:
+                self.built[key] = self.state()
+                self._build(tree, self.built[key], end)
+            self.eps[start].append(self.built[key])
+            return
+        self._build(tree, start, end)
+
+    def _build(self, tree, start: int, end: int):
         kind = tree[0]
         if kind == "set":
             self.moves[start].append((tree[1], end))
