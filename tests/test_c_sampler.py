@@ -385,6 +385,32 @@ def test_each_stage_matches_the_reference(lib, ref, stage):
         assert abs(float(np.sum(c_probs, dtype=np.float64)) - 1) < 1e-5
 
 
+MASKED_LOGIT = F32(-3.0e38)  # EL_MASKED_LOGIT (el_engine.c): what a structured output's mask writes
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_masked_logits_match_the_reference(lib, ref, stage):
+    """The sampler after a structured-output mask: the masked tokens never drawn, the rest
+    as the reference has them, with penalties and temperatures that push the mask to -inf
+    (in numpy as in C: an overflow to -inf, not an error)."""
+    p = {**DEFAULTS, **stage}
+    rng = np.random.default_rng(3)
+    with np.errstate(over="ignore"):
+        for row in logit_table(512, rows=3, seed=7):
+            masked = row.copy()
+            allowed = rng.random(len(row)) < 0.1
+            masked[~allowed] = MASKED_LOGIT
+            c_logits, c_probs, c_kept = c_distribution(lib, stage, masked, PROMPT, OUTPUT)
+            r_logits, r_probs, r_kept = ref.distribution(p, masked, PROMPT, OUTPUT)
+            assert np.array_equal(c_logits, r_logits) and c_kept == r_kept
+            assert np.array_equal(c_probs > 0, r_probs > 0) and not np.any(c_probs[~allowed])
+            assert np.allclose(c_probs, r_probs, rtol=0, atol=1e-6)
+        table = logit_table(512, seed=11)
+        table[:, rng.random(512) < 0.95] = MASKED_LOGIT
+        seeded = {**p, "seed": 4}
+        assert c_generate(lib, seeded, table, PROMPT, 60) == ref.generate(seeded, table, PROMPT, 60)
+
+
 def test_penalty_rules_by_hand(lib):
     logits = np.array([2.0, -2.0, 0.0, 1.0, 4.0], F32)
     got, _, _ = c_distribution(lib, dict(repetition_penalty=2.0, frequency_penalty=0.5, presence_penalty=0.25),
