@@ -193,6 +193,22 @@ def test_the_c_mask_is_the_python_rule_on_the_real_vocabulary(llm):
         llm._rt.allowed_tokens(b"nonsense" * 40, 0, 1)
 
 
+def test_malformed_automata_are_refused_whole(llm):
+    good = bytearray(A.compile_regex(r"(yes|no)").to_bytes())
+    n_states, n_classes = good[4], good[6]
+    cases = {"its length does not match": good[:-1],
+             "a byte's class is out of range": good[:8] + bytes([n_classes]) + good[9:],
+             "a transition leads to no state": good[:-2] + bytes([n_states, 0]),
+             "state or class count out of range": good[:4] + b"\0\0" + good[6:]}
+    for message, data in cases.items():
+        with pytest.raises(ValueError, match=message):
+            llm._rt.allowed_tokens(bytes(data), 0, 1)
+    request = SamplingParams(structured_outputs=S(choice=["yes", "no"]))
+    request.structured_outputs.compiled = bytes(cases["a transition leads to no state"])
+    with pytest.raises(Exception, match="a transition leads to no state"):
+        llm.generate("x", request, use_tqdm=False)
+
+
 @pytest.mark.parametrize("params, check", [
     (S(choice=["yes", "no", "maybe"]), lambda t: t in ("yes", "no", "maybe")),
     (S(regex=r"[a-z]+ is \d{1,2} years old\."), lambda t: re.fullmatch(r"[a-z]+ is \d{1,2} years old\.", t)),
@@ -295,6 +311,12 @@ def test_the_posix_program_takes_constraints_over_the_protocol(llm):
         assert "".join(dev.generate("x", SamplingParams(structured_outputs=S(choice=["a", "b"])))) in ("a", "b")
         with pytest.raises(EdgeLlamaError, match="out of order"):
             dev._request(P.CONSTRAINT, b"\x10\x00\x00\x00abc", P.OK)
+        # past the device's buffer: refused, and the buffer is empty again
+        chunks = P.constraint_chunks(bytes(16384 + 1))
+        with pytest.raises(EdgeLlamaError, match="more than this device's 16384 bytes"):
+            for chunk in chunks:
+                dev._request(P.CONSTRAINT, chunk, P.OK)
+        dev._constraint_held = None
         assert dev.ping(b"still here") == b"still here"
     finally:
         dev.close()
