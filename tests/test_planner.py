@@ -91,6 +91,25 @@ def test_mcu_options_and_a_long_prompt_are_bounded_too():
     assert measured <= p.arena_total <= measured * 1.01  # symbols are counted one per byte: UTF-8 costs a little
 
 
+def test_speculative_drafts_are_planned_too():
+    """Speculation adds a logits row and an event per draft: the plan still bounds the arena."""
+    for max_seqs in (1, 8):
+        rt = Runtime(DEFAULT_MODEL, max_model_len=256, max_seqs=max_seqs, threads=THREADS, speculative_tokens=4)
+        tokens = rt.tokenize(PROMPT)[:200]
+        rt.add(tokens, make_request({"temperature": 0.0}, max_tokens=8))
+        while rt.pending():
+            rt.step()
+        measured = rt.stats()["arena_high_water"]
+        p = planner.plan(HOST_BOARD, None, ctx=256, max_seqs=max_seqs, prompt_bytes=len(PROMPT.encode()),
+                         threads=THREADS, speculative_tokens=4)
+        plain = planner.plan(HOST_BOARD, None, ctx=256, max_seqs=max_seqs, prompt_bytes=len(PROMPT.encode()),
+                             threads=THREADS)
+        assert measured <= p.arena_total <= measured * 1.01
+        vocab = planner.model_info(None).n_tokens
+        assert p.parts["activations"] - plain.parts["activations"] == 4 * max_seqs * vocab * 4  # 4 float rows each
+        assert "drafts   n-gram speculation: 4 drafts" in planner.format_plan(p)
+
+
 def test_c_size_functions_and_their_formulas_agree():
     info = planner.model_info(DEFAULT_MODEL)
     for block_size, kv_dtype in itertools.product((1, 7, 16, 64), ("f32", "int8")):
