@@ -3,22 +3,27 @@
 
 static int read_u16(const uint8_t *p) { return p[0] | (p[1] << 8); }
 
+void el_constraint_view(el_constraint *c, const uint8_t *data)
+{
+    c->n_states = read_u16(data + 4);
+    c->n_classes = read_u16(data + 6);
+    c->classes = data + 8;
+    c->accepting = c->classes + 256;
+    c->next = c->accepting + c->n_states;
+}
+
 el_status el_constraint_parse(el_constraint *c, const uint8_t *data, size_t len, el_error *err)
 {
     size_t i, n_next;
     if (data == NULL || len < EL_DFA_HEADER_BYTES || el_memcmp(data, "ELD1", 4) != 0)
         return el_fail(err, EL_ERR_ARGUMENT, "constraint: not a compiled automaton (no ELD1 header)", "", "");
-    c->n_states = read_u16(data + 4);
-    c->n_classes = read_u16(data + 6);
+    el_constraint_view(c, data);
     if (c->n_states < 1 || c->n_states >= (int)EL_DFA_DEAD || c->n_classes < 1 || c->n_classes > 256)
         return el_fail(err, EL_ERR_ARGUMENT, "constraint: state or class count out of range", "", "");
     n_next = (size_t)c->n_states * (size_t)c->n_classes;
     if (len != EL_DFA_HEADER_BYTES + (size_t)c->n_states + 2 * n_next)
         return el_fail(err, EL_ERR_ARGUMENT, "constraint: its length does not match its state and class counts",
                        "", "");
-    c->classes = data + 8;
-    c->accepting = c->classes + 256;
-    c->next = c->accepting + c->n_states;
     for (i = 0; i < 256; i++)
         if (c->classes[i] >= c->n_classes)
             return el_fail(err, EL_ERR_ARGUMENT, "constraint: a byte's class is out of range", "", "");

@@ -34,6 +34,9 @@ typedef struct {
 
 /* The bytes' DFA, checked whole (sizes, classes and states in range). */
 el_status el_constraint_parse(el_constraint *c, const uint8_t *data, size_t len, el_error *err);
+/* The same view without the checks, for bytes el_constraint_parse accepted before (the
+ * engine checks a request's constraint once, when it is added, not at every token). */
+void el_constraint_view(el_constraint *c, const uint8_t *data);
 
 /* The state after n bytes from `state`, or -1 once a byte leaves the language. */
 int el_constraint_walk(const el_constraint *c, int state, const char *bytes, size_t n);

@@ -303,7 +303,7 @@ static int is_stop_token(const el_request *r, int token)
 static int mask_constrained(el_engine *e, const el_sequence *seq, float *logits)
 {
     el_constraint c;
-    el_constraint_parse(&c, seq->request.constraint, (size_t)seq->request.constraint_len, NULL); /* checked at add */
+    el_constraint_view(&c, seq->request.constraint); /* checked when the request was added */
     return el_constraint_mask(&c, seq->constraint_state, &e->tokenizer, seq->tokens[seq->n_tokens - 1], logits,
                               EL_MASKED_LOGIT, e->text_scratch, el_sequence_scratch_bytes(&e->tokenizer));
 }
@@ -346,7 +346,7 @@ static void append_token(el_engine *e, el_sequence *seq, int token)
         el_constraint c;
         size_t n = el_token_text(&e->tokenizer, previous, token, e->text_scratch,
                                  el_sequence_scratch_bytes(&e->tokenizer));
-        el_constraint_parse(&c, r->constraint, (size_t)r->constraint_len, NULL);
+        el_constraint_view(&c, r->constraint);
         seq->constraint_state = el_constraint_walk(&c, seq->constraint_state, e->text_scratch, n);
     }
     /* A generated BOS ends a sequence like EOS: models trained on BOS-separated
@@ -543,6 +543,16 @@ static int abort_stuck(el_engine *e, el_event *events, int max_events)
     return n;
 }
 
+/* Positions below n_computed now hold the right keys and values; the blocks that
+ * became full are registered for prefix sharing. */
+static void mark_computed(el_engine *e, el_sequence *seq, int n_computed)
+{
+    int before = seq->n_computed;
+    seq->n_computed = n_computed;
+    if (n_computed / e->kv.block_size > before / e->kv.block_size)
+        el_scheduler_register_blocks(&e->scheduler, seq, before);
+}
+
 /* ------------------------------------------------------------ speculative decoding */
 
 /* Whether seq may verify drafts: a plain decoding sample (el_speculate.h). */
@@ -585,16 +595,14 @@ static int verify_drafts(el_engine *e, el_sequence *seq, float *logits, el_event
      * events the step's other sequences may still report: taking fewer drafts never
      * changes a token, losing an event would lose text */
     for (i = 0; i <= n_draft && (i == 0 || n_events + reserve < max_events); i++) {
-        int draft = i < n_draft ? seq->tokens[seq->n_tokens] : -1, before = seq->n_computed, token;
+        int draft = i < n_draft ? seq->tokens[seq->n_tokens] : -1, token;
         token = sample_row(e, seq, logits + (size_t)i * (size_t)vocab, NULL, 0.0f,
                            event_at(events, n_events, max_events), &e->logprob_entries[n_events]);
         n_events += n_events < max_events;
         if (token < 0 || token != draft || seq->state != EL_SEQ_RUNNING) break;
         e->draft_accepted++;
         accepted++;
-        seq->n_computed++; /* the draft's keys and values were the right ones */
-        if (seq->n_computed / e->kv.block_size > before / e->kv.block_size)
-            el_scheduler_register_blocks(&e->scheduler, seq, before);
+        mark_computed(e, seq, seq->n_computed + 1); /* the draft's keys and values were the right ones */
     }
     el_scheduler_trim_blocks(&e->scheduler, seq);
     /* the next step proposes one draft more than this one got accepted: drafts that keep
@@ -615,15 +623,12 @@ int el_engine_step(el_engine *e, el_event *events, int max_events)
     (void)n_logits;
     for (r = 0; r < n_rows; r++) {
         el_sequence *seq = &e->seqs[e->row_seq[r]];
-        int before = seq->n_computed;
         if (e->rows[r].pos >= seq->n_tokens) { /* a draft's row: computed once it is accepted */
             e->draft_tokens++;
             continue;
         }
-        seq->n_computed = e->rows[r].pos + 1;
-        if (seq->n_computed - 1 < seq->n_prompt) e->prompt_tokens_computed++;
-        if (seq->n_computed / e->kv.block_size > before / e->kv.block_size)
-            el_scheduler_register_blocks(&e->scheduler, seq, before);
+        if (e->rows[r].pos < seq->n_prompt) e->prompt_tokens_computed++;
+        mark_computed(e, seq, e->rows[r].pos + 1);
     }
     for (r = 0; r < n_rows; r++) /* the rows that sample: one event each, at least */
         samplers += e->rows[r].want_logits && e->rows[r].pos == e->seqs[e->row_seq[r]].n_tokens - 1;
