@@ -10,6 +10,7 @@ the reference sorts the whole ranking, so the two reach the answer by different 
 
 import ctypes
 import itertools
+import random
 import shutil
 import subprocess
 from pathlib import Path
@@ -48,8 +49,8 @@ DEFAULTS = dict(temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penal
 @pytest.fixture(scope="module")
 def lib():
     kernels = sorted(CORE.glob("el_kernels_*.c"))  # the vector exp the weights use
-    path = build_shared_library([CORE / "el_base.c", CORE / "el_math.c", CORE / "el_sampler.c", *kernels, PROBE],
-                                "sampler_probe")
+    path = build_shared_library([CORE / "el_base.c", CORE / "el_math.c", CORE / "el_sampler.c",
+                                 CORE / "el_speculate.c", *kernels, PROBE], "sampler_probe")
     lib = ctypes.CDLL(str(path))
     P = ctypes.POINTER
     f32p, i32p = P(ctypes.c_float), P(ctypes.c_int32)
@@ -58,6 +59,8 @@ def lib():
     lib.probe_distribution.argtypes = [P(Sampling), f32p, i32p, ctypes.c_int, i32p, ctypes.c_int, f32p]
     lib.probe_generate.argtypes = [P(Sampling), f32p, ctypes.c_int, i32p, ctypes.c_int, i32p, ctypes.c_int, f32p]
     lib.probe_generate.restype = None
+    u32p, u64 = P(ctypes.c_uint32), ctypes.c_uint64
+    lib.probe_speculate.argtypes = [u32p, u64, u32p, u64, ctypes.c_int, ctypes.c_int, u64, i32p, u32p]
     lib.probe_expf.argtypes = [f32p, f32p, ctypes.c_int]
     lib.probe_expf.restype = None
     lib.el_sampling_defaults.argtypes = [P(Sampling)]
@@ -556,6 +559,55 @@ def test_non_finite_logits(lib):
     assert 1 not in pick([0.0, nan, 0.5, 0.1])         # NaN is never drawn
     assert pick([0.0, nan, 0.5, 0.1], temperature=0.0) == [2] * 64
     assert pick([nan] * 3) == [0] * 64
+
+
+# ---------------------------------------------------------------- speculative sampling's rule
+
+def chi_square_bound(df: int, z: float = 3.09) -> float:
+    """The chi-square statistic a fit passes below at about the 0.1% level (Wilson-Hilferty)."""
+    return df * (1 - 2 / (9 * df) + z * (2 / (9 * df)) ** 0.5) ** 3
+
+
+def speculate(lib, p, q, trials, seed):
+    p, q = np.asarray(p, np.uint32), np.asarray(q, np.uint32)
+    counts, residual = np.zeros(len(p), np.int32), np.zeros(len(p), np.uint32)
+    kept = lib.probe_speculate(ptr(p, ctypes.c_uint32), int(p.sum()), ptr(q, ctypes.c_uint32), int(q.sum()), len(p),
+                               trials, seed, ptr(counts, ctypes.c_int32), ptr(residual, ctypes.c_uint32))
+    return counts, kept
+
+
+def _weights(rnd, n, zeros):
+    w = [rnd.randint(1, 1 << 24) for _ in range(n)]
+    for i in rnd.sample(range(n), zeros):
+        w[i] = 0
+    return w
+
+
+PAIRS = {  # (p, q) as the sampler's integer weights
+    "different": lambda rnd: (_weights(rnd, 12, 0), _weights(rnd, 12, 0)),
+    "q misses tokens p has": lambda rnd: (_weights(rnd, 12, 0), _weights(rnd, 12, 5)),
+    "p drops tokens q has (top-k)": lambda rnd: (_weights(rnd, 12, 7), _weights(rnd, 12, 0)),
+    "the same": lambda rnd: (lambda w: (w, w))(_weights(rnd, 12, 2)),
+    "a one-token proposal (n-grams)": lambda rnd: (_weights(rnd, 12, 0), [0] * 7 + [1] + [0] * 4),
+    "greedy target": lambda rnd: ([0] * 3 + [1] + [0] * 8, _weights(rnd, 12, 0)),
+}
+
+
+@pytest.mark.parametrize("case", PAIRS)
+def test_the_rejection_rule_keeps_the_target_distribution(lib, case):
+    """Drafts drawn from q, kept or replaced by el_speculate_accept: what comes out is
+    distributed as p (a chi-square fit), and drafts are kept at the rate sum(min(p, q))."""
+    p, q = PAIRS[case](random.Random(case))
+    trials = 200_000
+    counts, kept = speculate(lib, p, q, trials, seed=7)
+    target = np.asarray(p, float) / sum(p)
+    support = target > 0
+    assert counts[~support].sum() == 0  # never a token the target cannot draw
+    expected = trials * target[support]
+    statistic = float(((counts[support] - expected) ** 2 / expected).sum())
+    assert statistic < chi_square_bound(max(1, support.sum() - 1)), (statistic, counts, expected)
+    rate = np.minimum(target, np.asarray(q, float) / sum(q)).sum()
+    assert abs(kept / trials - rate) < 4 * (rate * (1 - rate) / trials) ** 0.5 + 1e-9, (kept / trials, rate)
 
 
 # ---------------------------------------------------------------- the core's rules

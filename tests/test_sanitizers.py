@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 # The modules whose tests reach C; the selection leaves out QEMU and the slow ones.
 MODULES = ["test_llm_api.py", "test_c_sampler.py", "test_c_tokenizer.py", "test_c_gguf.py", "test_posix_program.py",
            "test_chat_context.py", "test_bit_exact.py", "test_protocol.py", "test_forks.py", "test_beam_search.py",
-           "test_structured_outputs.py", "test_speculative.py"]
+           "test_structured_outputs.py", "test_speculative.py", "test_draft_model.py"]
 
 
 def runtime_library(name: str) -> str:

@@ -123,7 +123,8 @@ def test_a_chat_session_speculates_turn_after_turn(pair):
     ({"method": "ngram"}, "num_speculative_tokens"),
     ({"method": "ngram", "num_speculative_tokens": 17}, "num_speculative_tokens"),
     ({"method": "eagle", "num_speculative_tokens": 2}, "not supported"),
-    ({"model": "draft.gguf", "num_speculative_tokens": 2}, "not supported"),
+    ({"model": "no-such-draft.gguf", "num_speculative_tokens": 2}, "not a file"),
+    ({"method": "draft_model", "num_speculative_tokens": 2}, "model must be the path"),
     ({"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_min": 4, "prompt_lookup_max": 2}, "above"),
     ({"method": "ngram", "num_speculative_tokens": 2, "lookahead": 1}, "unknown key")])
 def test_bad_speculative_configs_name_the_key(config, message):

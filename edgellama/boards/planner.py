@@ -149,7 +149,7 @@ def struct_sizes(pointer_bytes: int) -> dict:
     el_sampler_scratch = _struct(I, P, P, P, P)
     el_scheduler = _struct(P, I, P, I, I, I, U64, I, U64)
     el_engine = _struct(P, el_engine_options, el_tokenizer, el_kv_cache, el_forward_state, el_sampler_scratch,
-                        el_scheduler, P, P, P, P, P, P, U64, U64, U64, U64, U64, U64, U64, P, I)
+                        el_scheduler, P, P, P, P, P, P, U64, U64, U64, U64, U64, U64, U64, P, I, P)
     el_runtime = _struct(el_arena, el_model, el_engine, Z)
     el_sampling = _struct(I, I, I, I, I, I, I, U64)
     el_request = _struct(el_sampling, I, I, I, I, _array(I, 8), I, _array(B, 4 * 32), _array(I, 4), I, I, I, I, I,

@@ -1,4 +1,5 @@
 import sys
+from pathlib import Path
 
 import click
 
@@ -6,13 +7,13 @@ from edgellama.cli.devices import device_options
 from edgellama.errors import EdgeLlamaError
 
 
-def _open(board, host, port, local, model, threads=None, speculative_tokens=0):
+def _open(board, host, port, local, model, threads=None, speculative_tokens=0, draft_model=None):
     from edgellama.devices.opener import open_device
     from edgellama.runtime.engine_options import EngineOptions
     engine = EngineOptions(speculative_tokens=speculative_tokens) if speculative_tokens else None
     try:
         return open_device(board=board, host=host, port=port, local=local, model=model, threads=threads,
-                           engine=engine)
+                           engine=engine, draft_model=draft_model)
     except ImportError as e:
         raise EdgeLlamaError(f"bench: this device kind is not available here ({e})") from None
     except (OSError, ValueError) as e:
@@ -30,11 +31,14 @@ def _open(board, host, port, local, model, threads=None, speculative_tokens=0):
 @click.option("--speculative-tokens", type=click.IntRange(0, 16), default=0,
               help="N-gram speculation with this many drafts a step (here, or an emulated board built so); "
                    "the table adds how many drafts were accepted.")
+@click.option("--draft-model", type=click.Path(dir_okay=False),
+              help="Here only: speculate with this smaller model's drafts (the same vocabulary), "
+                   "--speculative-tokens a step (default 4); the table adds the drafts accepted.")
 @click.option("--suite", is_flag=True, help="The speed and memory goals on this machine (edgellama.runtime.bench_suite): "
               "its own models, one process per case, a table with bounds, JSON with --output json.")
 @click.pass_context
 def command(ctx, board, host, port, local, model, threads, prompt_tokens, gen_tokens, repetitions, warmup, output,
-            no_history, speculative_tokens, suite):
+            no_history, speculative_tokens, draft_model, suite):
     """Prefill and decode tokens/s, latencies, memory and sizes on a device, llama-bench style.
 
     Results go into the bench history ($EDGELLAMA_HOME/bench.sqlite); `edgellama bench
@@ -49,11 +53,11 @@ def command(ctx, board, host, port, local, model, threads, prompt_tokens, gen_to
                                ("--warmup", warmup, 0)):
         if value < least:
             raise EdgeLlamaError(f"{name} must be at least {least}, got {value}")
-    if model:
-        from pathlib import Path
-        if not Path(model).is_file():
-            raise EdgeLlamaError(f"{model}: no such model file")
-    with _open(board, host, port, local, model, threads, speculative_tokens) as device:
+    if model and not Path(model).is_file():
+        raise EdgeLlamaError(f"{model}: no such model file")
+    if draft_model and not Path(draft_model).is_file():
+        raise EdgeLlamaError(f"{draft_model}: no such draft model file")
+    with _open(board, host, port, local, model, threads, speculative_tokens, draft_model) as device:
         def progress(i, total):
             if sys.stderr.isatty():
                 click.echo(f"\rbench: run {i}/{total}", err=True, nl=(i == total))

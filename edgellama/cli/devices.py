@@ -36,6 +36,9 @@ def build_options(f):
         click.option("--speculative-tokens", type=click.IntRange(0, 16),
                      help="N-gram speculation: drafts verified per step (the same tokens, fewer passes) "
                           "[default: the build's, 0 here]."),
+        click.option("--draft-model", type=click.Path(dir_okay=False),
+                     help="Here only: speculate with this smaller model's drafts (the same vocabulary), "
+                          "--speculative-tokens a step (default 4); greedy text unchanged."),
         click.option("--quant", type=click.Choice(list(QUANT_NAMES)),
                      help="Emulated boards: build with this type (default: the build's, q8_0 for a new one)."),
         click.option("-o", "--output", type=click.Path(file_okay=False),

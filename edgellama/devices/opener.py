@@ -41,9 +41,11 @@ def _refuse_mixed(board, host, port, local):
 
 
 def open_device(board: str | None = None, host: str | None = None, port: str | None = None, local: bool = False,
-                model=None, threads: int | None = None, engine: EngineOptions | None = None, **options) -> Device:
+                model=None, threads: int | None = None, engine: EngineOptions | None = None, draft_model=None,
+                **options) -> Device:
     """The device the options name (see the module's table). `engine`: the engine options
     asked for (the runtime here; an emulated board's build, rebuilt when it has others).
+    `draft_model`: speculative decoding with that model's drafts, on this machine only.
     Options for boards: quant and output (the build directory of an emulated board),
     timeout (seconds a request may wait for an answer), baud; for SSH identity,
     known_hosts, trust_host_key, remote_dir."""
@@ -51,13 +53,20 @@ def open_device(board: str | None = None, host: str | None = None, port: str | N
     if engine is not None and (host or port):
         raise EdgeLlamaError("--ctx, --kv-dtype, --block-size and --max-seqs choose how a build is made; a board "
                              "reached by --host or --port runs the build flashed there")
+    if draft_model is not None and (board or host or port):
+        raise EdgeLlamaError("--draft-model runs with the runtime on this machine; a board speculates with "
+                             "n-grams (--speculative-tokens)")
     b = get_board(board) if board else None
     if port:
         return _open_serial_device(port, b, options)
     if host:
         return _open_host(host, b, dict(options, threads=threads), _timeout(options))
     if b is None:
-        return LocalDevice(model, **dict((engine or EngineOptions()).llm_arguments(), threads=threads))
+        arguments = dict((engine or EngineOptions()).llm_arguments(), threads=threads)
+        if draft_model is not None:
+            k = engine.speculative_tokens if engine is not None and engine.speculative_tokens else 4
+            arguments["speculative_config"] = {"model": str(draft_model), "num_speculative_tokens": k}
+        return LocalDevice(model, **arguments)
     return _open_emulated(b, model, dict(options, threads=threads, engine=engine))
 
 

@@ -86,7 +86,8 @@ class Stats(C.Structure):
                 ("blocks_used", C.c_int), ("blocks_cached", C.c_int), ("blocks_high_water", C.c_int),
                 ("prefix_queries", C.c_longlong), ("prefix_hits", C.c_longlong), ("preemptions", C.c_longlong),
                 ("arena_used", C.c_size_t), ("arena_high_water", C.c_size_t), ("arena_size", C.c_size_t),
-                ("blocks_copied", C.c_longlong), ("draft_tokens", C.c_longlong), ("draft_accepted", C.c_longlong)]
+                ("blocks_copied", C.c_longlong), ("draft_tokens", C.c_longlong), ("draft_accepted", C.c_longlong),
+                ("draft_rows", C.c_longlong)]
 
     def as_dict(self) -> dict:
         return {name: getattr(self, name) for name, _ in self._fields_}
@@ -104,6 +105,7 @@ def library() -> C.CDLL:
     P, I, S = C.c_void_p, C.c_int, C.c_size_t
     signatures = {
         "el_runtime_open": (P, [P, S, P, S, C.POINTER(EngineOptions), C.POINTER(Error)]),
+        "el_runtime_set_draft": (I, [P, P, S, P, S, C.POINTER(Error)]),
         "el_runtime_config": (C.POINTER(Config), [P]),
         "el_runtime_version": (C.c_char_p, []),
         "el_runtime_tokenize": (I, [P, C.c_char_p, I, I, C.POINTER(C.c_int32), I, C.POINTER(Error)]),
@@ -170,7 +172,7 @@ class Runtime:
 
     def __init__(self, model_path, max_model_len=0, block_size=16, kv_cache_bytes=0, max_seqs=8,
                  max_batch_tokens=0, kv_dtype="f32", memory_bytes=None, enable_prefix_caching=True, threads=None,
-                 speculative_tokens=0, prompt_lookup_max=0, prompt_lookup_min=0):
+                 speculative_tokens=0, prompt_lookup_max=0, prompt_lookup_min=0, draft_model=None):
         if kv_dtype not in KV_DTYPES:
             raise ValueError(f"kv_dtype must be one of {sorted(KV_DTYPES)}, got {kv_dtype!r}")
         self.lib = library()
@@ -203,6 +205,8 @@ class Runtime:
             size *= 4
         if not self._rt:
             raise EdgeLlamaError(f"{self.path}: {err.text()}")
+        if draft_model is not None:
+            self._open_draft(Path(draft_model))
         self.config = self.lib.el_runtime_config(self._rt).contents
         self.vocab_size = self.config.vocab_size
         self.block_size = block_size or 16
@@ -216,6 +220,25 @@ class Runtime:
                 raise EdgeLlamaError(f"cannot start {self.threads} threads")
             if self.lib.el_thread_pool_attach(self._pool, self._rt, C.byref(err)) != 0:
                 raise EdgeLlamaError(err.text())
+
+    def _open_draft(self, path: Path):
+        """The draft model of speculative decoding (el_runtime_set_draft), mapped as the
+        model is, in a memory block of its own that grows like the model's."""
+        try:
+            self._draft = np.memmap(path, dtype=np.uint8, mode="c")
+        except (OSError, ValueError) as e:
+            raise EdgeLlamaError(f"{path}: cannot map the draft model ({e})") from None
+        size = (64 << 20) + 8 * self._draft.size
+        for _ in range(4):
+            self._draft_memory = np.zeros(size, dtype=np.uint8)
+            err = Error()
+            status = self.lib.el_runtime_set_draft(self._rt, self._draft_memory.ctypes.data, size,
+                                                   self._draft.ctypes.data, self._draft.size, C.byref(err))
+            if status == 0 or err.status != NO_MEMORY:
+                break
+            size *= 4
+        if status != 0:
+            raise EdgeLlamaError(f"{path}: {err.text()}")
 
     def __del__(self):
         # the pool's threads spin on the runtime's work: stop them before the memory goes

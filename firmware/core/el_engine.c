@@ -308,22 +308,49 @@ static int mask_constrained(el_engine *e, const el_sequence *seq, float *logits)
                               EL_MASKED_LOGIT, e->text_scratch, el_sequence_scratch_bytes(&e->tokenizer));
 }
 
-/* The next token, or -1 when a constraint leaves none. Under a constraint, the
+/* The masks before a draw: the constraint's, and below min_tokens EOS and the stop
+ * tokens. Returns 0 when the constraint leaves no token. Under a constraint, the
  * constraint alone says where the text may end (min_tokens does not hold EOS back). */
-static int sample_next(el_engine *e, el_sequence *seq, float *logits)
+static int mask_for_sampling(el_engine *e, const el_sequence *seq, float *logits)
 {
     const el_request *r = &seq->request;
-    int i, n_output = el_sequence_output_len(seq);
-    if (r->constraint != NULL && mask_constrained(e, seq, logits) == 0) return -1;
-    if (n_output < r->min_tokens) {
+    int i;
+    if (r->constraint != NULL && mask_constrained(e, seq, logits) == 0) return 0;
+    if (el_sequence_output_len(seq) < r->min_tokens) {
         if (!r->ignore_eos && r->constraint == NULL) {
             logits[e->model->vocab.eos_id] = EL_MASKED_LOGIT;
             logits[e->model->vocab.bos_id] = EL_MASKED_LOGIT;
         }
         for (i = 0; i < r->n_stop_token_ids; i++) logits[r->stop_token_ids[i]] = EL_MASKED_LOGIT;
     }
-    return el_sample(&r->sampling, logits, seq->tokens, seq->n_prompt, seq->tokens + seq->n_prompt, n_output,
-                     &seq->rng, &e->sampler);
+    return 1;
+}
+
+/* The next token, or -1 when a constraint leaves none. */
+static int sample_next(el_engine *e, el_sequence *seq, float *logits)
+{
+    const el_request *r = &seq->request;
+    if (!mask_for_sampling(e, seq, logits)) return -1;
+    return el_sample(&r->sampling, logits, seq->tokens, seq->n_prompt, seq->tokens + seq->n_prompt,
+                     el_sequence_output_len(seq), &seq->rng, &e->sampler);
+}
+
+/* The token at the draft model's sampled draft i (the next one, tokens[n_tokens]): the
+ * draft itself or the one drawn in its place by the rejection rule (el_speculate.h);
+ * -1 when a constraint leaves none. p is what sample_next would draw from. */
+static int check_sampled_draft(el_engine *e, el_sequence *seq, float *logits, int i)
+{
+    const el_request *r = &seq->request;
+    const uint32_t *q;
+    uint64_t p_total, q_total;
+    if (!mask_for_sampling(e, seq, logits)) return -1;
+    p_total = el_sampler_weights(&r->sampling, logits, seq->tokens, seq->n_prompt, seq->tokens + seq->n_prompt,
+                                 el_sequence_output_len(seq), &e->sampler);
+    if (p_total == 0) return 0; /* nothing left to draw from: el_sample's answer */
+    q = el_draft_weights(e->draft, seq->id, i, &q_total);
+    /* the sampler's counts are free scratch once its weights are made */
+    return el_speculate_accept(e->sampler.weights, p_total, q, q_total, e->model->config.vocab_size,
+                               seq->tokens[seq->n_tokens], &seq->rng, (uint32_t *)(void *)e->sampler.counts);
 }
 
 void el_engine_finish(el_sequence *seq, el_finish_reason reason)
@@ -430,9 +457,10 @@ int el_engine_max_events(const el_engine *e) { return e->options.max_seqs * (2 +
 static el_event *event_at(el_event *events, int n, int max_events) { return n < max_events ? &events[n] : NULL; }
 
 /* Sample seq's next token from its logits row (`raw`: the same row as the model gave
- * it, for the logprobs; `shift` its log-softmax shift) and report it in ev. */
+ * it, for the logprobs; `shift` its log-softmax shift) and report it in ev. draft >= 0:
+ * the row checks the draft model's sampled draft of that index (check_sampled_draft). */
 static int sample_row(el_engine *e, el_sequence *seq, float *logits, const float *raw, float shift, el_event *ev,
-                      el_logprob_entry *entry)
+                      el_logprob_entry *entry, int draft)
 {
     int vocab = e->model->config.vocab_size, token = -1;
     /* NaN or Inf logits (activations that overflowed, or NaN weights nothing scanned):
@@ -440,7 +468,7 @@ static int sample_row(el_engine *e, el_sequence *seq, float *logits, const float
     if (!el_logits_finite(logits, vocab)) {
         el_engine_finish(seq, EL_FINISH_ERROR);
     } else {
-        token = sample_next(e, seq, logits);
+        token = draft >= 0 ? check_sampled_draft(e, seq, logits, draft) : sample_next(e, seq, logits);
         if (token < 0) { /* a constraint the vocabulary cannot continue */
             seq->stop_kind = EL_STOP_CONSTRAINT;
             el_engine_finish(seq, EL_FINISH_STOP);
@@ -511,7 +539,7 @@ static int sample_with_forks(el_engine *e, el_sequence *seq, float *logits, el_e
         forked++;
     }
     sample_row(e, seq, logits, raw, shift, event_at(events, n_events, max_events),
-               &e->logprob_entries[n_events]);
+               &e->logprob_entries[n_events], -1);
     n_events += n_events < max_events;
     for (i = 0; i < e->options.max_seqs && forked > 0; i++) { /* a decode step forks nothing */
         el_sequence *child = &e->seqs[i];
@@ -520,7 +548,7 @@ static int sample_with_forks(el_engine *e, el_sequence *seq, float *logits, el_e
         child->fork_fresh = 0;
         el_memcpy(logits, raw, sizeof(float) * (size_t)vocab);
         sample_row(e, child, logits, raw, shift, event_at(events, n_events, max_events),
-                   &e->logprob_entries[n_events]);
+                   &e->logprob_entries[n_events], -1);
         n_events += n_events < max_events;
     }
     el_arena_reset(e->arena, mark);
@@ -562,24 +590,34 @@ static int may_speculate(const el_engine *e, const el_sequence *seq)
            seq->request.beam_width == 0 && seq->request.logprobs < 0 && seq->forks_pending == 0;
 }
 
-/* After a step: drafts for every sequence that decodes next, as many as its limits
- * leave room for (the tokens it may still generate, less the one the last row gives). */
+/* The most drafts seq may propose: its limit, and what it may still generate less the
+ * token the last row gives. */
+static int draft_room(const el_engine *e, const el_sequence *seq)
+{
+    int k = seq->draft_limit, room = seq->request.max_tokens - el_sequence_output_len(seq) - 1;
+    int limit = el_engine_sequence_limit(e) - seq->n_tokens - 1;
+    if (room > limit) room = limit;
+    return k < room ? k : room;
+}
+
+/* After a step: drafts for every sequence that decodes next, n-grams or the draft
+ * model's (all such sequences in its passes together). */
 static void propose_drafts(el_engine *e)
 {
-    int i, k, room, limit;
+    int i, k, n = 0;
     for (i = 0; i < e->options.max_seqs; i++) {
         el_sequence *seq = &e->seqs[i];
         seq->n_draft = 0;
-        if (!may_speculate(e, seq)) continue;
-        k = seq->draft_limit;
-        room = seq->request.max_tokens - el_sequence_output_len(seq) - 1;
-        limit = el_engine_sequence_limit(e) - seq->n_tokens - 1;
-        if (room > limit) room = limit;
-        if (k > room) k = room;
-        if (k > 0)
+        if (!may_speculate(e, seq) || (k = draft_room(e, seq)) <= 0) continue;
+        if (e->draft == NULL) {
             seq->n_draft = el_speculate_ngram(seq->tokens, seq->n_tokens, k, e->options.prompt_lookup_max,
                                               e->options.prompt_lookup_min, seq->tokens + seq->n_tokens);
+        } else {
+            e->draft->batch[n] = seq;
+            e->draft->batch_k[n++] = k;
+        }
     }
+    if (n > 0) el_draft_propose(e->draft, n, &e->forward.parallel, &e->sampler);
 }
 
 /* Row 0 of seq's k + 1 logits rows is its next token's; row i + 1 was computed for draft
@@ -590,6 +628,9 @@ static int verify_drafts(el_engine *e, el_sequence *seq, float *logits, el_event
                          int max_events, int reserve)
 {
     int vocab = e->model->config.vocab_size, n_draft = seq->n_draft, i, accepted = 0;
+    /* a draft model's sampled drafts go by the rejection rule; greedy ones, and n-grams
+     * (one token for sure), by sampling the row and comparing (el_speculate.h) */
+    int by_rule = e->draft != NULL && seq->request.sampling.temperature >= EL_GREEDY_TEMPERATURE;
     seq->n_draft = 0;
     /* a draft is taken only while its token's event has room beside the `reserve`
      * events the step's other sequences may still report: taking fewer drafts never
@@ -597,7 +638,8 @@ static int verify_drafts(el_engine *e, el_sequence *seq, float *logits, el_event
     for (i = 0; i <= n_draft && (i == 0 || n_events + reserve < max_events); i++) {
         int draft = i < n_draft ? seq->tokens[seq->n_tokens] : -1, token;
         token = sample_row(e, seq, logits + (size_t)i * (size_t)vocab, NULL, 0.0f,
-                           event_at(events, n_events, max_events), &e->logprob_entries[n_events]);
+                           event_at(events, n_events, max_events), &e->logprob_entries[n_events],
+                           by_rule && draft >= 0 ? i : -1);
         n_events += n_events < max_events;
         if (token < 0 || token != draft || seq->state != EL_SEQ_RUNNING) break;
         e->draft_accepted++;
@@ -728,6 +770,7 @@ void el_engine_stats_get(const el_engine *e, el_engine_stats *s)
     s->blocks_copied = e->kv.copies;
     s->draft_tokens = e->draft_tokens;
     s->draft_accepted = e->draft_accepted;
+    s->draft_rows = e->draft != NULL ? e->draft->rows_run : 0;
 }
 
 static el_status block_books_off(el_error *err, const char *what, int block)
@@ -760,6 +803,19 @@ el_status el_engine_check_blocks(el_engine *e, el_error *err)
         status = block_books_off(err, "the free list is not the blocks nobody holds", on_free_list);
     el_arena_reset(e->arena, mark);
     return status;
+}
+
+el_status el_engine_set_draft(el_engine *e, el_draft *draft, el_error *err)
+{
+    if (e->options.speculative_tokens < 1)
+        return el_fail(err, EL_ERR_ARGUMENT, "draft model: speculative_tokens must be 1 or more", "", "");
+    if (draft->max_seqs != e->options.max_seqs || draft->max_model_len != e->options.max_model_len ||
+        draft->max_drafts < e->options.speculative_tokens || draft->max_rows < 1)
+        return el_fail(err, EL_ERR_ARGUMENT, "draft model: set up for other engine options", "", "");
+    if (el_engine_pending(e) > 0)
+        return el_fail(err, EL_ERR_ARGUMENT, "draft model: set it before the first request", "", "");
+    e->draft = draft;
+    return EL_OK;
 }
 
 el_status el_engine_set_parallel(el_engine *e, el_parallel_run_fn run, void *pool, int n_workers, el_error *err)

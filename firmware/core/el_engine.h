@@ -25,6 +25,7 @@
 #ifndef EL_ENGINE_H
 #define EL_ENGINE_H
 
+#include "el_draft.h"
 #include "el_scheduler.h"
 
 typedef struct {
@@ -41,7 +42,8 @@ typedef struct {
     int weights_writable;   /* 1: the model's bytes are writable and private to this runtime (a
                              * copy-on-write mapping), so the kernels may rearrange matrices in place
                              * at open (el_arrange_weights); 0 (flash, a shared buffer) keeps them */
-    int speculative_tokens; /* n-gram drafts a sequence may verify per step (el_speculate.h); 0: none */
+    int speculative_tokens; /* drafts a sequence may verify per step (el_speculate.h): n-grams, or a
+                             * draft model's (el_engine_set_draft); 0: none */
     int prompt_lookup_max;  /* the longest suffix looked up for drafts; 0 = 5 */
     int prompt_lookup_min;  /* the shortest; 0 = prompt_lookup_max */
 } el_engine_options;
@@ -70,6 +72,7 @@ typedef struct {
     long long blocks_copied;  /* copy-on-write copies of blocks shared with a fork */
     long long draft_tokens;   /* speculative drafts computed, and of them those accepted */
     long long draft_accepted;
+    long long draft_rows;     /* forward rows the draft model ran (0 without one) */
 } el_engine_stats;
 
 typedef struct {
@@ -90,6 +93,7 @@ typedef struct {
     uint64_t next_group;
     void *beam_scratch;     /* el_beam.c: the candidates of one beam search's step */
     int max_beam_width;     /* the widest beam search the slots and the scratch allow */
+    el_draft *draft;        /* speculative decoding's draft model (el_draft.h); NULL: n-gram proposals */
 } el_engine;
 
 el_status el_engine_init(el_engine *engine, const el_model *model, const el_engine_options *options, el_arena *arena,
@@ -128,6 +132,9 @@ void el_engine_stats_get(const el_engine *engine, el_engine_stats *stats);
  * reference count equals the number of block tables holding it, and the free list
  * holds exactly the blocks no table holds. EL_OK, or an error saying what is off. */
 el_status el_engine_check_blocks(el_engine *engine, el_error *err);
+/* Propose drafts with a draft model (el_draft.h) set up for this engine, instead of
+ * n-grams: before the first request. The engine's speculative_tokens is k. */
+el_status el_engine_set_draft(el_engine *engine, el_draft *draft, el_error *err);
 /* Run the heavy loops through `run` over `pool` with n_workers threads (at most
  * options.threads); run = NULL goes back to the caller's thread alone. */
 el_status el_engine_set_parallel(el_engine *engine, el_parallel_run_fn run, void *pool, int n_workers, el_error *err);

@@ -27,6 +27,28 @@ el_runtime *el_runtime_open(void *memory, size_t memory_size, const uint8_t *mod
     return rt;
 }
 
+el_status el_runtime_set_draft(el_runtime *rt, void *memory, size_t memory_size, const uint8_t *model,
+                               size_t model_size, el_error *err)
+{
+    const el_engine_options *o = &rt->engine.options;
+    el_arena arena;
+    el_model *draft_model;
+    el_draft *draft;
+    el_status status;
+    el_arena_init(&arena, memory, memory_size);
+    draft_model = (el_model *)el_arena_alloc(&arena, sizeof(el_model), 16);
+    draft = (el_draft *)el_arena_alloc(&arena, sizeof(el_draft), 16);
+    if (draft_model == NULL || draft == NULL)
+        return el_fail(err, EL_ERR_NO_MEMORY, "draft model: the memory block is too small", "", "");
+    if ((status = el_model_load(draft_model, model, model_size, &arena, err)) != EL_OK) return status;
+    if (o->check_values && (status = el_model_check_values(draft_model, err)) != EL_OK) return status;
+    status = el_draft_init(draft, draft_model, &rt->model, o->max_seqs, o->max_model_len, o->block_size, o->kv_dtype,
+                           o->max_batch_tokens, o->speculative_tokens, o->threads, &arena, err);
+    if (status != EL_OK || (status = el_engine_set_draft(&rt->engine, draft, err)) != EL_OK) return status;
+    if (o->weights_writable) el_arrange_weights(draft_model, (uint8_t *)(uintptr_t)model); /* as el_runtime_open */
+    return EL_OK;
+}
+
 const el_config *el_runtime_config(const el_runtime *rt) { return &rt->model.config; }
 
 int el_runtime_tokenize(el_runtime *rt, const char *text, int len, int add_bos, int32_t *out, int capacity,

@@ -20,6 +20,12 @@ typedef struct {
 
 el_runtime *el_runtime_open(void *memory, size_t memory_size, const uint8_t *model, size_t model_size,
                             const el_engine_options *options, el_error *err);
+/* Speculative decoding with a draft model (el_draft.h): a smaller model with the same
+ * vocabulary, opened in a memory block of its own (its view, KV cache and scratch), then
+ * proposes the options' speculative_tokens drafts a step. Before the first request.
+ * Its bytes are rearranged in place when the options say weights_writable. */
+el_status el_runtime_set_draft(el_runtime *rt, void *memory, size_t memory_size, const uint8_t *model,
+                               size_t model_size, el_error *err);
 const el_config *el_runtime_config(const el_runtime *rt);
 const char *el_runtime_version(void);
 

@@ -566,19 +566,35 @@ int el_sample(const el_sampling *params, float *logits, const int32_t *prompt, i
     return draw(weights, n, scale_by(total, el_rng_next(rng)));
 }
 
-int el_sampler_distribution(const el_sampling *params, float *logits, const int32_t *prompt, int n_prompt,
+uint64_t el_sampler_weights(const el_sampling *params, float *logits, const int32_t *prompt, int n_prompt,
                             const int32_t *output, int n_output, el_sampler_scratch *scratch)
 {
     uint64_t total;
-    int kept, i, n = scratch->n_vocab;
+    int kept, n = scratch->n_vocab;
     penalize(params, logits, prompt, n_prompt, output, n_output, scratch);
     if (is_greedy(params)) {
-        el_memset(scratch->probs, 0, (size_t)n * sizeof(float));
-        scratch->probs[argmax(logits, n)] = 1.0f;
+        el_memset(scratch->weights, 0, (size_t)n * sizeof(uint32_t));
+        scratch->weights[argmax(logits, n)] = 1;
         return 1;
     }
     float_weights(params, logits, scratch->probs, n);
     kept = filter(params, scratch->probs, scratch->weights, n, scratch, &total);
-    for (i = 0; i < n; i++) scratch->probs[i] = kept > 0 ? (float)((double)scratch->weights[i] / (double)total) : 0.0f;
+    return kept > 0 ? total : 0;
+}
+
+int el_sampler_draw(const uint32_t *weights, int n, uint64_t total, el_rng *rng)
+{
+    return draw(weights, n, scale_by(total, el_rng_next(rng)));
+}
+
+int el_sampler_distribution(const el_sampling *params, float *logits, const int32_t *prompt, int n_prompt,
+                            const int32_t *output, int n_output, el_sampler_scratch *scratch)
+{
+    uint64_t total = el_sampler_weights(params, logits, prompt, n_prompt, output, n_output, scratch);
+    int kept = 0, i, n = scratch->n_vocab;
+    for (i = 0; i < n; i++) {
+        scratch->probs[i] = total > 0 ? (float)((double)scratch->weights[i] / (double)total) : 0.0f;
+        kept += scratch->weights[i] != 0;
+    }
     return kept;
 }

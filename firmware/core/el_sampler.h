@@ -68,6 +68,16 @@ int el_sample(const el_sampling *params, float *logits, const int32_t *prompt, i
  * tokens, one-hot when greedy) and returns how many tokens are kept. On return of
  * either function, logits hold the penalized logits, divided by the temperature
  * unless greedy. */
+/* The same steps as integer weights: scratch->weights holds W (w * 2^30, truncated; 0
+ * for dropped tokens; greedy: 1 for the argmax, 0 elsewhere) and the return is their
+ * total, 0 when no token is left. el_sample draws from exactly these (its nucleus draw
+ * by rejection keeps the same distribution). For speculative decoding (el_speculate.h). */
+uint64_t el_sampler_weights(const el_sampling *params, float *logits, const int32_t *prompt, int n_prompt,
+                            const int32_t *output, int n_output, el_sampler_scratch *scratch);
+/* One token drawn from n integer weights whose total is `total` (> 0): the first whose
+ * running sum passes total * r / 2^32, r the RNG's next 32 bits (el_sample's draw). */
+int el_sampler_draw(const uint32_t *weights, int n, uint64_t total, el_rng *rng);
+
 int el_sampler_distribution(const el_sampling *params, float *logits, const int32_t *prompt, int n_prompt,
                             const int32_t *output, int n_output, el_sampler_scratch *scratch);
 

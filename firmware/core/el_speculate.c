@@ -27,3 +27,25 @@ int el_speculate_ngram(const int32_t *tokens, int n, int k, int max_n, int min_n
     }
     return 0;
 }
+
+/* ------------------------------------------------------------ the rejection rule */
+
+/* p and q as doubles: W / total, the same division on every IEEE-754 target. */
+static double share(uint32_t w, uint64_t total) { return (double)w / (double)total; }
+
+int el_speculate_accept(const uint32_t *p, uint64_t p_total, const uint32_t *q, uint64_t q_total, int n, int draft,
+                        el_rng *rng, uint32_t *residual)
+{
+    double ratio = share(p[draft], p_total) / share(q[draft], q_total); /* q[draft] > 0: it was drawn */
+    uint64_t total = 0;
+    int i;
+    if (ratio >= 1.0 || (double)el_rng_next(rng) < ratio * 4294967296.0) return draft;
+    for (i = 0; i < n; i++) {
+        double excess = share(p[i], p_total) - share(q[i], q_total);
+        residual[i] = excess > 0.0 ? (uint32_t)(excess * 1073741824.0) : 0u; /* 2^30, as the sampler's */
+        total += residual[i];
+    }
+    /* p(draft) < q(draft) leaves some p above q; a residual lost to truncation (p and q
+     * a hair apart everywhere) falls back on p itself */
+    return total > 0 ? el_sampler_draw(residual, n, total, rng) : el_sampler_draw(p, n, p_total, rng);
+}

@@ -1,5 +1,5 @@
 /* el_speculate.h: speculative decoding with n-gram proposals (vLLM's "ngram" method,
- * prompt lookup decoding), verified in one forward pass.
+ * prompt lookup decoding) or a draft model's (el_draft.h), verified in one forward pass.
  *
  * After a sequence samples a token, the engine looks for the longest suffix of its
  * tokens (prompt_lookup_max down to prompt_lookup_min tokens) that occurred earlier in
@@ -27,6 +27,7 @@
 #ifndef EL_SPECULATE_H
 #define EL_SPECULATE_H
 
+#include "el_sampler.h"
 #include "el_sequence.h"
 
 #define EL_MAX_SPECULATIVE_TOKENS 16
@@ -35,5 +36,18 @@
  * occurrence of the longest suffix of max_n down to min_n tokens (none when no suffix
  * of at least min_n recurs). Written to out (room for k). Returns how many. */
 int el_speculate_ngram(const int32_t *tokens, int n, int k, int max_n, int min_n, int32_t *out);
+
+/* A draft model's proposals are drawn at random, so a sampled sequence (not greedy) checks
+ * them by the rejection rule of speculative sampling (Leviathan et al. 2023; Chen et al.
+ * 2023): the draft, drawn from q, is kept with probability min(1, p(draft) / q(draft));
+ * otherwise the token is drawn from the residual max(0, p - q), renormalized. Every
+ * token is then distributed as plain decoding's (not drawn with the same random numbers:
+ * the tokens differ seed for seed, the distribution does not). p and q are the sampler's
+ * integer weights (el_sampler_weights) with their totals; the residual's weights are
+ * (p - q) * 2^30 in doubles, truncated. `residual` is scratch for n weights. Returns the
+ * draft when it is kept, else the token drawn in its place. A greedy sequence needs none
+ * of this: its draft is kept when it is the argmax (el_engine.c, as for n-grams). */
+int el_speculate_accept(const uint32_t *p, uint64_t p_total, const uint32_t *q, uint64_t q_total, int n, int draft,
+                        el_rng *rng, uint32_t *residual);
 
 #endif

@@ -6,6 +6,7 @@
  */
 #include "el_math.h"
 #include "el_sampler.h"
+#include "el_speculate.h"
 
 static unsigned char arena_memory[1 << 20];
 static el_arena arena;
@@ -53,4 +54,22 @@ void probe_expf(const float *x, float *y, int n)
 {
     int i;
     for (i = 0; i < n; i++) y[i] = el_expf(x[i]);
+}
+
+/* The rejection rule of speculative sampling (el_speculate_accept), `trials` times:
+ * each draws a draft from q, then keeps it or draws in its place; counts[t] counts the
+ * tokens that come out (n ints), and the return is how many drafts were kept. */
+int probe_speculate(const uint32_t *p, uint64_t p_total, const uint32_t *q, uint64_t q_total, int n, int trials,
+                    uint64_t seed, int32_t *counts, uint32_t *residual)
+{
+    el_rng rng;
+    int i, kept = 0;
+    el_rng_seed(&rng, seed);
+    for (i = 0; i < trials; i++) {
+        int draft = el_sampler_draw(q, n, q_total, &rng);
+        int token = el_speculate_accept(p, p_total, q, q_total, n, draft, &rng, residual);
+        counts[token]++;
+        kept += token == draft;
+    }
+    return kept;
 }

@@ -50,15 +50,17 @@ static const char USAGE[] =
     "engine:   --block-size B --kv-dtype f32|int8 --arena-mb N --max-model-len N --max-batch-tokens N\n"
     "          --max-seqs N (sequences at once: a request's n samples, default 1)\n"
     "          --threads N (default: the board's, else every CPU)\n"
-    "          --speculative-tokens K (n-gram drafts verified per step, 0-16; the same tokens, fewer passes)\n"
+    "          --speculative-tokens K (drafts verified per step, 0-16: n-grams, or --draft-model's; fewer passes)\n"
     "          --prompt-lookup-max N --prompt-lookup-min N (the n-grams looked up; default 5 and the max)\n"
+    "          --draft-model FILE (drafts from this smaller model with the same vocabulary instead of\n"
+    "            n-grams: greedy tokens unchanged, sampled ones by the rejection rule)\n"
     "chat commands: /reset  /stats  /system TEXT  /help; end of input exits\n"
     "bench prints: model, model_bytes, prompt_tokens, gen_tokens, repetitions, load_ms,\n"
     "  prefill_tokens_per_s, decode_tokens_per_s, ttft_ms, tpot_ms (medians over repetitions),\n"
     "  sample_us (one el_sample call with the sampling options), kernels, threads, sequences,\n"
     "  tokens_generated, arena_bytes_used, arena_bytes_high_water, arena_bytes_size, max_rss_bytes,\n"
     "  kv_blocks_used, kv_blocks_total, kv_blocks_high_water, kv_blocks_cached, kv_block_size,\n"
-    "  kv_dtype, prefix_queries, prefix_hits, preemptions, draft_tokens, draft_accepted\n";
+    "  kv_dtype, prefix_queries, prefix_hits, preemptions, draft_tokens, draft_accepted, draft_rows\n";
 
 /* ------------------------------------------------------------ errors */
 
@@ -96,6 +98,7 @@ static int default_threads(void)
 
 typedef struct {
     const char *model_path, *mode, *prompt, *system, *template_name, *serial;
+    const char *draft_path; /* --draft-model: speculative drafts from this model; NULL: n-grams */
     el_request request;
     el_engine_options engine;
     long arena_mb;
@@ -164,6 +167,7 @@ static int engine_flag(options *o, const char *flag, const char *v)
     else if (strcmp(flag, "--speculative-tokens") == 0) e->speculative_tokens = (int)parse_long(flag, v, 0, 16);
     else if (strcmp(flag, "--prompt-lookup-max") == 0) e->prompt_lookup_max = (int)parse_long(flag, v, 1, 1024);
     else if (strcmp(flag, "--prompt-lookup-min") == 0) e->prompt_lookup_min = (int)parse_long(flag, v, 1, 1024);
+    else if (strcmp(flag, "--draft-model") == 0) o->draft_path = v;
     else if (strcmp(flag, "--kv-dtype") == 0) {
         if (strcmp(v, "f32") == 0) e->kv_dtype = EL_KV_F32;
         else if (strcmp(v, "int8") == 0) e->kv_dtype = EL_KV_INT8;
@@ -209,7 +213,7 @@ static int known_flag(const char *flag)
         "--presence-penalty", "--seed", "--max-tokens", "--min-tokens", "--stop", "--block-size", "--max-model-len",
         "--max-batch-tokens", "--max-seqs", "--arena-mb", "--kv-dtype", "--system", "--template", "--prompt", "--prompt-tokens",
         "--gen-tokens", "--repetitions", "--serial", "--threads", "--sequences", "--speculative-tokens",
-        "--prompt-lookup-max", "--prompt-lookup-min"};
+        "--prompt-lookup-max", "--prompt-lookup-min", "--draft-model"};
     size_t i;
     for (i = 0; i < sizeof flags / sizeof flags[0]; i++)
         if (strcmp(flag, flags[i]) == 0) return 1;
@@ -311,9 +315,9 @@ static mapped_file map_model(const char *path)
 }
 
 typedef struct {
-    mapped_file model;
-    void *memory;
-    size_t memory_size;
+    mapped_file model, draft;  /* draft.data is NULL without --draft-model */
+    void *memory, *draft_memory;
+    size_t memory_size, draft_memory_size;
     el_runtime *rt;
     el_thread_pool *pool;  /* NULL with one thread */
     double load_ms;
@@ -337,9 +341,16 @@ static void open_runtime(session *s, const options *o)
     if (s->rt != NULL) {
         munmap((void *)s->model.data, s->model.size);
         s->model = map_model(o->model_path);
+        if (o->draft_path != NULL) {
+            munmap((void *)s->draft.data, s->draft.size);
+            s->draft = map_model(o->draft_path);
+        }
     }
     s->rt = el_runtime_open(s->memory, s->memory_size, s->model.data, s->model.size, &o->engine, &err);
     if (s->rt == NULL) die("%s: %s", o->model_path, err.message);
+    if (o->draft_path != NULL &&
+        el_runtime_set_draft(s->rt, s->draft_memory, s->draft_memory_size, s->draft.data, s->draft.size, &err) != EL_OK)
+        die("%s: %s", o->draft_path, err.message);
     if (s->pool != NULL && el_thread_pool_attach(s->pool, s->rt, &err) != EL_OK) die("%s", err.message);
     s->load_ms = now_ms() - start;
 }
@@ -352,6 +363,13 @@ static void open_session(session *s, const options *o)
     s->memory_size = o->arena_mb > 0 ? (size_t)o->arena_mb << 20 : ((size_t)64 << 20) + s->model.size;
     s->rt = NULL;
     s->memory = xmalloc(s->memory_size);
+    s->draft.data = NULL;
+    s->draft_memory = NULL;
+    if (o->draft_path != NULL) {
+        s->draft = map_model(o->draft_path);
+        s->draft_memory_size = ((size_t)64 << 20) + s->draft.size;
+        s->draft_memory = xmalloc(s->draft_memory_size);
+    }
     s->pool = NULL;
     if (o->threads > 1 && (s->pool = el_thread_pool_create(o->threads)) == NULL)
         die("cannot start %d threads", o->threads);
@@ -363,6 +381,10 @@ static void close_session(session *s)
     el_thread_pool_destroy(s->pool);
     free(s->memory);
     munmap((void *)s->model.data, s->model.size);
+    if (s->draft.data != NULL) {
+        free(s->draft_memory);
+        munmap((void *)s->draft.data, s->draft.size);
+    }
 }
 
 static int32_t *tokenize(el_runtime *rt, const char *text, size_t len, int *n)
@@ -763,9 +785,11 @@ static void print_bench(const options *o, const session *s, int n_prompt, double
            o->engine.block_size > 0 ? o->engine.block_size : 16, o->engine.kv_dtype == EL_KV_INT8 ? "int8" : "f32");
     printf("\"prefix_queries\": %lld, \"prefix_hits\": %lld, \"preemptions\": %lld, ", st->prefix_queries,
            st->prefix_hits, st->preemptions);
-    printf("\"speculative_tokens\": %d, \"draft_tokens\": %lld, \"draft_accepted\": %lld, "
-           "\"tokens_fnv1a64\": \"%016llx\"}\n",
-           o->engine.speculative_tokens, st->draft_tokens, st->draft_accepted, (unsigned long long)tokens_digest);
+    printf("\"speculative_tokens\": %d, \"draft_model\": ", o->engine.speculative_tokens);
+    if (o->draft_path != NULL) print_json_string(o->draft_path);
+    else printf("null");
+    printf(", \"draft_tokens\": %lld, \"draft_accepted\": %lld, \"draft_rows\": %lld, \"tokens_fnv1a64\": \"%016llx\"}\n",
+           st->draft_tokens, st->draft_accepted, st->draft_rows, (unsigned long long)tokens_digest);
 }
 
 static int run_bench(const options *o)
