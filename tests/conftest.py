@@ -80,6 +80,21 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+def write_first_layers(path: Path, n_layers: int, quant: str = "f32") -> Path:
+    """The default model cut to its first n_layers, as a GGUF file: a draft model for
+    speculative decoding with the same vocabulary, cheap, and often wrong."""
+    import dataclasses
+
+    from edgellama.model.gguf_file import write_gguf
+    from edgellama.model.loading import load_model
+    model = load_model(None)
+    keep = {name: t for name, t in model.tensors.items()
+            if not name.startswith("blk.") or int(name.split(".")[1]) < n_layers}
+    write_gguf(dataclasses.replace(model, config=dataclasses.replace(model.config, n_layers=n_layers), tensors=keep),
+               path, quant)
+    return path
+
+
 def require_board(name):
     """The board, or a skip naming what to install when its toolchain or emulator is missing
     (scripts/test.sh installs them, so CI runs these tests)."""

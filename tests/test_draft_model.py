@@ -12,6 +12,7 @@ from collections import Counter
 
 import pytest
 from click.testing import CliRunner
+from conftest import write_first_layers
 
 from edgellama import LLM, SamplingParams
 from edgellama.cli import main
@@ -25,13 +26,6 @@ REPETITIVE = "the cat sat on the mat. the dog sat on the log. " * 3
 PROMPTS = [REPETITIVE, "once upon a time", "one day a little girl named"]
 
 
-def first_layers(model, n_layers):
-    """The model cut to its first n_layers (a cheap draft that disagrees often)."""
-    keep = {name: t for name, t in model.tensors.items()
-            if not name.startswith("blk.") or int(name.split(".")[1]) < n_layers}
-    return dataclasses.replace(model, config=dataclasses.replace(model.config, n_layers=n_layers), tensors=keep)
-
-
 @pytest.fixture(scope="module")
 def drafts(tmp_path_factory):
     folder = tmp_path_factory.mktemp("drafts")
@@ -39,7 +33,7 @@ def drafts(tmp_path_factory):
     paths = {"q8_0 copy": folder / "copy-q8_0.gguf", "two layers": folder / "two-layers.gguf",
              "short context": folder / "short.gguf"}
     write_gguf(model, paths["q8_0 copy"], "q8_0")
-    write_gguf(first_layers(model, 2), paths["two layers"], "f32")
+    write_first_layers(paths["two layers"], 2)
     short = dataclasses.replace(model, config=dataclasses.replace(model.config, max_seq_len=64))
     write_gguf(short, paths["short context"], "q8_0")
     return paths

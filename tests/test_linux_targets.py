@@ -18,7 +18,7 @@ import subprocess
 
 import pytest
 from click.testing import CliRunner
-from conftest import GREEDY, PROMPT, require_board
+from conftest import GREEDY, PROMPT, require_board, write_first_layers
 
 from edgellama.boards import builder, emulator
 from edgellama.boards.catalog import get_board
@@ -120,6 +120,23 @@ def test_logits_equal_the_hosts_bit_for_bit(builds, board_name, quant):
     board_logits, host_logits = json.loads(stdout), json.loads(host.stdout)
     assert board_logits["kernels"] == KERNELS[board_name] and board_logits["positions"] == 24
     assert board_logits["logits_fnv1a64"] == host_logits["logits_fnv1a64"]
+
+
+@pytest.mark.parametrize("board_name", BOARDS)
+def test_a_draft_model_gives_the_hosts_tokens(builds, board_name, tmp_path):
+    """Speculative decoding with a draft model (el_draft.h) on the board: greedy and
+    sampled, the same text as the host program with the same two files (the rejection
+    rule's arithmetic is the same on every target)."""
+    out = builds(board_name, "q8_0").out_dir
+    draft = write_first_layers(tmp_path / "draft.gguf", 2, "q8_0")
+    for sampling in (["--temperature", "0"], ["--temperature", "1", "--seed", "3"]):
+        args = ["generate", PROMPT, "--max-tokens", "60", *sampling, "--speculative-tokens", "3", "--draft-model",
+                str(draft)]
+        returncode, stdout, stderr = emulator.run(board_name, out, args, timeout=300)
+        assert returncode == 0, stderr
+        host = subprocess.run([str(runtime_build.host_program()), str(out / "model.gguf"), *args],
+                              capture_output=True, text=True, timeout=60, check=True)
+        assert stdout == host.stdout and len(stdout) > len(PROMPT) + 40
 
 
 def test_same_model_bytes_on_every_board(builds):
