@@ -51,3 +51,4 @@ for module in (tokenizer, train, export, import_, inspect, eval_cmd, generate, c
 main.add_command(__import__(f"{__name__}.bench", fromlist=["command"]).command)
 main.add_command(__import__(f"{__name__}.serve", fromlist=["command"]).command)
 main.add_command(__import__(f"{__name__}.flash", fromlist=["command"]).command)
+main.add_command(__import__(f"{__name__}.emulate", fromlist=["command"]).command)
