@@ -10,6 +10,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgellama.boards import uf2
 from edgellama.errors import EdgeLlamaError
 from edgellama.resources import share_dir
 
@@ -62,6 +63,7 @@ class Board:
     constraint_bytes: int = 0        # the largest structured-output automaton its server holds (0: default)
     platformio: dict = field(default_factory=dict)
     port: str = ""                   # bare metal: the folder in firmware/ports/ (default: the name)
+    uf2: object = None               # a UF2 bootloader's target (boards/uf2.py Target), None when it has none
     path: Path | None = None
 
     @property
@@ -119,7 +121,7 @@ def load_board(path) -> Board:
         raise EdgeLlamaError(f"{path}: not valid TOML ({e})") from None
     where = str(path)
     known = {"name", "description", "arch", "cpu", "cflags", "os", "toolchain", "ram", "storage", "flash", "psram",
-             "clock_mhz", "reach", "runtime", "platformio", "port"}
+             "clock_mhz", "reach", "runtime", "platformio", "port", "uf2"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise EdgeLlamaError(f"{where}: unknown field {unknown[0]!r}")
@@ -159,7 +161,8 @@ def load_board(path) -> Board:
         arena=parse_size(runtime.get("arena", 0), f"{run_where}: field 'arena'"),
         constraint_bytes=parse_size(runtime.get("constraint_bytes", 0), f"{run_where}: field 'constraint_bytes'"),
         platformio=_get(data, "platformio", dict, where, {}, os_kind == "platformio"),
-        port=_port(data, os_kind, where), path=path)
+        port=_port(data, os_kind, where),
+        uf2=uf2.target(_get(data, "uf2", dict, where), where) if "uf2" in data else None, path=path)
     if board.name != path.stem:
         raise EdgeLlamaError(f"{where}: field 'name' is {board.name!r} but the file is named {path.stem}.toml")
     if board.kv_block_size < 1:

@@ -44,6 +44,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from edgellama.boards import uf2
 from edgellama.boards.targets import BuildContext, compiler_message, copy_core, copy_sources
 from edgellama.boards.targets.baremetal import model_crc32 as baremetal_model_crc32
 from edgellama.errors import EdgeLlamaError
@@ -380,7 +381,26 @@ def compile(ctx: BuildContext) -> list:
         dest = ctx.out_dir / path.name
         shutil.copyfile(path, dest)
         artifacts.append(dest)
-    return artifacts
+    return artifacts + uf2_artifacts(ctx, artifacts)
+
+
+def uf2_artifacts(ctx: BuildContext, artifacts: list) -> list:
+    """For a board with a UF2 bootloader ([uf2] in its file): firmware.uf2 beside
+    firmware.bin, written from it when PlatformIO made none, and checked either way (the
+    family id the board's bootloader wants, blocks that write the image from its base)."""
+    target = ctx.board.uf2
+    by_name = {p.name: p for p in artifacts}
+    if target is None or "firmware.bin" not in by_name:
+        return []
+    path = ctx.out_dir / "firmware.uf2"
+    if "firmware.uf2" not in by_name:
+        path.write_bytes(uf2.encode(by_name["firmware.bin"].read_bytes(), target.base, target.family_id))
+    blocks = uf2.decode(path.read_bytes(), str(path))
+    wrong = [b.family_id for b in blocks if b.family_id not in (target.family_id, uf2.FAMILIES["absolute"])]
+    if wrong:
+        raise EdgeLlamaError(f"{path}: family id {wrong[0]:#x}, but board {ctx.board.name} boots "
+                             f"{target.family} ({target.family_id:#x})")
+    return [] if "firmware.uf2" in by_name else [path]
 
 
 def run_command(ctx: BuildContext, args: list) -> list:
