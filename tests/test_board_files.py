@@ -41,9 +41,15 @@ def twin_boards(tmp_path, monkeypatch):
 
 
 def test_shipped_emulator_commands_are_unchanged(tmp_path):
+    store = (tmp_path / baremetal.STORE_FILE).resolve()
     assert kernel_command(get_board(AN386), tmp_path) == [
         "qemu-system-arm", "-M", "mps2-an386", "-cpu", "cortex-m4", "-semihosting-config",
-        "enable=on,target=native", "-display", "none", "-monitor", "none", "-no-reboot", "-kernel"]
+        "enable=on,target=native",
+        # its PSRAM (the machine's RAM) in a file: the model store outlives the emulator
+        "-object", f"memory-backend-file,id=store,size={16 << 20},mem-path={store},share=on",
+        "-machine", "memory-backend=store",
+        "-display", "none", "-monitor", "none", "-no-reboot", "-kernel"]
+    assert store.stat().st_size == 16 << 20
     assert kernel_command(get_board("qemu-virt-rv64"), tmp_path) == [
         "qemu-system-riscv64", "-M", "virt", "-cpu", "rv64", "-bios", "none", "-display", "none",
         "-monitor", "none", "-no-reboot", "-kernel"]

@@ -10,7 +10,8 @@ from edgellama.boards.toolchains import Toolchain, all_toolchains, get_toolchain
 from edgellama.errors import EdgeLlamaError
 
 SHIPPED = {"rpi5", "rpi4", "rpi3", "rpi-zero2w", "beaglebone-black", "visionfive2", "bpi-f3", "qemu-aarch64",
-           "qemu-armhf", "qemu-riscv64", "qemu-riscv64-rvv", "mps2-an386", "qemu-virt-rv64", "esp32-s3", "rpi-pico2"}
+           "qemu-armhf", "qemu-riscv64", "qemu-riscv64-rvv", "mps2-an386", "qemu-virt-rv64", "esp32-s3", "rpi-pico2",
+           "mps2-an505", "mps2-an500", "qemu-virt-rv32"}
 
 
 def run(*args):

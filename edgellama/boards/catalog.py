@@ -40,6 +40,7 @@ class Reach:
     baud: int = 115200
     usb: list = field(default_factory=list)   # "VID:PID" strings for auto-detection
     emulator_args: list = field(default_factory=list)  # flags the machine needs beyond -M and -cpu
+    store_file: bool = False         # the emulated machine's RAM (a model store) kept in the build's model-store.bin
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Board:
     storage: int = 0
     flash: int = 0
     psram: int = 0
+    psram_base: int = 0              # where the port's PSRAM starts when not at its link.ld's default
     clock_mhz: int = 0
     threads: int = 1
     kv_block_size: int = 16
@@ -121,7 +123,7 @@ def load_board(path) -> Board:
         raise EdgeLlamaError(f"{path}: not valid TOML ({e})") from None
     where = str(path)
     known = {"name", "description", "arch", "cpu", "cflags", "os", "toolchain", "ram", "storage", "flash", "psram",
-             "clock_mhz", "reach", "runtime", "platformio", "port", "uf2"}
+             "clock_mhz", "reach", "runtime", "platformio", "port", "uf2", "psram_base"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise EdgeLlamaError(f"{where}: unknown field {unknown[0]!r}")
@@ -139,12 +141,16 @@ def load_board(path) -> Board:
                   _get(reach_table, "apt", list, reach_where, [], False),
                   _get(reach_table, "baud", int, reach_where, 115200, False),
                   _get(reach_table, "usb", list, reach_where, [], False),
-                  _get(reach_table, "emulator_args", list, reach_where, [], False))
+                  _get(reach_table, "emulator_args", list, reach_where, [], False),
+                  _get(reach_table, "store_file", bool, reach_where, False, False))
     for vid_pid in reach.usb:
         if not re.fullmatch(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{4}", vid_pid):
             raise EdgeLlamaError(f"{reach_where}: usb entry {vid_pid!r} is not VID:PID in hex")
     if reach.emulator_args and kind != "emulator":
         raise EdgeLlamaError(f"{reach_where}: field 'emulator_args' is only for kind = \"emulator\"")
+    if reach.store_file and (kind != "emulator" or not data.get("psram")):
+        raise EdgeLlamaError(f"{reach_where}: field 'store_file' is for an emulated board with psram (the "
+                             "machine RAM kept in a file)")
     runtime = _get(data, "runtime", dict, where, {}, False)
     run_where = f"{where} [runtime]"
     board = Board(
@@ -155,6 +161,7 @@ def load_board(path) -> Board:
         storage=parse_size(data.get("storage", 0), f"{where}: field 'storage'"),
         flash=parse_size(data.get("flash", 0), f"{where}: field 'flash'"),
         psram=parse_size(data.get("psram", 0), f"{where}: field 'psram'"),
+        psram_base=_get(data, "psram_base", int, where, 0, False),
         clock_mhz=_get(data, "clock_mhz", int, where, 0, False),
         threads=_get(runtime, "threads", int, run_where, 1, False),
         kv_block_size=_get(runtime, "kv_block_size", int, run_where, 16, False),

@@ -114,6 +114,16 @@ class ProtocolDevice(Device):
             if frame.type == P.ERROR:
                 raise EdgeLlamaError(f"{self.stream.description}: {frame.payload.decode('utf-8', 'replace')}")
 
+    def request(self, type_: int, payload: bytes, answer: int, timeout: float | None = None) -> P.Frame:
+        """One request and its answer frame (EdgeLlamaError on the device's ERROR)."""
+        return self._request(type_, payload, answer, timeout)
+
+    def refresh_info(self) -> dict:
+        """INFO again (after the device switched models), as info() gives it."""
+        self._info = self._request(P.HELLO, b"", P.INFO).kv()
+        self._constraint_held = None
+        return self.info()
+
     def _hello(self, timeout: float, tries: int) -> dict:
         last = None
         for _ in range(max(1, tries)):

@@ -130,7 +130,8 @@ def runtime_library_sources() -> list:
 
 # The framed protocol and the bench prompt its BENCH builds (and the POSIX `bench` too):
 # every program that serves carries all of them (firmware/apps/common).
-PROTOCOL_FILES = ("el_protocol.c", "el_protocol.h", "el_bench_prompt.c", "el_bench_prompt.h")
+PROTOCOL_FILES = ("el_protocol.c", "el_protocol.h", "el_bench_prompt.c", "el_bench_prompt.h", "el_updater.c",
+                  "el_updater.h", "el_sha256.c", "el_sha256.h")
 
 
 def protocol_files() -> list:

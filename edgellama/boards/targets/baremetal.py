@@ -152,6 +152,12 @@ def model_crc32(path) -> int:
     return crc
 
 
+def link_defs(board) -> list:
+    """Linker symbols a board sets for its port's link.ld: EL_PSRAM_BASE when its PSRAM is
+    not where the port's script puts it by default (one chip family, another memory map)."""
+    return [f"-Wl,--defsym=EL_PSRAM_BASE=0x{board.psram_base:x}"] if board.psram_base else []
+
+
 def config_text(ctx: BuildContext) -> str:
     board = ctx.board
     arena = ctx.options.arena_bytes or board.arena or 0
@@ -163,6 +169,7 @@ def config_text(ctx: BuildContext) -> str:
         ("BOARD", board.name),
         ("CC", ctx.toolchain.cc),
         ("BOARD_CFLAGS", " ".join(board.cflags)),
+        ("LINK_DEFS", " ".join(link_defs(board))),
         ("MODEL", model),
         ("MODEL_CRC32", f"0x{model_crc32(ctx.model_path):08x}"),
         ("OUT", ".."),
@@ -200,7 +207,8 @@ def emit(ctx: BuildContext) -> list:
     config = src / "config.mk"
     config.write_text(config_text(ctx), encoding="utf-8")
     files.append(config)
-    ctx.manifest["flags"] = {"cflags": cflags(ctx), "ldflags": [*LDFLAGS, f"-T{port.name}/link.ld"],
+    ctx.manifest["flags"] = {"cflags": cflags(ctx),
+                             "ldflags": [*LDFLAGS, *link_defs(ctx.board), f"-T{port.name}/link.ld"],
                              "ldlibs": LDLIBS}
     ctx.manifest["program"] = f"{IMAGE}.elf"
     ctx.manifest["kernels"] = kernels_for(ctx.toolchain.cc, cflags(ctx))
@@ -239,9 +247,26 @@ def emulator_command(ctx: BuildContext) -> list:
         command += ["-M", reach.machine]
     if reach.cpu:
         command += ["-cpu", reach.cpu]
-    command += [*reach.emulator_args, "-display", "none", "-monitor", "none", "-no-reboot",
+    command += [*reach.emulator_args, *store_args(ctx), "-display", "none", "-monitor", "none", "-no-reboot",
                 "-kernel", str((ctx.out_dir / f"{IMAGE}.elf").resolve())]
     return command
+
+
+STORE_FILE = "model-store.bin"
+
+
+def store_args(ctx: BuildContext) -> list:
+    """A board whose model store is the machine's RAM (its PSRAM, [reach] store_file):
+    that RAM kept in OUT/model-store.bin, so models uploaded over the serial line survive
+    a restart of the emulator, as they would survive a power cycle in flash."""
+    if not ctx.board.reach.store_file:
+        return []
+    path = (ctx.out_dir / STORE_FILE).resolve()
+    if not path.exists() or path.stat().st_size != ctx.board.psram:
+        with open(path, "wb") as f:
+            f.truncate(ctx.board.psram)
+    return ["-object", f"memory-backend-file,id=store,size={ctx.board.psram},mem-path={path},share=on",
+            "-machine", "memory-backend=store"]
 
 
 def serial_command(ctx: BuildContext) -> list:

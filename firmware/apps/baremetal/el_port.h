@@ -33,4 +33,14 @@ EL_NORETURN void port_exit(int code);
 uint64_t port_ticks(void);
 uint32_t port_tick_hz(void);
 
+#ifdef EL_PORT_MODEL_STORE
+#include <stddef.h>
+/* Optional (port.mk defines EL_PORT_MODEL_STORE): memory that keeps its contents across
+ * a restart, for models over the serial line (firmware/apps/common/el_updater.h). Its
+ * start and size, and how to write into it (a copy where it is writable memory; flash
+ * erases and programs). */
+uint8_t *port_model_store(size_t *size);
+void port_store_write(size_t offset, const void *data, size_t n);
+#endif
+
 #endif

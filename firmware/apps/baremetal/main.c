@@ -421,6 +421,40 @@ static void engine_stats(void)
     put_memory(&st, 1);
 }
 
+/* ------------------------------------------------------------ models over the line */
+
+static el_engine_options options;
+
+#ifdef EL_PORT_MODEL_STORE
+static el_updater updater;
+
+static void store_write(size_t offset, const void *data, size_t n) { port_store_write(offset, data, n); }
+
+/* The model the boot record names (el_updater.h), or the image's own. */
+static const uint8_t *boot_model(size_t *size)
+{
+    el_store store;
+    store.base = port_model_store(&store.size);
+    store.write = store_write;
+    el_updater_init(&updater, store, el_model_start, (size_t)(el_model_end - el_model_start));
+    return el_updater_model(&updater, size);
+}
+
+/* A runtime on `model`, in the arena: after a switch of models (the old runtime's memory
+ * is taken over; the protocol's server released its sequences first). */
+static el_runtime *open_model(void *user, const uint8_t *model, size_t size, const char **error)
+{
+    static el_error err;
+    (void)user;
+    err.status = EL_OK;
+    err.message[0] = '\0';
+    rt = el_runtime_open(arena, sizeof arena, model, size, &options, &err);
+    last_seq = -1;
+    if (rt == NULL) *error = err.message;
+    return rt;
+}
+#endif
+
 /* ------------------------------------------------------------ the framed protocol's I/O */
 
 /* A port without a non-blocking receive: CANCEL is read only between requests. */
@@ -482,9 +516,9 @@ static int text_line(void *user, int first)
 
 int main(void)
 {
-    el_engine_options options;
     el_error err;
     el_engine_stats st;
+    const uint8_t *model = el_model_start;
     size_t model_size = (size_t)(el_model_end - el_model_start);
     el_serve_io io;
     uint64_t t0;
@@ -507,7 +541,12 @@ int main(void)
 #ifdef EL_MODEL_CRC32
     verify_model(el_model_start, model_size);
 #endif
-    rt = el_runtime_open(arena, sizeof arena, el_model_start, model_size, &options, &err);
+#ifdef EL_PORT_MODEL_STORE
+    model = boot_model(&model_size);
+    io.updater = &updater;
+    io.reopen = open_model;
+#endif
+    rt = el_runtime_open(arena, sizeof arena, model, model_size, &options, &err);
     if (rt == NULL) {
         put_error(err.message);
         port_exit(1);

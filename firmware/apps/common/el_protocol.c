@@ -525,6 +525,10 @@ static void handle_hello(void)
     out_kv("max_seqs", (uint64_t)S.rt->engine.options.max_seqs);
     out_kv("max_payload", EL_PROTO_MAX_PAYLOAD);
     out_kv("constraint_bytes", EL_SERVE_CONSTRAINT_BYTES);
+    if (S.io->updater != NULL) { /* models over the line: the slot in use (0: the image's own) */
+        out_kv("slot_bytes", (uint64_t)S.io->updater->slot_bytes);
+        out_kv("model_slot", (uint64_t)S.io->updater->active.slot);
+    }
     out_kv("clock", S.io->now_us != NULL ? 1 : 0);
     out_kv_str("template", el_chat_template_name((int)S.tmpl), (int)el_strlen(el_chat_template_name((int)S.tmpl)));
     send_frame(EL_MSG_INFO, S.out, S.out_len);
@@ -642,6 +646,70 @@ static void handle_constraint(const uint8_t *payload, int n)
     S.constraint_len += n - 4;
     S.out[0] = EL_MSG_CONSTRAINT;
     send_frame(EL_MSG_OK, S.out, 1);
+}
+
+/* ------------------------------------------------------------ models over the line */
+
+/* OK for a MODEL_* request: its type, then key=value lines in S.out after it. */
+static void send_model_ok(int type, const char *key, uint64_t value)
+{
+    uint8_t type_byte = (uint8_t)type;
+    S.out_len = 0;
+    out_bytes((const char *)&type_byte, 1);
+    if (key != NULL) out_kv(key, value);
+    out_kv_str("model", S.rt->model.name.data, (int)S.rt->model.name.len);
+    send_frame(EL_MSG_OK, S.out, S.out_len);
+}
+
+/* After a switch: the runtime on the record's model; when it does not open, the record
+ * goes back and so does the model (which opened before). 1 when the new one runs. */
+static int run_switched_model(const char **error)
+{
+    el_updater *u = S.io->updater;
+    const uint8_t *model;
+    size_t size;
+    const char *why = "";
+    el_runtime *rt;
+    release_all(); /* the conversation belongs to the model it was had with */
+    model = el_updater_model(u, &size);
+    rt = S.io->reopen(S.io->user, model, size, &why);
+    if (rt == NULL) {
+        el_updater_revert(u);
+        model = el_updater_model(u, &size);
+        rt = S.io->reopen(S.io->user, model, size, error);
+        *error = why;
+    }
+    S.rt = rt;
+    S.tmpl = (int)el_runtime_chat_template(rt);
+    return rt != NULL && *error == NULL;
+}
+
+static void handle_model(int type, const uint8_t *payload, int n)
+{
+    el_updater *u = S.io->updater;
+    const char *error = NULL;
+    long offset;
+    if (u == NULL || S.io->reopen == NULL) {
+        send_error("model: this device keeps the model of its image (no model store)", NULL);
+        return;
+    }
+    if (type == EL_MSG_MODEL_BEGIN) {
+        if ((offset = el_updater_begin(u, (const char *)payload, n, &error)) < 0) send_error(error, NULL);
+        else send_model_ok(type, "offset", (uint64_t)offset);
+    } else if (type == EL_MSG_MODEL_CHUNK) {
+        if (el_updater_chunk(u, payload, n, &error) < 0) {
+            send_error(error, NULL);
+        } else {
+            S.out[0] = (uint8_t)type;
+            send_frame(EL_MSG_OK, S.out, 1);
+        }
+    } else {
+        int status = type == EL_MSG_MODEL_COMMIT ? el_updater_commit(u, &error) : el_updater_rollback(u, &error);
+        if (status < 0) send_error(error, NULL);
+        else if (!run_switched_model(&error)) send_error("model: it does not open here, so the one before is back: ",
+                                                         error != NULL ? error : "");
+        else send_model_ok(type, "slot", (uint64_t)u->active.slot);
+    }
 }
 
 /* GENERATE's constraint=LEN and constraint_crc=CRC name the automaton uploaded last: the
@@ -845,6 +913,10 @@ static void handle_frame(void)
     case EL_MSG_PING: send_frame(EL_MSG_PONG, S.parser.payload, n); break;
     case EL_MSG_STATS: handle_stats(); break;
     case EL_MSG_CONSTRAINT: handle_constraint(S.parser.payload, n); break;
+    case EL_MSG_MODEL_BEGIN:
+    case EL_MSG_MODEL_CHUNK:
+    case EL_MSG_MODEL_COMMIT:
+    case EL_MSG_MODEL_ROLLBACK: handle_model(S.parser.type, S.parser.payload, n); break;
     case EL_MSG_CANCEL: break; /* nothing running: nothing to stop */
     case EL_MSG_RESET:
         set_system(text, n);

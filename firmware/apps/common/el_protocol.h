@@ -11,6 +11,7 @@
 #define EL_PROTOCOL_H
 
 #include "el_runtime.h"
+#include "el_updater.h"
 
 #define EL_PROTO_MAGIC0 0xFE
 #define EL_PROTO_MAGIC1 0x4C
@@ -27,6 +28,10 @@
 #define EL_MSG_STATS 0x06
 #define EL_MSG_RESET 0x07
 #define EL_MSG_CONSTRAINT 0x08 /* a chunk of a structured-output automaton (el_constraint.h) */
+#define EL_MSG_MODEL_BEGIN 0x09    /* models over the line (el_updater.h): an upload starts or resumes */
+#define EL_MSG_MODEL_CHUNK 0x0A    /* 4 bytes of offset, then the model's bytes from there */
+#define EL_MSG_MODEL_COMMIT 0x0B   /* check the upload's SHA-256, switch to it */
+#define EL_MSG_MODEL_ROLLBACK 0x0C /* back to the model before */
 /* device to host */
 #define EL_MSG_INFO 0x81
 #define EL_MSG_TOKEN 0x82
@@ -135,6 +140,12 @@ typedef struct {
     int (*text_line)(void *user, int first_byte);
     const char *board;
     int default_max_tokens;
+    /* Models over the line (MODEL_* frames): the board's two slots and boot record, and
+     * how to open a runtime on a model (in the one arena: the old runtime is gone once it
+     * is called; NULL with *error set when the model does not open). NULL updater: the
+     * device keeps the model of its image, and MODEL_* frames get an ERROR. */
+    el_updater *updater;
+    el_runtime *(*reopen)(void *user, const uint8_t *model, size_t size, const char **error);
 } el_serve_io;
 
 /* Serves requests until io->read reports the end of input; returns 0. */

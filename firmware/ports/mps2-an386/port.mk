@@ -1,6 +1,7 @@
 # port.mk: what the AN386 port adds to the bare-metal Makefile.
 PORT_SRCS = port/startup.c port/port.c
-PORT_CFLAGS =
+# the rest of PSRAM keeps uploaded models (edgellama keeps it in a file: the board's store_file)
+PORT_CFLAGS = -DEL_PORT_MODEL_STORE=1
 PORT_LDFLAGS =
 LDSCRIPT = port/link.ld
 # where the model goes unless config.mk says (WEIGHTS_REGION), and the sizes the

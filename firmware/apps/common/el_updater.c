@@ -1,0 +1,274 @@
+/* el_updater.c: two model slots and a boot record in a model store (el_updater.h). */
+#include "el_updater.h"
+
+#include "el_sha256.h"
+
+#define RECORD_BYTES 128u
+#define UPLOAD_AT 256u
+#define BOOT_MAGIC 0x52424c45u   /* "ELBR" */
+#define UPLOAD_MAGIC 0x50554c45u /* "ELUP" */
+
+/* ------------------------------------------------------------ bytes */
+
+static void put_u32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+static uint32_t get_u32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+/* CRC-32 (zlib's), a bit at a time: records are small */
+static uint32_t crc32(const uint8_t *p, size_t n)
+{
+    uint32_t crc = 0xffffffffu;
+    size_t i;
+    int k;
+    for (i = 0; i < n; i++)
+        for (crc ^= p[i], k = 0; k < 8; k++) crc = (crc >> 1) ^ (0xedb88320u & (0u - (crc & 1u)));
+    return ~crc;
+}
+
+static const uint8_t *slot_bytes_at(const el_updater *u, int slot)
+{
+    return u->store.base + EL_STORE_SLOTS_AT + (size_t)(slot - 1) * u->slot_bytes;
+}
+
+static int sha256_matches(const uint8_t *data, uint32_t size, const uint8_t want[32])
+{
+    el_sha256 h;
+    uint8_t got[32];
+    el_sha256_init(&h);
+    el_sha256_update(&h, data, size);
+    el_sha256_final(&h, got);
+    return el_memcmp(got, want, 32) == 0;
+}
+
+/* A slot's model still has the bytes its record says (the image's own always has). */
+static int model_whole(const el_updater *u, const el_model_ref *m)
+{
+    if (m->slot == 0) return 1;
+    return m->size <= u->slot_bytes && sha256_matches(slot_bytes_at(u, m->slot), m->size, m->sha256);
+}
+
+/* ------------------------------------------------------------ records */
+
+/* model reference: slot, size, sha256 (40 bytes) */
+static void put_ref(uint8_t *p, const el_model_ref *m)
+{
+    put_u32(p, (uint32_t)m->slot);
+    put_u32(p + 4, m->size);
+    el_memcpy(p + 8, m->sha256, 32);
+}
+
+static void get_ref(const uint8_t *p, el_model_ref *m)
+{
+    m->slot = (int)get_u32(p);
+    m->size = get_u32(p + 4);
+    el_memcpy(m->sha256, p + 8, 32);
+}
+
+/* boot record: magic, generation, the model in force, the one before it, CRC-32 */
+static int read_boot_record(const el_updater *u, int copy, uint32_t *generation, el_model_ref *active,
+                            el_model_ref *previous)
+{
+    const uint8_t *r = u->store.base + (size_t)copy * RECORD_BYTES;
+    if (get_u32(r) != BOOT_MAGIC || get_u32(r + 88) != crc32(r, 88)) return 0;
+    *generation = get_u32(r + 4);
+    get_ref(r + 8, active);
+    get_ref(r + 48, previous);
+    return active->slot >= 0 && active->slot <= 2 && previous->slot >= 0 && previous->slot <= 2;
+}
+
+static void write_boot_record(el_updater *u)
+{
+    uint8_t r[RECORD_BYTES];
+    el_memset(r, 0, sizeof r);
+    put_u32(r, BOOT_MAGIC);
+    put_u32(r + 4, u->generation);
+    put_ref(r + 8, &u->active);
+    put_ref(r + 48, &u->previous);
+    put_u32(r + 88, crc32(r, 88));
+    /* generation n goes to copy n % 2: never over the copy in force */
+    u->store.write((size_t)(u->generation % 2u) * RECORD_BYTES, r, sizeof r);
+}
+
+static void write_upload_record(el_updater *u)
+{
+    uint8_t r[RECORD_BYTES];
+    el_memset(r, 0, sizeof r);
+    if (u->upload.slot != 0) {
+        put_u32(r, UPLOAD_MAGIC);
+        put_ref(r + 4, &u->upload);
+        put_u32(r + 44, u->received);
+        put_u32(r + 60, crc32(r, 60));
+    }
+    u->store.write(UPLOAD_AT, r, sizeof r);
+}
+
+static void read_upload_record(el_updater *u)
+{
+    const uint8_t *r = u->store.base + UPLOAD_AT;
+    u->upload.slot = 0;
+    u->received = 0;
+    if (get_u32(r) != UPLOAD_MAGIC || get_u32(r + 60) != crc32(r, 60)) return;
+    get_ref(r + 4, &u->upload);
+    u->received = get_u32(r + 44);
+    if (u->upload.slot < 1 || u->upload.slot > 2 || u->upload.size > u->slot_bytes || u->received > u->upload.size)
+        u->upload.slot = 0, u->received = 0;
+}
+
+/* ------------------------------------------------------------ boot */
+
+void el_updater_init(el_updater *u, el_store store, const uint8_t *builtin, size_t builtin_size)
+{
+    uint32_t g0 = 0, g1 = 0;
+    el_model_ref a0, p0, a1, p1;
+    int ok0, ok1;
+    el_memset(u, 0, sizeof *u);
+    u->store = store;
+    u->builtin = builtin;
+    u->builtin_size = builtin_size;
+    u->slot_bytes = store.size > 2 * EL_STORE_SLOTS_AT ? (store.size - EL_STORE_SLOTS_AT) / 2u / 4096u * 4096u : 0;
+    ok0 = read_boot_record(u, 0, &g0, &a0, &p0);
+    ok1 = read_boot_record(u, 1, &g1, &a1, &p1);
+    if (ok0 && (!ok1 || g0 > g1)) u->generation = g0, u->active = a0, u->previous = p0;
+    else if (ok1) u->generation = g1, u->active = a1, u->previous = p1;
+    read_upload_record(u);
+}
+
+const uint8_t *el_updater_model(el_updater *u, size_t *size)
+{
+    if (!model_whole(u, &u->active)) u->active.slot = 0; /* a slot that lost its bytes: the image's own */
+    if (u->active.slot == 0) {
+        *size = u->builtin_size;
+        return u->builtin;
+    }
+    *size = u->active.size;
+    return slot_bytes_at(u, u->active.slot);
+}
+
+/* ------------------------------------------------------------ uploads */
+
+static int hex_digit(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                                                                                    : -1;
+}
+
+/* "size=N\nsha256=HEX\n" into size and sha; 0 when malformed */
+static int parse_begin(const char *text, int n, uint32_t *size, uint8_t sha[32])
+{
+    int i = 0, k, have_size = 0, have_sha = 0;
+    while (i < n) {
+        int start = i, end;
+        for (end = i; end < n && text[end] != '\n'; end++) continue;
+        i = end + 1;
+        if (end - start > 5 && el_memcmp(text + start, "size=", 5) == 0) {
+            uint64_t v = 0;
+            for (k = start + 5; k < end && text[k] >= '0' && text[k] <= '9' && v < 0x100000000ull; k++)
+                v = v * 10u + (uint64_t)(text[k] - '0');
+            if (k != end || v >= 0x100000000ull) return 0;
+            *size = (uint32_t)v;
+            have_size = 1;
+        } else if (end - start == 7 + 64 && el_memcmp(text + start, "sha256=", 7) == 0) {
+            for (k = 0; k < 32; k++) {
+                int hi = hex_digit(text[start + 7 + 2 * k]), lo = hex_digit(text[start + 8 + 2 * k]);
+                if (hi < 0 || lo < 0) return 0;
+                sha[k] = (uint8_t)(hi * 16 + lo);
+            }
+            have_sha = 1;
+        } else if (end > start) {
+            return 0;
+        }
+    }
+    return have_size && have_sha;
+}
+
+long el_updater_begin(el_updater *u, const char *text, int n, const char **error)
+{
+    el_model_ref want;
+    int target = u->active.slot == 1 ? 2 : 1; /* never the slot in use */
+    if (u->slot_bytes == 0) return *error = "model: this board has no model store", -1;
+    if (!parse_begin(text, n, &want.size, want.sha256) || want.size == 0)
+        return *error = "model: MODEL_BEGIN needs size=N and sha256=64 hex digits", -1;
+    if (want.size > u->slot_bytes) return *error = "model: larger than a slot (INFO's slot_bytes)", -1;
+    want.slot = target;
+    if (u->upload.slot == target && u->upload.size == want.size && el_memcmp(u->upload.sha256, want.sha256, 32) == 0)
+        return (long)u->received; /* the same model again: go on where it stopped */
+    if (u->previous.slot == target) { /* its bytes are about to go: rollback goes to the image's own */
+        u->previous.slot = 0;
+        u->previous.size = (uint32_t)u->builtin_size;
+        u->generation++;
+        write_boot_record(u);
+    }
+    u->upload = want;
+    u->received = 0;
+    write_upload_record(u);
+    return 0;
+}
+
+int el_updater_chunk(el_updater *u, const uint8_t *payload, int n, const char **error)
+{
+    uint32_t offset, len;
+    if (u->upload.slot == 0) return *error = "model: no upload in progress (MODEL_BEGIN first)", -1;
+    if (n < 5) return *error = "model: a chunk is 4 bytes of offset and at least one byte", -1;
+    offset = get_u32(payload);
+    len = (uint32_t)n - 4u;
+    if (offset != u->received) return *error = "model: chunk out of order (send from the offset MODEL_BEGIN gave)", -1;
+    if (len > u->upload.size - offset) return *error = "model: chunk past the announced size", -1;
+    u->store.write(EL_STORE_SLOTS_AT + (size_t)(u->upload.slot - 1) * u->slot_bytes + offset, payload + 4, len);
+    u->received += len;
+    write_upload_record(u); /* a restart resumes after this chunk */
+    return 0;
+}
+
+/* The switch: a new generation in the copy that is not in force. */
+static void switch_to(el_updater *u, const el_model_ref *to)
+{
+    u->previous = u->active;
+    u->active = *to;
+    u->generation++;
+    write_boot_record(u);
+}
+
+int el_updater_commit(el_updater *u, const char **error)
+{
+    el_model_ref to = u->upload;
+    if (to.slot == 0) return *error = "model: no upload in progress", -1;
+    if (u->received != to.size) return *error = "model: the upload is not complete", -1;
+    if (!sha256_matches(slot_bytes_at(u, to.slot), to.size, to.sha256)) {
+        u->upload.slot = 0; /* the bytes are wrong: the next upload starts over */
+        u->received = 0;
+        write_upload_record(u);
+        return *error = "model: the slot's SHA-256 differs from the announced one; upload again", -1;
+    }
+    switch_to(u, &to);
+    u->upload.slot = 0;
+    u->received = 0;
+    write_upload_record(u);
+    return 0;
+}
+
+int el_updater_rollback(el_updater *u, const char **error)
+{
+    el_model_ref to = u->previous;
+    if (u->generation == 0) return *error = "model: nothing to roll back to (no model was uploaded)", -1;
+    if (!model_whole(u, &to)) return *error = "model: the model before is no longer whole", -1;
+    switch_to(u, &to);
+    return 0;
+}
+
+void el_updater_revert(el_updater *u)
+{
+    el_model_ref back = u->previous;
+    u->previous = u->active;
+    u->active = back;
+    u->generation++;
+    write_boot_record(u);
+}

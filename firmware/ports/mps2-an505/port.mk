@@ -1,0 +1,10 @@
+# port.mk: what the AN505 port adds to the bare-metal Makefile.
+PORT_SRCS = port/startup.c port/port.c
+PORT_CFLAGS =
+PORT_LDFLAGS =
+LDSCRIPT = port/link.ld
+# where the model goes unless config.mk says (WEIGHTS_REGION), and the sizes the
+# Makefile's default arena placement compares against
+PORT_WEIGHTS_REGION = FLASH
+RAM_BYTES = 4194304
+PSRAM_REGION = PSRAM
