@@ -24,6 +24,22 @@ static unsigned char *fuzz_read_file(const char *path, size_t *size)
     return data;
 }
 
+static unsigned char *fuzz_model;
+static size_t fuzz_model_bytes_read;
+
+/* EL_FUZZ_MODEL's bytes, read once. */
+static const unsigned char *fuzz_model_bytes(void)
+{
+    if (fuzz_model == NULL) fuzz_model = fuzz_read_file(EL_FUZZ_MODEL, &fuzz_model_bytes_read);
+    return fuzz_model;
+}
+
+static size_t fuzz_model_size(void)
+{
+    (void)fuzz_model_bytes();
+    return fuzz_model_bytes_read;
+}
+
 /* The runtime on EL_FUZZ_MODEL with a short context, so no input runs for long. */
 static el_runtime *fuzz_open_runtime(void)
 {
@@ -31,9 +47,10 @@ static el_runtime *fuzz_open_runtime(void)
     el_engine_options options = {0};
     el_error err;
     size_t size;
-    unsigned char *model;
+    const unsigned char *model;
     if (rt != NULL) return rt;
-    model = fuzz_read_file(EL_FUZZ_MODEL, &size);
+    model = fuzz_model_bytes();
+    size = fuzz_model_size();
     options.max_model_len = 64;
     options.max_seqs = 2;
     rt = el_runtime_open(malloc(FUZZ_MEMORY_BYTES), FUZZ_MEMORY_BYTES, model, size, &options, &err);

@@ -11,6 +11,7 @@ input that crashes, hangs or trips a sanitizer is written to WORKDIR and the run
 copy it into regressions/NAME/ so every later test run replays it.
 """
 
+import hashlib
 import os
 import re
 import shutil
@@ -45,12 +46,17 @@ def _frames() -> list:
     constrained = SamplingParams(temperature=1.0, seed=1, max_tokens=4,
                                  structured_outputs=StructuredOutputsParams(regex=r"(yes|no) [a-z]{1,3}"))
     upload = b"".join(P.encode(P.CONSTRAINT, chunk) for chunk in P.constraint_chunks(constrained.constraint))
+    blob = bytes(range(40))  # a model upload that goes through (the SHA-256 holds) and does not open
+    model = (P.encode(P.MODEL_BEGIN, f"size={len(blob)}\nsha256={hashlib.sha256(blob).hexdigest()}\n".encode())
+             + P.encode(P.MODEL_CHUNK, (0).to_bytes(4, "little") + blob[:25])
+             + P.encode(P.MODEL_CHUNK, (25).to_bytes(4, "little") + blob[25:]) + P.encode(P.MODEL_COMMIT)
+             + P.encode(P.MODEL_ROLLBACK))
     return [P.encode(P.HELLO), P.encode(P.PING, b"ping"), P.encode(P.STATS), P.encode(P.RESET),
             P.encode(P.GENERATE, P.generate_payload("once upon a time", greedy)),
             P.encode(P.GENERATE, P.generate_payload("the dog", forked)),
             P.encode(P.GENERATE, P.generate_payload("hi", greedy, chat=True)),
             upload + P.encode(P.GENERATE, P.generate_payload("is it", constrained)),
-            P.encode(P.BENCH, P.bench_payload(8, 4)), P.encode(P.CANCEL)]
+            P.encode(P.BENCH, P.bench_payload(8, 4)), P.encode(P.CANCEL), model]
 
 
 def write_seeds(name: str, folder: Path) -> Path:
