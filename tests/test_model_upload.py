@@ -173,3 +173,20 @@ def test_a_model_that_does_not_fit_is_refused_before_upload(build_dir, tmp_path)
             assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
             assert re.search(message, lines[0]), lines[0]
         assert info(board.url)["model_slot"] == before["model_slot"]
+
+
+def test_a_model_that_does_not_open_switches_back(build_dir, models):
+    """Past the host's checks (frames sent by hand): the bytes arrive whole, the SHA-256
+    holds, the switch happens, the runtime cannot open them: the record and the model go
+    back, the ERROR says so, and the model before answers."""
+    blob = b"not a model " * 100
+    with StandingBoard(BOARD, out_dir=build_dir) as board:
+        before = device_text(board.url), info(board.url)["model_slot"]
+        with open_device(port=board.url, board=BOARD) as dev:
+            begin = f"size={len(blob)}\nsha256={hashlib.sha256(blob).hexdigest()}\n".encode()
+            assert P.parse_kv(dev.request(P.MODEL_BEGIN, begin, P.OK).payload[1:])["offset"] == "0"
+            for at in range(0, len(blob), 500):
+                dev.request(P.MODEL_CHUNK, at.to_bytes(4, "little") + blob[at:at + 500], P.OK)
+            with pytest.raises(EdgeLlamaError, match="does not open here, so the one before is back: "):
+                dev.request(P.MODEL_COMMIT, b"", P.OK)
+        assert (device_text(board.url), info(board.url)["model_slot"]) == before

@@ -4,12 +4,14 @@
  * After a sequence samples a token, the engine looks for the longest suffix of its
  * tokens (prompt_lookup_max down to prompt_lookup_min tokens) that occurred earlier in
  * them, at its earliest occurrence, and proposes the tokens that followed it there as
- * drafts: at most speculative_tokens, and at most one more than its last step had
- * accepted (a draft that fails costs a row, which a model bound by arithmetic pays for). They wait in the sequence's token array past its
- * end. The next step computes the last token and the drafts together, k + 1 rows of one
- * forward pass, so each weight is read once for all of them.
+ * drafts (or asks the draft model for its next tokens): at most speculative_tokens, and
+ * at most one more than its last step had accepted (a draft that fails costs a row,
+ * which a model bound by arithmetic pays for). They wait in the sequence's token array
+ * past its end. The next step computes the last token and the drafts together, k + 1
+ * rows of one forward pass, so each weight is read once for all of them.
  *
- * Verification samples row 0 exactly as plain decoding would. While the sampled token
+ * Verification of n-grams, and of a draft model's drafts for a greedy sequence, samples
+ * row 0 exactly as plain decoding would. While the sampled token
  * equals the draft that the next row was computed for, that row's logits are the ones
  * plain decoding would have had at that position (batching never changes a bit), so the
  * next token is sampled from it, with the sequence's own random draws in order. The
@@ -17,7 +19,8 @@
  * therefore the one plain decoding draws, greedy or sampled, seed for seed: only the
  * number of forward passes changes. (A proposal that is one token for sure is the case
  * of the rejection-sampling rule where accepting the draft with probability p(draft)
- * and drawing the next token from p are the same draw.)
+ * and drawing the next token from p are the same draw.) A draft model's drafts for a
+ * sampled sequence were drawn at random, and go by the rule itself (el_speculate_accept).
  *
  * Rows of rejected drafts leave keys and values past the sequence's computed positions;
  * the next step overwrites them, and blocks past the sequence's end are given back.

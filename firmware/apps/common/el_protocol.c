@@ -661,27 +661,25 @@ static void send_model_ok(int type, const char *key, uint64_t value)
     send_frame(EL_MSG_OK, S.out, S.out_len);
 }
 
-/* After a switch: the runtime on the record's model; when it does not open, the record
- * goes back and so does the model (which opened before). 1 when the new one runs. */
+/* After a switch: the runtime on the record's model. When that model does not open,
+ * the record goes back, and so does the model (it opened before, in the same arena with
+ * the same options); *error says why. 1 when the new one runs. */
 static int run_switched_model(const char **error)
 {
     el_updater *u = S.io->updater;
     const uint8_t *model;
+    const char *unused = NULL;
     size_t size;
-    const char *why = "";
-    el_runtime *rt;
     release_all(); /* the conversation belongs to the model it was had with */
     model = el_updater_model(u, &size);
-    rt = S.io->reopen(S.io->user, model, size, &why);
-    if (rt == NULL) {
+    S.rt = S.io->reopen(S.io->user, model, size, error);
+    if (S.rt == NULL) {
         el_updater_revert(u);
         model = el_updater_model(u, &size);
-        rt = S.io->reopen(S.io->user, model, size, error);
-        *error = why;
+        S.rt = S.io->reopen(S.io->user, model, size, &unused);
     }
-    S.rt = rt;
-    S.tmpl = (int)el_runtime_chat_template(rt);
-    return rt != NULL && *error == NULL;
+    S.tmpl = (int)el_runtime_chat_template(S.rt);
+    return *error == NULL;
 }
 
 static void handle_model(int type, const uint8_t *payload, int n)
@@ -707,7 +705,7 @@ static void handle_model(int type, const uint8_t *payload, int n)
         int status = type == EL_MSG_MODEL_COMMIT ? el_updater_commit(u, &error) : el_updater_rollback(u, &error);
         if (status < 0) send_error(error, NULL);
         else if (!run_switched_model(&error)) send_error("model: it does not open here, so the one before is back: ",
-                                                         error != NULL ? error : "");
+                                                         error);
         else send_model_ok(type, "slot", (uint64_t)u->active.slot);
     }
 }
