@@ -1,7 +1,9 @@
 """Bare-metal boards under qemu-system: build, boot, serve prompts over the UART.
 
 For mps2-an386 (Cortex-M4F, weights in its 4 MiB flash) and qemu-virt-rv64 (RV64GC in
-machine mode), with the default model and llama2.c's stories260K: `build` links the
+machine mode), with the default model and llama2.c's stories260K, and for the other cores
+(mps2-an500, Cortex-M7; mps2-an505, Cortex-M33; qemu-virt-rv32, RV32IMAC) with the
+default model in F32 and Q8_0: `build` links the
 runtime, the main loop, the port and the model (.incbin) into one image; QEMU boots it
 with the UART on stdio; the hello line comes first; a greedy request streams exactly
 the text the host runtime gives for the same model file and token budget, then a stats
@@ -44,6 +46,13 @@ CASES = [
     ("qemu-virt-rv64", "default", "q8_0"),
     ("qemu-virt-rv64", "default", "f32"),
     ("qemu-virt-rv64", "stories260K", "f32"),
+    # the other cores (each one's own checks: tests/test_board_*.py)
+    ("mps2-an500", "default", "q8_0"),       # Cortex-M7, FPv5-D16, on the AN386 port
+    ("mps2-an500", "default", "f32"),
+    ("mps2-an505", "default", "q8_0"),       # Cortex-M33 in the Secure state
+    ("mps2-an505", "default", "f32"),
+    ("qemu-virt-rv32", "default", "q8_0"),   # RV32IMAC, soft float
+    ("qemu-virt-rv32", "default", "f32"),
 ]
 
 
@@ -177,7 +186,7 @@ def test_serial_session_matches_host(builds, host, board, model, quant):
         device.close()
 
 
-@pytest.mark.parametrize("board", ["mps2-an386", "qemu-virt-rv64"])
+@pytest.mark.parametrize("board", ["mps2-an386", "qemu-virt-rv64", "mps2-an500", "mps2-an505", "qemu-virt-rv32"])
 def test_run_command_ends_by_itself(builds, host, board):
     """emulator.run (what `edgellama run` uses): the request goes in through a file, QEMU
     exits with status 0 after the answer."""

@@ -2,13 +2,11 @@
 CH32V class) on `qemu-system-riscv32 -M virt -bios none`.
 
 Built with Debian's riscv64-unknown-elf-gcc, whose rv32imac/ilp32 multilib brings the
-soft-float libgcc. For the default model in F32 and Q8_0: the image is an ELF32 RISC-V
-soft-float file entered at 0x80000000; QEMU (a hart without F and D, as the image is
-built) boots it, the hello line names the board, and a greedy request streams exactly
-the host runtime's text for the same model file, then a stats line whose times come
-from the CLINT's mtime; "/exit" ends QEMU with status 0. The manifest names the
-kernels ("portable": RV32IMAC has no SIMD). Guest instructions per generated token
-are printed, not held to a figure.
+soft-float libgcc. Its images give the host's text in F32 and Q8_0 under QEMU (a hart
+without F and D, as the image is built; tests/test_baremetal.py, with the other boards).
+Here: the board and toolchain files, the multilib, each image an ELF32 RISC-V soft-float
+file entered at 0x80000000, times from the CLINT's mtime, the kernels the manifest names
+("portable": RV32IMAC has no SIMD), and guest instructions per generated token, printed.
 """
 
 import subprocess
@@ -21,15 +19,12 @@ from edgellama.boards import emulator, planner
 from edgellama.boards.catalog import get_board
 from edgellama.boards.targets import baremetal
 from edgellama.boards.toolchains import get_toolchain, missing_system_packages
-from edgellama.runtime.llm import LLM
-from edgellama.runtime.sampling_params import SamplingParams
 
 pytestmark = pytest.mark.emulated  # boards under QEMU, cross-built programs under qemu-user
 
 BOARD = "qemu-virt-rv32"
 QUANTS = ["f32", "q8_0"]
 PROMPT = "once upon a time"
-N_TOKENS = 40
 EM_RISCV = 243
 EF_RISCV_RVC = 0x1
 EF_RISCV_FLOAT_ABI = 0x6  # 0: soft float
@@ -38,20 +33,6 @@ EF_RISCV_FLOAT_ABI = 0x6  # 0: soft float
 @pytest.fixture(scope="module")
 def builds(board_builds):
     return lambda quant: board_builds(BOARD, quant)
-
-
-@pytest.fixture(scope="module")
-def host():
-    """The host runtime's greedy completion of a model file: (text, n_prompt, n_tokens)."""
-    cache = {}
-
-    def get(model_path):
-        if str(model_path) not in cache:
-            out = LLM(str(model_path)).generate(PROMPT, SamplingParams(temperature=0, max_tokens=N_TOKENS),
-                                                use_tqdm=False)[0]
-            cache[str(model_path)] = (out.outputs[0].text, len(out.prompt_token_ids), len(out.outputs[0].token_ids))
-        return cache[str(model_path)]
-    return get
 
 
 def test_board_and_toolchain_files(monkeypatch):
@@ -92,33 +73,27 @@ def symbol(elf, name) -> int:
 
 
 @pytest.mark.parametrize("quant", QUANTS)
-def test_boots_and_matches_host(builds, host, quant):
+def test_the_image_is_an_elf32_soft_float_file_at_0x80000000(builds, quant):
     result = builds(quant)
-    out, ctx = result.out_dir, result.context
-    elf = out / "firmware.elf"
+    elf = result.out_dir / "firmware.elf"
     header = elf.read_bytes()[:52]
     assert header[4] == 1 and int.from_bytes(header[18:20], "little") == EM_RISCV  # ELFCLASS32, EM_RISCV
     flags = int.from_bytes(header[36:40], "little")
     assert flags & EF_RISCV_RVC and flags & EF_RISCV_FLOAT_ABI == 0
     assert symbol(elf, "_start") == 0x80000000 and symbol(elf, "el_model_start") % 32 == 0
+    assert baremetal.emulator_command(result.context)[:5] == ["qemu-system-riscv32", "-M", "virt", "-cpu",
+                                                              get_board(BOARD).reach.cpu]
 
-    assert baremetal.emulator_command(ctx)[:5] == ["qemu-system-riscv32", "-M", "virt", "-cpu",
-                                                   get_board(BOARD).reach.cpu]
-    text, n_prompt, n_tokens = host(ctx.model_path)
-    returncode, output, stderr = emulator.run(BOARD, out, ["generate", PROMPT, "--temperature", "0",
-                                                           "--max-tokens", str(N_TOKENS)], timeout=180)
-    assert returncode == 0, stderr
-    assert output.endswith("[bye]\n")
-    reply = baremetal.parse_reply(output)
-    hello = baremetal.parse_stats("x " + reply.hello)
-    assert hello["board"] == BOARD and hello["model"] == "tinystories-850k"
-    assert int(hello["weights"]) == ctx.model_path.stat().st_size
-    assert reply.text == text and len(text) > 40, quant
-    assert int(reply.stats["tokens"]) == n_tokens and int(reply.stats["prompt"]) == n_prompt
-    assert reply.errors == []
-    # the times come from mtime read in two halves: a whole request takes some of it
-    assert 0 < int(reply.stats["ttft_ms"]) <= int(reply.stats["ms"])
-    print(f"\n{BOARD} {quant}: {reply.stats}")
+
+def test_the_times_come_from_mtime_read_in_halves(builds):
+    """The 64-bit mtime read as hi, lo, hi on a 32-bit hart: a request's times are sane
+    (the text itself is checked against the host's in tests/test_baremetal.py)."""
+    returncode, output, stderr = emulator.run(BOARD, builds("q8_0").out_dir,
+                                              ["generate", PROMPT, "--temperature", "0", "--max-tokens", "8"],
+                                              timeout=180)
+    assert returncode == 0 and output.endswith("[bye]\n"), stderr
+    stats = baremetal.parse_reply(output).stats
+    assert 0 < int(stats["ttft_ms"]) <= int(stats["ms"])
 
 
 def test_manifest_names_the_kernels(builds):
