@@ -1,7 +1,8 @@
-/* port.c: QEMU riscv64 virt for the bare-metal main loop: the NS16550 UART at
- * 0x10000000, the CLINT's mtime (10 MHz) as the tick counter, and the exit through
- * the SiFive test device at 0x100000 (0x5555 passes: QEMU exits with status 0;
- * (code << 16) | 0x3333 fails: QEMU exits with status code).
+/* port.c: QEMU's riscv64 and riscv32 virt machines for the bare-metal main loop: the
+ * NS16550 UART at 0x10000000, the CLINT's mtime (10 MHz) as the tick counter, and the
+ * exit through the SiFive test device at 0x100000 (0x5555 passes: QEMU exits with status
+ * 0; (code << 16) | 0x3333 fails: QEMU exits with status code). The same devices at the
+ * same addresses on both; a 32-bit hart reads the 64-bit mtime in two halves.
  */
 #include <stdint.h>
 
@@ -21,12 +22,17 @@
 #define UART_CLOCK_HZ 3686400u /* QEMU's virt UART clock */
 #define BAUD 115200u
 
+/* the CLINT's 64-bit mtime, and its low and high 32-bit words */
 #define MTIME (*(volatile uint64_t *)(uintptr_t)0x0200BFF8u)
+#define MTIME_LO (*(volatile uint32_t *)(uintptr_t)0x0200BFF8u)
+#define MTIME_HI (*(volatile uint32_t *)(uintptr_t)0x0200BFFCu)
 #define MTIME_HZ 10000000u
 
 #define TEST_DEVICE (*(volatile uint32_t *)(uintptr_t)0x00100000u)
 
-void port_trap(uint64_t cause, uint64_t epc, uint64_t tval);
+/* start.S's trap vector: mcause, mepc and mtval are XLEN registers (unsigned long in
+ * both ABIs, ilp32 and lp64) */
+void port_trap(unsigned long cause, unsigned long epc, unsigned long tval);
 
 void port_init(void)
 {
@@ -56,7 +62,22 @@ int port_getc(void)
 
 int port_try_getc(void) { return (UART_LSR & 0x01) ? (int)UART_RBR : -1; }
 
+#if __riscv_xlen == 32
+/* A 32-bit hart reads mtime a word at a time, and the low word can carry into the high
+ * one between the two reads: read high, low, high again, and retry when the high word
+ * moved (the low word read then may belong to either side of the carry). */
+uint64_t port_ticks(void)
+{
+    uint32_t hi, lo;
+    do {
+        hi = MTIME_HI;
+        lo = MTIME_LO;
+    } while (MTIME_HI != hi);
+    return ((uint64_t)hi << 32) | lo;
+}
+#else
 uint64_t port_ticks(void) { return MTIME; }
+#endif
 
 uint32_t port_tick_hz(void) { return MTIME_HZ; }
 
@@ -72,14 +93,14 @@ static void put_str(const char *s)
     while (*s) port_putc((unsigned char)*s++);
 }
 
-static void put_hex(uint64_t v)
+static void put_hex(unsigned long v)
 {
     int shift;
     put_str("0x");
-    for (shift = 60; shift >= 0; shift -= 4) port_putc("0123456789abcdef"[(v >> shift) & 0xF]);
+    for (shift = (int)sizeof v * 8 - 4; shift >= 0; shift -= 4) port_putc("0123456789abcdef"[(v >> shift) & 0xF]);
 }
 
-void port_trap(uint64_t cause, uint64_t epc, uint64_t tval)
+void port_trap(unsigned long cause, unsigned long epc, unsigned long tval)
 {
     put_str("\n[fault] trap mcause=");
     put_hex(cause);

@@ -1,5 +1,7 @@
-# port.mk: what the riscv64 virt port adds to the bare-metal Makefile. The compiler is
-# Debian's riscv64-linux-gnu-gcc, which defaults to PIE and a stack protector: both off.
+# port.mk: what the riscv virt port adds to the bare-metal Makefile. RV64GC builds with
+# Debian's riscv64-linux-gnu-gcc, which defaults to PIE and a stack protector (both off
+# here); RV32IMAC with riscv64-unknown-elf-gcc, whose rv32imac/ilp32 multilib (picked by
+# the board's -march/-mabi) brings soft float and 64-bit division in libgcc.
 PORT_SRCS = port/port.c port/start.S
 PORT_CFLAGS = -fno-pic -fno-pie -fno-stack-protector -fno-asynchronous-unwind-tables -fno-unwind-tables
 PORT_LDFLAGS = -static -no-pie -Wl,--build-id=none
