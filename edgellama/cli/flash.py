@@ -21,7 +21,8 @@ def command(board, host, serial_port, model, build_dir, identity, known_hosts, t
     """Put a build on its board: SSH release with atomic switch, PlatformIO upload, or (emulated) nothing;
     with --port and --model (or --rollback), a model over the serial line into a microcontroller's store."""
     if serial_port and (model or rollback) and not host:
-        click.echo(flash_lib.flash_model_serial(board, serial_port, model, rollback, echo=click.echo))
+        from edgellama.devices.model_upload import flash_model_serial
+        click.echo(flash_model_serial(board, serial_port, model, rollback, echo=click.echo))
         return
     ssh = {"identity": identity, "known_hosts": known_hosts, "trust_host_key": trust_host_key, "remote_dir": remote_dir}
     if rollback:

@@ -404,26 +404,3 @@ def rollback(board_name: str, host: str | None = None, **ssh) -> str:
         raise EdgeLlamaError("--rollback needs a Linux board and --host user@addr")
     return rollback_linux(board, host, **ssh).message
 
-
-def flash_model_serial(board, port: str, model=None, rollback: bool = False, echo=None) -> str:
-    """A model over the serial line into the board's model store (devices/model_upload.py),
-    or back to the one before; returns the line to print."""
-    from edgellama.devices.model_upload import rollback_model, upload_model
-    from edgellama.devices.opener import open_device
-    echo = echo or (lambda text: None)
-    board = get_board(board)
-    with open_device(port=port, board=board.name) as device:
-        before = device.info()
-        if rollback:
-            after = rollback_model(device)
-        else:
-            shown = [-1]
-
-            def progress(sent, total):  # a line at each tenth, not one per chunk
-                tenth = sent * 10 // total
-                if tenth != shown[0]:
-                    shown[0] = tenth
-                    echo(f"  {sent:,} of {total:,} bytes")
-            after = upload_model(device, model, board, progress=progress)
-    return (f"{board.name} on {port}: model {after.get('model')} (slot {after.get('model_slot')}) answers now; "
-            f"before: {before.get('model')} (slot {before.get('model_slot')})")

@@ -93,3 +93,27 @@ def rollback_model(device) -> dict:
     """Back to the model before the last switch; returns the device's INFO after it."""
     device.request(P.MODEL_ROLLBACK, b"", P.OK, timeout=max(device.timeout, 120.0))
     return device.refresh_info()
+
+
+def flash_model_serial(board, port: str, model=None, rollback: bool = False, echo=None) -> str:
+    """`edgellama flash --port`: a model into the board's model store over the serial line,
+    or back to the one before; returns the line to print."""
+    from edgellama.boards.catalog import get_board
+    from edgellama.devices.opener import open_device
+    echo = echo or (lambda text: None)
+    board = get_board(board)
+    with open_device(port=port, board=board.name) as device:
+        before = device.info()
+        if rollback:
+            after = rollback_model(device)
+        else:
+            shown = [-1]
+
+            def progress(sent, total):  # a line at each tenth, not one per chunk
+                tenth = sent * 10 // total
+                if tenth != shown[0]:
+                    shown[0] = tenth
+                    echo(f"  {sent:,} of {total:,} bytes")
+            after = upload_model(device, model, board, progress=progress)
+    return (f"{board.name} on {port}: model {after.get('model')} (slot {after.get('model_slot')}) answers now; "
+            f"before: {before.get('model')} (slot {before.get('model_slot')})")
