@@ -16,7 +16,7 @@ from edgellama.devices import flash as flash_lib
 @click.option("--trust-host-key", is_flag=True, help="Accept an unknown host key and add it to known_hosts.")
 @click.option("--remote-dir", default=flash_lib.DEFAULT_REMOTE_DIR, show_default=True,
               help="Where releases go on the board (relative to the home directory).")
-@click.option("--rollback", is_flag=True, help="Switch back to the previous release.")
+@click.option("--rollback", is_flag=True, help="Switch back to the previous release (SSH), or model (--port).")
 def command(board, host, serial_port, model, build_dir, identity, known_hosts, trust_host_key, remote_dir, rollback):
     """Put a build on its board: SSH release with atomic switch, PlatformIO upload, or (emulated) nothing;
     with --port and --model (or --rollback), a model over the serial line into a microcontroller's store."""
