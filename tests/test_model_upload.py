@@ -190,3 +190,14 @@ def test_a_model_that_does_not_open_switches_back(build_dir, models):
             with pytest.raises(EdgeLlamaError, match="does not open here, so the one before is back: "):
                 dev.request(P.MODEL_COMMIT, b"", P.OK)
         assert (device_text(board.url), info(board.url)["model_slot"]) == before
+
+
+def test_the_cortex_m7_board_takes_a_model_too(tmp_path, models):
+    """mps2-an500 runs the AN386 port with PSRAM at 0x60000000: its store is there."""
+    require_board("mps2-an500")
+    out = builder.build("mps2-an500", None, quant="q8_0", out_dir=tmp_path / "an500").out_dir
+    with StandingBoard("mps2-an500", out_dir=out) as board:
+        with open_device(port=board.url, board="mps2-an500") as dev:
+            after = model_upload.upload_model(dev, models["a"], "mps2-an500")
+            assert after["model_slot"] == 1
+            assert "".join(dev.generate(PROMPT, SAMPLED)) == host_text(models["a"])
