@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require_board
+from test_baremetal import symbol
 
 import edgellama.boards.catalog
 from edgellama.boards import builder, emulator
@@ -57,14 +58,6 @@ def host():
     return get
 
 
-def symbol(elf, name) -> int:
-    nm = get_toolchain(get_board(BOARD).toolchain).tool("nm")
-    out = subprocess.run([nm, str(elf)], capture_output=True, text=True, check=True).stdout
-    m = re.search(rf"^([0-9a-f]+) \w {re.escape(name)}$", out, re.MULTILINE)
-    assert m, f"{name} not in {elf}"
-    return int(m.group(1), 16)
-
-
 def test_board_file_and_port(tmp_path):
     board = require_board(BOARD)
     assert board.port == "mps2-an386" and board.cflags == ["-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-d16",
@@ -90,9 +83,9 @@ def test_memory_layout(builds, quant):
     """Weights in the 4 MiB at 0x0, 32-byte aligned; the arena in RAM at 0x20000000."""
     result = builds(quant)
     elf = result.out_dir / "firmware.elf"
-    start = symbol(elf, "el_model_start")
+    start = symbol(BOARD, elf, "el_model_start")
     assert start % 32 == 0 and start + result.context.model_path.stat().st_size <= 4 << 20
-    arena = symbol(elf, "arena")
+    arena = symbol(BOARD, elf, "arena")
     assert 0x20000000 <= arena and arena + (3 << 20) <= 0x20400000
     assert result.manifest["memory"] == {"WEIGHTS_REGION": "FLASH", "ARENA_REGION": "RAM", "ARENA_BYTES": "3145728"}
 
@@ -135,7 +128,7 @@ def test_arena_in_psram_at_0x60000000(big_arena_board, host, tmp_path):
     result = builder.build(big_arena_board, None, quant="q8_0", out_dir=tmp_path / "build")
     assert result.manifest["memory"] == {"WEIGHTS_REGION": "FLASH", "ARENA_REGION": "PSRAM",
                                          "ARENA_BYTES": str(8 << 20)}
-    arena = symbol(result.out_dir / "firmware.elf", "arena")
+    arena = symbol(BOARD, result.out_dir / "firmware.elf", "arena")
     assert PSRAM_BASE <= arena and arena + (8 << 20) <= PSRAM_BASE + PSRAM_SIZE
     returncode, out, err = emulator.run(big_arena_board, result.out_dir, ["generate", PROMPT, "--temperature", "0",
                                                                           "--max-tokens", str(N_TOKENS)], timeout=120)

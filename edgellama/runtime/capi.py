@@ -167,6 +167,20 @@ def _int32_array(values):
     return (C.c_int32 * len(values))(*values)
 
 
+def _open_growing(size: int, attempt, grow: bool, what) -> np.ndarray:
+    """A memory block that attempt(block, err) succeeds in: `size` bytes, and while the C
+    side says NO_MEMORY (and grow) four times larger, up to three times. EdgeLlamaError
+    with the C message otherwise."""
+    for _ in range(4):
+        memory, err = np.zeros(size, dtype=np.uint8), Error()
+        if attempt(memory, err):
+            return memory
+        if err.status != NO_MEMORY or not grow:
+            break
+        size *= 4
+    raise EdgeLlamaError(f"{what}: {err.text()}")
+
+
 class Runtime:
     """One model opened in the C runtime, with its own memory block and engine."""
 
@@ -195,16 +209,12 @@ class Runtime:
                                 check_values=1,  # refuse NaN/Inf weights at load
                                 weights_writable=1, speculative_tokens=speculative_tokens,
                                 prompt_lookup_max=prompt_lookup_max, prompt_lookup_min=prompt_lookup_min)
-        for _ in range(4):
-            self._memory = np.zeros(size, dtype=np.uint8)
-            err = Error()
-            self._rt = self.lib.el_runtime_open(self._memory.ctypes.data, size, self._model.ctypes.data,
+
+        def open_runtime(memory, err):
+            self._rt = self.lib.el_runtime_open(memory.ctypes.data, memory.size, self._model.ctypes.data,
                                                 self._model.size, C.byref(options), C.byref(err))
-            if self._rt or err.status != NO_MEMORY or memory_bytes:
-                break
-            size *= 4
-        if not self._rt:
-            raise EdgeLlamaError(f"{self.path}: {err.text()}")
+            return bool(self._rt)
+        self._memory = _open_growing(size, open_runtime, grow=not memory_bytes, what=self.path)
         if draft_model is not None:
             self._open_draft(Path(draft_model))
         self.config = self.lib.el_runtime_config(self._rt).contents
@@ -218,6 +228,7 @@ class Runtime:
             self._pool = self.lib.el_thread_pool_create(self.threads)
             if not self._pool:
                 raise EdgeLlamaError(f"cannot start {self.threads} threads")
+            err = Error()
             if self.lib.el_thread_pool_attach(self._pool, self._rt, C.byref(err)) != 0:
                 raise EdgeLlamaError(err.text())
 
@@ -228,17 +239,11 @@ class Runtime:
             self._draft = np.memmap(path, dtype=np.uint8, mode="c")
         except (OSError, ValueError) as e:
             raise EdgeLlamaError(f"{path}: cannot map the draft model ({e})") from None
-        size = (64 << 20) + 8 * self._draft.size
-        for _ in range(4):
-            self._draft_memory = np.zeros(size, dtype=np.uint8)
-            err = Error()
-            status = self.lib.el_runtime_set_draft(self._rt, self._draft_memory.ctypes.data, size,
-                                                   self._draft.ctypes.data, self._draft.size, C.byref(err))
-            if status == 0 or err.status != NO_MEMORY:
-                break
-            size *= 4
-        if status != 0:
-            raise EdgeLlamaError(f"{path}: {err.text()}")
+
+        def set_draft(memory, err):
+            return self.lib.el_runtime_set_draft(self._rt, memory.ctypes.data, memory.size, self._draft.ctypes.data,
+                                                 self._draft.size, C.byref(err)) == 0
+        self._draft_memory = _open_growing((64 << 20) + 8 * self._draft.size, set_draft, grow=True, what=path)
 
     def __del__(self):
         # the pool's threads spin on the runtime's work: stop them before the memory goes

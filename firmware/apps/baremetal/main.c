@@ -40,6 +40,7 @@
 #include "el_port.h"
 #include "el_protocol.h"
 #include "el_runtime.h"
+#include "el_updater.h"
 
 #ifndef EL_ARENA_BYTES
 #define EL_ARENA_BYTES (3u << 20)
@@ -129,25 +130,9 @@ static void put_error(const char *message)
 /* ------------------------------------------------------------ the model's checksum */
 
 #ifdef EL_MODEL_CRC32
-/* CRC-32 (zlib's) a nibble at a time: a 64-byte table in flash, about twice the speed
- * of the bitwise loop. The build wrote the model file's CRC into EL_MODEL_CRC32, so a
- * flash image that was cut short, mis-flashed or bit-flipped is refused at boot instead
- * of being run: bare metal skips the per-value NaN scan (el_model_check_values). */
-static uint32_t crc32_of(const uint8_t *p, size_t n)
-{
-    static const uint32_t table[16] = {
-        0x00000000u, 0x1DB71064u, 0x3B6E20C8u, 0x26D930ACu, 0x76DC4190u, 0x6B6B51F4u, 0x4DB26158u, 0x5005713Cu,
-        0xEDB88320u, 0xF00F9344u, 0xD6D6A3E8u, 0xCB61B38Cu, 0x9B64C2B0u, 0x86D3D2D4u, 0xA00AE278u, 0xBDBDF21Cu};
-    uint32_t crc = 0xffffffffu;
-    size_t i;
-    for (i = 0; i < n; i++) {
-        crc ^= p[i];
-        crc = (crc >> 4) ^ table[crc & 15u];
-        crc = (crc >> 4) ^ table[crc & 15u];
-    }
-    return ~crc;
-}
-
+/* The build wrote the model file's CRC-32 (el_crc32) into EL_MODEL_CRC32, so a flash
+ * image that was cut short, mis-flashed or bit-flipped is refused at boot instead of
+ * being run: bare metal skips the per-value NaN scan (el_model_check_values). */
 static void put_hex32(uint32_t v)
 {
     int shift;
@@ -158,7 +143,7 @@ static void put_hex32(uint32_t v)
 /* One "[error] ..." line and exit when the model in flash is not the one built in. */
 static void verify_model(const uint8_t *model, size_t size)
 {
-    uint32_t crc = crc32_of(model, size);
+    uint32_t crc = el_crc32(model, size);
     if (crc == (uint32_t)EL_MODEL_CRC32) return;
     put_str("[error] the model image is corrupt: CRC-32 ");
     put_hex32(crc);

@@ -682,6 +682,37 @@ static int run_switched_model(const char **error)
     return *error == NULL;
 }
 
+static int hex_digit(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                                                                                    : -1;
+}
+
+/* MODEL_BEGIN's key=value lines: size=N and sha256=64 hex digits; 0 when malformed. */
+static int parse_model_begin(const char *text, int n, uint32_t *size, uint8_t sha256[32])
+{
+    const char *key, *value;
+    int pos = 0, key_len, value_len, k, have_size = 0, have_sha = 0;
+    double v;
+    while (el_proto_next_kv(text, n, &pos, &key, &key_len, &value, &value_len)) {
+        if (el_proto_key_is(key, key_len, "size") && el_proto_parse_number(value, value_len, &v) && v >= 0 &&
+            v < 4294967296.0 && v == (double)(uint32_t)v) {
+            *size = (uint32_t)v;
+            have_size = 1;
+        } else if (el_proto_key_is(key, key_len, "sha256") && value_len == 64) {
+            for (k = 0; k < 32; k++) {
+                int hi = hex_digit(value[2 * k]), lo = hex_digit(value[2 * k + 1]);
+                if (hi < 0 || lo < 0) return 0;
+                sha256[k] = (uint8_t)(hi * 16 + lo);
+            }
+            have_sha = 1;
+        } else {
+            return 0;
+        }
+    }
+    return have_size && have_sha;
+}
+
 static void handle_model(int type, const uint8_t *payload, int n)
 {
     el_updater *u = S.io->updater;
@@ -692,7 +723,11 @@ static void handle_model(int type, const uint8_t *payload, int n)
         return;
     }
     if (type == EL_MSG_MODEL_BEGIN) {
-        if ((offset = el_updater_begin(u, (const char *)payload, n, &error)) < 0) send_error(error, NULL);
+        uint32_t size = 0;
+        uint8_t sha256[32];
+        if (!parse_model_begin((const char *)payload, n, &size, sha256))
+            send_error("model: MODEL_BEGIN needs size=N and sha256=64 hex digits", NULL);
+        else if ((offset = el_updater_begin(u, size, sha256, &error)) < 0) send_error(error, NULL);
         else send_model_ok(type, "offset", (uint64_t)offset);
     } else if (type == EL_MSG_MODEL_CHUNK) {
         if (el_updater_chunk(u, payload, n, &error) < 0) {

@@ -58,9 +58,9 @@ void el_updater_init(el_updater *u, el_store store, const uint8_t *builtin, size
 /* The model to run: the record's, when its bytes still have their SHA-256 (else the one
  * before it, else the image's own; `active` says which). */
 const uint8_t *el_updater_model(el_updater *u, size_t *size);
-/* MODEL_BEGIN's "size=N\nsha256=HEX\n": the offset to send from (the bytes an upload of
- * the same model already stored), or -1 with *error set. */
-long el_updater_begin(el_updater *u, const char *text, int n, const char **error);
+/* MODEL_BEGIN (size and SHA-256 of the model): the offset to send from (the bytes an
+ * upload of the same model already stored), or -1 with *error set. */
+long el_updater_begin(el_updater *u, uint32_t size, const uint8_t sha256[32], const char **error);
 /* MODEL_CHUNK: 4 bytes of offset (LE), then the bytes; 0, or -1 with *error set. */
 int el_updater_chunk(el_updater *u, const uint8_t *payload, int n, const char **error);
 /* MODEL_COMMIT: the whole upload, its SHA-256 right: the record switches to it. */
@@ -69,5 +69,8 @@ int el_updater_commit(el_updater *u, const char **error);
 int el_updater_rollback(el_updater *u, const char **error);
 /* Undo the last switch (the model it switched to would not open). */
 void el_updater_revert(el_updater *u);
+
+/* CRC-32 (zlib's): the records' check, and the boot check of the image's own model. */
+uint32_t el_crc32(const uint8_t *p, size_t n);
 
 #endif
