@@ -94,6 +94,21 @@ static float weight_at(const void *row, size_t i, int f16)
     return f16 ? el_fp16_to_f32(((const uint16_t *)row)[i]) : ((const float *)row)[i];
 }
 
+/* Element i of each of eight (four) rows, row j in lane j: the tail after the last
+ * whole eight, added element by element in order, as in the portable loop. */
+static __m256 column8(const void *const *w, size_t i, int f16)
+{
+    return _mm256_setr_ps(weight_at(w[0], i, f16), weight_at(w[1], i, f16), weight_at(w[2], i, f16),
+                          weight_at(w[3], i, f16), weight_at(w[4], i, f16), weight_at(w[5], i, f16),
+                          weight_at(w[6], i, f16), weight_at(w[7], i, f16));
+}
+
+static __m128 column4(const void *const *w, size_t i, int f16)
+{
+    return _mm_setr_ps(weight_at(w[0], i, f16), weight_at(w[1], i, f16), weight_at(w[2], i, f16),
+                       weight_at(w[3], i, f16));
+}
+
 static __m256 load8(const void *row, size_t i, int f16) { return f16 ? load8_f16(row, i) : load8_f32(row, i); }
 
 /* acc + w[i..i+7] * x[i..i+7], multiply then add (never fused). */
@@ -113,18 +128,16 @@ static inline __attribute__((always_inline)) void matmul_float(const el_matmul_t
     int b, j;
     r = r0;
     /* From DRAM four rows keep up better (measured on the 15M shape: 0.93x with eight); from
-     * a cache, eight chains of adds gain 1.25-1.3x (stories260K shape, default model). */
+     * a cache, eight chains of adds gain 1.25-1.3x (stories260K shape, default model), and
+     * prefetching there only costs instructions. */
     for (; !t->w->streamed && r + 8 <= r1; r += 8) {
         const void *w[8];
-        const uint8_t *ahead = base + (size_t)(r + 8 * EL_PREFETCH_GROUPS) * row_bytes, *next = ahead;
         for (j = 0; j < 8; j++) w[j] = base + (size_t)(r + (uint32_t)j) * row_bytes;
         for (b = 0; b < t->batch; b++) {
             const float *x = t->x + (size_t)b * cols;
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-            float sums[8];
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, sums;
             for (i = 0; i < whole; i += 8) {
                 __m256 xv = _mm256_loadu_ps(x + i);
-                if (b == 0) prefetch_until(&next, ahead + (i / 8 + 1) * chunk, end);
                 a0 = add_product(a0, w[0], i, xv, f16);
                 a1 = add_product(a1, w[1], i, xv, f16);
                 a2 = add_product(a2, w[2], i, xv, f16);
@@ -134,11 +147,9 @@ static inline __attribute__((always_inline)) void matmul_float(const el_matmul_t
                 a6 = add_product(a6, w[6], i, xv, f16);
                 a7 = add_product(a7, w[7], i, xv, f16);
             }
-            _mm256_storeu_ps(sums, combine8(a0, a1, a2, a3, a4, a5, a6, a7));
-            for (j = 0; j < 8; j++) {
-                for (i = whole; i < cols; i++) sums[j] += weight_at(w[j], i, f16) * x[i];
-                t->y[(size_t)b * t->w->rows + r + (uint32_t)j] = sums[j];
-            }
+            sums = combine8(a0, a1, a2, a3, a4, a5, a6, a7);
+            for (i = whole; i < cols; i++) sums = _mm256_add_ps(sums, _mm256_mul_ps(column8(w, i, f16), _mm256_set1_ps(x[i])));
+            _mm256_storeu_ps(t->y + (size_t)b * t->w->rows + r, sums);
         }
     }
     chunk = 4 * row_bytes / (whole / 8 + 1) + 1;
@@ -149,7 +160,7 @@ static inline __attribute__((always_inline)) void matmul_float(const el_matmul_t
         for (b = 0; b < t->batch; b++) {
             const float *x = t->x + (size_t)b * cols;
             __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-            float sums[4];
+            __m128 sums;
             for (i = 0; i < whole; i += 8) {
                 if (b == 0) prefetch_until(&next, ahead + (i / 8 + 1) * chunk, end);
                 __m256 xv = _mm256_loadu_ps(x + i);
@@ -158,11 +169,9 @@ static inline __attribute__((always_inline)) void matmul_float(const el_matmul_t
                 acc2 = _mm256_add_ps(acc2, _mm256_mul_ps(f16 ? load8_f16(w[2], i) : load8_f32(w[2], i), xv));
                 acc3 = _mm256_add_ps(acc3, _mm256_mul_ps(f16 ? load8_f16(w[3], i) : load8_f32(w[3], i), xv));
             }
-            _mm_storeu_ps(sums, combine4(acc0, acc1, acc2, acc3));
-            for (j = 0; j < 4; j++) {
-                for (i = whole; i < cols; i++) sums[j] += weight_at(w[j], i, f16) * x[i];
-                t->y[(size_t)b * t->w->rows + r + (uint32_t)j] = sums[j];
-            }
+            sums = combine4(acc0, acc1, acc2, acc3);
+            for (i = whole; i < cols; i++) sums = _mm_add_ps(sums, _mm_mul_ps(column4(w, i, f16), _mm_set1_ps(x[i])));
+            _mm_storeu_ps(t->y + (size_t)b * t->w->rows + r, sums);
         }
     }
     if (r < r1) {
@@ -684,35 +693,64 @@ void el_kernel_key_dots(float *out, const float *q, const float *keys, size_t st
     for (; j < n_keys; j++) out[j] = scale * el_kernel_dot(q, keys + (size_t)j * stride, n);
 }
 
-/* Up to four registers of outputs stay put while every value adds its share, in value
- * order; four registers are four independent chains of adds, so they overlap. */
+/* acc + w * values[i..i+7] (multiply, then add) */
+static inline __attribute__((always_inline)) __m256 add_weighted(__m256 acc, __m256 w, const float *v)
+{
+    return _mm256_add_ps(acc, _mm256_mul_ps(w, _mm256_loadu_ps(v)));
+}
+
+/* `regs` registers of outputs (8 * regs floats, regs <= 8) stay put while every value
+ * adds its share, in value order; the registers are independent chains of adds, so they
+ * overlap. regs is a constant where this is inlined: the tests on it fold away and the
+ * accumulators stay in registers (an array of them went through the stack). */
+static inline __attribute__((always_inline)) void value_sum_regs(float *out, const float *weights,
+                                                                 const float *values, size_t stride, int n_values,
+                                                                 int regs)
+{
+    __m256 a0 = _mm256_loadu_ps(out), zero = _mm256_setzero_ps();
+    __m256 a1 = regs > 1 ? _mm256_loadu_ps(out + 8) : zero, a2 = regs > 2 ? _mm256_loadu_ps(out + 16) : zero;
+    __m256 a3 = regs > 3 ? _mm256_loadu_ps(out + 24) : zero, a4 = regs > 4 ? _mm256_loadu_ps(out + 32) : zero;
+    __m256 a5 = regs > 5 ? _mm256_loadu_ps(out + 40) : zero, a6 = regs > 6 ? _mm256_loadu_ps(out + 48) : zero;
+    __m256 a7 = regs > 7 ? _mm256_loadu_ps(out + 56) : zero;
+    int j;
+    for (j = 0; j < n_values; j++) {
+        const float *v = values + (size_t)j * stride;
+        __m256 w = _mm256_set1_ps(weights[j]);
+        a0 = add_weighted(a0, w, v);
+        if (regs > 1) a1 = add_weighted(a1, w, v + 8);
+        if (regs > 2) a2 = add_weighted(a2, w, v + 16);
+        if (regs > 3) a3 = add_weighted(a3, w, v + 24);
+        if (regs > 4) a4 = add_weighted(a4, w, v + 32);
+        if (regs > 5) a5 = add_weighted(a5, w, v + 40);
+        if (regs > 6) a6 = add_weighted(a6, w, v + 48);
+        if (regs > 7) a7 = add_weighted(a7, w, v + 56);
+    }
+    _mm256_storeu_ps(out, a0);
+    if (regs > 1) _mm256_storeu_ps(out + 8, a1);
+    if (regs > 2) _mm256_storeu_ps(out + 16, a2);
+    if (regs > 3) _mm256_storeu_ps(out + 24, a3);
+    if (regs > 4) _mm256_storeu_ps(out + 32, a4);
+    if (regs > 5) _mm256_storeu_ps(out + 40, a5);
+    if (regs > 6) _mm256_storeu_ps(out + 48, a6);
+    if (regs > 7) _mm256_storeu_ps(out + 56, a7);
+}
+
+/* A head of up to 64 floats in one pass over the values (48: six chains at once). */
 void el_kernel_value_sum(float *out, const float *weights, const float *values, size_t stride, int n_values, int n)
 {
     int i = 0, j, whole = n - n % 8;
-    for (; i + 32 <= whole; i += 32) {
-        __m256 a0 = _mm256_loadu_ps(out + i), a1 = _mm256_loadu_ps(out + i + 8);
-        __m256 a2 = _mm256_loadu_ps(out + i + 16), a3 = _mm256_loadu_ps(out + i + 24);
-        for (j = 0; j < n_values; j++) {
-            const float *v = values + (size_t)j * stride + i;
-            __m256 w = _mm256_set1_ps(weights[j]);
-            a0 = _mm256_add_ps(a0, _mm256_mul_ps(w, _mm256_loadu_ps(v)));
-            a1 = _mm256_add_ps(a1, _mm256_mul_ps(w, _mm256_loadu_ps(v + 8)));
-            a2 = _mm256_add_ps(a2, _mm256_mul_ps(w, _mm256_loadu_ps(v + 16)));
-            a3 = _mm256_add_ps(a3, _mm256_mul_ps(w, _mm256_loadu_ps(v + 24)));
-        }
-        _mm256_storeu_ps(out + i, a0);
-        _mm256_storeu_ps(out + i + 8, a1);
-        _mm256_storeu_ps(out + i + 16, a2);
-        _mm256_storeu_ps(out + i + 24, a3);
+    for (; i + 64 <= whole; i += 64) value_sum_regs(out + i, weights, values + i, stride, n_values, 8);
+    switch ((whole - i) / 8) {
+    case 7: value_sum_regs(out + i, weights, values + i, stride, n_values, 7); break;
+    case 6: value_sum_regs(out + i, weights, values + i, stride, n_values, 6); break;
+    case 5: value_sum_regs(out + i, weights, values + i, stride, n_values, 5); break;
+    case 4: value_sum_regs(out + i, weights, values + i, stride, n_values, 4); break;
+    case 3: value_sum_regs(out + i, weights, values + i, stride, n_values, 3); break;
+    case 2: value_sum_regs(out + i, weights, values + i, stride, n_values, 2); break;
+    case 1: value_sum_regs(out + i, weights, values + i, stride, n_values, 1); break;
+    default: break;
     }
-    for (; i < whole; i += 8) {
-        __m256 acc = _mm256_loadu_ps(out + i);
-        for (j = 0; j < n_values; j++)
-            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(weights[j]),
-                                                   _mm256_loadu_ps(values + (size_t)j * stride + i)));
-        _mm256_storeu_ps(out + i, acc);
-    }
-    for (; i < n; i++)
+    for (i = whole; i < n; i++)
         for (j = 0; j < n_values; j++) out[i] += weights[j] * values[(size_t)j * stride + i];
 }
 

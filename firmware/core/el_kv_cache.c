@@ -12,6 +12,17 @@ static size_t block_offset(const el_kv_cache *kv, int block, int layer, int slot
     return (((size_t)block * (size_t)kv->n_layers + (size_t)layer) * (size_t)kv->block_size + (size_t)slot);
 }
 
+/* Where the vector of one head at one slot sits, counted in head vectors (times head_dim
+ * for values, as is for int8 scales). Within a block and layer each head's slots follow
+ * one another, so attention over a block reads one contiguous run per head, which the
+ * hardware prefetchers follow (a head spread over slots kv_dim apart they did not: the
+ * 15M shape's attention of eight sequences stalled on memory). */
+static size_t head_slot(const el_kv_cache *kv, int block, int layer, int head, int slot)
+{
+    return ((((size_t)block * (size_t)kv->n_layers + (size_t)layer) * (size_t)kv->n_kv_heads + (size_t)head) *
+                (size_t)kv->block_size + (size_t)slot);
+}
+
 size_t el_kv_block_bytes(const el_config *config, int block_size, el_kv_dtype dtype)
 {
     size_t positions = (size_t)config->n_layers * (size_t)block_size;
@@ -202,24 +213,20 @@ int el_kv_blocks_cached(const el_kv_cache *kv)
 
 /* ------------------------------------------------------------ storage */
 
-/* int8 with one scale per (position, head). */
-static void store_int8(int8_t *q, float *scales, const float *x, int n_heads, int head_dim)
-{
-    int h;
-    for (h = 0; h < n_heads; h++) el_quantize_int8(q + h * head_dim, &scales[h], x + h * head_dim, head_dim);
-}
-
 void el_kv_store(el_kv_cache *kv, int block, int slot, int layer, const float *key, const float *value)
 {
-    size_t at = block_offset(kv, block, layer, slot);
-    if (kv->dtype == EL_KV_F32) {
-        el_memcpy((float *)kv->keys + at * slot_values(kv), key, sizeof(float) * slot_values(kv));
-        el_memcpy((float *)kv->values + at * slot_values(kv), value, sizeof(float) * slot_values(kv));
-    } else {
-        store_int8((int8_t *)kv->keys + at * slot_values(kv), kv->key_scales + at * (size_t)kv->n_kv_heads, key,
-                   kv->n_kv_heads, kv->head_dim);
-        store_int8((int8_t *)kv->values + at * slot_values(kv), kv->value_scales + at * (size_t)kv->n_kv_heads, value,
-                   kv->n_kv_heads, kv->head_dim);
+    size_t dim = (size_t)kv->head_dim, at;
+    int h;
+    for (h = 0; h < kv->n_kv_heads; h++) {
+        at = head_slot(kv, block, layer, h, slot);
+        if (kv->dtype == EL_KV_F32) {
+            el_memcpy((float *)kv->keys + at * dim, key + h * kv->head_dim, sizeof(float) * dim);
+            el_memcpy((float *)kv->values + at * dim, value + h * kv->head_dim, sizeof(float) * dim);
+        } else { /* int8 with one scale per (position, head) */
+            el_quantize_int8((int8_t *)kv->keys + at * dim, &kv->key_scales[at], key + h * kv->head_dim, kv->head_dim);
+            el_quantize_int8((int8_t *)kv->values + at * dim, &kv->value_scales[at], value + h * kv->head_dim,
+                             kv->head_dim);
+        }
     }
 }
 
@@ -239,46 +246,35 @@ void el_kv_copy(el_kv_cache *kv, int dst, int src)
     kv->copies++;
 }
 
-/* Where one head's vector at a position starts, in values of the storage type. */
-static size_t head_start(const el_kv_cache *kv, size_t at, int head)
-{
-    return at * slot_values(kv) + (size_t)head * (size_t)kv->head_dim;
-}
-
-/* Attention reads a block's slots in one loop: for a layer, a block's positions sit one
- * after another (kv_dim values apart), so no block table is consulted per position. */
+/* Attention reads a block's slots in one loop: for a layer and head, a block's positions
+ * sit one after another (head_dim values apart), so no block table is consulted per position. */
 void el_kv_key_dots(const el_kv_cache *kv, int block, int n_slots, int layer, int head, const float *q, float scale,
                     float *scores)
 {
-    size_t at = block_offset(kv, block, layer, 0), stride = slot_values(kv);
+    size_t at = head_slot(kv, block, layer, head, 0), dim = (size_t)kv->head_dim;
     int slot;
     if (kv->dtype == EL_KV_F32) {
-        el_kernel_key_dots(scores, q, (const float *)kv->keys + head_start(kv, at, head), stride, n_slots,
-                           kv->head_dim, scale);
+        el_kernel_key_dots(scores, q, (const float *)kv->keys + at * dim, dim, n_slots, kv->head_dim, scale);
     } else {
         /* int8: the scale is common to the head, so it multiplies the sum once */
-        const int8_t *key = (const int8_t *)kv->keys + head_start(kv, at, head);
-        const float *key_scale = kv->key_scales + at * (size_t)kv->n_kv_heads + (size_t)head;
-        for (slot = 0; slot < n_slots; slot++, key += stride, key_scale += kv->n_kv_heads)
-            scores[slot] = scale * (*key_scale * el_dot_int8(q, key, kv->head_dim));
+        const int8_t *key = (const int8_t *)kv->keys + at * dim;
+        for (slot = 0; slot < n_slots; slot++, key += dim)
+            scores[slot] = scale * (kv->key_scales[at + (size_t)slot] * el_dot_int8(q, key, kv->head_dim));
     }
 }
 
 void el_kv_value_adds(const el_kv_cache *kv, int block, int n_slots, int layer, int head, const float *weights,
                       float *out)
 {
-    size_t at = block_offset(kv, block, layer, 0), stride = slot_values(kv);
+    size_t at = head_slot(kv, block, layer, head, 0), dim = (size_t)kv->head_dim;
     int slot, i;
     if (kv->dtype == EL_KV_F32) {
-        el_kernel_value_sum(out, weights, (const float *)kv->values + head_start(kv, at, head), stride, n_slots,
-                            kv->head_dim);
+        el_kernel_value_sum(out, weights, (const float *)kv->values + at * dim, dim, n_slots, kv->head_dim);
     } else {
-        const int8_t *value = (const int8_t *)kv->values + head_start(kv, at, head);
-        const float *value_scale = kv->value_scales + at * (size_t)kv->n_kv_heads + (size_t)head;
-        for (slot = 0; slot < n_slots; slot++, value += stride, value_scale += kv->n_kv_heads) {
-            float w = weights[slot] * *value_scale;
+        const int8_t *value = (const int8_t *)kv->values + at * dim;
+        for (slot = 0; slot < n_slots; slot++, value += dim) {
+            float w = weights[slot] * kv->value_scales[at + (size_t)slot];
             for (i = 0; i < kv->head_dim; i++) out[i] += w * (float)value[i];
         }
     }
 }
-

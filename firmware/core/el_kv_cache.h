@@ -20,7 +20,7 @@ typedef enum { EL_KV_F32 = 0, EL_KV_INT8 = 1 } el_kv_dtype;
 typedef struct {
     int block_size, n_blocks, n_layers, kv_dim, n_kv_heads, head_dim;
     el_kv_dtype dtype;
-    /* storage: [block][layer][slot][kv_dim] values; int8 adds [block][layer][slot][head] scales */
+    /* storage: [block][layer][head][slot][head_dim] values; int8 adds [block][layer][head][slot] scales */
     void *keys, *values;
     float *key_scales, *value_scales;
     /* block manager */
