@@ -66,10 +66,9 @@ static int slots_from(const el_kv_cache *kv, int t, int last)
  * memory once for the group; each head's sums are the one-head loop's, in its order.
  * scores holds max_context floats per head of the group. */
 static void attend_group(float *scores, int max_context, const el_config *c, const el_kv_cache *kv, int layer,
-                         const el_batch_row *row, int kv_head, const float *q, float *out)
+                         const el_batch_row *row, int kv_head, const float *q, float scale, float *out)
 {
     int group = c->n_heads / c->n_kv_heads, t, g, i;
-    float scale = 1.0f / el_sqrtf((float)c->head_dim);
     const float *qh = q + kv_head * group * c->head_dim;
     float *oh = out + kv_head * group * c->head_dim;
     for (t = 0; t <= row->pos; t += kv->block_size)
@@ -91,6 +90,7 @@ typedef struct {
     const el_kv_cache *kv;
     int layer;
     const el_batch_row *rows;
+    float scale; /* 1 / sqrt(head_dim), once per layer rather than per head */
 } attention_task;
 
 static void attend_items(void *ctx, int begin, int end, int worker)
@@ -102,7 +102,7 @@ static void attend_items(void *ctx, int begin, int end, int worker)
     for (item = begin; item < end; item++) {
         int r = item / c->n_kv_heads, kv_head = item % c->n_kv_heads;
         attend_group(scores, a->s->max_context, c, a->kv, a->layer, &a->rows[r], kv_head, a->s->q + r * c->dim,
-                     a->s->attention + r * c->dim);
+                     a->scale, a->s->attention + r * c->dim);
     }
 }
 
@@ -133,6 +133,7 @@ static void attention_block(el_forward_state *s, const el_model *m, el_kv_cache 
     task.kv = kv;
     task.layer = layer;
     task.rows = rows;
+    task.scale = 1.0f / el_sqrtf((float)c->head_dim);
     el_parallel_for(&s->parallel, attend_items, &task, n * c->n_kv_heads);
     el_matmul(s->xb, &w->attn_output, s->attention, n, &s->quantized, &s->parallel);
     for (i = 0; i < n * c->dim; i++) s->x[i] += s->xb[i];

@@ -846,7 +846,12 @@ void el_kernel_exp_shifted(float *w, const float *x, float shift, int n)
         _mm256_storeu_ps(w + i + 8, b);
     }
     for (; i < whole; i += 8) _mm256_storeu_ps(w + i, expf8(_mm256_sub_ps(_mm256_loadu_ps(x + i), s)));
-    if (i < n) el_portable_exp_shifted(w + i, x + i, shift, n - i);
+    if (i < n) { /* the last few in lanes too (attention's rows end anywhere): el_expf's bits per lane */
+        float in[8] = {0, 0, 0, 0, 0, 0, 0, 0}, out[8];
+        memcpy(in, x + i, sizeof(float) * (size_t)(n - i));
+        _mm256_storeu_ps(out, expf8(_mm256_sub_ps(_mm256_loadu_ps(in), s)));
+        memcpy(w + i, out, sizeof(float) * (size_t)(n - i));
+    }
 }
 
 void el_kernel_swiglu(float *gate, const float *up, int n)
