@@ -100,6 +100,7 @@ def test_a_board_whose_port_is_missing_names_it(twin_boards, tmp_path):
     ('name = "mps2-an386"', 'name = "mps2-an386"\nport = "../ports/x"', "field 'port' must be a folder name"),
     ('name = "mps2-an386"', 'name = "mps2-an386"\nport = 3', "field 'port' must be a str"),
     ('os = "baremetal"', 'os = "linux"\nport = "x"', "field 'port' is only for os"),
+    ('name = "mps2-an386"', 'name = "mps2-an386"\nmodel_store = "1MiB"', "field 'model_store' is flash a PlatformIO"),
 ])
 def test_bad_bare_metal_fields_are_one_error_naming_them(tmp_path, old, new, words):
     text = get_board(AN386).path.read_text(encoding="utf-8")

@@ -97,6 +97,23 @@ def test_plan_fits(projects, name):
     assert plan.arena_location == ("PSRAM" if in_psram else "RAM")
 
 
+def test_pico2_keeps_flash_for_models_over_the_line(projects):
+    """The Pico 2's board file keeps 2 MiB of flash for models sent over the serial line:
+    the project sizes the core's filesystem region to it, the port's store is compiled in,
+    and the planner no longer offers that flash to the image's own model."""
+    planner = pytest.importorskip("edgellama.boards.planner")
+    board = projects["rpi-pico2"].context.board
+    assert board.model_store == 2 << 20
+    ini = ini_path(projects["rpi-pico2"]).read_text()
+    assert re.search(r"^board_build\.filesystem_size = 2m$", ini, re.MULTILINE)
+    assert "-DEL_PORT_MODEL_STORE=1" in ini and "filesystem_size" not in ini_path(projects["esp32-s3"]).read_text()
+    plan = planner.plan(board, None, CTX["rpi-pico2"], "q8_0")
+    without = planner.plan(dataclasses.replace(board, model_store=0), None, CTX["rpi-pico2"], "q8_0")
+    assert without.weights_room - plan.weights_room == 2 << 20
+    big = dataclasses.replace(board, model_store=board.flash - (600 << 10))  # leaves 88 KiB beside the program
+    assert "for models over the line" in " ".join(planner.plan(big, None, CTX["rpi-pico2"], "q8_0").reasons)
+
+
 def _run(cmd, cwd=None):
     result = subprocess.run([str(c) for c in cmd], cwd=cwd, check=False, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(map(str, cmd))}\n{result.stdout}{result.stderr}"
@@ -271,24 +288,96 @@ public:
 extern StubSerial Serial;
 void delay(unsigned long ms);
 unsigned long micros(void);
+void noInterrupts(void);
+void interrupts(void);
 #ifdef ARDUINO_ARCH_ESP32
 extern "C" void *ps_malloc(size_t size);
 #define SET_LOOP_TASK_STACK_SIZE(sz) size_t getArduinoLoopTaskStackSize(void) { return sz; }
 #endif
+#ifdef ARDUINO_ARCH_RP2040
+class RP2040 {
+public:
+    void idleOtherCore();
+    void resumeOtherCore();
+};
+extern RP2040 rp2040;
+#endif
 """
 
+# The vendor calls the model store makes (el_port_arduino.cpp), declared as their SDKs do:
+# the pico-sdk's hardware/flash.h, and ESP-IDF's partition API in its 4.x (Arduino-ESP32 2.x)
+# and 5.x (3.x) forms.
+STUB_SDK_HEADERS = {
+    "hardware/flash.h": r"""
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+#define FLASH_PAGE_SIZE (1u << 8)
+#define FLASH_SECTOR_SIZE (1u << 12)
+#define XIP_BASE 0x10000000u
+extern "C" void flash_range_erase(uint32_t flash_offs, size_t count);
+extern "C" void flash_range_program(uint32_t flash_offs, const uint8_t *data, size_t count);
+""",
+    "esp_idf_version.h": "#pragma once\n#define ESP_IDF_VERSION_MAJOR EL_STUB_IDF\n",
+    "esp_spi_flash.h": r"""
+#pragma once
+#include <stdint.h>
+#define SPI_FLASH_SEC_SIZE 4096
+typedef enum { SPI_FLASH_MMAP_DATA, SPI_FLASH_MMAP_INST } spi_flash_mmap_memory_t;
+typedef uint32_t spi_flash_mmap_handle_t;
+""",
+    "spi_flash_mmap.h": "#pragma once\n#define SPI_FLASH_SEC_SIZE 4096\n",
+    "esp_partition.h": r"""
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+#include "esp_idf_version.h"
+typedef int esp_err_t;
+#define ESP_OK 0
+typedef enum { ESP_PARTITION_TYPE_APP = 0x00, ESP_PARTITION_TYPE_DATA = 0x01 } esp_partition_type_t;
+typedef enum { ESP_PARTITION_SUBTYPE_DATA_SPIFFS = 0x82 } esp_partition_subtype_t;
+typedef struct { esp_partition_type_t type; esp_partition_subtype_t subtype; uint32_t address; uint32_t size; } esp_partition_t;
+#if ESP_IDF_VERSION_MAJOR >= 5
+typedef enum { ESP_PARTITION_MMAP_DATA, ESP_PARTITION_MMAP_INST } esp_partition_mmap_memory_t;
+typedef uint32_t esp_partition_mmap_handle_t;
+extern "C" esp_err_t esp_partition_mmap(const esp_partition_t *partition, size_t offset, size_t size,
+                                        esp_partition_mmap_memory_t memory, const void **out_ptr,
+                                        esp_partition_mmap_handle_t *out_handle);
+#else
+#include "esp_spi_flash.h"
+extern "C" esp_err_t esp_partition_mmap(const esp_partition_t *partition, size_t offset, size_t size,
+                                        spi_flash_mmap_memory_t memory, const void **out_ptr,
+                                        spi_flash_mmap_handle_t *out_handle);
+#endif
+extern "C" const esp_partition_t *esp_partition_find_first(esp_partition_type_t type, esp_partition_subtype_t subtype,
+                                                           const char *label);
+extern "C" esp_err_t esp_partition_write(const esp_partition_t *partition, size_t dst_offset, const void *src,
+                                         size_t size);
+extern "C" esp_err_t esp_partition_erase_range(const esp_partition_t *partition, size_t offset, size_t size);
+""",
+}
 
-@pytest.mark.parametrize("name,defines", [("rpi-pico2", []),
-                                          ("esp32-s3", ["-DARDUINO_ARCH_ESP32", "-DEL_ARENA_PSRAM=1"])])
+
+@pytest.mark.parametrize("name,defines", [
+    ("rpi-pico2", ["-DARDUINO_ARCH_RP2040"]),
+    ("esp32-s3", ["-DARDUINO_ARCH_ESP32", "-DEL_ARENA_PSRAM=1", "-DEL_STUB_IDF=4"]),
+    ("esp32-s3", ["-DARDUINO_ARCH_ESP32", "-DEL_ARENA_PSRAM=1", "-DEL_STUB_IDF=5"]),
+])
 def test_arduino_port_parses_as_cpp(projects, tmp_path, name, defines):
+    """The port, its model store included (the project's own -DEL_PORT_MODEL_STORE), against
+    Arduino's and the SDKs' declarations: no Arduino core or SDK is installed here."""
     gxx = shutil.which("arm-none-eabi-g++") or shutil.which("g++")
     if not gxx:
         pytest.skip("no C++ compiler")
     src = projects[name].out_dir / "src" / "src"
     (tmp_path / "Arduino.h").write_text(STUB_ARDUINO_H)
+    for header, text in STUB_SDK_HEADERS.items():
+        (tmp_path / header).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / header).write_text(text)
+    assert "-DEL_PORT_MODEL_STORE=1" in ini_path(projects[name]).read_text()
     flags = M33 if "arm-none-eabi" in gxx else []
     _run([gxx, *flags, "-std=gnu++17", "-Wall", "-Wextra", "-Werror", "-fsyntax-only", f"-I{tmp_path}", f"-I{src}",
-          *defines, src / "el_port_arduino.cpp"])
+          "-DEL_PORT_MODEL_STORE=1", *defines, src / "el_port_arduino.cpp"])
 
 
 def test_fetch_failure_explains_pio_output(monkeypatch):

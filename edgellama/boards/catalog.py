@@ -58,6 +58,7 @@ class Board:
     flash: int = 0
     psram: int = 0
     psram_base: int = 0              # where the port's PSRAM starts when not at its link.ld's default
+    model_store: int = 0             # PlatformIO: flash kept for models sent over the serial line (not the image's)
     clock_mhz: int = 0
     threads: int = 1
     kv_block_size: int = 16
@@ -123,7 +124,7 @@ def load_board(path) -> Board:
         raise EdgeLlamaError(f"{path}: not valid TOML ({e})") from None
     where = str(path)
     known = {"name", "description", "arch", "cpu", "cflags", "os", "toolchain", "ram", "storage", "flash", "psram",
-             "clock_mhz", "reach", "runtime", "platformio", "port", "uf2", "psram_base"}
+             "clock_mhz", "reach", "runtime", "platformio", "port", "uf2", "psram_base", "model_store"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise EdgeLlamaError(f"{where}: unknown field {unknown[0]!r}")
@@ -162,6 +163,7 @@ def load_board(path) -> Board:
         flash=parse_size(data.get("flash", 0), f"{where}: field 'flash'"),
         psram=parse_size(data.get("psram", 0), f"{where}: field 'psram'"),
         psram_base=_get(data, "psram_base", int, where, 0, False),
+        model_store=parse_size(data.get("model_store", 0), f"{where}: field 'model_store'"),
         clock_mhz=_get(data, "clock_mhz", int, where, 0, False),
         threads=_get(runtime, "threads", int, run_where, 1, False),
         kv_block_size=_get(runtime, "kv_block_size", int, run_where, 16, False),
@@ -172,6 +174,9 @@ def load_board(path) -> Board:
         uf2=uf2.target(_get(data, "uf2", dict, where), where) if "uf2" in data else None, path=path)
     if board.name != path.stem:
         raise EdgeLlamaError(f"{where}: field 'name' is {board.name!r} but the file is named {path.stem}.toml")
+    if board.model_store and (os_kind != "platformio" or board.model_store >= board.flash):
+        raise EdgeLlamaError(f"{where}: field 'model_store' is flash a PlatformIO board keeps for models sent over "
+                             "the line, less than its flash (a bare-metal port places its store in link.ld)")
     if board.kv_block_size < 1:
         raise EdgeLlamaError(f"{run_where}: field 'kv_block_size' must be at least 1")
     if not board.constraint_bytes:

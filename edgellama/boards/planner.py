@@ -487,7 +487,8 @@ def _placement(board: Board, weights: int) -> dict:
             out["problems"].append(f"the model file of {weights:,} bytes is larger than the storage of "
                                    f"{board.storage:,} bytes")
         return out
-    flash_free = max(board.flash - FLASH_PROGRAM_RESERVE[board.os], 0) if board.flash else 0
+    # the program, and the flash a PlatformIO board keeps for models over the line, are not the image's
+    flash_free = max(board.flash - FLASH_PROGRAM_RESERVE[board.os] - board.model_store, 0) if board.flash else 0
     # a board without flash runs its program from RAM too
     ram_reserve = RAM_RESERVE[board.os] + board.constraint_bytes + (0 if board.flash else
                                                                      FLASH_PROGRAM_RESERVE[board.os])
@@ -511,8 +512,9 @@ def _placement(board: Board, weights: int) -> dict:
     elif not board.flash and weights <= ram_room:
         out["weights_location"], out["weights_room"] = "ram", ram_room
     else:
-        where = [f"flash ({board.flash:,} bytes less {FLASH_PROGRAM_RESERVE[board.os] // KiB} KiB for the program "
-                 f"= {flash_free:,})" if board.flash else "flash (none)",
+        store = f" and {board.model_store // KiB} KiB for models over the line" if board.model_store else ""
+        where = [f"flash ({board.flash:,} bytes less {FLASH_PROGRAM_RESERVE[board.os] // KiB} KiB for the program"
+                 f"{store} = {flash_free:,})" if board.flash else "flash (none)",
                  f"PSRAM ({psram_room:,} bytes free)" if board.psram else "PSRAM (none)"]
         if not board.flash:
             where.append(f"RAM ({ram_room:,} bytes free beside the arena)")

@@ -60,7 +60,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_input in = {0};
     el_serve_io io = {0};
     el_updater updater;
-    el_store model_store;
+    el_store model_store = {0};
     size_t model_size;
     if (store == NULL) store = (uint8_t *)malloc(STORE_BYTES);
     memset(store, 0, STORE_BYTES);

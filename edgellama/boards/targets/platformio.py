@@ -23,6 +23,14 @@ loop reads. The arena goes where the planner puts it: in SRAM (a static buffer) 
 fits there, else in PSRAM, allocated at boot with ps_malloc (BOARD_HAS_PSRAM; on the
 ESP32-S3 N16R8 the octal PSRAM also needs board_build.arduino.memory_type = qio_opi).
 
+Models over the serial line. After the first upload with PlatformIO, `edgellama flash
+--port PORT --model M` replaces the model with no vendor tool (firmware/apps/common/
+el_updater.h): the main loop keeps two slots and a boot record in flash, the ESP32-S3's
+'spiffs' data partition (3.4 MB in default_16MB.csv) or, on the RP2350, the flash its
+board file keeps with `model_store` (the Arduino-Pico core's filesystem region, sized by
+board_build.filesystem_size, taken from the image's room by the planner; no filesystem
+is mounted on it). The port erases and programs that flash in 4 KiB units.
+
 `compile` runs `pio run -d OUT/src`. PlatformIO fetches its platform, framework and
 compiler from its own registry on first use; where it cannot (no network), the error
 says so in PlatformIO's own words (pio's HTTPClientError often has none, so the error
@@ -123,7 +131,14 @@ def src_flags(ctx: BuildContext) -> list:
         _define("EL_BAUD", ctx.board.reach.baud),
         _define("EL_SERVE_CONSTRAINT_BYTES", ctx.board.constraint_bytes),
         f"-DEL_MODEL_CRC32=0x{baremetal_model_crc32(ctx.model_path):08x}u",  # checked at boot (main.c)
+        *([_define("EL_PORT_MODEL_STORE", 1)] if has_model_store(ctx) else []),
     ]
+
+
+def has_model_store(ctx: BuildContext) -> bool:
+    """Models over the serial line, kept in flash (el_port_arduino.cpp): an ESP32's 'spiffs'
+    partition, or the flash an RP2350 board file keeps (model_store, the core's filesystem region)."""
+    return is_espressif32(ctx) or bool(ctx.board.model_store)
 
 
 def engine_defines(ctx: BuildContext) -> list:
@@ -155,6 +170,14 @@ def board_flags(ctx: BuildContext) -> list:
     return flags
 
 
+def _pio_size(n: int) -> str:
+    """A size as PlatformIO's platform scripts read it: "2m", "512k" or bytes."""
+    for suffix, unit in (("m", 1 << 20), ("k", 1 << 10)):
+        if n % unit == 0:
+            return f"{n // unit}{suffix}"
+    return str(n)
+
+
 def _esp_flash_name(n: int) -> str:
     return f"{n >> 20}MB"
 
@@ -180,6 +203,9 @@ def board_options(ctx: BuildContext) -> list:
             # 8 MiB modules, N16R8/N8R8) or quad PSRAM (the 2 MiB ones)
             options["board_build.arduino.memory_type"] = "qio_opi" if board.psram >= 8 << 20 else "qio_qspi"
             options["board_build.flash_mode"] = "qio"
+    elif board.model_store:
+        # the Arduino-Pico core's filesystem region (_FS_start.._FS_end): the model store
+        options["board_build.filesystem_size"] = _pio_size(board.model_store)
     for key, value in board.platformio.items():
         if key in ("platform", "board", "framework"):
             continue
@@ -220,6 +246,9 @@ def platformio_ini_text(ctx: BuildContext) -> str:
         f"; Weights: {DATA_DIR}/{MODEL_FILE} in flash, assembled by src/el_model_flash.S (.incbin, 32-byte",
         "; aligned). The assembler does not track that file: after replacing it, run `pio run -t clean`.",
         f"; Arena: {arena_bytes(ctx):,} bytes in " + ("PSRAM (ps_malloc at boot)." if psram else "SRAM (a static buffer)."),
+        "; Models over the serial line (`edgellama flash --port PORT --model M`) go to flash: "
+        + ("the 'spiffs' partition." if is_espressif32(ctx) else
+           "the filesystem region (board_build.filesystem_size)." if ctx.board.model_store else "not on this board."),
         "",
         "[platformio]",
         f"default_envs = {env}",
@@ -282,6 +311,9 @@ def emit(ctx: BuildContext) -> list:
         "framework": ctx.board.platformio["framework"],
         "weights": f"flash (.incbin of {DATA_DIR}/{MODEL_FILE}, src/el_model_flash.S)",
         "arena": {"bytes": arena_bytes(ctx), "in": "PSRAM" if arena_in_psram(ctx) else "SRAM"},
+        "model_store": ("the 'spiffs' data partition" if is_espressif32(ctx) else
+                        f"{ctx.board.model_store:,} bytes of flash (the core's filesystem region)"
+                        if ctx.board.model_store else "none"),
     }
     return files
 

@@ -37,10 +37,12 @@ uint32_t port_tick_hz(void);
 #include <stddef.h>
 /* Optional (port.mk defines EL_PORT_MODEL_STORE): memory that keeps its contents across
  * a restart, for models over the serial line (firmware/apps/common/el_updater.h). Its
- * start and size, and how to write into it (a copy where it is writable memory; flash
- * erases and programs). */
-uint8_t *port_model_store(size_t *size);
+ * start and size, and its erase unit (0: writable memory, where port_store_write is a
+ * copy and port_store_erase is never called; flash: its sector size, where
+ * port_store_erase sets whole sectors to 0xFF and port_store_write programs). */
+uint8_t *port_model_store(size_t *size, size_t *erase_bytes);
 void port_store_write(size_t offset, const void *data, size_t n);
+void port_store_erase(size_t offset, size_t n);
 #endif
 
 #endif

@@ -414,13 +414,15 @@ static el_engine_options options;
 static el_updater updater;
 
 static void store_write(size_t offset, const void *data, size_t n) { port_store_write(offset, data, n); }
+static void store_erase(size_t offset, size_t n) { port_store_erase(offset, n); }
 
 /* The model the boot record names (el_updater.h), or the image's own. */
 static const uint8_t *boot_model(size_t *size)
 {
     el_store store;
-    store.base = port_model_store(&store.size);
+    store.base = port_model_store(&store.size, &store.erase_bytes);
     store.write = store_write;
+    store.erase = store_erase;
     el_updater_init(&updater, store, el_model_start, (size_t)(el_model_end - el_model_start));
     return el_updater_model(&updater, size);
 }

@@ -5,7 +5,6 @@
 #include "el_sha256.h"
 
 #define RECORD_BYTES 128u
-#define UPLOAD_AT 256u
 #define BOOT_MAGIC 0x52424c45u   /* "ELBR" */
 #define UPLOAD_MAGIC 0x50554c45u /* "ELUP" */
 
@@ -36,9 +35,21 @@ uint32_t el_crc32(const uint8_t *p, size_t n)
     return ~crc;
 }
 
-static const uint8_t *slot_bytes_at(const el_updater *u, int slot)
+static size_t slot_offset(const el_updater *u, int slot) { return u->slots_at + (size_t)(slot - 1) * u->slot_bytes; }
+
+static const uint8_t *slot_bytes_at(const el_updater *u, int slot) { return u->store.base + slot_offset(u, slot); }
+
+static int on_flash(const el_updater *u) { return u->store.erase_bytes > 0; }
+
+/* Where record r lives: 0 and 1 the boot record's copies, 2 the upload record. */
+static size_t record_at(const el_updater *u, int r) { return (size_t)r * u->record_stride; }
+
+/* Replace a record: on flash its unit is erased first (the other records have units of
+ * their own, so a cut here costs only this record). */
+static void write_record(el_updater *u, int r, const uint8_t *bytes)
 {
-    return u->store.base + EL_STORE_SLOTS_AT + (size_t)(slot - 1) * u->slot_bytes;
+    if (on_flash(u)) u->store.erase(record_at(u, r), u->record_stride);
+    u->store.write(record_at(u, r), bytes, RECORD_BYTES);
 }
 
 static int sha256_matches(const uint8_t *data, uint32_t size, const uint8_t want[32])
@@ -79,7 +90,7 @@ static void get_ref(const uint8_t *p, el_model_ref *m)
 static int read_boot_record(const el_updater *u, int copy, uint32_t *generation, el_model_ref *active,
                             el_model_ref *previous)
 {
-    const uint8_t *r = u->store.base + (size_t)copy * RECORD_BYTES;
+    const uint8_t *r = u->store.base + record_at(u, copy);
     if (el_read_u32(r) != BOOT_MAGIC || el_read_u32(r + 88) != el_crc32(r, 88)) return 0;
     *generation = el_read_u32(r + 4);
     get_ref(r + 8, active);
@@ -97,25 +108,26 @@ static void write_boot_record(el_updater *u)
     put_ref(r + 48, &u->previous);
     put_u32(r + 88, el_crc32(r, 88));
     /* generation n goes to copy n % 2: never over the copy in force */
-    u->store.write((size_t)(u->generation % 2u) * RECORD_BYTES, r, sizeof r);
+    write_record(u, (int)(u->generation % 2u), r);
 }
 
-static void write_upload_record(el_updater *u)
+/* The upload and `received`, the bytes a restart may resume after. */
+static void write_upload_record(el_updater *u, uint32_t received)
 {
     uint8_t r[RECORD_BYTES];
     el_memset(r, 0, sizeof r);
     if (u->upload.slot != 0) {
         put_u32(r, UPLOAD_MAGIC);
         put_ref(r + 4, &u->upload);
-        put_u32(r + 44, u->received);
+        put_u32(r + 44, received);
         put_u32(r + 60, el_crc32(r, 60));
     }
-    u->store.write(UPLOAD_AT, r, sizeof r);
+    write_record(u, 2, r);
 }
 
 static void read_upload_record(el_updater *u)
 {
-    const uint8_t *r = u->store.base + UPLOAD_AT;
+    const uint8_t *r = u->store.base + record_at(u, 2);
     u->upload.slot = 0;
     u->received = 0;
     if (el_read_u32(r) != UPLOAD_MAGIC || el_read_u32(r + 60) != el_crc32(r, 60)) return;
@@ -136,7 +148,18 @@ void el_updater_init(el_updater *u, el_store store, const uint8_t *builtin, size
     u->store = store;
     u->builtin = builtin;
     u->builtin_size = builtin_size;
-    u->slot_bytes = store.size > 2 * EL_STORE_SLOTS_AT ? (store.size - EL_STORE_SLOTS_AT) / 2u / 4096u * 4096u : 0;
+    u->record_stride = RECORD_BYTES;
+    u->slots_at = EL_STORE_SLOTS_AT;
+    if (on_flash(u)) { /* whole units per record, the slots in whole units (units are powers of two) */
+        size_t unit = store.erase_bytes;
+        u->record_stride = (RECORD_BYTES + unit - 1) / unit * unit;
+        u->slots_at = 3 * u->record_stride > EL_STORE_SLOTS_AT ? 3 * u->record_stride : EL_STORE_SLOTS_AT;
+    }
+    if (store.base == NULL || store.size <= u->slots_at) return; /* no store (a board whose flash has no room) */
+    {
+        size_t granule = on_flash(u) && store.erase_bytes > 4096u ? store.erase_bytes : 4096u;
+        u->slot_bytes = (store.size - u->slots_at) / 2u / granule * granule;
+    }
     ok0 = read_boot_record(u, 0, &g0, &a0, &p0);
     ok1 = read_boot_record(u, 1, &g1, &a1, &p1);
     if (ok0 && (!ok1 || g0 > g1)) u->generation = g0, u->active = a0, u->previous = p0;
@@ -177,8 +200,27 @@ long el_updater_begin(el_updater *u, uint32_t size, const uint8_t sha256[32], co
     }
     u->upload = want;
     u->received = 0;
-    write_upload_record(u);
+    write_upload_record(u, 0);
     return 0;
+}
+
+/* Flash: erase the units of the slot that this chunk enters (a unit is entered at its
+ * first byte; a resumed upload starts at a unit's start, so that unit is erased again). */
+static void erase_entered_units(el_updater *u, size_t at, uint32_t len)
+{
+    size_t unit = u->store.erase_bytes, first = (at + unit - 1) / unit * unit;
+    for (; first < at + len; first += unit) u->store.erase(first, unit);
+}
+
+/* Flash: the progress to record after a chunk: at a unit boundary or the end, else none
+ * (0: keep the record as it is). */
+static int progress_to_record(const el_updater *u, uint32_t before, uint32_t after, uint32_t *recorded)
+{
+    size_t unit = u->store.erase_bytes;
+    if (after == u->upload.size) return *recorded = after, 1;
+    if (after / unit == before / unit) return 0;
+    *recorded = (uint32_t)(after / unit * unit);
+    return 1;
 }
 
 int el_updater_chunk(el_updater *u, const uint8_t *payload, int n, const char **error)
@@ -190,9 +232,15 @@ int el_updater_chunk(el_updater *u, const uint8_t *payload, int n, const char **
     len = (uint32_t)n - 4u;
     if (offset != u->received) return *error = "model: chunk out of order (send from the offset MODEL_BEGIN gave)", -1;
     if (len > u->upload.size - offset) return *error = "model: chunk past the announced size", -1;
-    u->store.write(EL_STORE_SLOTS_AT + (size_t)(u->upload.slot - 1) * u->slot_bytes + offset, payload + 4, len);
+    if (on_flash(u)) erase_entered_units(u, slot_offset(u, u->upload.slot) + offset, len);
+    u->store.write(slot_offset(u, u->upload.slot) + offset, payload + 4, len);
     u->received += len;
-    write_upload_record(u); /* a restart resumes after this chunk */
+    if (!on_flash(u)) {
+        write_upload_record(u, u->received); /* a restart resumes after this chunk */
+    } else {
+        uint32_t recorded;
+        if (progress_to_record(u, offset, u->received, &recorded)) write_upload_record(u, recorded);
+    }
     return 0;
 }
 
@@ -213,13 +261,13 @@ int el_updater_commit(el_updater *u, const char **error)
     if (!sha256_matches(slot_bytes_at(u, to.slot), to.size, to.sha256)) {
         u->upload.slot = 0; /* the bytes are wrong: the next upload starts over */
         u->received = 0;
-        write_upload_record(u);
+        write_upload_record(u, 0);
         return *error = "model: the slot's SHA-256 differs from the announced one; upload again", -1;
     }
     switch_to(u, &to);
     u->upload.slot = 0;
     u->received = 0;
-    write_upload_record(u);
+    write_upload_record(u, 0);
     return 0;
 }
 

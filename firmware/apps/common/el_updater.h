@@ -8,12 +8,21 @@
  * that switch the old model answers, and after a power loss at any point the board boots
  * the model of the record in force.
  *
- * The store, from its start:
+ * The store, from its start, where it is writable memory (a file-backed region under
+ * QEMU, PSRAM kept powered):
  *
  *     0     boot record, copy 0 (128 bytes)      two copies: a switch writes the older
  *     128   boot record, copy 1                  one, so a cut write leaves the other
  *     256   upload record (128 bytes)            the upload in progress
  *     4096  slot 1, then slot 2                  slot_bytes each: (size - 4096) / 2, in 4 KiB
+ *
+ * Where it is flash (erase_bytes E > 0: a write may only clear bits of erased bytes), each
+ * record has an erase unit of its own, so erasing one copy never touches the other: copy 0
+ * at 0, copy 1 at E, the upload record at 2E, the slots from 3E (at least 4096), each a
+ * whole number of units. An upload erases each unit of its slot as it enters it, and
+ * records its progress only at unit boundaries (and at the end), so the record's unit is
+ * erased once per unit of model, not once per chunk, and a resumed upload starts at a
+ * unit's start, which it erases again (bytes a cut write left half-programmed included).
  *
  * A boot record: "ELBR", generation, the model in force (0: the image's own, 1 or 2: a
  * slot) with its size and SHA-256, the one before it (for rollback) likewise, and a
@@ -26,14 +35,18 @@
 
 #include "el_base.h"
 
-#define EL_STORE_SLOTS_AT 4096u
+#define EL_STORE_SLOTS_AT 4096u /* the slots' start in writable memory, and at least that on flash */
 
-/* Where models are kept: base and size of a memory-mapped store, and how to write it
- * (a plain copy where the store is writable memory; a flash port erases and programs). */
+/* Where models are kept: base and size of a memory-mapped store, and how to write it.
+ * Writable memory: erase_bytes 0, write a plain copy, erase unused. Flash: erase_bytes is
+ * its erase unit, erase(offset, n) sets whole units (offset and n multiples of it) to
+ * 0xFF, and write programs bytes that erase left at 0xFF (or rewrites them unchanged). */
 typedef struct {
     uint8_t *base;
     size_t size;
+    size_t erase_bytes;
     void (*write)(size_t offset, const void *data, size_t n);
+    void (*erase)(size_t offset, size_t n);
 } el_store;
 
 typedef struct {
@@ -47,10 +60,12 @@ typedef struct {
     const uint8_t *builtin;   /* the model linked into the image */
     size_t builtin_size;
     size_t slot_bytes;
+    size_t record_stride;     /* 128 bytes, or one erase unit on flash */
+    size_t slots_at;          /* where slot 1 starts */
     uint32_t generation;      /* the record in force (0: none written yet) */
     el_model_ref active, previous;
     el_model_ref upload;      /* the upload in progress (slot 0: none) */
-    uint32_t received;
+    uint32_t received;        /* bytes of it stored (the record may say fewer on flash) */
 } el_updater;
 
 /* Reads the records. Nothing is written until an upload begins. */

@@ -8,8 +8,23 @@
  *   EL_BAUD          Serial's baud rate (a USB CDC port ignores it)
  *   EL_MAX_BATCH_TOKENS  rows per forward step when the main loop leaves it to the
  *                    runtime (the planner's MCU figure, smaller than the runtime's 32)
+ *   EL_PORT_MODEL_STORE  1: keep models sent over the serial line in flash
+ *                    (el_updater.h): the RP2350's filesystem region (the core's
+ *                    _FS_start.._FS_end, sized by board_build.filesystem_size; no
+ *                    filesystem is mounted on it), the ESP32-S3's "spiffs" data partition
  */
 #include <Arduino.h>
+#if defined(EL_PORT_MODEL_STORE) && defined(ARDUINO_ARCH_ESP32)
+#include <esp_idf_version.h>
+#include <esp_partition.h>
+#if ESP_IDF_VERSION_MAJOR >= 5
+#include <spi_flash_mmap.h> /* SPI_FLASH_SEC_SIZE */
+#else
+#include <esp_spi_flash.h>
+#endif
+#elif defined(EL_PORT_MODEL_STORE) && defined(ARDUINO_ARCH_RP2040)
+#include <hardware/flash.h>
+#endif
 
 extern "C" {
 #include "el_port.h"
@@ -108,6 +123,84 @@ el_runtime *el_port_runtime_open(void *memory, size_t memory_size, const uint8_t
 #endif
     return el_runtime_open(base, EL_ARENA_BYTES, model, model_size, &opts, err);
 }
+
+/* ------------------------------------------------------------ the model store (flash) */
+
+#if defined(EL_PORT_MODEL_STORE) && defined(ARDUINO_ARCH_ESP32)
+/* The "spiffs" data partition of the board's partition table, mapped for reading (the
+ * runtime reads a stored model in place); esp_partition_write/erase_range keep the
+ * mapping's cache coherent. */
+static const esp_partition_t *store_partition;
+
+uint8_t *port_model_store(size_t *size, size_t *erase_bytes)
+{
+    const void *mapped = NULL;
+#if ESP_IDF_VERSION_MAJOR >= 5
+    esp_partition_mmap_handle_t handle;
+    const esp_partition_mmap_memory_t memory = ESP_PARTITION_MMAP_DATA;
+#else
+    spi_flash_mmap_handle_t handle;
+    const spi_flash_mmap_memory_t memory = SPI_FLASH_MMAP_DATA;
+#endif
+    *size = 0;
+    *erase_bytes = SPI_FLASH_SEC_SIZE;
+    store_partition = esp_partition_find_first(ESP_PARTITION_TYPE_DATA, ESP_PARTITION_SUBTYPE_DATA_SPIFFS, NULL);
+    if (store_partition == NULL ||
+        esp_partition_mmap(store_partition, 0, store_partition->size, memory, &mapped, &handle) != ESP_OK)
+        return NULL; /* no store: the board runs the model of its image */
+    *size = store_partition->size;
+    return (uint8_t *)mapped;
+}
+
+void port_store_write(size_t offset, const void *data, size_t n) { esp_partition_write(store_partition, offset, data, n); }
+
+void port_store_erase(size_t offset, size_t n) { esp_partition_erase_range(store_partition, offset, n); }
+
+#elif defined(EL_PORT_MODEL_STORE) && defined(ARDUINO_ARCH_RP2040)
+/* The flash after the sketch that the core keeps for a filesystem, read through XIP. The
+ * SDK's erase and program run from RAM with the flash off the bus, so interrupts are off
+ * and the other core waits meanwhile (as the core's own LittleFS does); they flush the XIP
+ * cache when done. */
+extern "C" uint8_t _FS_start, _FS_end;
+
+static uint32_t flash_offset(size_t offset) { return (uint32_t)((uintptr_t)(&_FS_start + offset) - XIP_BASE); }
+
+uint8_t *port_model_store(size_t *size, size_t *erase_bytes)
+{
+    *size = (size_t)(&_FS_end - &_FS_start);
+    *erase_bytes = FLASH_SECTOR_SIZE;
+    return &_FS_start;
+}
+
+void port_store_erase(size_t offset, size_t n)
+{
+    noInterrupts();
+    rp2040.idleOtherCore();
+    flash_range_erase(flash_offset(offset), n);
+    rp2040.resumeOtherCore();
+    interrupts();
+}
+
+/* Programming takes whole 256-byte pages: the bytes around the range are 0xFF, which
+ * leaves those already in flash as they are. */
+void port_store_write(size_t offset, const void *data, size_t n)
+{
+    const uint8_t *from = (const uint8_t *)data;
+    uint8_t page[FLASH_PAGE_SIZE];
+    size_t at, i;
+    for (at = offset / FLASH_PAGE_SIZE * FLASH_PAGE_SIZE; at < offset + n; at += FLASH_PAGE_SIZE) {
+        for (i = 0; i < FLASH_PAGE_SIZE; i++)
+            page[i] = at + i >= offset && at + i < offset + n ? from[at + i - offset] : 0xFF;
+        noInterrupts();
+        rp2040.idleOtherCore();
+        flash_range_program(flash_offset(at), page, FLASH_PAGE_SIZE);
+        rp2040.resumeOtherCore();
+        interrupts();
+    }
+}
+#elif defined(EL_PORT_MODEL_STORE)
+#error "EL_PORT_MODEL_STORE: this Arduino core has no model store here (ESP32 and RP2040/RP2350 do)"
+#endif
 
 void setup(void) { el_app_main(); /* never returns */ }
 
