@@ -69,8 +69,8 @@ def device_text(url) -> str:
         return "".join(dev.generate(PROMPT, SAMPLED))
 
 
-def info(url) -> dict:
-    with open_device(port=url, board=BOARD) as dev:
+def info(url, board=BOARD) -> dict:
+    with open_device(port=url, board=board) as dev:
         return dev.info()
 
 
@@ -192,12 +192,17 @@ def test_a_model_that_does_not_open_switches_back(build_dir, models):
         assert (device_text(board.url), info(board.url)["model_slot"]) == before
 
 
-def test_the_cortex_m7_board_takes_a_model_too(tmp_path, models):
-    """mps2-an500 runs the AN386 port with PSRAM at 0x60000000: its store is there."""
-    require_board("mps2-an500")
-    out = builder.build("mps2-an500", None, quant="q8_0", out_dir=tmp_path / "an500").out_dir
-    with StandingBoard("mps2-an500", out_dir=out) as board:
-        with open_device(port=board.url, board="mps2-an500") as dev:
-            after = model_upload.upload_model(dev, models["a"], "mps2-an500")
+@pytest.mark.parametrize("name", ["mps2-an500", "mps2-an505"])
+def test_the_cortex_m7_and_m33_boards_take_a_model_too(tmp_path, models, name):
+    """mps2-an500 runs the AN386 port with PSRAM at 0x60000000, mps2-an505 (the Cortex-M33)
+    its own port with PSRAM at 0x80000000: each keeps its store at the end of its PSRAM,
+    in the build's model-store.bin, so the model outlives a restart of the emulator."""
+    require_board(name)
+    out = builder.build(name, None, quant="q8_0", out_dir=tmp_path / name).out_dir
+    with StandingBoard(name, out_dir=out) as board:
+        with open_device(port=board.url, board=name) as dev:
+            after = model_upload.upload_model(dev, models["a"], name)
             assert after["model_slot"] == 1
             assert "".join(dev.generate(PROMPT, SAMPLED)) == host_text(models["a"])
+    with StandingBoard(name, out_dir=out) as board:  # a new QEMU, booting from the store
+        assert info(board.url, name)["model_slot"] == 1

@@ -1,6 +1,6 @@
 # port.mk: what the AN505 port adds to the bare-metal Makefile.
 PORT_SRCS = port/startup.c port/port.c
-PORT_CFLAGS =
+PORT_CFLAGS = -DEL_PORT_MODEL_STORE=1
 PORT_LDFLAGS =
 LDSCRIPT = port/link.ld
 # where the model goes unless config.mk says (WEIGHTS_REGION), and the sizes the
