@@ -547,8 +547,8 @@ static void store_group(const el_matmul_task *t, int b, uint32_t r, uint32_t r0,
         if (r + j >= r0 && r + j < r1) y[r + j] = out[j];
 }
 
-/* Rows r0..r1 of a matrix in groups of eight, activation rows two at a time (a group's
- * weights stay in L1 while the batch passes). A range that starts or ends inside a group
+/* Rows r0..r1 of a matrix in groups of eight, activation rows four at a time, then two,
+ * then one (a group's weights stay in L1 while the batch passes). A range that starts or ends inside a group
  * (the tests split anywhere; the workers split at tiles of 16) computes the whole group
  * and keeps its rows of the range. */
 static inline __attribute__((always_inline)) void matmul_grouped(const el_matmul_task *t, uint32_t r0, uint32_t r1,
