@@ -243,8 +243,9 @@ def test_pico2_sources_run_on_an_emulated_cortex_m(projects, tmp_path):
     glue = tmp_path / "glue.c"
     glue.write_text(AN386_GLUE)
     objects = []
-    for source in [*sorted(src.glob("*.c")), glue, port / "startup.c", port / "port.c",
-                   REPO / "firmware" / "apps" / "baremetal" / "el_freestanding.c"]:
+    app = REPO / "firmware" / "apps" / "baremetal"
+    for source in [*sorted(src.glob("*.c")), glue, port / "startup.c", port / "port.c", app / "el_memory_store.c",
+                   app / "el_freestanding.c"]:
         obj = tmp_path / f"{source.parent.name}_{source.stem}.o"
         _run(["arm-none-eabi-gcc", *flags, "-c", source, "-o", obj])
         objects.append(obj)

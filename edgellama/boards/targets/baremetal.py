@@ -44,7 +44,7 @@ from edgellama.errors import EdgeLlamaError
 from edgellama.runtime import build as runtime_build
 
 IMAGE = "firmware"
-APP_FILES = ("main.c", "el_port.h", "el_freestanding.c", "el_model_blob.S")
+APP_FILES = ("main.c", "el_port.h", "el_freestanding.c", "el_model_blob.S", "el_memory_store.c")
 COMMON_FILES = runtime_build.PROTOCOL_FILES  # the framed protocol (firmware/PROTOCOL.md) and its bench prompt
 FREESTANDING_FLAGS = ["-ffreestanding", "-fno-tree-loop-distribute-patterns", "-ffunction-sections",
                       "-fdata-sections"]

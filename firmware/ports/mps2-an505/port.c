@@ -130,32 +130,6 @@ void port_exit(int code)
     system_reset();
 }
 
-#ifdef EL_PORT_MODEL_STORE
-/* The model store: the end of PSRAM (link.ld's .el_store), plain memory under QEMU
- * (which edgellama backs with a file, so it survives a restart like flash). */
-extern uint8_t el_store_start[], el_store_end[];
-
-uint8_t *port_model_store(size_t *size, size_t *erase_bytes)
-{
-    *size = (size_t)(el_store_end - el_store_start);
-    *erase_bytes = 0; /* writable memory */
-    return el_store_start;
-}
-
-void port_store_write(size_t offset, const void *data, size_t n)
-{
-    const uint8_t *from = (const uint8_t *)data;
-    size_t i;
-    for (i = 0; i < n; i++) el_store_start[offset + i] = from[i];
-}
-
-void port_store_erase(size_t offset, size_t n)
-{
-    (void)offset;
-    (void)n;
-}
-#endif
-
 static void put_str(const char *s)
 {
     while (*s) port_putc((unsigned char)*s++);
