@@ -50,9 +50,14 @@ def test_shipped_emulator_commands_are_unchanged(tmp_path):
         "-machine", "memory-backend=store",
         "-display", "none", "-monitor", "none", "-no-reboot", "-kernel"]
     assert store.stat().st_size == 16 << 20
-    assert kernel_command(get_board("qemu-virt-rv64"), tmp_path) == [
-        "qemu-system-riscv64", "-M", "virt", "-cpu", "rv64", "-bios", "none", "-display", "none",
-        "-monitor", "none", "-no-reboot", "-kernel"]
+    virt = tmp_path / "virt"
+    virt.mkdir()
+    assert kernel_command(get_board("qemu-virt-rv64"), virt) == [
+        "qemu-system-riscv64", "-M", "virt", "-cpu", "rv64", "-bios", "none",
+        # all of its RAM in a file: the store at its end outlives the emulator
+        "-object", f"memory-backend-file,id=store,size={128 << 20},mem-path={virt / baremetal.STORE_FILE},share=on",
+        "-machine", "memory-backend=store",
+        "-display", "none", "-monitor", "none", "-no-reboot", "-kernel"]
 
 
 def test_shipped_ports_name_their_regions_in_link_ld():
@@ -101,6 +106,7 @@ def test_a_board_whose_port_is_missing_names_it(twin_boards, tmp_path):
     ('name = "mps2-an386"', 'name = "mps2-an386"\nport = 3', "field 'port' must be a str"),
     ('os = "baremetal"', 'os = "linux"\nport = "x"', "field 'port' is only for os"),
     ('name = "mps2-an386"', 'name = "mps2-an386"\nmodel_store = "1MiB"', "field 'model_store' is flash a PlatformIO"),
+    ('psram = "16MiB"', '# no psram', "field 'store_file' is for an emulated board whose machine RAM"),
 ])
 def test_bad_bare_metal_fields_are_one_error_naming_them(tmp_path, old, new, words):
     text = get_board(AN386).path.read_text(encoding="utf-8")

@@ -192,11 +192,12 @@ def test_a_model_that_does_not_open_switches_back(build_dir, models):
         assert (device_text(board.url), info(board.url)["model_slot"]) == before
 
 
-@pytest.mark.parametrize("name", ["mps2-an500", "mps2-an505"])
-def test_the_cortex_m7_and_m33_boards_take_a_model_too(tmp_path, models, name):
+@pytest.mark.parametrize("name", ["mps2-an500", "mps2-an505", "qemu-virt-rv32"])
+def test_the_other_cores_take_a_model_too(tmp_path, models, name):
     """mps2-an500 runs the AN386 port with PSRAM at 0x60000000, mps2-an505 (the Cortex-M33)
-    its own port with PSRAM at 0x80000000: each keeps its store at the end of its PSRAM,
-    in the build's model-store.bin, so the model outlives a restart of the emulator."""
+    its own port with PSRAM at 0x80000000: each keeps its store at the end of its PSRAM;
+    the 32-bit RISC-V virt board at the end of its RAM. The machine's RAM is the build's
+    model-store.bin, so the model outlives a restart of the emulator."""
     require_board(name)
     out = builder.build(name, None, quant="q8_0", out_dir=tmp_path / name).out_dir
     with StandingBoard(name, out_dir=out) as board:

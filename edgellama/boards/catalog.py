@@ -149,9 +149,9 @@ def load_board(path) -> Board:
             raise EdgeLlamaError(f"{reach_where}: usb entry {vid_pid!r} is not VID:PID in hex")
     if reach.emulator_args and kind != "emulator":
         raise EdgeLlamaError(f"{reach_where}: field 'emulator_args' is only for kind = \"emulator\"")
-    if reach.store_file and (kind != "emulator" or not data.get("psram")):
-        raise EdgeLlamaError(f"{reach_where}: field 'store_file' is for an emulated board with psram (the "
-                             "machine RAM kept in a file)")
+    if reach.store_file and (kind != "emulator" or not (data.get("psram") or data.get("flash") in (None, 0, "0"))):
+        raise EdgeLlamaError(f"{reach_where}: field 'store_file' is for an emulated board whose machine RAM is its "
+                             "PSRAM, or its only memory (that RAM kept in a file)")
     runtime = _get(data, "runtime", dict, where, {}, False)
     run_where = f"{where} [runtime]"
     board = Board(

@@ -256,16 +256,18 @@ STORE_FILE = "model-store.bin"
 
 
 def store_args(ctx: BuildContext) -> list:
-    """A board whose model store is the machine's RAM (its PSRAM, [reach] store_file):
-    that RAM kept in OUT/model-store.bin, so models uploaded over the serial line survive
-    a restart of the emulator, as they would survive a power cycle in flash."""
+    """A board whose model store is in the machine's RAM ([reach] store_file: its PSRAM on
+    the mps2 boards, all of its memory on the virt boards): that RAM kept in
+    OUT/model-store.bin, so models uploaded over the serial line survive a restart of the
+    emulator, as they would survive a power cycle in flash."""
     if not ctx.board.reach.store_file:
         return []
+    size = ctx.board.psram or ctx.board.ram
     path = (ctx.out_dir / STORE_FILE).resolve()
-    if not path.exists() or path.stat().st_size != ctx.board.psram:
+    if not path.exists() or path.stat().st_size != size:
         with open(path, "wb") as f:
-            f.truncate(ctx.board.psram)
-    return ["-object", f"memory-backend-file,id=store,size={ctx.board.psram},mem-path={path},share=on",
+            f.truncate(size)
+    return ["-object", f"memory-backend-file,id=store,size={size},mem-path={path},share=on",
             "-machine", "memory-backend=store"]
 
 
