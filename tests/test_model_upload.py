@@ -10,12 +10,14 @@ import ctypes
 import hashlib
 import random
 import re
+import subprocess
 
 import pytest
 from click.testing import CliRunner
 from conftest import PROMPT, require_board
 
 from edgellama.boards import builder
+from edgellama.boards.targets import baremetal
 from edgellama.boards.standing import StandingBoard
 from edgellama.cli import main
 from edgellama.devices import model_upload
@@ -80,7 +82,22 @@ def build_dir(tmp_path_factory):
     return builder.build(BOARD, None, quant="q8_0", out_dir=tmp_path_factory.mktemp("an386") / "b").out_dir
 
 
-def test_upload_resume_power_loss_and_rollback(build_dir, models):
+@pytest.fixture(scope="module")
+def flash_build_dir(tmp_path_factory):
+    """The same board with its store behaving as flash (el_memory_store.c's
+    EL_STORE_SIMULATE_FLASH: 4 KiB erase units, a write that would set a bit stops the
+    board), erased at first: what the PlatformIO boards' updater meets."""
+    require_board(BOARD)
+    out = builder.build(BOARD, None, quant="q8_0", out_dir=tmp_path_factory.mktemp("an386-flash") / "b").out_dir
+    subprocess.run(["make", "-C", str(out / "src"), "-B", "PORT_CFLAGS=-DEL_PORT_MODEL_STORE=1 "
+                    "-DEL_STORE_SIMULATE_FLASH=4096"], check=True, capture_output=True)
+    (out / baremetal.STORE_FILE).write_bytes(b"\xff" * (16 << 20))
+    return out
+
+
+@pytest.mark.parametrize("store", ["memory", "flash"])
+def test_upload_resume_power_loss_and_rollback(request, store, models):
+    build_dir = request.getfixturevalue("build_dir" if store == "memory" else "flash_build_dir")
     built_in = host_text(build_dir / "model.gguf")
     texts = {name: host_text(path) for name, path in models.items()}
     assert len({built_in, *texts.values()}) == 4  # four models that tell apart
