@@ -512,6 +512,18 @@ def test_small_vocabularies_with_ties_match_the_reference(lib, ref, n_vocab):
         assert c_generate(lib, p, table, [0], 100) == ref.generate(p, table, [0], 100), (p, n_vocab)
 
 
+@pytest.mark.parametrize("n_vocab", [1500, 4099])
+def test_vocabularies_of_several_runs_match_the_reference(lib, ref, n_vocab):
+    # Past 512 tokens the C sums the weights in runs: a draw skips whole runs, the nucleus
+    # check may stop after a few, and the cuts keep each run's total (ties spread over runs).
+    cases = [dict(top_p=0.9), dict(temperature=0.7, top_p=0.5), dict(top_k=40, top_p=0.8), dict(top_p=0.05),
+             dict(min_p=0.1, top_p=0.95)]
+    for seed, case in itertools.product((0, 1), cases):
+        p = {**DEFAULTS, **case, "seed": seed}
+        for table in (logit_table(n_vocab, rows=3, seed=seed), tie_table(n_vocab, rows=3, seed=seed)):
+            assert c_generate(lib, p, table, [0], 60) == ref.generate(p, table, [0], 60), (p, n_vocab)
+
+
 def test_stepwise_calls_match_the_reference(lib, ref):
     # The engine's way: one el_sample per step, the RNG kept by the caller.
     p = {**DEFAULTS, "temperature": 0.9, "top_p": 0.9, "frequency_penalty": 0.3, "seed": 77}

@@ -29,7 +29,10 @@
  * and the draw walk in index order: no sort of the vocabulary, yet one answer on
  * every target. A draw from everything that lands in the nucleus is a draw from the
  * nucleus, and with top_p = 0.9 nine in ten land there on the first try: then the
- * nucleus costs one pass over the weights, not a selection.
+ * nucleus costs one pass over the weights, not a selection. The weights are also
+ * summed in runs of tokens, their totals kept in the scratch's bucket_measure (free
+ * outside a selection): a draw skips whole runs, and the nucleus check stops as soon
+ * as the runs summed so far decide it.
  */
 #include "el_sampler.h"
 
@@ -227,20 +230,27 @@ static void apply_penalties(const el_sampling *params, float *logits, const int3
     }
 }
 
-/* The largest logit, lowest index on ties; NaN never wins. 0 when all are NaN.
- * Eight running maxima first (a vector unit takes them as lanes; x > m ? x : m skips
- * NaN like a max instruction), then the first index holding the largest. */
-static int argmax(const float *x, int n)
+/* The largest logit; NaN never wins (-inf when all are NaN). Eight running maxima (a
+ * vector unit takes them as lanes; x > m ? x : m skips NaN like a max instruction). */
+static float max_logit(const float *x, int n)
 {
     float lane[8], top;
-    int i, k, whole = n - n % 8, found = 0;
+    int i, k, whole = n - n % 8;
     for (k = 0; k < 8; k++) lane[k] = el_bits_float(0xff800000u); /* -inf */
     for (i = 0; i < whole; i += 8)
         for (k = 0; k < 8; k++) lane[k] = x[i + k] > lane[k] ? x[i + k] : lane[k];
     top = lane[0];
     for (k = 1; k < 8; k++) top = lane[k] > top ? lane[k] : top;
     for (i = whole; i < n; i++) top = x[i] > top ? x[i] : top;
-    /* the first index holding it: eight at a time, then within the eight */
+    return top;
+}
+
+/* The largest logit, lowest index on ties; NaN never wins. 0 when all are NaN.
+ * The first index holding the largest: eight at a time, then within the eight. */
+static int argmax(const float *x, int n)
+{
+    float top = max_logit(x, n);
+    int i, k, whole = n - n % 8, found = 0;
     for (i = 0; i < whole; i += 8) {
         for (k = 0; k < 8; k++) found |= x[i + k] == top;
         if (found) break;
@@ -251,26 +261,18 @@ static int argmax(const float *x, int n)
 
 /* ---- weights ---- */
 
-/* Divide by the temperature (in place) and set w = el_expf(x - max). Where x - max is
- * NaN (the max is +inf, or every logit is -inf) the tokens equal to the max get 1. */
-static void float_weights(const el_sampling *params, float *logits, float *w, int n)
+/* w = el_expf(x - top) for n logits already divided by the temperature. Where x - top
+ * is NaN (top is +inf, or every logit is -inf) the tokens equal to top get 1. */
+static void exp_weights(const float *x, float top, float *w, int n)
 {
-    const float t = params->temperature;
-    /* dividing by t > 0 keeps the order, so the max of x / t is the max's x / t */
-    float top = logits[argmax(logits, n)] / t;
-    int i, k, whole = n - n % 8;
-    if (t != 1.0f) { /* x / 1 is x, bit for bit (NaN, Inf and -0 included) */
-        for (i = 0; i < whole; i += 8)
-            for (k = 0; k < 8; k++) logits[i + k] /= t;
-        for (; i < n; i++) logits[i] /= t;
-    }
+    int i;
     if (top - top == 0.0f) { /* finite: the vector kernel (NaN logits give NaN, dropped below) */
-        el_kernel_exp_shifted(w, logits, top, n);
+        el_kernel_exp_shifted(w, x, top, n);
         return;
     }
     for (i = 0; i < n; i++) {
-        float d = logits[i] - top;
-        w[i] = d == d ? el_expf(d) : (logits[i] == top ? 1.0f : 0.0f);
+        float d = x[i] - top;
+        w[i] = d == d ? el_expf(d) : (x[i] == top ? 1.0f : 0.0f);
     }
 }
 
@@ -278,36 +280,100 @@ static void float_weights(const el_sampling *params, float *logits, float *w, in
 
 #define EL_BITS_OF_ONE 0x3f800000u
 
-/* W for one weight. Compared as bits (for floats in [0, 1] the order of the bits is the
- * order of the values; NaN and negatives lie above 1.0's): no float compare, so the
- * compiler takes eight lanes at once; W <= 2^30 fits the int32 conversion. */
-static uint32_t integer_weight(float w, uint32_t lowest_bits)
+/* W for one weight, kept when lowest_bits <= its bits <= 1.0's. Compared as bits (for
+ * floats in [0, 1] the order of the bits is the order of the values; NaN and negatives
+ * lie above 1.0's), both ends in one unsigned compare: bits - lowest_bits < span, with
+ * span = 1.0's + 1 - lowest_bits (bits below lowest_bits wrap around above it). No
+ * float compare, so the compiler takes eight lanes at once; W <= 2^30 fits the int32
+ * conversion. */
+static uint32_t integer_weight(float w, uint32_t lowest_bits, uint32_t span)
 {
-    uint32_t bits = el_float_bits(w), keep = 0u - (uint32_t)((bits >= lowest_bits) & (bits <= EL_BITS_OF_ONE));
+    uint32_t bits = el_float_bits(w), keep = 0u - (uint32_t)(bits - lowest_bits < span);
     return (uint32_t)(int32_t)(el_bits_float(bits & keep) * EL_WEIGHT_ONE);
 }
 
-/* W = (uint32)(w * 2^30) for the kept w (w > 0, and w >= min_p); returns the sum and
- * sets *kept to how many are not 0. Eight lanes at a time, as el_portable_dot. */
-static uint64_t integer_weights(const el_sampling *params, const float *w, uint32_t *weights, int n, int *kept)
+/* W = (uint32)(w * 2^30) for the kept w (w > 0, and w >= min_p, as bits: floor);
+ * returns their total and raises *heaviest to the largest W. Sixteen at a time: two W
+ * add up below 2^32, so each of eight lanes takes a pair in 32 bits, then into its own
+ * 64-bit total (integers: any order gives the same sum), kept in a vector register. */
+static uint64_t integer_weights(uint32_t floor, const float *w, uint32_t *weights, int n, uint32_t *heaviest)
 {
-    uint64_t total = 0;
-    uint32_t floor = params->min_p > 0.0f ? el_float_bits(params->min_p) : 1u; /* w >= min_p, or w > 0 */
-    int i, k, whole = n - n % 8, count = 0;
-    for (i = 0; i < whole; i += 8) {
-        for (k = 0; k < 8; k++) weights[i + k] = integer_weight(w[i + k], floor);
+    uint64_t lane_total[8] = {0, 0, 0, 0, 0, 0, 0, 0}, total = 0;
+    uint32_t lane_max[8] = {0, 0, 0, 0, 0, 0, 0, 0}, top = *heaviest;
+    /* a min_p above 1 keeps nothing: span 0 */
+    uint32_t lowest = floor <= EL_BITS_OF_ONE ? floor : EL_BITS_OF_ONE + 1u, span = EL_BITS_OF_ONE + 1u - lowest;
+    int i, k, whole = n - n % 16;
+    for (i = 0; i < whole; i += 16)
         for (k = 0; k < 8; k++) {
-            total += weights[i + k];
-            count += weights[i + k] != 0;
+            uint32_t a = integer_weight(w[i + k], lowest, span), b = integer_weight(w[i + 8 + k], lowest, span);
+            weights[i + k] = a;
+            weights[i + 8 + k] = b;
+            lane_total[k] += a + b;
+            lane_max[k] = a > lane_max[k] ? a : lane_max[k];
+            lane_max[k] = b > lane_max[k] ? b : lane_max[k];
         }
+    for (k = 0; k < 8; k++) {
+        total += lane_total[k];
+        top = lane_max[k] > top ? lane_max[k] : top;
     }
     for (; i < n; i++) {
-        weights[i] = integer_weight(w[i], floor);
+        weights[i] = integer_weight(w[i], lowest, span);
         total += weights[i];
-        count += weights[i] != 0;
+        top = weights[i] > top ? weights[i] : top;
     }
-    *kept = count;
+    *heaviest = top;
     return total;
+}
+
+/* The weights are summed in runs of this many tokens, each run's total kept in
+ * scratch->bucket_measure: 512, or the first power-of-two multiple of it that makes at
+ * most EL_SAMPLER_BUCKETS runs. */
+static int run_length(int n)
+{
+    int length = 512;
+    while ((n - 1) / length >= EL_SAMPLER_BUCKETS) length *= 2;
+    return length;
+}
+
+static int run_end(int start, int length, int n) { return n - start < length ? n : start + length; }
+
+/* Logits to integer weights: x /= temperature (in place), w = el_expf(x - max x) in
+ * scratch->probs, then W in scratch->weights with each run's total. Returns the total
+ * and sets *heaviest to the largest W. */
+static uint64_t weigh(const el_sampling *params, float *logits, el_sampler_scratch *scratch, uint32_t *heaviest)
+{
+    const float t = params->temperature;
+    /* dividing by t > 0 keeps the order, so the max of x / t is the max's x / t (where
+     * the max is 0, a -0 for a +0 changes no weight: el_expf(-0) == el_expf(+0)) */
+    float top = max_logit(logits, scratch->n_vocab) / t;
+    uint32_t floor = params->min_p > 0.0f ? el_float_bits(params->min_p) : 1u; /* w >= min_p, or w > 0 */
+    uint64_t total = 0;
+    int n = scratch->n_vocab, length = run_length(n), i, k, r, whole = n - n % 8;
+    if (t != 1.0f) { /* x / 1 is x, bit for bit (NaN, Inf and -0 included) */
+        for (i = 0; i < whole; i += 8)
+            for (k = 0; k < 8; k++) logits[i + k] /= t;
+        for (; i < n; i++) logits[i] /= t;
+    }
+    exp_weights(logits, top, scratch->probs, n);
+    *heaviest = 0;
+    for (r = 0, i = 0; i < n; r++, i += length) {
+        scratch->bucket_measure[r] = integer_weights(floor, scratch->probs + i, scratch->weights + i,
+                                                     run_end(i, length, n) - i, heaviest);
+        total += scratch->bucket_measure[r];
+    }
+    return total;
+}
+
+/* How many weights are not 0, for top_k. Eight lanes. */
+static int count_kept(const uint32_t *weights, int n)
+{
+    uint32_t lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int i, k, whole = n - n % 8, count = 0;
+    for (i = 0; i < whole; i += 8)
+        for (k = 0; k < 8; k++) lane[k] += weights[i + k] != 0;
+    for (k = 0; k < 8; k++) count += (int)lane[k];
+    for (; i < n; i++) count += weights[i] != 0;
+    return count;
 }
 
 /* ---- the cut of top_k and top_p: a radix select on the integer weights ---- */
@@ -420,42 +486,63 @@ static cut select_cut(const uint32_t *weights, int n, double need, int by_weight
     return c;
 }
 
-/* Zero the weights of the dropped ranks: those below the cut's value (eight lanes at a
- * time), then the ties past the first c.ties. Returns the kept total and count. */
-static uint64_t apply_cut(uint32_t *weights, int n, cut c, int *kept)
+/* Zero the weights below value in one run (eight lanes at a time); returns the kept
+ * total and adds the kept count to *kept. */
+static uint64_t cut_run(uint32_t *weights, int n, uint32_t value, int *kept)
 {
     uint64_t total = 0;
     int i, k, whole = n - n % 8, count = 0;
     for (i = 0; i < whole; i += 8) {
-        for (k = 0; k < 8; k++) weights[i + k] = weights[i + k] >= c.value ? weights[i + k] : 0u;
+        for (k = 0; k < 8; k++) weights[i + k] = weights[i + k] >= value ? weights[i + k] : 0u;
         for (k = 0; k < 8; k++) {
             total += weights[i + k];
             count += weights[i + k] != 0;
         }
     }
     for (; i < n; i++) {
-        weights[i] = weights[i] >= c.value ? weights[i] : 0u;
+        weights[i] = weights[i] >= value ? weights[i] : 0u;
         total += weights[i];
         count += weights[i] != 0;
     }
+    *kept += count;
+    return total;
+}
+
+/* Zero the weights of the dropped ranks: those below the cut's value, then the ties
+ * past the first c.ties. Returns the kept total and count, and keeps each run's total
+ * (the selection is done with bucket_measure). */
+static uint64_t apply_cut(uint32_t *weights, int n, cut c, uint64_t *run_total, int *kept)
+{
+    uint64_t total = 0;
+    int length = run_length(n), i, r;
+    *kept = 0;
+    for (r = 0, i = 0; i < n; r++, i += length) {
+        run_total[r] = cut_run(weights + i, run_end(i, length, n) - i, c.value, kept);
+        total += run_total[r];
+    }
     for (i = c.ties; i < c.n_tied; i++) {
         weights[c.tied[i]] = 0;
+        run_total[c.tied[i] / length] -= c.value;
         total -= c.value;
-        count--;
+        *kept -= 1;
     }
-    *kept = count;
     return total;
 }
 
 /* min_p, top_k and top_p applied to the weights; returns how many tokens are kept (0
- * only when no token has weight, e.g. all logits NaN) and sets their total. */
-static int filter_min_p_top_k(const el_sampling *params, const float *w, uint32_t *weights, int n,
+ * only when no token has weight, e.g. all logits NaN), or 2 for "more than one" where
+ * no cut needs the count, and sets their total. */
+static int filter_min_p_top_k(const el_sampling *params, float *logits, uint32_t *weights, int n,
                               el_sampler_scratch *scratch, uint64_t *total)
 {
+    uint32_t heaviest;
     int kept;
-    *total = integer_weights(params, w, weights, n, &kept);
-    if (params->top_k > 0 && params->top_k < kept)
-        *total = apply_cut(weights, n, select_cut(weights, n, (double)params->top_k, 0, scratch), &kept);
+    *total = weigh(params, logits, scratch, &heaviest);
+    /* one weight not 0 is the heaviest and the total; two or more weigh more */
+    kept = *total == 0 ? 0 : *total == heaviest ? 1 : 2;
+    if (params->top_k > 0 && kept > 1 && params->top_k < (kept = count_kept(weights, n)))
+        *total = apply_cut(weights, n, select_cut(weights, n, (double)params->top_k, 0, scratch),
+                           scratch->bucket_measure, &kept);
     return kept;
 }
 
@@ -463,31 +550,52 @@ static int top_p_applies(const el_sampling *params, int kept) { return params->t
 
 static double top_p_need(const el_sampling *params, uint64_t total) { return (double)params->top_p * (double)total; }
 
-static int filter(const el_sampling *params, const float *w, uint32_t *weights, int n, el_sampler_scratch *scratch,
+static int filter(const el_sampling *params, float *logits, uint32_t *weights, int n, el_sampler_scratch *scratch,
                   uint64_t *total)
 {
-    int kept = filter_min_p_top_k(params, w, weights, n, scratch, total);
+    int kept = filter_min_p_top_k(params, logits, weights, n, scratch, total);
     if (top_p_applies(params, kept))
-        *total = apply_cut(weights, n, select_cut(weights, n, top_p_need(params, *total), 1, scratch), &kept);
+        *total = apply_cut(weights, n, select_cut(weights, n, top_p_need(params, *total), 1, scratch),
+                           scratch->bucket_measure, &kept);
     return kept;
 }
 
-/* The weight of the ranks before token t: the tokens weighing more, and those weighing
- * the same with a lower index. Eight lanes at a time. */
-static uint64_t weight_ranked_before(const uint32_t *weights, int n, int t)
+/* The sum of the weights above w. A weight is at most 2^30: as int32 two compare in
+ * one signed vector instruction, and two add up in 32 bits; eight lanes, each with its
+ * own 64-bit sum, take sixteen weights a step. */
+static uint64_t weight_above(const uint32_t *weights, int n, int32_t w)
 {
-    uint64_t heavier = 0;
-    uint32_t w = weights[t];
-    int i, k, whole = n - n % 8, ties = 0;
-    for (i = 0; i < whole; i += 8)
-        for (k = 0; k < 8; k++) heavier += weights[i + k] > w ? weights[i + k] : 0u;
-    for (; i < n; i++) heavier += weights[i] > w ? weights[i] : 0u;
-    for (i = 0; i + 8 <= t; i += 8)
-        for (k = 0; k < 8; k++) ties += weights[i + k] == w;
-    for (; i < t; i++) ties += weights[i] == w;
-    return heavier + (uint64_t)w * (uint64_t)ties;
+    uint64_t lane[8] = {0, 0, 0, 0, 0, 0, 0, 0}, sum = 0;
+    int i, k, whole = n - n % 16;
+    for (i = 0; i < whole; i += 16)
+        for (k = 0; k < 8; k++) {
+            uint32_t a = weights[i + k], b = weights[i + 8 + k];
+            lane[k] += (a & (0u - (uint32_t)((int32_t)a > w))) + (b & (0u - (uint32_t)((int32_t)b > w)));
+        }
+    for (k = 0; k < 8; k++) sum += lane[k];
+    for (; i < n; i++) sum += (int32_t)weights[i] > w ? weights[i] : 0u;
+    return sum;
 }
 
+/* Whether token t is inside the nucleus: the weight of the ranks before it (the tokens
+ * weighing more, and those weighing the same with a lower index: before t, W >= w;
+ * after it, W > w) is below need. Summed a run at a time, and known as soon as the sum
+ * so far reaches need, or stays below it with every run still to come added whole. */
+static int in_nucleus(const uint32_t *weights, int n, const uint64_t *run_total, uint64_t total, int t, double need)
+{
+    int32_t w = (int32_t)weights[t];
+    uint64_t before = 0, ahead = total; /* the sum so far; the total of the runs still to come */
+    int length = run_length(n), i, r;
+    for (r = 0, i = 0; i < n; r++, i += length) {
+        int end = run_end(i, length, n), mid = t < i ? i : t < end ? t : end; /* [i, mid) lie before t */
+        int after = t >= i && t < end ? t + 1 : mid;                          /* [after, end) after it */
+        before += weight_above(weights + i, mid - i, w - 1) + weight_above(weights + after, end - after, w);
+        ahead -= run_total[r];
+        if ((double)before >= need) return 0;
+        if ((double)(before + ahead) < need) return 1;
+    }
+    return 0; /* not reached: with no run to come, one of the two holds */
+}
 
 /* Draws from all kept tokens until one is inside the nucleus, at most this often. */
 #define EL_NUCLEUS_TRIES 4
@@ -499,13 +607,28 @@ static int draw(const uint32_t *weights, int n, uint64_t target)
     uint64_t cum = 0;
     int i = 0, k;
     for (; i + 64 <= n; i += 64) {
-        uint64_t run = 0;
-        for (k = 0; k < 64; k++) run += weights[i + k];
+        uint64_t lane[8] = {0, 0, 0, 0, 0, 0, 0, 0}, run = 0;
+        int j;
+        for (j = 0; j < 64; j += 8)
+            for (k = 0; k < 8; k++) lane[k] += weights[i + j + k];
+        for (k = 0; k < 8; k++) run += lane[k];
         if (cum + run > target) break;
         cum += run;
     }
     for (; i < n; i++)
         if ((cum += weights[i]) > target) return i;
+    return n - 1; /* not reached: target < total */
+}
+
+/* draw() over weights whose runs' totals are known: whole runs are skipped first. */
+static int draw_by_runs(const uint32_t *weights, int n, const uint64_t *run_total, uint64_t target)
+{
+    uint64_t cum = 0;
+    int length = run_length(n), i, r;
+    for (r = 0, i = 0; i < n; r++, i += length) {
+        if (cum + run_total[r] > target) return i + draw(weights + i, run_end(i, length, n) - i, target - cum);
+        cum += run_total[r];
+    }
     return n - 1; /* not reached: target < total */
 }
 
@@ -553,17 +676,16 @@ int el_sample(const el_sampling *params, float *logits, const int32_t *prompt, i
     int kept, try, token;
     penalize(params, logits, prompt, n_prompt, output, n_output, scratch);
     if (is_greedy(params)) return argmax(logits, n); /* the RNG is not touched */
-    float_weights(params, logits, scratch->probs, n);
-    if ((kept = filter_min_p_top_k(params, scratch->probs, weights, n, scratch, &total)) == 0) return 0;
+    if ((kept = filter_min_p_top_k(params, logits, weights, n, scratch, &total)) == 0) return 0;
     if (top_p_applies(params, kept)) {
         double need = top_p_need(params, total);
         for (try = 0; try < EL_NUCLEUS_TRIES; try++) {
-            token = draw(weights, n, scale_by(total, el_rng_next(rng)));
-            if ((double)weight_ranked_before(weights, n, token) < need) return token;
+            token = draw_by_runs(weights, n, scratch->bucket_measure, scale_by(total, el_rng_next(rng)));
+            if (in_nucleus(weights, n, scratch->bucket_measure, total, token, need)) return token;
         }
-        total = apply_cut(weights, n, select_cut(weights, n, need, 1, scratch), &kept);
+        total = apply_cut(weights, n, select_cut(weights, n, need, 1, scratch), scratch->bucket_measure, &kept);
     }
-    return draw(weights, n, scale_by(total, el_rng_next(rng)));
+    return draw_by_runs(weights, n, scratch->bucket_measure, scale_by(total, el_rng_next(rng)));
 }
 
 uint64_t el_sampler_weights(const el_sampling *params, float *logits, const int32_t *prompt, int n_prompt,
@@ -577,8 +699,7 @@ uint64_t el_sampler_weights(const el_sampling *params, float *logits, const int3
         scratch->weights[argmax(logits, n)] = 1;
         return 1;
     }
-    float_weights(params, logits, scratch->probs, n);
-    kept = filter(params, scratch->probs, scratch->weights, n, scratch, &total);
+    kept = filter(params, logits, scratch->weights, n, scratch, &total);
     return kept > 0 ? total : 0;
 }
 
