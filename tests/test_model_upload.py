@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from conftest import PROMPT, require_board
 
 from edgellama.boards import builder
-from edgellama.boards.targets import baremetal
 from edgellama.boards.standing import StandingBoard
+from edgellama.boards.targets import baremetal
 from edgellama.cli import main
 from edgellama.devices import model_upload
 from edgellama.devices import protocol as P
