@@ -97,7 +97,7 @@ def test_plan_fits(projects, name):
     assert plan.arena_location == ("PSRAM" if in_psram else "RAM")
 
 
-def test_pico2_keeps_flash_for_models_over_the_line(projects):
+def test_pico2_keeps_flash_for_models_over_the_line(projects, tmp_path):
     """The Pico 2's board file keeps 2 MiB of flash for models sent over the serial line:
     the project sizes the core's filesystem region to it, the port's store is compiled in,
     and the planner no longer offers that flash to the image's own model."""
@@ -110,8 +110,15 @@ def test_pico2_keeps_flash_for_models_over_the_line(projects):
     plan = planner.plan(board, None, CTX["rpi-pico2"], "q8_0")
     without = planner.plan(dataclasses.replace(board, model_store=0), None, CTX["rpi-pico2"], "q8_0")
     assert without.weights_room - plan.weights_room == 2 << 20
+    assert any("kept for models over the line" in note for note in plan.notes)
+    # a store the image's own model would not fit beside: the image keeps the flash, with no store
     big = dataclasses.replace(board, model_store=board.flash - (600 << 10))  # leaves 88 KiB beside the program
-    assert "for models over the line" in " ".join(planner.plan(big, None, CTX["rpi-pico2"], "q8_0").reasons)
+    crowded = planner.plan(big, None, CTX["rpi-pico2"], "q8_0")
+    assert crowded.fits and crowded.weights_room == without.weights_room
+    assert any(note.startswith("no model store") for note in crowded.notes)
+    # the default model in F32 (3.4 MB) needs that flash itself: its image builds as before, without a store
+    f32 = ini_path(builder.export_c("rpi-pico2", None, "f32", tmp_path / "f32", CTX["rpi-pico2"])).read_text()
+    assert "filesystem_size" not in f32 and "EL_PORT_MODEL_STORE" not in f32
 
 
 def _run(cmd, cwd=None):

@@ -474,6 +474,15 @@ def _board(board) -> Board:
     return get_board(board if isinstance(board, Board) else str(board))
 
 
+def model_store_kept(board: Board, weights: int) -> int:
+    """The flash a PlatformIO board keeps for models over the line (its model_store), or 0
+    when the image's own model of `weights` bytes would not fit beside it: then the image
+    keeps the room, as it did before there was a store, and has no store."""
+    if not board.model_store or not board.flash:
+        return 0
+    return board.model_store if weights <= board.flash - FLASH_PROGRAM_RESERVE[board.os] - board.model_store else 0
+
+
 def _placement(board: Board, weights: int) -> dict:
     """Where the weights and the arena go, and the arena's budget (see the module docstring)."""
     out = {"weights_location": "", "weights_room": 0, "arena_location": "", "arena_budget": 0, "problems": []}
@@ -488,7 +497,8 @@ def _placement(board: Board, weights: int) -> dict:
                                    f"{board.storage:,} bytes")
         return out
     # the program, and the flash a PlatformIO board keeps for models over the line, are not the image's
-    flash_free = max(board.flash - FLASH_PROGRAM_RESERVE[board.os] - board.model_store, 0) if board.flash else 0
+    store = model_store_kept(board, weights)
+    flash_free = max(board.flash - FLASH_PROGRAM_RESERVE[board.os] - store, 0) if board.flash else 0
     # a board without flash runs its program from RAM too
     ram_reserve = RAM_RESERVE[board.os] + board.constraint_bytes + (0 if board.flash else
                                                                      FLASH_PROGRAM_RESERVE[board.os])
@@ -512,9 +522,8 @@ def _placement(board: Board, weights: int) -> dict:
     elif not board.flash and weights <= ram_room:
         out["weights_location"], out["weights_room"] = "ram", ram_room
     else:
-        store = f" and {board.model_store // KiB} KiB for models over the line" if board.model_store else ""
         where = [f"flash ({board.flash:,} bytes less {FLASH_PROGRAM_RESERVE[board.os] // KiB} KiB for the program"
-                 f"{store} = {flash_free:,})" if board.flash else "flash (none)",
+                 f" = {flash_free:,})" if board.flash else "flash (none)",
                  f"PSRAM ({psram_room:,} bytes free)" if board.psram else "PSRAM (none)"]
         if not board.flash:
             where.append(f"RAM ({ram_room:,} bytes free beside the arena)")
@@ -605,6 +614,12 @@ def plan(board, model_path=None, ctx=None, quant=None, max_seqs=None, kv_dtype="
     notes = []
     if not ctx_given:
         notes.append(f"ctx defaults to the model's context ({model_ctx})")
+    if board.model_store and mcu and not model_store_kept(board, info.file_bytes):
+        notes.append(f"no model store: the model leaves no room for the board's {board.model_store // KiB} KiB of "
+                     "flash for models over the line (a smaller one, e.g. Q8_0, leaves it)")
+    elif board.model_store and mcu:
+        notes.append(f"{board.model_store // KiB} KiB of flash kept for models over the line (`edgellama flash "
+                     "--port`)")
     part_notes = dict(PARTS)
     part_notes["KV pool"] = (f"{n_blocks} blocks x {block_bytes:,} bytes ({block_size} tokens x "
                              f"{info.config['n_layers']} layers, {kv_dtype}, bookkeeping included)")

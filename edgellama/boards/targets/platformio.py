@@ -28,8 +28,8 @@ Models over the serial line. After the first upload with PlatformIO, `edgellama 
 el_updater.h): the main loop keeps two slots and a boot record in flash, the ESP32-S3's
 'spiffs' data partition (3.4 MB in default_16MB.csv) or, on the RP2350, the flash its
 board file keeps with `model_store` (the Arduino-Pico core's filesystem region, sized by
-board_build.filesystem_size, taken from the image's room by the planner; no filesystem
-is mounted on it). The port erases and programs that flash in 4 KiB units.
+board_build.filesystem_size, taken from the image's room by the planner, or left to the
+image when its own model needs it; no filesystem is mounted on it). The port erases and programs that flash in 4 KiB units.
 
 `compile` runs `pio run -d OUT/src`. PlatformIO fetches its platform, framework and
 compiler from its own registry on first use; where it cannot (no network), the error
@@ -135,10 +135,17 @@ def src_flags(ctx: BuildContext) -> list:
     ]
 
 
+def model_store_bytes(ctx: BuildContext) -> int:
+    """The RP2350's store: its board file's model_store, unless the image's own model needs
+    that flash (the planner's rule)."""
+    from edgellama.boards.planner import model_store_kept
+    return model_store_kept(ctx.board, ctx.model_path.stat().st_size)
+
+
 def has_model_store(ctx: BuildContext) -> bool:
     """Models over the serial line, kept in flash (el_port_arduino.cpp): an ESP32's 'spiffs'
     partition, or the flash an RP2350 board file keeps (model_store, the core's filesystem region)."""
-    return is_espressif32(ctx) or bool(ctx.board.model_store)
+    return is_espressif32(ctx) or bool(model_store_bytes(ctx))
 
 
 def engine_defines(ctx: BuildContext) -> list:
@@ -203,9 +210,9 @@ def board_options(ctx: BuildContext) -> list:
             # 8 MiB modules, N16R8/N8R8) or quad PSRAM (the 2 MiB ones)
             options["board_build.arduino.memory_type"] = "qio_opi" if board.psram >= 8 << 20 else "qio_qspi"
             options["board_build.flash_mode"] = "qio"
-    elif board.model_store:
+    elif model_store_bytes(ctx):
         # the Arduino-Pico core's filesystem region (_FS_start.._FS_end): the model store
-        options["board_build.filesystem_size"] = _pio_size(board.model_store)
+        options["board_build.filesystem_size"] = _pio_size(model_store_bytes(ctx))
     for key, value in board.platformio.items():
         if key in ("platform", "board", "framework"):
             continue
@@ -248,7 +255,7 @@ def platformio_ini_text(ctx: BuildContext) -> str:
         f"; Arena: {arena_bytes(ctx):,} bytes in " + ("PSRAM (ps_malloc at boot)." if psram else "SRAM (a static buffer)."),
         "; Models over the serial line (`edgellama flash --port PORT --model M`) go to flash: "
         + ("the 'spiffs' partition." if is_espressif32(ctx) else
-           "the filesystem region (board_build.filesystem_size)." if ctx.board.model_store else "not on this board."),
+           "the filesystem region (board_build.filesystem_size)." if model_store_bytes(ctx) else "not in this image."),
         "",
         "[platformio]",
         f"default_envs = {env}",
@@ -312,8 +319,8 @@ def emit(ctx: BuildContext) -> list:
         "weights": f"flash (.incbin of {DATA_DIR}/{MODEL_FILE}, src/el_model_flash.S)",
         "arena": {"bytes": arena_bytes(ctx), "in": "PSRAM" if arena_in_psram(ctx) else "SRAM"},
         "model_store": ("the 'spiffs' data partition" if is_espressif32(ctx) else
-                        f"{ctx.board.model_store:,} bytes of flash (the core's filesystem region)"
-                        if ctx.board.model_store else "none"),
+                        f"{model_store_bytes(ctx):,} bytes of flash (the core's filesystem region)"
+                        if model_store_bytes(ctx) else "none"),
     }
     return files
 
