@@ -149,9 +149,6 @@ def load_board(path) -> Board:
             raise EdgeLlamaError(f"{reach_where}: usb entry {vid_pid!r} is not VID:PID in hex")
     if reach.emulator_args and kind != "emulator":
         raise EdgeLlamaError(f"{reach_where}: field 'emulator_args' is only for kind = \"emulator\"")
-    if reach.store_file and (kind != "emulator" or not (data.get("psram") or data.get("flash") in (None, 0, "0"))):
-        raise EdgeLlamaError(f"{reach_where}: field 'store_file' is for an emulated board whose machine RAM is its "
-                             "PSRAM, or its only memory (that RAM kept in a file)")
     runtime = _get(data, "runtime", dict, where, {}, False)
     run_where = f"{where} [runtime]"
     board = Board(
@@ -174,6 +171,9 @@ def load_board(path) -> Board:
         uf2=uf2.target(_get(data, "uf2", dict, where), where) if "uf2" in data else None, path=path)
     if board.name != path.stem:
         raise EdgeLlamaError(f"{where}: field 'name' is {board.name!r} but the file is named {path.stem}.toml")
+    if reach.store_file and (kind != "emulator" or not (board.psram or not board.flash)):
+        raise EdgeLlamaError(f"{reach_where}: field 'store_file' is for an emulated board whose machine RAM is its "
+                             "PSRAM, or its only memory (that RAM kept in a file)")
     if board.model_store and (os_kind != "platformio" or board.model_store >= board.flash):
         raise EdgeLlamaError(f"{where}: field 'model_store' is flash a PlatformIO board keeps for models sent over "
                              "the line, less than its flash (a bare-metal port places its store in link.ld)")

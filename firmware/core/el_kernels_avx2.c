@@ -123,7 +123,7 @@ static inline __attribute__((always_inline)) void matmul_float(const el_matmul_t
                                                                 int f16)
 {
     uint32_t cols = t->w->cols, whole = cols - cols % 8, r, i;
-    size_t row_bytes = (size_t)cols * (f16 ? 2u : 4u), chunk = 8 * row_bytes / (whole / 8 + 1) + 1;
+    size_t row_bytes = (size_t)cols * (f16 ? 2u : 4u), chunk = 4 * row_bytes / (whole / 8 + 1) + 1;
     const uint8_t *base = (const uint8_t *)t->w->data, *end = base + (size_t)r1 * row_bytes;
     int b, j;
     r = r0;
@@ -152,7 +152,6 @@ static inline __attribute__((always_inline)) void matmul_float(const el_matmul_t
             _mm256_storeu_ps(t->y + (size_t)b * t->w->rows + r, sums);
         }
     }
-    chunk = 4 * row_bytes / (whole / 8 + 1) + 1;
     for (; r + 4 <= r1; r += 4) {
         const void *w[4];
         const uint8_t *ahead = base + (size_t)(r + 4 * EL_PREFETCH_GROUPS) * row_bytes, *next = ahead;

@@ -53,6 +53,7 @@ import sys
 from pathlib import Path
 
 from edgellama.boards import uf2
+from edgellama.boards.planner import model_store_kept
 from edgellama.boards.targets import BuildContext, compiler_message, copy_core, copy_sources
 from edgellama.boards.targets.baremetal import model_crc32 as baremetal_model_crc32
 from edgellama.errors import EdgeLlamaError
@@ -138,7 +139,6 @@ def src_flags(ctx: BuildContext) -> list:
 def model_store_bytes(ctx: BuildContext) -> int:
     """The RP2350's store: its board file's model_store, unless the image's own model needs
     that flash (the planner's rule)."""
-    from edgellama.boards.planner import model_store_kept
     return model_store_kept(ctx.board, ctx.model_path.stat().st_size)
 
 

@@ -212,12 +212,12 @@ static void erase_entered_units(el_updater *u, size_t at, uint32_t len)
     for (; first < at + len; first += unit) u->store.erase(first, unit);
 }
 
-/* Flash: the progress to record after a chunk: at a unit boundary or the end, else none
- * (0: keep the record as it is). */
+/* The progress to record after a chunk (0: keep the record as it is): in writable memory
+ * every chunk; on flash only at a unit boundary or the end. */
 static int progress_to_record(const el_updater *u, uint32_t before, uint32_t after, uint32_t *recorded)
 {
     size_t unit = u->store.erase_bytes;
-    if (after == u->upload.size) return *recorded = after, 1;
+    if (!on_flash(u) || after == u->upload.size) return *recorded = after, 1;
     if (after / unit == before / unit) return 0;
     *recorded = (uint32_t)(after / unit * unit);
     return 1;
@@ -225,7 +225,7 @@ static int progress_to_record(const el_updater *u, uint32_t before, uint32_t aft
 
 int el_updater_chunk(el_updater *u, const uint8_t *payload, int n, const char **error)
 {
-    uint32_t offset, len;
+    uint32_t offset, len, recorded;
     if (u->upload.slot == 0) return *error = "model: no upload in progress (MODEL_BEGIN first)", -1;
     if (n < 5) return *error = "model: a chunk is 4 bytes of offset and at least one byte", -1;
     offset = el_read_u32(payload);
@@ -235,12 +235,7 @@ int el_updater_chunk(el_updater *u, const uint8_t *payload, int n, const char **
     if (on_flash(u)) erase_entered_units(u, slot_offset(u, u->upload.slot) + offset, len);
     u->store.write(slot_offset(u, u->upload.slot) + offset, payload + 4, len);
     u->received += len;
-    if (!on_flash(u)) {
-        write_upload_record(u, u->received); /* a restart resumes after this chunk */
-    } else {
-        uint32_t recorded;
-        if (progress_to_record(u, offset, u->received, &recorded)) write_upload_record(u, recorded);
-    }
+    if (progress_to_record(u, offset, u->received, &recorded)) write_upload_record(u, recorded); /* a restart resumes there */
     return 0;
 }
 
