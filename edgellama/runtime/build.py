@@ -42,22 +42,29 @@ def host_compiler() -> str:
 def _native_target(cc: str) -> tuple:
     """(-march=native, what it means on this machine) when the compiler takes it, else ().
     The meaning goes into the cache key, so a cache shared between machines never hands
-    one machine a library built for another's instructions."""
+    one machine a library built for another's instructions. The compiler must also build
+    a file with it under -Werror: clang 19 warns of an "invalid feature combination" for
+    what it detects on some Xeons (AVX10.1), and the core's flags make that an error."""
     probe = subprocess.run([cc, "-march=native", "-###", "-E", "-x", "c", os.devnull], capture_output=True, text=True)
     if probe.returncode != 0:
+        return ()
+    clean = subprocess.run([cc, "-march=native", "-Werror", "-fsyntax-only", "-x", "c", "-"], input="int x;\n",
+                           capture_output=True, text=True)
+    if clean.returncode != 0:
         return ()
     return ("-march=native", probe.stderr.strip().splitlines()[-1])
 
 
-def host_flags() -> list:
-    """Flags for code that runs on this host: its own CPU's features, or the portable
+def host_flags(cc: str | None = None) -> list:
+    """Flags for code that runs on this host, built by `cc` (default: host_compiler()):
+    its own CPU's features as that compiler knows them, or the portable
     kernels when EDGELLAMA_KERNELS=portable; with EDGELLAMA_SANITIZE=1 every library and
     program (the host library, edgellama-run, the test probes) is built under ASan and
     UBSan (a process that loads one needs the ASan runtime preloaded: tests/test_sanitizers.py)."""
     sanitize = list(SANITIZE_FLAGS) if os.environ.get("EDGELLAMA_SANITIZE", "") == "1" else []
     if os.environ.get("EDGELLAMA_KERNELS", "") == "portable":
         return [*PORTABLE_FLAGS, *sanitize]
-    native = _native_target(host_compiler())
+    native = _native_target(cc or host_compiler())
     return [*([native[0]] if native else []), *sanitize]
 
 
@@ -72,19 +79,20 @@ def clang_compiler() -> str | None:
     return shutil.which("clang") or shutil.which("clang-19")
 
 
-def _build(sources, name: str, link_flags: list, suffix: str, extra_flags, include_dirs, cc: str | None = None
-           ) -> Path:
+def _build(sources, name: str, link_flags: list, suffix: str, extra_flags, include_dirs, cc: str | None = None,
+           flag_files=()) -> Path:
     """Compile `sources` into the cache, named by the hash of the compiler, flags,
-    headers and sources, so it is rebuilt exactly when one of them changes."""
+    headers, sources and `flag_files` (files a flag names), so it is rebuilt exactly
+    when one of them changes."""
     cc = cc or host_compiler()
     sources = [Path(s) for s in sources]
     includes = [firmware_dir() / "core", firmware_dir() / "apps" / "common", *map(Path, include_dirs)]
-    flags = [*C_FLAGS, *host_flags(), *link_flags, *extra_flags, *(f"-I{d}" for d in includes)]
+    flags = [*C_FLAGS, *host_flags(cc), *link_flags, *extra_flags, *(f"-I{d}" for d in includes)]
     digest = hashlib.sha256(" ".join([cc, *flags, *_native_target(cc)[1:]]).encode())
     for header_dir in includes:
         for header in sorted(Path(header_dir).glob("*.h")):
             digest.update(header.name.encode() + header.read_bytes())
-    for source in sources:
+    for source in [*sources, *map(Path, flag_files)]:
         digest.update(source.name.encode() + source.read_bytes())
     out = cache_root() / "build" / f"{name}-{digest.hexdigest()[:16]}{suffix}"
     if out.is_file():
@@ -107,15 +115,20 @@ def build_program(sources, name: str, extra_flags=(), include_dirs=()) -> Path:
     return _build(sources, name, ["-pthread"], "", extra_flags, include_dirs)
 
 
-def build_fuzzer(harness: Path, name: str, defines=(), include_dirs=()) -> Path:
+def build_fuzzer(harness: Path, name: str, defines=(), include_dirs=(), coverage_ignore: Path | None = None
+                 ) -> Path:
     """A libFuzzer program: the core, the protocol and `harness` (which defines
-    LLVMFuzzerTestOneInput) with the core's flags and the sanitizers, built by clang."""
+    LLVMFuzzerTestOneInput) with the core's flags and the sanitizers, built by clang;
+    the sources `coverage_ignore` lists (clang's ignorelist format) are not instrumented
+    for coverage, only for the sanitizers."""
     cc = clang_compiler()
     if cc is None:
         raise EdgeLlamaError("fuzzing needs clang: `edgellama toolchains install clang-19-riscv64-linux-gnu` "
                              "or apt-get install clang-19 libclang-rt-19-dev")
+    ignore = [f"-fsanitize-coverage-ignorelist={coverage_ignore}"] if coverage_ignore else []
     return _build([*core_sources(), *protocol_sources(), Path(harness)], name, ["-pthread"],
-                  "", [*FUZZ_FLAGS, *defines], include_dirs, cc=cc)
+                  "", [*FUZZ_FLAGS, *ignore, *defines], include_dirs, cc=cc,
+                  flag_files=[coverage_ignore] if coverage_ignore else [])
 
 
 def thread_pool_source() -> Path:

@@ -1,6 +1,7 @@
 /* fuzz_serve.c: any bytes as the serial input of the device's serve loop (el_serve,
- * what the POSIX program's serve mode and the bare-metal main loop run) on a real
- * model; the loop must answer and return when the input ends. The device has a model
+ * what the POSIX program's serve mode and the bare-metal main loop run) on a one-layer
+ * model with the real vocabulary (harnesses.py: serve_model), so an input costs the
+ * loop's work more than forward passes; the loop must answer and return when the input ends. The device has a model
  * store (el_updater.h), fresh for each input, so MODEL_* frames are fuzzed too: a write
  * outside the store aborts (a finding). */
 #include <stdint.h>
