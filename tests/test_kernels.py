@@ -21,9 +21,16 @@ CORE = firmware_dir() / "core"
 PROBE = Path(__file__).resolve().parent / "c" / "kernels_probe.c"
 
 # name: (compiler command, flags, emulator command or None, the kernels the build must pick)
+# the CPU flags (/proc/cpuinfo) a target run natively needs
+NATIVE_NEEDS = {"x86-64-avx2": {"avx2", "f16c"}, "x86-64-avx2-vnni": {"avx2", "f16c", "avx_vnni"}}
+
 TARGETS = {
     "host-portable": ([host_compiler()], ["-DEL_PORTABLE_KERNELS"], None, "portable"),
     "host-native": ([host_compiler()], ["-march=native"], None, None),
+    # x86-64 both ways, whichever the host's own build picks: run natively where the CPU
+    # has the instructions (QEMU 7.2 has no AVX-VNNI), skipped elsewhere
+    "x86-64-avx2": ([host_compiler()], ["-mavx2", "-mf16c"], None, "avx2"),
+    "x86-64-avx2-vnni": ([host_compiler()], ["-mavx2", "-mf16c", "-mavxvnni"], None, "avx2-vnni"),
     "aarch64-cortex-a72": (["aarch64-linux-gnu-gcc"], ["-mcpu=cortex-a72", "-static"],
                            ["qemu-aarch64", "-cpu", "cortex-a72"], "neon"),
     "aarch64-cortex-a76": (["aarch64-linux-gnu-gcc"], ["-mcpu=cortex-a76", "-static"],
@@ -40,12 +47,24 @@ TARGETS = {
 }
 
 
+def cpu_flags() -> set:
+    """This machine's CPU flags as Linux lists them (empty where there is no such list)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
 @pytest.mark.parametrize("target", list(TARGETS))
 def test_kernels_equal_the_portable_ones_bit_for_bit(target, tmp_path):
     cc, flags, emulator, expected = TARGETS[target]
     for tool in [cc[0], *(emulator[:1] if emulator else [])]:
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (scripts/setup.sh test installs it)")
+    missing = NATIVE_NEEDS.get(target, set()) - cpu_flags()
+    if missing:
+        pytest.skip(f"this CPU lacks {', '.join(sorted(missing))}")
     program = tmp_path / "kernels_probe"
     sources = [PROBE, *sorted(CORE.glob("*.c"))]
     build = subprocess.run([*cc, *C_FLAGS, *flags, f"-I{CORE}", "-o", str(program), *map(str, sources)],

@@ -4,7 +4,7 @@
  * function below (calling el_portable_* for any it does not speed up):
  *
  *   el_kernels_portable.c   plain C99, every target; always compiled (the reference)
- *   el_kernels_avx2.c       x86-64 with AVX2 and F16C
+ *   el_kernels_avx2.c       x86-64 with AVX2 and F16C, and VNNI where the compiler has it
  *   el_kernels_neon.c       ARM NEON: aarch64 (with or without the dot-product extension) and armv7 with NEON
  *   el_kernels_rvv.c        RISC-V vector extension 1.0
  *   el_kernels_armv7m.c     Cortex-M4/M7/M33 DSP instructions (SMLAD)
@@ -25,6 +25,10 @@
 #if defined(EL_PORTABLE_KERNELS)
 #define EL_KERNELS_PORTABLE 1
 #define EL_KERNELS_NAME "portable"
+#elif defined(__AVX2__) && defined(__F16C__) && (defined(__AVXVNNI__) || (defined(__AVX512VNNI__) && defined(__AVX512VL__)))
+#define EL_KERNELS_AVX2 1
+#define EL_KERNELS_AVX_VNNI 1 /* vpdpbusd on 256-bit registers: AVX-VNNI, or AVX-512 VNNI with VL */
+#define EL_KERNELS_NAME "avx2-vnni"
 #elif defined(__AVX2__) && defined(__F16C__)
 #define EL_KERNELS_AVX2 1
 #define EL_KERNELS_NAME "avx2"

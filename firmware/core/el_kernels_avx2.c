@@ -8,6 +8,9 @@
  *   |w| and x carrying w's sign, then madd); eight rows' block sums are reduced into
  *   one register, so lane j holds row j, and the float update
  *   sum += (weight scale * activation scale) * block_sum runs per lane in block order.
+ *   With VNNI (AVX-VNNI, or AVX-512 VNNI with VL), the rows kept in groups of eight
+ *   take vpdpbusd instead, on weights made unsigned: sum (w + c) * x - c * sum x, with
+ *   c = 128 (Q8_0) or 8 (Q4_0's stored nibble is w + 8): the same exact integers.
  * - exp: el_expf's steps as vector operations, its branches as blends.
  * Rows are taken in groups; a group's weights stay in L1 while every activation row
  * of the batch passes over them, so a prompt reads each weight once.
@@ -449,6 +452,272 @@ int el_kernel_arrange(el_matrix *w, uint8_t *data)
     return 1;
 }
 
+static __m256 block_scales(const uint8_t *block)
+{
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)block));
+}
+
+/* Rows r..r+7 of the output of activation row b: all eight, or those inside r0..r1. */
+static void store_group(const el_matmul_task *t, int b, uint32_t r, uint32_t r0, uint32_t r1, __m256 sum)
+{
+    float *y = t->y + (size_t)b * t->w->rows, out[8];
+    uint32_t j;
+    if (r >= r0 && r + 8 <= r1) {
+        _mm256_storeu_ps(y + r, sum);
+        return;
+    }
+    _mm256_storeu_ps(out, sum);
+    for (j = 0; j < 8; j++)
+        if (r + j >= r0 && r + j < r1) y[r + j] = out[j];
+}
+
+#if EL_KERNELS_AVX_VNNI
+/* ---- the same groups with VNNI: one instruction per step and activation row ----
+ *
+ * vpdpbusd adds four products of unsigned by signed bytes to each 32-bit lane, exactly.
+ * The weights are the unsigned side: Q8_0's w + 128 (w xor 0x80), Q4_0's nibble as
+ * stored (w + 8); an activation block x is the signed side, broadcast four bytes a step
+ * as before. So a lane gathers sum (w + c) * x, and starting it at -c * sum x leaves
+ * sum w * x: the same integer as the sign trick's, so the same bits. Per step and
+ * activation row that is one broadcast and one vpdpbusd, against the sign trick's
+ * sign, maddubs, madd and add; the weights' |w| is not needed at all. */
+
+/* acc + four products in each 32-bit lane: unsigned bytes of u times signed bytes of s. */
+static inline __attribute__((always_inline)) __m256i dot_u8_s8(__m256i acc, __m256i u, __m256i s)
+{
+#if defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(acc, u, s);
+#else
+    return _mm256_dpbusd_epi32(acc, u, s);
+#endif
+}
+
+/* Step s of a stored block as 32 unsigned bytes: w + 128 (Q8_0), w + 8 (Q4_0). */
+static inline __attribute__((always_inline)) __m256i unsigned_step_at(const uint8_t *block, int s, int q4)
+{
+    const uint8_t *steps = block + 16;
+    __m256i v;
+    if (!q4)
+        return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(const void *)(steps + 32 * s)),
+                                _mm256_set1_epi8((char)0x80));
+    v = _mm256_loadu_si256((const __m256i *)(const void *)(steps + 32 * (s % 4)));
+    if (s >= 4) v = _mm256_srli_epi16(v, 4);
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
+}
+
+static inline __attribute__((always_inline)) __m256i add_unsigned_step(__m256i acc, __m256i u, const int8_t *xq, int s)
+{
+    int32_t four;
+    memcpy(&four, xq + 4 * s, 4);
+    return dot_u8_s8(acc, u, _mm256_set1_epi32(four));
+}
+
+/* One step of a stored block for four activation rows `cols` apart: the step's
+ * unsigned bytes are made once for the four. */
+static inline __attribute__((always_inline)) void unsigned_step4(__m256i *a, const uint8_t *block, const int8_t *xq,
+                                                                 size_t cols, int s, int q4)
+{
+    __m256i u = unsigned_step_at(block, s, q4);
+    a[0] = add_unsigned_step(a[0], u, xq, s);
+    a[1] = add_unsigned_step(a[1], u, xq + cols, s);
+    a[2] = add_unsigned_step(a[2], u, xq + 2 * cols, s);
+    a[3] = add_unsigned_step(a[3], u, xq + 3 * cols, s);
+}
+
+static inline __attribute__((always_inline)) void unsigned_step2(__m256i *a, const uint8_t *block, const int8_t *xq,
+                                                                 size_t cols, int s, int q4)
+{
+    __m256i u = unsigned_step_at(block, s, q4);
+    a[0] = add_unsigned_step(a[0], u, xq, s);
+    a[1] = add_unsigned_step(a[1], u, xq + cols, s);
+}
+
+/* Four, two or one activation rows over one stored block: lane j of a[i] gathers
+ * weight row j's sum with activation row i onto what a[i] held (-c * sum x). The
+ * steps are written out: as loops, GCC -O2 keeps the sums in memory. One row runs
+ * four chains of adds, so that they overlap (vpdpbusd's latency is several cycles). */
+static inline __attribute__((always_inline)) void unsigned_sums4(__m256i *a, const uint8_t *block, const int8_t *xq,
+                                                                 size_t cols, int q4)
+{
+    unsigned_step4(a, block, xq, cols, 0, q4);
+    unsigned_step4(a, block, xq, cols, 1, q4);
+    unsigned_step4(a, block, xq, cols, 2, q4);
+    unsigned_step4(a, block, xq, cols, 3, q4);
+    unsigned_step4(a, block, xq, cols, 4, q4);
+    unsigned_step4(a, block, xq, cols, 5, q4);
+    unsigned_step4(a, block, xq, cols, 6, q4);
+    unsigned_step4(a, block, xq, cols, 7, q4);
+}
+
+static inline __attribute__((always_inline)) void unsigned_sums2(__m256i *a, const uint8_t *block, const int8_t *xq,
+                                                                 size_t cols, int q4)
+{
+    unsigned_step2(a, block, xq, cols, 0, q4);
+    unsigned_step2(a, block, xq, cols, 1, q4);
+    unsigned_step2(a, block, xq, cols, 2, q4);
+    unsigned_step2(a, block, xq, cols, 3, q4);
+    unsigned_step2(a, block, xq, cols, 4, q4);
+    unsigned_step2(a, block, xq, cols, 5, q4);
+    unsigned_step2(a, block, xq, cols, 6, q4);
+    unsigned_step2(a, block, xq, cols, 7, q4);
+}
+
+static inline __attribute__((always_inline)) __m256i unsigned_sums1(__m256i a, const uint8_t *block, const int8_t *xq,
+                                                                    int q4)
+{
+    __m256i zero = _mm256_setzero_si256();
+    __m256i b = add_unsigned_step(zero, unsigned_step_at(block, 1, q4), xq, 1);
+    __m256i c = add_unsigned_step(zero, unsigned_step_at(block, 2, q4), xq, 2);
+    __m256i d = add_unsigned_step(zero, unsigned_step_at(block, 3, q4), xq, 3);
+    a = add_unsigned_step(a, unsigned_step_at(block, 0, q4), xq, 0);
+    a = add_unsigned_step(a, unsigned_step_at(block, 4, q4), xq, 4);
+    b = add_unsigned_step(b, unsigned_step_at(block, 5, q4), xq, 5);
+    c = add_unsigned_step(c, unsigned_step_at(block, 6, q4), xq, 6);
+    d = add_unsigned_step(d, unsigned_step_at(block, 7, q4), xq, 7);
+    return _mm256_add_epi32(_mm256_add_epi32(a, b), _mm256_add_epi32(c, d));
+}
+
+/* Activation rows of one call's batch whose offsets fit on the stack at once. */
+#define EL_VNNI_START_MAX 2048
+
+/* Where a row group's weights are prefetched from: the first activation rows to pass
+ * over a group ask for those of a later group as they go (prefetch_until). */
+typedef struct {
+    const uint8_t *ahead, *next, *end;
+} group_prefetch;
+
+/* Four, two or one activation rows (xq, `cols` apart; scales xs and offsets start,
+ * `blocks` apart) over one row group: out[i] lane j, weight row j's dot with
+ * activation row i. Each is written out with its sums in named registers. */
+static inline __attribute__((always_inline)) void vnni_rows4(__m256 *out, const uint8_t *group, uint32_t blocks,
+                                                             const int8_t *xq, const float *xs, const int32_t *start,
+                                                             size_t cols, group_prefetch *pf, int q4)
+{
+    __m256 sum0 = _mm256_setzero_ps(), sum1 = sum0, sum2 = sum0, sum3 = sum0;
+    uint32_t block_bytes = group_block_bytes(q4), k;
+    for (k = 0; k < blocks; k++) {
+        const uint8_t *block = group + (size_t)k * block_bytes;
+        __m256 scales = block_scales(block);
+        __m256i a[4];
+        if (pf) prefetch_until(&pf->next, pf->ahead + (k + 1) * block_bytes, pf->end);
+        a[0] = _mm256_set1_epi32(start[k]);
+        a[1] = _mm256_set1_epi32(start[blocks + k]);
+        a[2] = _mm256_set1_epi32(start[2 * blocks + k]);
+        a[3] = _mm256_set1_epi32(start[3 * blocks + k]);
+        unsigned_sums4(a, block, xq + (size_t)k * EL_QBLOCK, cols, q4);
+        sum0 = add_scaled(sum0, scales, xs[k], a[0]);
+        sum1 = add_scaled(sum1, scales, xs[blocks + k], a[1]);
+        sum2 = add_scaled(sum2, scales, xs[2 * blocks + k], a[2]);
+        sum3 = add_scaled(sum3, scales, xs[3 * blocks + k], a[3]);
+    }
+    out[0] = sum0, out[1] = sum1, out[2] = sum2, out[3] = sum3;
+}
+
+static inline __attribute__((always_inline)) void vnni_rows2(__m256 *out, const uint8_t *group, uint32_t blocks,
+                                                             const int8_t *xq, const float *xs, const int32_t *start,
+                                                             size_t cols, group_prefetch *pf, int q4)
+{
+    __m256 sum0 = _mm256_setzero_ps(), sum1 = sum0;
+    uint32_t block_bytes = group_block_bytes(q4), k;
+    for (k = 0; k < blocks; k++) {
+        const uint8_t *block = group + (size_t)k * block_bytes;
+        __m256 scales = block_scales(block);
+        __m256i a[2];
+        if (pf) prefetch_until(&pf->next, pf->ahead + (k + 1) * block_bytes, pf->end);
+        a[0] = _mm256_set1_epi32(start[k]);
+        a[1] = _mm256_set1_epi32(start[blocks + k]);
+        unsigned_sums2(a, block, xq + (size_t)k * EL_QBLOCK, cols, q4);
+        sum0 = add_scaled(sum0, scales, xs[k], a[0]);
+        sum1 = add_scaled(sum1, scales, xs[blocks + k], a[1]);
+    }
+    out[0] = sum0, out[1] = sum1;
+}
+
+static inline __attribute__((always_inline)) __m256 vnni_rows1(const uint8_t *group, uint32_t blocks, const int8_t *xq,
+                                                               const float *xs, const int32_t *start,
+                                                               group_prefetch *pf, int q4)
+{
+    __m256 sum = _mm256_setzero_ps();
+    uint32_t block_bytes = group_block_bytes(q4), k;
+    for (k = 0; k < blocks; k++) {
+        const uint8_t *block = group + (size_t)k * block_bytes;
+        if (pf) prefetch_until(&pf->next, pf->ahead + (k + 1) * block_bytes, pf->end);
+        sum = add_scaled(sum, block_scales(block), xs[k],
+                         unsigned_sums1(_mm256_set1_epi32(start[k]), block, xq + (size_t)k * EL_QBLOCK, q4));
+    }
+    return sum;
+}
+
+/* Rows r0..r1 (of a grouped matrix) for activation rows 0..t->batch, four at a time,
+ * then two, then one, every one given start[b * blocks + k] = -c * sum of its block k. */
+static void matmul_grouped_vnni_rows(const el_matmul_task *t, uint32_t r0, uint32_t r1, const int32_t *start, int q4)
+{
+    uint32_t cols = t->w->cols, blocks = cols / EL_QBLOCK, grouped = t->w->rows / 8 * 8, r;
+    size_t row_bytes = (size_t)blocks * (q4 ? 18u : 34u);
+    const uint8_t *base = (const uint8_t *)t->w->data;
+    int b;
+    for (r = r0 / 8 * 8; r < r1 && r < grouped; r += 8) {
+        const uint8_t *group = base + (size_t)r * row_bytes;
+        group_prefetch pf;
+        __m256 sums[4];
+        pf.ahead = pf.next = group + EL_PREFETCH_GROUPS * 8 * row_bytes;
+        pf.end = base + (size_t)grouped * row_bytes;
+        for (b = 0; b + 4 <= t->batch; b += 4) {
+            vnni_rows4(sums, group, blocks, t->xq + (size_t)b * cols, t->xs + (size_t)b * blocks,
+                       start + (size_t)b * blocks, cols, b == 0 ? &pf : NULL, q4);
+            store_group(t, b, r, r0, r1, sums[0]);
+            store_group(t, b + 1, r, r0, r1, sums[1]);
+            store_group(t, b + 2, r, r0, r1, sums[2]);
+            store_group(t, b + 3, r, r0, r1, sums[3]);
+        }
+        for (; b + 2 <= t->batch; b += 2) {
+            vnni_rows2(sums, group, blocks, t->xq + (size_t)b * cols, t->xs + (size_t)b * blocks,
+                       start + (size_t)b * blocks, cols, b == 0 ? &pf : NULL, q4);
+            store_group(t, b, r, r0, r1, sums[0]);
+            store_group(t, b + 1, r, r0, r1, sums[1]);
+        }
+        if (b < t->batch)
+            store_group(t, b, r, r0, r1, vnni_rows1(group, blocks, t->xq + (size_t)b * cols, t->xs + (size_t)b * blocks,
+                                                    start + (size_t)b * blocks, b == 0 ? &pf : NULL, q4));
+    }
+}
+
+/* The grouped rows r0..r1 with VNNI: each activation block's -c * sum x first, for as
+ * many activation rows as fit the stack at a time (all of a prompt's 64 at the 15M
+ * shape; a group's weights are read again per slice of rows beyond that). */
+static void matmul_grouped_vnni(const el_matmul_task *t, uint32_t r0, uint32_t r1, int q4)
+{
+    int32_t start[EL_VNNI_START_MAX];
+    uint32_t blocks = t->w->cols / EL_QBLOCK, k;
+    int slice = (int)(EL_VNNI_START_MAX / blocks), b0, b, i;
+    int32_t c = q4 ? 8 : 128;
+    for (b0 = 0; b0 < t->batch; b0 += slice) {
+        el_matmul_task part = *t;
+        part.batch = t->batch - b0 < slice ? t->batch - b0 : slice;
+        part.xq = t->xq + (size_t)b0 * t->w->cols;
+        part.xs = t->xs + (size_t)b0 * blocks;
+        part.y = t->y + (size_t)b0 * t->w->rows;
+        for (b = 0; b < part.batch; b++)
+            for (k = 0; k < blocks; k++) {
+                const int8_t *x = part.xq + (size_t)b * t->w->cols + (size_t)k * EL_QBLOCK;
+                int32_t sum = 0;
+                for (i = 0; i < EL_QBLOCK; i++) sum += x[i];
+                start[(size_t)b * blocks + k] = -c * sum;
+            }
+        matmul_grouped_vnni_rows(&part, r0, r1, start, q4);
+    }
+}
+/* Rows r0..r1 of a matrix kept in groups of eight: the grouped rows by VNNI (a grouped
+ * row has at most EL_GROUP_MAX_BLOCKS blocks, so its offsets fit), the rest as stored. */
+static void matmul_grouped(const el_matmul_task *t, uint32_t r0, uint32_t r1, int q4)
+{
+    uint32_t grouped = t->w->rows / 8 * 8;
+    matmul_grouped_vnni(t, r0, r1, q4);
+    if (r1 > grouped) matmul_quantized(t, r0 > grouped ? r0 : grouped, r1, q4);
+}
+
+#else
+
 /* Step s of a stored block as 32 int8 (Q4_0 unpacked from its pair, minus 8). */
 static inline __attribute__((always_inline)) __m256i step_at(const uint8_t *block, int s, int q4)
 {
@@ -527,25 +796,6 @@ static inline __attribute__((always_inline)) void grouped_sums4(__m256i *sums, c
     sums[3] = a3;
 }
 
-static __m256 block_scales(const uint8_t *block)
-{
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)block));
-}
-
-/* Rows r..r+7 of the output of activation row b: all eight, or those inside r0..r1. */
-static void store_group(const el_matmul_task *t, int b, uint32_t r, uint32_t r0, uint32_t r1, __m256 sum)
-{
-    float *y = t->y + (size_t)b * t->w->rows, out[8];
-    uint32_t j;
-    if (r >= r0 && r + 8 <= r1) {
-        _mm256_storeu_ps(y + r, sum);
-        return;
-    }
-    _mm256_storeu_ps(out, sum);
-    for (j = 0; j < 8; j++)
-        if (r + j >= r0 && r + j < r1) y[r + j] = out[j];
-}
-
 /* Rows r0..r1 of a matrix in groups of eight, activation rows four at a time, then two,
  * then one (a group's weights stay in L1 while the batch passes). A range that starts or ends inside a group
  * (the tests split anywhere; the workers split at tiles of 16) computes the whole group
@@ -610,6 +860,8 @@ static inline __attribute__((always_inline)) void matmul_grouped(const el_matmul
     }
     if (r1 > grouped) matmul_quantized(t, r0 > grouped ? r0 : grouped, r1, q4);
 }
+
+#endif
 
 void el_kernel_matmul_q8_0(const el_matmul_task *t, uint32_t r0, uint32_t r1)
 {

@@ -298,6 +298,10 @@ int main(void)
     }
     check_matmul(EL_TYPE_F32, 11, 172, 3);
     check_matmul(EL_TYPE_F16, 11, 172, 3);
+    /* the longest rows kept in groups (128 blocks) with more activation rows than the
+     * VNNI kernel takes at once (16 at that length): it goes over them in slices */
+    check_matmul(EL_TYPE_Q8_0, 19, 4096, 37);
+    check_matmul(EL_TYPE_Q4_0, 19, 4096, 37);
     for (n = 1; n <= 40; n++) check_quantize(n);
     for (n = 0; n <= 200; n++) check_vectors(n);
     check_vectors(4099);
