@@ -73,6 +73,36 @@ class Board:
     def emulated(self) -> bool:
         return self.reach.kind == "emulator"
 
+    @property
+    def espressif32(self) -> bool:
+        """A PlatformIO board on the espressif32 platform (an ESP32 and its partition table)."""
+        return self.os == "platformio" and platform_name(self.platformio.get("platform", "")) == "espressif32"
+
+    @property
+    def image_flash(self) -> int:
+        """The flash one image (program and weights) may fill: an ESP32's app partition,
+        elsewhere the whole flash (0 when the board has none)."""
+        return esp32_partition_table(self.flash)[1] if self.espressif32 and self.flash else self.flash
+
+
+def platform_name(platform: str) -> str:
+    """espressif32 for "espressif32", "platformio/espressif32@6.9.0" or a URL to a fork."""
+    name = platform.strip().split("@")[0].rstrip("/").rsplit("/", 1)[-1]
+    name = re.sub(r"\.(git|zip|tar\.gz)$", "", name)
+    return re.sub(r"^platform-", "", name).lower()
+
+
+# The Arduino-ESP32 partition table an ESP32 build gets for its flash size, and the size
+# of its app partition, which holds the image (tools/partitions/*.csv in arduino-esp32):
+# two OTA apps and a 'spiffs' partition (the model store) on 16 and 8 MiB, one big app on 4 MiB.
+ESP32_PARTITION_TABLES = ((16 << 20, "default_16MB.csv", 0x640000), (8 << 20, "default_8MB.csv", 0x330000),
+                          (0, "huge_app.csv", 0x300000))
+
+
+def esp32_partition_table(flash: int) -> tuple:
+    """(table file, app partition bytes) for an ESP32 with `flash` bytes."""
+    return next((name, app) for least, name, app in ESP32_PARTITION_TABLES if flash >= least)
+
 
 def parse_size(value, where: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:

@@ -480,7 +480,7 @@ def model_store_kept(board: Board, weights: int) -> int:
     keeps the room, as it did before there was a store, and has no store."""
     if not board.model_store or not board.flash:
         return 0
-    return board.model_store if weights <= board.flash - FLASH_PROGRAM_RESERVE[board.os] - board.model_store else 0
+    return board.model_store if weights <= board.image_flash - FLASH_PROGRAM_RESERVE[board.os] - board.model_store else 0
 
 
 def _placement(board: Board, weights: int) -> dict:
@@ -498,7 +498,7 @@ def _placement(board: Board, weights: int) -> dict:
         return out
     # the program, and the flash a PlatformIO board keeps for models over the line, are not the image's
     store = model_store_kept(board, weights)
-    flash_free = max(board.flash - FLASH_PROGRAM_RESERVE[board.os] - store, 0) if board.flash else 0
+    flash_free = max(board.image_flash - FLASH_PROGRAM_RESERVE[board.os] - store, 0) if board.flash else 0
     # a board without flash runs its program from RAM too
     ram_reserve = RAM_RESERVE[board.os] + board.constraint_bytes + (0 if board.flash else
                                                                      FLASH_PROGRAM_RESERVE[board.os])
@@ -522,7 +522,9 @@ def _placement(board: Board, weights: int) -> dict:
     elif not board.flash and weights <= ram_room:
         out["weights_location"], out["weights_room"] = "ram", ram_room
     else:
-        where = [f"flash ({board.flash:,} bytes less {FLASH_PROGRAM_RESERVE[board.os] // KiB} KiB for the program"
+        flash = (f"the app partition of {board.image_flash:,} bytes" if board.image_flash != board.flash
+                 else f"{board.flash:,} bytes")
+        where = [f"flash ({flash} less {FLASH_PROGRAM_RESERVE[board.os] // KiB} KiB for the program"
                  f" = {flash_free:,})" if board.flash else "flash (none)",
                  f"PSRAM ({psram_room:,} bytes free)" if board.psram else "PSRAM (none)"]
         if not board.flash:

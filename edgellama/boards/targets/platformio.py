@@ -53,6 +53,7 @@ import sys
 from pathlib import Path
 
 from edgellama.boards import uf2
+from edgellama.boards.catalog import esp32_partition_table
 from edgellama.boards.planner import model_store_kept
 from edgellama.boards.targets import BuildContext, compiler_message, copy_core, copy_sources
 from edgellama.boards.targets.baremetal import model_crc32 as baremetal_model_crc32
@@ -83,15 +84,8 @@ def env_name(ctx: BuildContext) -> str:
     return ctx.board.name
 
 
-def platform_name(platform: str) -> str:
-    """espressif32 for "espressif32", "platformio/espressif32@6.9.0" or a URL to a fork."""
-    name = platform.strip().split("@")[0].rstrip("/").rsplit("/", 1)[-1]
-    name = re.sub(r"\.(git|zip|tar\.gz)$", "", name)
-    return re.sub(r"^platform-", "", name).lower()
-
-
 def is_espressif32(ctx: BuildContext) -> bool:
-    return platform_name(ctx.board.platformio.get("platform", "")) == "espressif32"
+    return ctx.board.espressif32
 
 
 def arena_bytes(ctx: BuildContext) -> int:
@@ -197,14 +191,9 @@ def board_options(ctx: BuildContext) -> list:
     if is_espressif32(ctx):
         if board.flash:
             options["board_upload.flash_size"] = _esp_flash_name(board.flash)
-            # an app partition that holds the weights: 6.25 MB on 16 MB, 3.2 MB on 8 MB, 3 MB on 4 MB
-            # (the platform takes the firmware's size limit from this table)
-            if board.flash >= 16 << 20:
-                options["board_build.partitions"] = "default_16MB.csv"
-            elif board.flash >= 8 << 20:
-                options["board_build.partitions"] = "default_8MB.csv"
-            else:
-                options["board_build.partitions"] = "huge_app.csv"
+            # an app partition that holds the weights: 6.25 MiB on 16 MiB, 3.2 MiB on 8, 3 MiB on 4
+            # (the platform takes the firmware's size limit from this table; the planner, too)
+            options["board_build.partitions"] = esp32_partition_table(board.flash)[0]
         if board.psram:
             # the SDK build for the module's memories: quad flash with octal PSRAM (the
             # 8 MiB modules, N16R8/N8R8) or quad PSRAM (the 2 MiB ones)
