@@ -577,7 +577,8 @@ static inline __attribute__((always_inline)) __m256i unsigned_sums1(__m256i a, c
     return _mm256_add_epi32(_mm256_add_epi32(a, b), _mm256_add_epi32(c, d));
 }
 
-/* Activation rows of one call's batch whose offsets fit on the stack at once. */
+/* The offsets -c * sum x (one per activation row and block) held on the stack at once:
+ * 8 KiB, a 64-token prompt at rows of up to 32 blocks; longer batches go in slices. */
 #define EL_VNNI_START_MAX 2048
 
 /* Where a row group's weights are prefetched from: the first activation rows to pass
