@@ -11,6 +11,7 @@ input that crashes, hangs or trips a sanitizer is written to WORKDIR and the run
 copy it into regressions/NAME/ so every later test run replays it.
 """
 
+import functools
 import hashlib
 import os
 import re
@@ -40,8 +41,10 @@ MAX_LEN = {"model": 160 * 1024, "tokenizer": 4096, "frames": 4096, "serve": 8192
 SERVE_SHAPE = dict(dim=32, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=64, max_seq_len=64)
 
 
+@functools.lru_cache(maxsize=None)
 def serve_model() -> Path:
-    """The serve harness's model, written once into the cache (named by its bytes)."""
+    """The serve harness's model, made once a process and written once into the cache
+    (named by its bytes)."""
     from edgellama.fileio import atomic_path
     from edgellama.model.data import cache_root
     from edgellama.model.gguf_file import write_gguf

@@ -84,10 +84,6 @@ def env_name(ctx: BuildContext) -> str:
     return ctx.board.name
 
 
-def is_espressif32(ctx: BuildContext) -> bool:
-    return ctx.board.espressif32
-
-
 def arena_bytes(ctx: BuildContext) -> int:
     board = ctx.board
     arena = ctx.options.arena_bytes or board.arena
@@ -139,7 +135,7 @@ def model_store_bytes(ctx: BuildContext) -> int:
 def has_model_store(ctx: BuildContext) -> bool:
     """Models over the serial line, kept in flash (el_port_arduino.cpp): an ESP32's 'spiffs'
     partition, or the flash an RP2350 board file keeps (model_store, the core's filesystem region)."""
-    return is_espressif32(ctx) or bool(model_store_bytes(ctx))
+    return ctx.board.espressif32 or bool(model_store_bytes(ctx))
 
 
 def engine_defines(ctx: BuildContext) -> list:
@@ -162,7 +158,7 @@ def engine_defines(ctx: BuildContext) -> list:
 def board_flags(ctx: BuildContext) -> list:
     """build_flags (seen by the Arduino core too): PSRAM and the USB serial port."""
     flags = []
-    if is_espressif32(ctx):
+    if ctx.board.espressif32:
         if ctx.board.psram:
             flags.append("-DBOARD_HAS_PSRAM")  # the core initialises PSRAM and ps_malloc works
         if any(usb.lower().startswith("303a:") for usb in ctx.board.reach.usb):
@@ -188,7 +184,7 @@ def board_options(ctx: BuildContext) -> list:
     the board's flash and PSRAM, then the board file's own options (which win)."""
     board = ctx.board
     options = {}
-    if is_espressif32(ctx):
+    if ctx.board.espressif32:
         if board.flash:
             options["board_upload.flash_size"] = _esp_flash_name(board.flash)
             # an app partition that holds the weights: 6.25 MiB on 16 MiB, 3.2 MiB on 8, 3 MiB on 4
@@ -243,7 +239,7 @@ def platformio_ini_text(ctx: BuildContext) -> str:
         "; aligned). The assembler does not track that file: after replacing it, run `pio run -t clean`.",
         f"; Arena: {arena_bytes(ctx):,} bytes in " + ("PSRAM (ps_malloc at boot)." if psram else "SRAM (a static buffer)."),
         "; Models over the serial line (`edgellama flash --port PORT --model M`) go to flash: "
-        + ("the 'spiffs' partition." if is_espressif32(ctx) else
+        + ("the 'spiffs' partition." if ctx.board.espressif32 else
            "the filesystem region (board_build.filesystem_size)." if model_store_bytes(ctx) else "not in this image."),
         "",
         "[platformio]",
@@ -307,7 +303,7 @@ def emit(ctx: BuildContext) -> list:
         "framework": ctx.board.platformio["framework"],
         "weights": f"flash (.incbin of {DATA_DIR}/{MODEL_FILE}, src/el_model_flash.S)",
         "arena": {"bytes": arena_bytes(ctx), "in": "PSRAM" if arena_in_psram(ctx) else "SRAM"},
-        "model_store": ("the 'spiffs' data partition" if is_espressif32(ctx) else
+        "model_store": ("the 'spiffs' data partition" if ctx.board.espressif32 else
                         f"{model_store_bytes(ctx):,} bytes of flash (the core's filesystem region)"
                         if model_store_bytes(ctx) else "none"),
     }
