@@ -43,15 +43,15 @@ def test_q8_0_file_fits_a_microcontroller_budget(quantized):
 
 
 def test_quantized_quality_within_bars(default_model, quantized, shared_data):
-    # A fixed 64-window slice of the validation split keeps this quick; the README's
+    # A fixed 32-window slice of the held-out whole stories keeps this quick; the README's
     # table (scripts/quality.py) uses the whole split.
     corpus = shared_data / "tinystories_train_prefix_4m_lowercase.txt"
-    f32 = evaluate_model(default_model, corpus, max_windows=64).loss
-    q8 = evaluate_model(read_gguf(quantized["q8_0"]).model, corpus, max_windows=64).loss
-    q4 = evaluate_model(read_gguf(quantized["q4_0"]).model, corpus, max_windows=64).loss
+    f32 = evaluate_model(default_model, corpus, max_windows=32, segment="stories").loss
+    q8 = evaluate_model(read_gguf(quantized["q8_0"]).model, corpus, max_windows=32, segment="stories").loss
+    q4 = evaluate_model(read_gguf(quantized["q4_0"]).model, corpus, max_windows=32, segment="stories").loss
     assert f32 < 2.0
     assert abs(q8 / f32 - 1) <= 0.001
-    assert abs(q4 / f32 - 1) <= 0.02
+    assert abs(q4 / f32 - 1) <= 0.025  # scripts/quality.py's bars
 
 
 def test_greedy_story_is_english_and_repeatable():
@@ -64,3 +64,22 @@ def test_greedy_story_is_english_and_repeatable():
     words = first.stdout.split()
     assert first.stdout.startswith("once upon a time") and len(words) > 20
     assert sum(w.strip(".,!?\"'") in {"the", "a", "was", "and", "to", "she", "he", "her", "his"} for w in words) >= 4
+
+
+def test_story_is_whole():
+    """Trained on whole stories, the model writes paragraphs and ends the story itself
+    (BOS) before its context runs out: sampled as the CLI samples by default (greedy text
+    from a model this small falls into a loop that runs to the context's end)."""
+    from edgellama.runtime.llm import LLM
+    from edgellama.runtime.sampling_params import SamplingParams
+    llm = LLM()
+    for seed in (1, 2, 3):
+        out = llm.generate("once upon a time", SamplingParams(temperature=0.8, top_p=0.95, seed=seed, max_tokens=None),
+                           use_tqdm=False)[0].outputs[0]
+        assert out.finish_reason == "stop" and 100 <= len(out.token_ids) < llm.max_model_len - 20, seed
+        assert len([p for p in out.text.split("\n\n") if p.strip()]) >= 2, seed
+
+
+def test_default_model_carries_its_chat_template(default_model):
+    from edgellama.model.chat_format import JINJA
+    assert default_model.vocab.chat_template == JINJA["plain"]

@@ -166,7 +166,7 @@ def test_exported_sizes_are_exact(stories260k, tmp_path):
 def test_default_model_fits_mps2_in_q8_0_and_rpi4():
     p = planner.require_fits(planner.plan("mps2-an386", quant="q8_0"))
     assert (p.weights_location, p.weights_bytes) == ("flash", 923_648)
-    assert p.pointer_bytes == 4 and p.max_seqs == 1 and p.ctx == 256 and p.largest_ctx == 256
+    assert p.pointer_bytes == 4 and p.max_seqs == 1 and p.ctx == 512 and p.largest_ctx == 512
     assert p.arena_total <= p.arena_budget == 3 << 20
     p = planner.require_fits(planner.plan("rpi4"))
     assert p.weights_location == "file (mmap)" and p.max_seqs == 8 and p.pointer_bytes == 8
@@ -181,13 +181,13 @@ def test_f32_default_model_fits_mps2_flash():
 
 
 def test_full_context_does_not_fit_rpi_pico2_with_f32_kv():
-    """Its 400 KiB arena holds 16 f32 KV blocks of 32,861 bytes (526 KB) no more than it
+    """Its 400 KiB arena holds 32 f32 KV blocks of 32,861 bytes (1,052 KB) no more than it
     holds anything else that big: the verdict names the numbers and the way out."""
     p = planner.plan("rpi-pico2", quant="q8_0")
     assert not p.fits and p.weights_location == "flash"
-    assert 0 < p.largest_ctx < 256
+    assert 0 < p.largest_ctx < 512
     message = str(pytest.raises(EdgeLlamaError, planner.require_fits, p).value)
-    assert f"{p.arena_total:,} bytes at ctx 256" in message and "409,600" in message
+    assert f"{p.arena_total:,} bytes at ctx 512" in message and "409,600" in message
     assert f"--ctx {p.largest_ctx}" in message and "--kv-dtype int8" in message
     assert planner.plan("rpi-pico2", quant="q8_0", kv_dtype="int8").fits
 

@@ -18,7 +18,7 @@ from edgellama.errors import EdgeLlamaError
 
 REPO = Path(__file__).resolve().parent.parent
 # ctx per board: the Pico 2's 400 KiB arena holds 144 tokens of the default model's
-# context (the planner's figure); the ESP32-S3's PSRAM arena holds all 256
+# context (the planner's figure); the ESP32-S3's PSRAM arena holds all 512
 CTX = {"esp32-s3": None, "rpi-pico2": 128}
 M33 = ["-mcpu=cortex-m33", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-sp-d16"]
 C_FLAGS = [*M33, "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-ffreestanding", "-O2",

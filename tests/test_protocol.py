@@ -182,7 +182,7 @@ def posix(model_path):
 
 def test_posix_hello_and_generate_equal_host(posix, host_llm):
     info = posix.info()
-    assert info["model"] == "tinystories-850k" and info["context_length"] == 256 and info["max_payload"] == 512
+    assert info["model"] == "tinystories-850k" and info["context_length"] == 512 and info["max_payload"] == 512
     text = "".join(posix.generate(PROMPT, greedy(40)))
     assert text == reference(host_llm, PROMPT, 40)
     stats = posix.last_stats

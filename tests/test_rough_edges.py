@@ -70,7 +70,7 @@ def test_plan_that_does_not_fit_says_so_in_a_sentence():
     r = CliRunner().invoke(main, ["plan", "--board", "rpi-pico2"])
     assert r.exit_code == 0, r.output
     verdict = next(line for line in r.stdout.splitlines() if line.startswith("verdict"))
-    assert re.search(r"the arena needs [\d,]+ bytes at ctx 256 but the board's arena holds only [\d,]+ bytes",
+    assert re.search(r"the arena needs [\d,]+ bytes at ctx 512 but the board's arena holds only [\d,]+ bytes",
                      verdict), verdict
 
 

@@ -118,3 +118,31 @@ def _model_from(ckpt):
     model = Transformer(LlamaConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])
     return model
+
+
+def test_chat_corpus_trains_into_a_model_that_carries_its_template(tmp_path, small_corpus, tiny_tokenizer):
+    """`data chat`, then `train --chat-format`: the exported file stores the template and
+    the runtime chats in it; the stories split keeps whole stories as documents."""
+    chat = tmp_path / "chat.txt"
+    r = subprocess.run([sys.executable, "-m", "edgellama", "data", "chat", str(small_corpus), "--segment", "stories",
+                        "--template", "chatml", "-o", str(chat)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "chat.pt"
+    train(tiny_config(chat, tiny_tokenizer, out, max_iters=4, eval_interval=4, warmup_iters=2, chat_format="chatml"))
+    assert load_checkpoint(out)["train_config"]["chat_format"] == "chatml"
+    gguf = tmp_path / "chat.gguf"
+    r = subprocess.run([sys.executable, "-m", "edgellama", "export", str(out), "--quant", "q8_0", "-o", str(gguf)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    from edgellama.model.chat_format import JINJA
+    from edgellama.model.gguf_file import read_gguf
+    from edgellama.runtime import capi
+    from edgellama.runtime.llm import LLM
+    assert read_gguf(gguf).model.vocab.chat_template == JINJA["chatml"]
+    assert capi.Chat(LLM(str(gguf))._rt).name == "chatml"
+    stories = data.pretokenize(small_corpus, tiny_tokenizer.read_bytes(), segment="stories")
+    lines = data.pretokenize(small_corpus, tiny_tokenizer.read_bytes(), segment="lines")
+    assert (stories.train == 1).sum() < (lines.train == 1).sum() / 2  # fewer, longer documents
+    with pytest.raises(EdgeLlamaError, match="--chat-format: unknown chat format 'llama2'"):
+        train(tiny_config(chat, tiny_tokenizer, tmp_path / "no.pt", chat_format="llama2"))
+    assert not (tmp_path / "no.pt").exists()

@@ -12,6 +12,7 @@ from edgellama.cli import (
     boards,
     build,
     chat,
+    data,
     export,
     export_c,
     generate,
@@ -45,7 +46,7 @@ def main():
     """Train tiny Llama models, quantize them, and run them on small computers."""
 
 
-for module in (tokenizer, train, export, import_, inspect, eval_cmd, generate, chat, boards, toolchains, build,
+for module in (tokenizer, data, train, export, import_, inspect, eval_cmd, generate, chat, boards, toolchains, build,
                export_c, run, plan):
     main.add_command(module.command)
 main.add_command(__import__(f"{__name__}.bench", fromlist=["command"]).command)

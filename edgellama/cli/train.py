@@ -1,6 +1,8 @@
 import click
 
 from edgellama.cli.needs import needs_torch
+from edgellama.model.chat_format import CHAT_FORMATS
+from edgellama.model.data import SEGMENTS
 from edgellama.model.llama import LlamaConfig
 from edgellama.model.presets import PRESETS
 from edgellama.model.train_config import TrainConfig
@@ -35,6 +37,13 @@ def _model_options(f):
 @click.option("--eval-windows", default=DEFAULTS.eval_windows, show_default=True,
               help="Validation windows per evaluation.")
 @click.option("--val-fraction", default=DEFAULTS.val_fraction, show_default=True)
+@click.option("--segment", type=click.Choice(SEGMENTS), default=DEFAULTS.segment, show_default=True,
+              help="How the corpus is cut into documents: at <|endoftext|>, whole stories (paragraphs "
+                   "separated by a blank line, stories by a newline), or lines; auto: endoftext when present, "
+                   "else lines.")
+@click.option("--chat-format", type=click.Choice(CHAT_FORMATS), default=None,
+              help="The chat template of the corpus's conversations (`edgellama data chat`); stored in the "
+                   "model file as tokenizer.chat_template.")
 @click.option("--seed", default=DEFAULTS.seed, show_default=True)
 @click.option("--device", default=DEFAULTS.device, show_default=True, help="auto, cpu or cuda.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint at --output.")
@@ -44,6 +53,7 @@ def command(**options):
     for k in MODEL_FIELDS:
         options.pop(k, None)
     assert set(overrides) <= set(LlamaConfig.__dataclass_fields__)
+    options["chat_format"] = options["chat_format"] or ""
     config = TrainConfig(model_overrides=overrides, **options)
     config.check_schedule()  # before torch is imported or any data is read
     train = needs_torch("train", "model.train", "train")

@@ -10,6 +10,7 @@ import torch
 
 from edgellama.errors import EdgeLlamaError
 from edgellama.fileio import atomic_path
+from edgellama.model.chat_format import jinja_template
 from edgellama.model.llama import LlamaConfig, LlamaModel
 from edgellama.model.tokenizer import vocab_from_sentencepiece
 
@@ -46,6 +47,11 @@ def llama_from_checkpoint(path) -> LlamaModel:
     except TypeError as e:
         raise EdgeLlamaError(f"{path}: bad model_args ({e})") from None
     vocab = vocab_from_sentencepiece(ckpt["tokenizer_model"], f"{path} tokenizer")
+    train_config = ckpt.get("train_config") if isinstance(ckpt.get("train_config"), dict) else {}
+    try:
+        vocab.chat_template = jinja_template(train_config.get("chat_format") or "")
+    except ValueError as e:
+        raise EdgeLlamaError(f"{path}: train_config.chat_format: {e}") from None
     tensors = {k: v.float().numpy().copy() for k, v in ckpt["model"].items()}
     if cfg.tied_embeddings:
         tensors.pop("output.weight", None)

@@ -1,9 +1,15 @@
 """Corpus to token ids: documents, pretokenized uint16 shards with a held-out split.
 
-A corpus is a UTF-8 text file. Documents are separated by `<|endoftext|>` when the
-file has that marker, otherwise each non-empty line is a document (TinyStories puts
-a paragraph on a line). Each document is encoded with BOS in front, as llama2.c does.
-The last `val_fraction` of the documents is the validation split.
+A corpus is a UTF-8 text file cut into documents by one of SEGMENTS:
+  endoftext  documents end at `<|endoftext|>` (what `edgellama data chat` writes);
+  stories    TinyStories' layout: a story's paragraphs are separated by a blank line,
+             stories by a single newline; a document is one whole story, its blank
+             lines kept, so the model sees paragraph breaks as newline tokens (<0x0A>);
+  lines      each non-empty line is a document;
+  auto       endoftext when the file has the marker, otherwise lines.
+Each document is encoded with BOS in front, as llama2.c does, so a model learns to end
+a document by writing BOS (which the runtime takes as the end of the text). The last
+`val_fraction` of the documents is the validation split.
 
 Encoding is cached under $EDGELLAMA_CACHE (default ~/.cache/edgellama), keyed by
 the corpus, the tokenizer and the split, as uint16 shards: train_000.bin, ..., val.bin.
@@ -12,6 +18,7 @@ the corpus, the tokenizer and the split, as uint16 shards: train_000.bin, ..., v
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -25,6 +32,9 @@ from edgellama.errors import EdgeLlamaError
 SHARD_TOKENS = 1 << 20
 FORMAT = "edgellama-pretok-1"
 DOC_SEPARATOR = "<|endoftext|>"
+SEGMENTS = ("auto", "endoftext", "stories", "lines")
+# A newline with no newline on either side: the end of one story and the start of the next.
+_STORY_BREAK = re.compile(r"(?<!\n)\n(?!\n)")
 
 
 @dataclass
@@ -38,9 +48,25 @@ def cache_root() -> Path:
     return Path(os.environ.get("EDGELLAMA_CACHE", Path.home() / ".cache" / "edgellama"))
 
 
-def split_documents(text: str) -> list:
-    parts = text.split(DOC_SEPARATOR) if DOC_SEPARATOR in text else text.split("\n")
+def split_documents(text: str, segment: str = "auto") -> list:
+    """The documents of a corpus, cut as `segment` says (see the module's docstring)."""
+    if segment not in SEGMENTS:
+        raise EdgeLlamaError(f"--segment: unknown segmentation {segment!r} (choose from {', '.join(SEGMENTS)})")
+    if segment == "auto":
+        segment = "endoftext" if DOC_SEPARATOR in text else "lines"
+    text = text.replace("\r\n", "\n")
+    if segment == "endoftext":
+        parts = text.split(DOC_SEPARATOR)
+    elif segment == "stories":
+        parts = _STORY_BREAK.split(text)
+    else:
+        parts = text.split("\n")
     return [p.strip() for p in parts if p.strip()]
+
+
+def validation_count(n_docs: int, val_fraction: float) -> int:
+    """How many of the last documents are held out for validation."""
+    return max(1, int(n_docs * val_fraction))
 
 
 def read_corpus(path) -> str:
@@ -53,29 +79,31 @@ def read_corpus(path) -> str:
         raise EdgeLlamaError(f"{path}: not UTF-8 text (byte {e.start})") from None
 
 
-def pretokenize(corpus_path, tokenizer_model: bytes, val_fraction: float = 0.05) -> TokenizedCorpus:
+def pretokenize(corpus_path, tokenizer_model: bytes, val_fraction: float = 0.05,
+                segment: str = "auto") -> TokenizedCorpus:
     corpus_path = Path(corpus_path)
     text = read_corpus(corpus_path)
     if not 0 < val_fraction < 1:
         raise EdgeLlamaError(f"--val-fraction: must be between 0 and 1, got {val_fraction}")
-    key = hashlib.sha256(f"{FORMAT} {val_fraction!r}".encode() + tokenizer_model + text.encode()).hexdigest()[:20]
+    docs = split_documents(text, segment)
+    key = hashlib.sha256(f"{FORMAT} {val_fraction!r} {segment}".encode() + tokenizer_model
+                         + text.encode()).hexdigest()[:20]
     final = cache_root() / "pretok" / key
     if not (final / "meta.json").is_file():
-        _encode_to(final, text, tokenizer_model, val_fraction, corpus_path)
+        _encode_to(final, docs, tokenizer_model, val_fraction, corpus_path)
     shards = sorted(final.glob("train_*.bin"))
     train = np.concatenate([np.fromfile(s, dtype=np.uint16) for s in shards]) if shards else np.zeros(0, np.uint16)
     return TokenizedCorpus(train, np.fromfile(final / "val.bin", dtype=np.uint16), final)
 
 
-def _encode_to(final: Path, text: str, tokenizer_model: bytes, val_fraction: float, corpus_path: Path):
+def _encode_to(final: Path, docs: list, tokenizer_model: bytes, val_fraction: float, corpus_path: Path):
     sp = spm.SentencePieceProcessor()
     sp.LoadFromSerializedProto(tokenizer_model)
     if sp.get_piece_size() > 65535:
         raise EdgeLlamaError(f"tokenizer: {sp.get_piece_size()} tokens do not fit uint16 shards")
-    docs = split_documents(text)
     if len(docs) < 2:
-        raise EdgeLlamaError(f"{corpus_path}: need at least 2 documents (lines) to hold one out for validation")
-    n_val = max(1, int(len(docs) * val_fraction))
+        raise EdgeLlamaError(f"{corpus_path}: need at least 2 documents to hold one out for validation")
+    n_val = validation_count(len(docs), val_fraction)
     encoded = sp.encode(docs, num_threads=os.cpu_count() or 1)
     bos = sp.bos_id()
     train = np.array([t for ids in encoded[:-n_val] for t in [bos, *ids]], dtype=np.uint16)

@@ -35,10 +35,10 @@ class EvalResult:
 
 
 def evaluate_model(llama_model, corpus_path, seq_len: int | None = None, val_fraction: float = 0.05,
-                   max_windows: int | None = None) -> EvalResult:
+                   max_windows: int | None = None, segment: str = "auto") -> EvalResult:
     from edgellama.model.reference import Transformer
     seq_len = seq_len or llama_model.config.max_seq_len
-    corpus = data.pretokenize(corpus_path, sentencepiece_proto(llama_model.vocab), val_fraction)
+    corpus = data.pretokenize(corpus_path, sentencepiece_proto(llama_model.vocab), val_fraction, segment)
     data.check_fits(corpus, seq_len, corpus_path)
     windows = data.eval_windows(corpus.val, seq_len, max_windows)
     loss = mean_loss(Transformer.from_llama(llama_model), windows)

@@ -51,6 +51,7 @@ KEY_EOS = "tokenizer.ggml.eos_token_id"
 KEY_UNK = "tokenizer.ggml.unknown_token_id"
 KEY_ADD_BOS = "tokenizer.ggml.add_bos_token"
 KEY_ADD_EOS = "tokenizer.ggml.add_eos_token"
+KEY_CHAT_TEMPLATE = "tokenizer.chat_template"
 REQUIRED_KEYS = (KEY_ARCH, KEY_CONTEXT, KEY_DIM, KEY_LAYERS, KEY_HIDDEN, KEY_HEADS,
                  KEY_NORM_EPS, KEY_TOKENS, KEY_SCORES, KEY_TOKEN_TYPES)
 
@@ -109,6 +110,8 @@ def write_gguf(model: LlamaModel, path, quant_name: str = "f32") -> list:
         writer.add_uint32(KEY_UNK, vocab.unk_id)
         writer.add_bool(KEY_ADD_BOS, True)
         writer.add_bool(KEY_ADD_EOS, False)
+        if vocab.chat_template:
+            writer.add_string(KEY_CHAT_TEMPLATE, vocab.chat_template)
         entries = []
         for choice in choices:
             data = quant.encode(model.tensors[choice.name], choice.qtype)
@@ -315,7 +318,10 @@ def read_gguf(path) -> GGUFModel:
         bos_id=int(_field(reader, KEY_BOS, path, 1)),
         eos_id=int(_field(reader, KEY_EOS, path, 2)),
         unk_id=int(_field(reader, KEY_UNK, path, 0)),
+        chat_template=_field(reader, KEY_CHAT_TEMPLATE, path, ""),
     )
+    if not isinstance(vocab.chat_template, str):
+        raise EdgeLlamaError(f"{path}: metadata key {KEY_CHAT_TEMPLATE} is not a string")
     tensors, entries = {}, []
     for t in reader.tensors:
         qtype = GGMLQuantizationType(t.tensor_type)

@@ -94,6 +94,7 @@ class Vocab:
     bos_id: int = 1
     eos_id: int = 2
     unk_id: int = 0
+    chat_template: str = ""  # Jinja text (GGUF tokenizer.chat_template); the runtime picks its template from it
 
     def __len__(self):
         return len(self.tokens)

@@ -99,6 +99,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device) -> dict:
     for name in ("batch_size", "grad_accum", "max_iters", "eval_interval"):
         if getattr(cfg, name) <= 0:
             raise EdgeLlamaError(f"--{name.replace('_', '-')}: must be positive, got {getattr(cfg, name)}")
+    cfg.check_data()
     torch.manual_seed(cfg.seed)
     tok_bytes = _tokenizer_bytes(cfg, presets.preset(cfg.preset)["vocab_size"], rank)
     import sentencepiece as spm
@@ -108,7 +109,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device) -> dict:
     except Exception:
         raise EdgeLlamaError(f"{cfg.tokenizer}: not a sentencepiece model") from None
     mcfg = model_config(cfg, sp.get_piece_size())
-    corpus = data.pretokenize(cfg.data, tok_bytes, cfg.val_fraction)
+    corpus = data.pretokenize(cfg.data, tok_bytes, cfg.val_fraction, cfg.segment)
     data.check_fits(corpus, mcfg.max_seq_len, cfg.data)
 
     model = Transformer(mcfg).to(device)

@@ -25,9 +25,21 @@ class TrainConfig:
     eval_interval: int = 200
     eval_windows: int = 200
     val_fraction: float = 0.05
+    segment: str = "auto"     # how the corpus is cut into documents (data.SEGMENTS)
+    chat_format: str = ""     # the chat template the corpus's conversations use (chat_format.CHAT_FORMATS)
     seed: int = 1337
     device: str = "auto"
     resume: bool = False
+
+    def check_data(self):
+        """Refuse a segmentation or chat format the corpus cannot be read with, before training."""
+        from edgellama.model.chat_format import CHAT_FORMATS
+        from edgellama.model.data import SEGMENTS
+        if self.segment not in SEGMENTS:
+            raise EdgeLlamaError(f"--segment: unknown segmentation {self.segment!r} (choose from {', '.join(SEGMENTS)})")
+        if self.chat_format and self.chat_format not in CHAT_FORMATS:
+            raise EdgeLlamaError(f"--chat-format: unknown chat format {self.chat_format!r} (choose from "
+                                 f"{', '.join(CHAT_FORMATS)})")
 
     def check_schedule(self):
         """Refuse a run that ends inside its warmup: the learning rate would never reach

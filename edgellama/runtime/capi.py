@@ -133,6 +133,9 @@ def library() -> C.CDLL:
         "el_thread_pool_attach": (I, [P, P, C.POINTER(Error)]),
         "el_chat_template_from_name": (I, [C.c_char_p]),
         "el_chat_template_name": (C.c_char_p, [I]),
+        "el_chat_message": (I, [I, I, I, C.c_char_p, I, C.c_char_p, I]),
+        "el_chat_message_specials": (I, [I, I, I]),
+        "el_chat_generation_prompt": (C.c_char_p, [I]),
         "el_runtime_chat_request": (I, [P, I, C.POINTER(Request), C.POINTER(Error)]),
         "el_runtime_chat_turn": (I, [P, I, I, C.c_char_p, I, C.c_char_p, I, C.POINTER(C.c_int32), I,
                                      C.POINTER(Error)]),
@@ -411,6 +414,35 @@ class Chat:
         if self.rt.lib.el_runtime_chat_request(self.rt._rt, self.template, C.byref(request), C.byref(err)):
             raise ValueError(f"chat: {err.text()}")
         return request
+
+
+CHAT_BOS_BEFORE, CHAT_EOS_AFTER = 1, 2  # el_chat.h
+
+
+def render_chat(template: str, messages, generation_prompt: bool = False) -> list:
+    """A conversation as the runtime renders it, without a model: one (text, specials)
+    pair per message, specials being CHAT_BOS_BEFORE and/or CHAT_EOS_AFTER (BOS and EOS
+    are tokens, never text). With generation_prompt, the prompt that asks for a reply
+    follows as one more pair."""
+    lib = library()
+    tmpl = lib.el_chat_template_from_name(template.encode())
+    if tmpl < 0:
+        raise ValueError(f"chat_template must be one of plain, llama2, chatml; got {template!r}")
+    out, previous = [], -1
+    for i, m in enumerate(messages):
+        if m.get("role") not in CHAT_ROLES or not isinstance(m.get("content"), str):
+            raise ValueError(f"messages[{i}]: needs a role (system, user, assistant) and a string content")
+        role, content = CHAT_ROLES[m["role"]], m["content"].encode("utf-8")
+        capacity = len(content) + 64
+        buf = C.create_string_buffer(capacity)
+        n = lib.el_chat_message(tmpl, previous, role, content, len(content), buf, capacity)
+        if n < 0:
+            raise ValueError(f"messages[{i}]: cannot be rendered")
+        out.append((buf.raw[:n].decode("utf-8"), lib.el_chat_message_specials(tmpl, previous, role)))
+        previous = role
+    if generation_prompt:
+        out.append((lib.el_chat_generation_prompt(tmpl).decode("utf-8"), 0))
+    return out
 
 
 def make_request(sampling: dict, max_tokens: int, min_tokens=0, ignore_eos=False, stop=(), stop_token_ids=(), n=1,
