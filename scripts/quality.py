@@ -3,7 +3,7 @@
 - validation loss on held-out whole stories in F32, Q8_0 and Q4_0, with their bars: Q8_0
   within 0.1% of F32, Q4_0 within 2.5% (2% for the first default model, which lost 1.44%;
   the one trained on whole stories loses 2.03%, see the README's model card);
-- greedy stories from a few openings: tokens, paragraphs, and how each ended;
+- stories from a few openings, greedy and sampled: tokens, paragraphs, and how each ended;
 - the request-following rate: held-out requests (made from the validation stories, which
   training never saw), three seeds each, in the model's chat template.
 
@@ -48,14 +48,18 @@ def loss_table(base, corpus, folder: Path) -> bool:
     return ok
 
 
-def greedy_stories(llm):
-    print("\n| opening | tokens | paragraphs | ended by |")
-    print("|---|---:|---:|---|")
-    for opening in OPENINGS:
-        out = llm.generate(opening, SamplingParams(temperature=0, max_tokens=None), use_tqdm=False)[0].outputs[0]
+def stories(llm):
+    """Greedy from each opening, then sampled as the CLI samples by default, seeds 1-8."""
+    print("\n| opening | sampling | tokens | paragraphs | ended by |")
+    print("|---|---|---:|---:|---|")
+    runs = [(opening, "greedy", SamplingParams(temperature=0, max_tokens=None)) for opening in OPENINGS]
+    runs += [(OPENINGS[0], f"T 0.8, top-p 0.95, seed {seed}",
+              SamplingParams(temperature=0.8, top_p=0.95, seed=seed, max_tokens=None)) for seed in range(1, 9)]
+    for opening, how, params in runs:
+        out = llm.generate(opening, params, use_tqdm=False)[0].outputs[0]
         paragraphs = len([p for p in (opening + out.text).split("\n\n") if p.strip()])
         ended = "the end of the text" if out.finish_reason == "stop" else "the context's end"
-        print(f"| {opening} | {len(out.token_ids)} | {paragraphs} | {ended} |")
+        print(f"| {opening} | {how} | {len(out.token_ids)} | {paragraphs} | {ended} |")
 
 
 def following(llm, corpus, name):
@@ -73,7 +77,7 @@ def main(corpus, model_path=DEFAULT_MODEL):
     with tempfile.TemporaryDirectory() as tmp:
         ok = loss_table(base, corpus, Path(tmp))
         llm = LLM(str(Path(tmp) / "q8_0.gguf"))
-        greedy_stories(llm)
+        stories(llm)
         following(llm, corpus, base.name)
     return 0 if ok else 1
 

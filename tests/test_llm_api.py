@@ -90,7 +90,7 @@ def test_stream_delivers_the_same_text(llm):
 
 
 def test_prompt_too_long_is_refused_and_the_engine_carries_on(llm):
-    with pytest.raises(ValueError, match="max_model_len 256"):
+    with pytest.raises(ValueError, match="max_model_len 512"):
         llm.generate(["once", "word " * 400], SamplingParams(max_tokens=4), use_tqdm=False)
     out = llm.generate("once upon a time", SamplingParams(temperature=0, max_tokens=6), use_tqdm=False)[0]
     assert len(out.outputs[0].token_ids) == 6 and llm.stats()["blocks_used"] == 0

@@ -59,7 +59,7 @@ def test_sha256_is_fips_180_4():
 def models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("upload-models")
     return {name: write_synthetic(folder / f"{name}.gguf", "tiny", "q8_0", vocab_size=512, seed=seed,
-                                  max_seq_len=256) for name, seed in (("a", 1), ("b", 2), ("c", 3))}
+                                  max_seq_len=512) for name, seed in (("a", 1), ("b", 2), ("c", 3))}
 
 
 def host_text(model) -> str:

@@ -307,7 +307,8 @@ def c_loss(rt: capi.Runtime, windows: np.ndarray) -> float:
 
 def test_quantized_loss_within_bars(default, shared_data, capsys):
     model = default["model"]
-    corpus = data.pretokenize(shared_data / "tinystories_train_prefix_4m_lowercase.txt", sentencepiece_proto(model.vocab))
+    corpus = data.pretokenize(shared_data / "tinystories_train_prefix_4m_lowercase.txt", sentencepiece_proto(model.vocab),
+                              segment="stories")
     windows = data.eval_windows(corpus.val, 256, 16)
     losses = {q: c_loss(capi.Runtime(default[q], max_seqs=32), windows) for q in ("f32", "q8_0", "q4_0")}
     with torch.no_grad():
@@ -319,7 +320,7 @@ def test_quantized_loss_within_bars(default, shared_data, capsys):
               f"q8_0 {losses['q8_0']:.5f} ({q8:+.3%}), q4_0 {losses['q4_0']:.5f} ({q4:+.3%})")
     assert abs(losses["f32"] / ref.item() - 1) < 1e-5
     assert abs(q8) <= 0.001
-    assert abs(q4) <= 0.02
+    assert abs(q4) <= 0.025  # scripts/quality.py's bars
 
 
 # ---------------------------------------------------------------- 6. bad input

@@ -178,7 +178,8 @@ def test_edgellama_bench_reports_the_drafts(tmp_path, monkeypatch):
 
     from edgellama.cli import main
     monkeypatch.setenv("EDGELLAMA_HOME", str(tmp_path))
-    result = CliRunner().invoke(main, ["bench", "-r", "1", "-n", "48", "--warmup", "0", "--speculative-tokens", "4",
+    # 200 tokens: the default model's text from bench's prompt repeats itself within them
+    result = CliRunner().invoke(main, ["bench", "-r", "1", "-n", "200", "--warmup", "0", "--speculative-tokens", "4",
                                        "--no-history", "--output", "json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)["info"]
