@@ -14,7 +14,7 @@ setup:
 	scripts/setup.sh test
 
 # Reproduce the embedded default model: the exact commands of the README's model card
-# (about 35 minutes on 2 CPU cores; a GPU is used when PyTorch sees one). Each step's
+# (about 30 minutes on 2 CPU cores; a GPU is used when PyTorch sees one). Each step's
 # output is a file target, so a second `make default-model` skips what is done, and
 # training resumes from its last checkpoint (written every --eval-interval steps).
 DEFAULT_MODEL_DIR := build/default-model
