@@ -21,7 +21,7 @@ from pathlib import Path
 
 from edgellama.errors import EdgeLlamaError
 from edgellama.fileio import atomic_path
-from edgellama.model.chat_format import CHAT_FORMATS
+from edgellama.model.chat_format import CHAT_FORMATS, check_chat_format
 from edgellama.model.data import DOC_SEPARATOR, read_corpus, split_documents, validation_count
 
 THINGS = (
@@ -146,8 +146,7 @@ class ChatCorpusStats:
 def chat_documents(stories: list, template: str = "plain", chat_fraction: float = 0.5, seed: int = 1):
     """(documents, stats): each story as a conversation (about chat_fraction of them, those
     a request can be made for) or as itself, in the stories' order."""
-    if template not in CHAT_FORMATS:
-        raise EdgeLlamaError(f"--template: must be one of {', '.join(CHAT_FORMATS)}, got {template!r}")
+    check_chat_format(template, "--template")
     if not 0 <= chat_fraction <= 1:
         raise EdgeLlamaError(f"--chat-fraction: must be between 0 and 1, got {chat_fraction}")
     rng, names = random.Random(seed), known_names(stories)

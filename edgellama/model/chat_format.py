@@ -10,6 +10,8 @@ Training corpora can be written in plain and ChatML only: Llama-2's template put
 tokens inside a conversation, which a text corpus cannot hold.
 """
 
+from edgellama.errors import EdgeLlamaError
+
 CHAT_FORMATS = ("plain", "chatml")
 
 # Newlines are Jinja string expressions, because "{%-" and "-%}" would strip literal ones.
@@ -39,10 +41,14 @@ JINJA = {
 }
 
 
+def check_chat_format(chat_format: str, flag: str = "--chat-format"):
+    if chat_format not in CHAT_FORMATS:
+        raise EdgeLlamaError(f"{flag}: unknown chat format {chat_format!r} (choose from {', '.join(CHAT_FORMATS)})")
+
+
 def jinja_template(chat_format: str) -> str:
     """The tokenizer.chat_template text for a chat format ("" for none)."""
     if not chat_format:
         return ""
-    if chat_format not in JINJA:
-        raise ValueError(f"chat format must be one of {', '.join(CHAT_FORMATS)}; got {chat_format!r}")
+    check_chat_format(chat_format)
     return JINJA[chat_format]

@@ -50,8 +50,8 @@ def llama_from_checkpoint(path) -> LlamaModel:
     train_config = ckpt.get("train_config") if isinstance(ckpt.get("train_config"), dict) else {}
     try:
         vocab.chat_template = jinja_template(train_config.get("chat_format") or "")
-    except ValueError as e:
-        raise EdgeLlamaError(f"{path}: train_config.chat_format: {e}") from None
+    except EdgeLlamaError as e:
+        raise EdgeLlamaError(f"{path}: train_config: {e}") from None
     tensors = {k: v.float().numpy().copy() for k, v in ckpt["model"].items()}
     if cfg.tied_embeddings:
         tensors.pop("output.weight", None)

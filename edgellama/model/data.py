@@ -48,10 +48,14 @@ def cache_root() -> Path:
     return Path(os.environ.get("EDGELLAMA_CACHE", Path.home() / ".cache" / "edgellama"))
 
 
-def split_documents(text: str, segment: str = "auto") -> list:
-    """The documents of a corpus, cut as `segment` says (see the module's docstring)."""
+def check_segment(segment: str):
     if segment not in SEGMENTS:
         raise EdgeLlamaError(f"--segment: unknown segmentation {segment!r} (choose from {', '.join(SEGMENTS)})")
+
+
+def split_documents(text: str, segment: str = "auto") -> list:
+    """The documents of a corpus, cut as `segment` says (see the module's docstring)."""
+    check_segment(segment)
     if segment == "auto":
         segment = "endoftext" if DOC_SEPARATOR in text else "lines"
     text = text.replace("\r\n", "\n")
@@ -85,12 +89,12 @@ def pretokenize(corpus_path, tokenizer_model: bytes, val_fraction: float = 0.05,
     text = read_corpus(corpus_path)
     if not 0 < val_fraction < 1:
         raise EdgeLlamaError(f"--val-fraction: must be between 0 and 1, got {val_fraction}")
-    docs = split_documents(text, segment)
+    check_segment(segment)
     key = hashlib.sha256(f"{FORMAT} {val_fraction!r} {segment}".encode() + tokenizer_model
                          + text.encode()).hexdigest()[:20]
     final = cache_root() / "pretok" / key
     if not (final / "meta.json").is_file():
-        _encode_to(final, docs, tokenizer_model, val_fraction, corpus_path)
+        _encode_to(final, split_documents(text, segment), tokenizer_model, val_fraction, corpus_path)
     shards = sorted(final.glob("train_*.bin"))
     train = np.concatenate([np.fromfile(s, dtype=np.uint16) for s in shards]) if shards else np.zeros(0, np.uint16)
     return TokenizedCorpus(train, np.fromfile(final / "val.bin", dtype=np.uint16), final)

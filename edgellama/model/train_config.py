@@ -33,13 +33,11 @@ class TrainConfig:
 
     def check_data(self):
         """Refuse a segmentation or chat format the corpus cannot be read with, before training."""
-        from edgellama.model.chat_format import CHAT_FORMATS
-        from edgellama.model.data import SEGMENTS
-        if self.segment not in SEGMENTS:
-            raise EdgeLlamaError(f"--segment: unknown segmentation {self.segment!r} (choose from {', '.join(SEGMENTS)})")
-        if self.chat_format and self.chat_format not in CHAT_FORMATS:
-            raise EdgeLlamaError(f"--chat-format: unknown chat format {self.chat_format!r} (choose from "
-                                 f"{', '.join(CHAT_FORMATS)})")
+        from edgellama.model.chat_format import check_chat_format
+        from edgellama.model.data import check_segment
+        check_segment(self.segment)
+        if self.chat_format:
+            check_chat_format(self.chat_format)
 
     def check_schedule(self):
         """Refuse a run that ends inside its warmup: the learning rate would never reach

@@ -351,6 +351,19 @@ class Runtime:
 CHAT_ROLES = {"system": 0, "user": 1, "assistant": 2}
 
 
+def _template_id(lib, name: str) -> int:
+    template = lib.el_chat_template_from_name(name.encode())
+    if template < 0:
+        raise ValueError(f"chat_template must be one of plain, llama2, chatml; got {name!r}")
+    return template
+
+
+def _message_role(i: int, message) -> int:
+    if message.get("role") not in CHAT_ROLES or not isinstance(message.get("content"), str):
+        raise ValueError(f"messages[{i}]: needs a role (system, user, assistant) and a string content")
+    return CHAT_ROLES[message["role"]]
+
+
 class Chat:
     """Chat templates of the runtime (el_chat.h): the one place they are written."""
 
@@ -360,9 +373,7 @@ class Chat:
         if template is None:
             self.template = lib.el_runtime_chat_template(runtime._rt)
         else:
-            self.template = lib.el_chat_template_from_name(template.encode())
-            if self.template < 0:
-                raise ValueError(f"chat_template must be one of plain, llama2, chatml; got {template!r}")
+            self.template = _template_id(lib, template)
         self.name = lib.el_chat_template_name(self.template).decode()
 
     def _call(self, fn, *args, text_bytes=0):
@@ -378,9 +389,7 @@ class Chat:
         """A whole conversation, ending with the assistant's generation prompt."""
         roles, contents = [], []
         for i, m in enumerate(messages):
-            if m.get("role") not in CHAT_ROLES or not isinstance(m.get("content"), str):
-                raise ValueError(f"messages[{i}]: needs a role (system, user, assistant) and a string content")
-            roles.append(CHAT_ROLES[m["role"]])
+            roles.append(_message_role(i, m))
             contents.append(m["content"].encode("utf-8"))
         lens = [len(c) for c in contents]
         return self._call(self.rt.lib.el_runtime_chat_prompt, _int32_array(roles),
@@ -425,14 +434,10 @@ def render_chat(template: str, messages, generation_prompt: bool = False) -> lis
     are tokens, never text). With generation_prompt, the prompt that asks for a reply
     follows as one more pair."""
     lib = library()
-    tmpl = lib.el_chat_template_from_name(template.encode())
-    if tmpl < 0:
-        raise ValueError(f"chat_template must be one of plain, llama2, chatml; got {template!r}")
+    tmpl = _template_id(lib, template)
     out, previous = [], -1
     for i, m in enumerate(messages):
-        if m.get("role") not in CHAT_ROLES or not isinstance(m.get("content"), str):
-            raise ValueError(f"messages[{i}]: needs a role (system, user, assistant) and a string content")
-        role, content = CHAT_ROLES[m["role"]], m["content"].encode("utf-8")
+        role, content = _message_role(i, m), m["content"].encode("utf-8")
         capacity = len(content) + 64
         buf = C.create_string_buffer(capacity)
         n = lib.el_chat_message(tmpl, previous, role, content, len(content), buf, capacity)
