@@ -240,3 +240,53 @@ def test_bad_folders_fail_in_one_line(hand_folder, change, words):
 def test_missing_folder(tmp_path):
     with pytest.raises(EdgeLlamaError, match="nowhere"):
         import_hf(tmp_path / "nowhere")
+
+
+# ---------------------------------------------------------------- chat templates
+
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
+          "+ '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+          "{% endif %}")
+LLAMA2 = "{% for message in messages %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% endfor %}"
+
+
+def _runtime_template(model, tmp_path):
+    from edgellama.model.gguf_file import write_gguf
+    from edgellama.runtime import capi
+    path = tmp_path / "imported.gguf"
+    write_gguf(model, path)
+    assert read_gguf(path).model.vocab.chat_template == model.vocab.chat_template
+    return capi.Chat(capi.Runtime(path, max_seqs=1, threads=1)).name
+
+
+@pytest.mark.parametrize("files, stored, runtime", [
+    ({}, "", "plain"),
+    ({"tokenizer_config.json": {"chat_template": CHATML}}, CHATML, "chatml"),
+    ({"tokenizer_config.json": {"chat_template": [{"name": "tool_use", "template": "x"},
+                                                  {"name": "default", "template": LLAMA2}]}}, LLAMA2, "llama2"),
+    ({"tokenizer_config.json": {"chat_template": LLAMA2}, "chat_template.jinja": CHATML}, CHATML, "chatml"),
+    ({"tokenizer_config.json": {"model_max_length": 32}}, "", "plain"),
+])
+def test_chat_template_is_carried_into_the_gguf(hand_folder, tmp_path, files, stored, runtime):
+    """The folder's chat template reaches GGUF tokenizer.chat_template, and the runtime
+    renders conversations in the family it names."""
+    folder, _ = hand_folder()
+    for name, content in files.items():
+        (folder / name).write_text(content if isinstance(content, str) else json.dumps(content))
+    model = import_hf(folder)
+    assert model.vocab.chat_template == stored
+    assert _runtime_template(model, tmp_path) == runtime
+
+
+@pytest.mark.parametrize("content, words", [
+    ({"chat_template": 7}, ["tokenizer_config.json", "chat_template", "string"]),
+    ("{not json", ["tokenizer_config.json", "invalid JSON"]),
+])
+def test_bad_chat_template_fails_in_one_line(hand_folder, content, words):
+    folder, _ = hand_folder()
+    (folder / "tokenizer_config.json").write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(EdgeLlamaError) as e:
+        import_hf(folder)
+    assert "\n" not in str(e.value)
+    for word in words:
+        assert word in str(e.value), str(e.value)

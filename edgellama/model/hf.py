@@ -1,4 +1,5 @@
-"""Hugging Face LlamaForCausalLM folders: config.json, safetensors weights, tokenizer.model.
+"""Hugging Face LlamaForCausalLM folders: config.json, safetensors weights, tokenizer.model,
+and the chat template when the folder has one.
 
 The safetensors format is an 8-byte little-endian header length, a JSON header of
 name -> dtype, shape and byte range, then the raw little-endian data; it is read here
@@ -7,6 +8,10 @@ one model.safetensors or shards listed by model.safetensors.index.json.
 
 Hugging Face stores q and k for "rotate half" RoPE (pairs x[i], x[i + head_dim/2]);
 they are permuted back to the adjacent pairs this package and llama.cpp use.
+
+The chat template (chat_template.jinja, or "chat_template" in tokenizer_config.json) is
+stored as GGUF tokenizer.chat_template, as llama.cpp's converter does; the runtime picks
+its own rendering from the template's markers (edgellama/model/chat_format.py).
 """
 
 import json
@@ -25,6 +30,8 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 TOKENIZER = "tokenizer.model"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+CHAT_TEMPLATE = "chat_template.jinja"  # where transformers 4.50 and later save it
 # bf16 is read as uint16 and widened by hand: numpy has no bfloat16.
 DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}
 # Anything else rescales RoPE and would give silently wrong logits.
@@ -64,6 +71,7 @@ def import_hf(directory) -> LlamaModel:
     if len(vocab) != cfg.vocab_size:
         raise EdgeLlamaError(f"{tok_path}: tokenizer has {len(vocab)} tokens but {CONFIG} says vocab_size "
                              f"{cfg.vocab_size}")
+    vocab.chat_template = _chat_template(directory)
     tensors = {}
     for name, shape in cfg.tensor_shapes().items():
         source = hf_name(name)
@@ -84,6 +92,32 @@ def _interleave_rope(w, n_heads):
     # Each head's rows are [first halves..., second halves...]; llama.cpp's convert
     # permute (the inverse of transformers' Meta -> HF permute) puts them in pairs.
     return np.ascontiguousarray(w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, -1).swapaxes(1, 2).reshape(w.shape))
+
+
+# ---------------------------------------------------------------- chat template
+
+def _chat_template(directory) -> str:
+    """The folder's Jinja chat template, "" when it has none. A list of named templates
+    (tokenizer_config.json may hold one) gives its "default"."""
+    jinja = directory / CHAT_TEMPLATE
+    if jinja.is_file():
+        try:
+            return jinja.read_text(encoding="utf-8")
+        except OSError as e:
+            raise EdgeLlamaError(f"{jinja}: cannot read ({e.strerror})") from None
+        except UnicodeDecodeError:
+            raise EdgeLlamaError(f"{jinja}: not UTF-8 text") from None
+    config = directory / TOKENIZER_CONFIG
+    if not config.is_file():
+        return ""
+    template = _read_json(config).get("chat_template", "")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default", "")
+    if not isinstance(template, str):
+        raise EdgeLlamaError(f"{config}: chat_template must be a string or a list of named templates "
+                             f"with a \"default\" one")
+    return template
 
 
 # ---------------------------------------------------------------- config.json
