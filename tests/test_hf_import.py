@@ -266,6 +266,7 @@ def _runtime_template(model, tmp_path):
                                                   {"name": "default", "template": LLAMA2}]}}, LLAMA2, "llama2"),
     ({"tokenizer_config.json": {"chat_template": LLAMA2}, "chat_template.jinja": CHATML}, CHATML, "chatml"),
     ({"tokenizer_config.json": {"model_max_length": 32}}, "", "plain"),
+    ({"tokenizer_config.json": {"chat_template": None}}, "", "plain"),
 ])
 def test_chat_template_is_carried_into_the_gguf(hand_folder, tmp_path, files, stored, runtime):
     """The folder's chat template reaches GGUF tokenizer.chat_template, and the runtime

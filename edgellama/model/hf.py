@@ -31,7 +31,7 @@ WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 TOKENIZER = "tokenizer.model"
 TOKENIZER_CONFIG = "tokenizer_config.json"
-CHAT_TEMPLATE = "chat_template.jinja"  # where transformers 4.50 and later save it
+CHAT_TEMPLATE = "chat_template.jinja"  # where recent transformers versions save it
 # bf16 is read as uint16 and widened by hand: numpy has no bfloat16.
 DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}
 # Anything else rescales RoPE and would give silently wrong logits.
@@ -110,10 +110,10 @@ def _chat_template(directory) -> str:
     config = directory / TOKENIZER_CONFIG
     if not config.is_file():
         return ""
-    template = _read_json(config).get("chat_template", "")
+    template = _read_json(config).get("chat_template") or ""  # tokenizers without one may say null
     if isinstance(template, list):
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default", "")
+        template = named.get("default") or ""
     if not isinstance(template, str):
         raise EdgeLlamaError(f"{config}: chat_template must be a string or a list of named templates "
                              f"with a \"default\" one")
