@@ -35,7 +35,8 @@ def _open(board, host, port, local, model, threads=None, speculative_tokens=0, d
               help="Here only: speculate with this smaller model's drafts (the same vocabulary), "
                    "--speculative-tokens a step (default 4); the table adds the drafts accepted.")
 @click.option("--suite", is_flag=True, help="The speed and memory goals on this machine (edgellama.runtime.bench_suite): "
-              "its own models, one process per case, a table with bounds, JSON with --output json.")
+              "its own models, one process per case, a table with bounds, JSON with --output json; with "
+              "--model and --draft-model, a trained pair's draft-model case too (`make draft-pair`).")
 @click.pass_context
 def command(ctx, board, host, port, local, model, threads, prompt_tokens, gen_tokens, repetitions, warmup, output,
             no_history, speculative_tokens, draft_model, suite):
@@ -46,7 +47,7 @@ def command(ctx, board, host, port, local, model, threads, prompt_tokens, gen_to
     if ctx.invoked_subcommand is not None:
         return
     if suite:
-        _suite(repetitions, threads, output)
+        _suite(repetitions, threads, output, _suite_pair(board, host, port, model, draft_model))
         return
     from edgellama.devices import bench, history
     for name, value, least in (("-p", prompt_tokens, 1), ("-n", gen_tokens, 1), ("-r", repetitions, 1),
@@ -82,7 +83,21 @@ def report(board, model, quant, png):
         click.echo(f"wrote {png}", err=True)
 
 
-def _suite(repetitions: int, threads: int | None, output: str):
+def _suite_pair(board, host, port, model, draft_model) -> tuple | None:
+    """The suite runs here on its own models; --model and --draft-model, given together,
+    name a trained pair for its draft-model case."""
+    if board or host or port:
+        raise EdgeLlamaError("--suite runs on this machine: drop --board, --host and --port")
+    if bool(model) != bool(draft_model):
+        raise EdgeLlamaError("--suite makes its own models: --model and --draft-model together name a trained "
+                             "target and its draft for the draft-model case")
+    for path, what in ((model, "model"), (draft_model, "draft model")):
+        if path and not Path(path).is_file():
+            raise EdgeLlamaError(f"{path}: no such {what} file")
+    return (Path(model), Path(draft_model)) if model else None
+
+
+def _suite(repetitions: int, threads: int | None, output: str, draft_pair: tuple | None = None):
     """The bench suite on this host; the run is kept to compare the next one with."""
     import json
     import os
@@ -94,6 +109,6 @@ def _suite(repetitions: int, threads: int | None, output: str):
         raise EdgeLlamaError(f"-r must be at least 1, got {repetitions}")
     last = bench_suite.load_last()
     result = bench_suite.run_suite(repetitions=repetitions, threads=threads or max(2, os.cpu_count() or 1),
-                                   progress=lambda text: click.echo(f"suite: {text}", err=True))
+                                   progress=lambda text: click.echo(f"suite: {text}", err=True), draft_pair=draft_pair)
     click.echo(json.dumps(result, indent=2) if output == "json" else bench_suite.format_table(result, last))
     click.echo(f"kept in {bench_suite.save(result)} (the next run compares with it)", err=True)

@@ -5,7 +5,7 @@ from edgellama.model.chat_format import CHAT_FORMATS
 from edgellama.model.data import SEGMENTS
 from edgellama.model.llama import LlamaConfig
 from edgellama.model.presets import PRESETS
-from edgellama.model.train_config import TrainConfig
+from edgellama.model.train_config import DTYPES, TrainConfig
 
 DEFAULTS = TrainConfig(data="")
 MODEL_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "max_seq_len")
@@ -46,6 +46,8 @@ def _model_options(f):
                    "model file as tokenizer.chat_template.")
 @click.option("--seed", default=DEFAULTS.seed, show_default=True)
 @click.option("--device", default=DEFAULTS.device, show_default=True, help="auto, cpu or cuda.")
+@click.option("--dtype", type=click.Choice(DTYPES), default=DEFAULTS.dtype, show_default=True,
+              help="The forward pass's precision; bfloat16 under autocast, with float32 parameters.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint at --output.")
 def command(**options):
     """Train a Llama model on a text corpus (also under torchrun for DDP)."""

@@ -142,6 +142,12 @@ def _train(cfg: TrainConfig, rank: int, world: int, device) -> dict:
         xy = torch.stack([train_tokens[i:i + T + 1] for i in ix]).to(device)
         return xy[:, :-1], xy[:, 1:]
 
+    def forward(x, y):
+        if cfg.dtype == "float32":
+            return model(x, y)
+        with torch.autocast(device.type, dtype=getattr(torch, cfg.dtype)):
+            return model(x, y)
+
     val_windows = data.eval_windows(corpus.val, T, cfg.eval_windows)
     bar = tqdm(total=cfg.max_iters, initial=it, disable=rank != 0, desc="train", unit="it", dynamic_ncols=True)
     last_time, val_loss, loss = time.time(), None, float("nan")
@@ -153,7 +159,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device) -> dict:
             x, y = batch()
             sync = contextlib.nullcontext() if world == 1 or micro == cfg.grad_accum - 1 else model.no_sync()
             with sync:
-                _, loss_t = model(x, y)
+                _, loss_t = forward(x, y)
                 (loss_t / cfg.grad_accum).backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
