@@ -35,7 +35,7 @@ def test_synthetic_models_have_the_presets_shape():
 
 # The draft-model case on a pair that is not the 15M shape: the default model and its
 # first two layers (trained pairs take an hour; this checks the case, not the goal).
-PAIR_CASE = "draft model tinystories-850k for tinystories-850k, 4 drafts a step"
+PAIR_CASE = f"draft model tinystories-850k for tinystories-850k, {bench_suite.DRAFT_TOKENS} drafts a step"
 
 
 def test_the_suite_runs_every_case_and_keeps_the_run(tmp_path, monkeypatch):
