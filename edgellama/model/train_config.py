@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 from edgellama.errors import EdgeLlamaError
 
-# The forward pass's precision: bfloat16 runs it under torch.autocast (about 1.7x on a CPU
+# The forward pass's precision: bfloat16 runs it under torch.autocast (about 1.5x a step on a CPU
 # with AMX or AVX-512 BF16, more on a GPU) while the parameters, gradients and optimizer
 # state stay float32, as in nanoGPT.
 DTYPES = ("float32", "bfloat16")
