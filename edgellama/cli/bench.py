@@ -46,6 +46,10 @@ def command(ctx, board, host, port, local, model, threads, prompt_tokens, gen_to
     report` compares the recorded runs."""
     if ctx.invoked_subcommand is not None:
         return
+    if model and not Path(model).is_file():
+        raise EdgeLlamaError(f"{model}: no such model file")
+    if draft_model and not Path(draft_model).is_file():
+        raise EdgeLlamaError(f"{draft_model}: no such draft model file")
     if suite:
         _suite(repetitions, threads, output, _suite_pair(board, host, port, model, draft_model))
         return
@@ -54,10 +58,6 @@ def command(ctx, board, host, port, local, model, threads, prompt_tokens, gen_to
                                ("--warmup", warmup, 0)):
         if value < least:
             raise EdgeLlamaError(f"{name} must be at least {least}, got {value}")
-    if model and not Path(model).is_file():
-        raise EdgeLlamaError(f"{model}: no such model file")
-    if draft_model and not Path(draft_model).is_file():
-        raise EdgeLlamaError(f"{draft_model}: no such draft model file")
     with _open(board, host, port, local, model, threads, speculative_tokens, draft_model) as device:
         def progress(i, total):
             if sys.stderr.isatty():
@@ -91,9 +91,6 @@ def _suite_pair(board, host, port, model, draft_model) -> tuple | None:
     if bool(model) != bool(draft_model):
         raise EdgeLlamaError("--suite makes its own models: --model and --draft-model together name a trained "
                              "target and its draft for the draft-model case")
-    for path, what in ((model, "model"), (draft_model, "draft model")):
-        if path and not Path(path).is_file():
-            raise EdgeLlamaError(f"{path}: no such {what} file")
     return (Path(model), Path(draft_model)) if model else None
 
 

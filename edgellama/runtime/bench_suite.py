@@ -223,8 +223,8 @@ def run_suite(repetitions: int = 3, threads: int = 2, progress=None, draft_pair:
             run_bench(program, models[model], *flags, "--gen-tokens", "2", repetitions=1)
         # Rounds: every case once per round, the bandwidth too, so the figures a ratio
         # compares were taken side by side however the machine's speed drifts; medians.
-        runs |= pair_runs
-        taken = {key: [] for key in runs}
+        every_run = {**runs, **pair_runs}
+        taken = {key: [] for key in every_run}
         sizes = {"dram": 512 * MiB, "cache": 8 * MiB}
         sizes.update({model: weight_bytes(models[model]) for model in BOUNDED})
         rates = {key: [] for key in sizes}
@@ -232,13 +232,13 @@ def run_suite(repetitions: int = 3, threads: int = 2, progress=None, draft_pair:
             say(f"round {round_no + 1} of {repetitions}")
             for key, size in sizes.items():
                 rates[key].append(bandwidth_gb_s(reader, size, max(3, min(50, 400 * MiB // size))))
-            for key, (model, *flags) in runs.items():
+            for key, (model, *flags) in every_run.items():
                 taken[key].append(run_bench(program, models[model], *flags, repetitions=3))
         rate = {key: statistics.median(values) for key, values in rates.items()}
         dram, cache = rate["dram"], rate["cache"]
         medians = {key: _medians(values) for key, values in taken.items()}
         (q8, q4, f32, q8_threads, q8_seqs, q8_sampled, q8_ngram, d_q8_text, d_q8_text_ngram, s260, d_f32, d_q8,
-         rss_15m, rss_default) = (medians[key] for key in runs if key not in pair_runs)
+         rss_15m, rss_default) = (medians[key] for key in runs)
 
         def decode_bound(model):
             return rate[model] * 1e9 / sizes[model]
