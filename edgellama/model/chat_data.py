@@ -17,12 +17,10 @@ stories as the held-out split of the input.
 import random
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from edgellama.errors import EdgeLlamaError
-from edgellama.fileio import atomic_path
 from edgellama.model.chat_format import CHAT_FORMATS, check_chat_format
-from edgellama.model.data import DOC_SEPARATOR, read_corpus, split_documents, validation_count
+from edgellama.model.data import DOC_SEPARATOR, read_corpus, split_documents, validation_count, write_documents
 
 THINGS = (
     "apple", "ball", "balloon", "bear", "bed", "bike", "bird", "block", "boat", "book", "bottle", "box", "bread",
@@ -172,8 +170,7 @@ def write_chat_corpus(corpus, out, segment: str = "auto", template: str = "plain
     if not stories:
         raise EdgeLlamaError(f"{corpus}: no stories in it")
     docs, stats = chat_documents(stories, template, chat_fraction, seed)
-    with atomic_path(Path(out)) as tmp:
-        tmp.write_text(f"\n{DOC_SEPARATOR}\n".join(docs) + "\n", encoding="utf-8")
+    write_documents(out, docs)
     return stats
 
 

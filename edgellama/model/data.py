@@ -28,6 +28,7 @@ import numpy as np
 import sentencepiece as spm
 
 from edgellama.errors import EdgeLlamaError
+from edgellama.fileio import atomic_path
 
 SHARD_TOKENS = 1 << 20
 FORMAT = "edgellama-pretok-1"
@@ -66,6 +67,12 @@ def split_documents(text: str, segment: str = "auto") -> list:
     else:
         parts = text.split("\n")
     return [p.strip() for p in parts if p.strip()]
+
+
+def write_documents(path, docs: list):
+    """Write documents as a corpus that `--segment endoftext` cuts back into them, atomically."""
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(f"\n{DOC_SEPARATOR}\n".join(docs) + "\n", encoding="utf-8")
 
 
 def validation_count(n_docs: int, val_fraction: float) -> int:

@@ -13,12 +13,11 @@ separated by `<|endoftext|>`; train the draft with `--segment endoftext` (or aut
 """
 
 import re
+import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from edgellama.errors import EdgeLlamaError
-from edgellama.fileio import atomic_path
-from edgellama.model.data import DOC_SEPARATOR, read_corpus, split_documents, validation_count
+from edgellama.model.data import DOC_SEPARATOR, read_corpus, split_documents, validation_count, write_documents
 
 # A story's opening: its text up to the end of its first sentence, at most this long.
 MAX_OPENING_CHARS = 200
@@ -42,10 +41,9 @@ def opening(story: str) -> str:
     return head.rsplit(" ", 1)[0] if " " in head else head
 
 
-def distill_documents(llm, stories: list, max_tokens: int, temperature: float, seed: int) -> tuple:
-    """(documents, generated tokens): each story's opening and the model's continuation."""
+def distill_documents(llm, openings: list, max_tokens: int, temperature: float, seed: int) -> tuple:
+    """(documents, generated tokens): each opening and the model's continuation of it."""
     from edgellama.sampling_params import SamplingParams
-    openings = [opening(s) for s in stories]
     params = [SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed + i)
               for i in range(len(openings))]
     results = llm.generate(openings, params, use_tqdm=True)
@@ -58,8 +56,6 @@ def write_distill_corpus(model, corpus, out, segment: str = "auto", val_fraction
                          threads: int | None = None) -> DistillStats:
     """`edgellama data distill`: the model's continuations of the corpus's training
     stories, written atomically. max_tokens: the model's context less the opening."""
-    import time
-
     from edgellama import LLM
     if not 0 < val_fraction < 1:
         raise EdgeLlamaError(f"--val-fraction: must be between 0 and 1, got {val_fraction}")
@@ -73,14 +69,13 @@ def write_distill_corpus(model, corpus, out, segment: str = "auto", val_fraction
     if any(DOC_SEPARATOR in s for s in stories):
         raise EdgeLlamaError(f"{corpus}: a story contains {DOC_SEPARATOR} (use --segment endoftext)")
     held_out = validation_count(len(stories), val_fraction)
+    openings = [opening(s) for s in stories[:-held_out]]
     llm = LLM(model, threads=threads)
     # The longest opening's tokens, and room for the continuation in the context.
-    budget = llm.max_model_len - max(len(llm.tokenizer.encode(opening(s))) for s in stories[:-held_out])
+    budget = llm.max_model_len - max(len(llm.tokenizer.encode(o)) for o in openings)
     if budget < 1:
         raise EdgeLlamaError(f"{model}: its context ({llm.max_model_len}) has no room after an opening")
     started = time.time()
-    docs, tokens = distill_documents(llm, stories[:-held_out], min(max_tokens or budget, budget), temperature,
-                                     seed)
-    with atomic_path(Path(out)) as tmp:
-        tmp.write_text(f"\n{DOC_SEPARATOR}\n".join(docs) + "\n", encoding="utf-8")
+    docs, tokens = distill_documents(llm, openings, min(max_tokens or budget, budget), temperature, seed)
+    write_documents(out, docs)
     return DistillStats(len(docs), held_out, tokens, time.time() - started)
